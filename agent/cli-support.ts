@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { isDiskvaultError } from '../storage-adapters/errors.js';
+
+/**
+ * What every CLI command shares: usage errors, the one mapping from errors to exit codes, and where the
+ * server address and token come from.
+ *
+ * Exit codes (docs/cli.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
+ */
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_UNREADABLE = 3;
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** Prints a one-line message for the user (never a stack trace) and returns the exit code. */
+export function reportError(err: unknown, command: string): number {
+  if (err instanceof UsageError) {
+    process.stderr.write(`diskvault ${command}: ${err.message}\nRun 'diskvault help' for usage.\n`);
+    return EXIT_USAGE;
+  }
+  if (isDiskvaultError(err)) {
+    process.stderr.write(`diskvault ${command}: ${err.message}\n`);
+    return EXIT_FAILURE;
+  }
+  const e = err as NodeJS.ErrnoException;
+  const text = e?.code ? `${e.message} (${e.code})` : String(e?.message ?? err);
+  process.stderr.write(`diskvault ${command}: ${text}\n`);
+  if (process.env.DISKVAULT_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
+  return EXIT_FAILURE;
+}
+
+export interface ClientConfig {
+  server: string;
+  token: string;
+}
+
+/**
+ * Server and token, first found wins: flags, then DISKVAULT_SERVER / DISKVAULT_TOKEN, then the config file
+ * (--config FILE, else $DISKVAULT_CONFIG, else ~/.config/diskvault/agent.json: {"server": ..., "token": ...}).
+ * A token may also be given as a file: DISKVAULT_TOKEN_FILE or "tokenFile" in the config file.
+ */
+export function resolveClientConfig(flags: { server?: string; token?: string; config?: string }): ClientConfig {
+  const path = flags.config ?? process.env.DISKVAULT_CONFIG ?? join(homedir(), '.config', 'diskvault', 'agent.json');
+  let file: Record<string, unknown> = {};
+  try {
+    file = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (flags.config || (code !== 'ENOENT' && code !== 'ENOTDIR')) {
+      throw new UsageError(`cannot read config file ${path}: ${(err as Error).message}`);
+    }
+  }
+  const tokenFile = process.env.DISKVAULT_TOKEN_FILE ?? (typeof file.tokenFile === 'string' ? file.tokenFile : undefined);
+  const server = flags.server ?? process.env.DISKVAULT_SERVER ?? (typeof file.server === 'string' ? file.server : undefined);
+  let token = flags.token ?? process.env.DISKVAULT_TOKEN ?? (typeof file.token === 'string' ? file.token : undefined);
+  if (!token && tokenFile) token = readFileSync(tokenFile, 'utf8').trim();
+  if (!server) throw new UsageError('no server: give --server URL, or set DISKVAULT_SERVER');
+  if (!token) throw new UsageError('no token: give --token T, or set DISKVAULT_TOKEN');
+  try {
+    new URL(server);
+  } catch {
+    throw new UsageError(`--server ${server} is not a URL (http://host:8420)`);
+  }
+  return { server: server.replace(/\/+$/, ''), token };
+}
