@@ -1,0 +1,133 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { folderBytes, measure, processUsage } from './measure.js';
+import type { Peer, PeerStep } from './peers.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** dist/agent/cli.js, next to dist/bench/lib/. */
+export const CLI = resolve(here, '../../agent/cli.js');
+
+export interface S3Target {
+  endpoint: string;
+  bucket: string;
+  region: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => ok(port));
+    });
+    s.on('error', fail);
+  });
+}
+
+/** Waits for the line the server prints once it accepts connections. */
+function waitForListening(child: ChildProcess): Promise<void> {
+  return new Promise((ok, fail) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => fail(new Error(`server did not start: ${err}`)), 30_000);
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (/listening on/i.test(out)) {
+        clearTimeout(timer);
+        ok();
+      }
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      err = (err + d.toString()).slice(-4000);
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      fail(new Error(`server exited ${code}: ${err}`));
+    });
+  });
+}
+
+export interface DiskvaultPeer extends Peer {
+  /** Server CPU seconds and peak RSS so far. */
+  serverUsage(): { cpuSeconds: number; peakRssMiB: number };
+  inPlaceRestore(snapshot: string, target: string): Promise<PeerStep>;
+  lastSummary: Record<string, unknown> | undefined;
+  stop(): Promise<void>;
+}
+
+/**
+ * The real server and the real agent over 127.0.0.1, each its own process, as a sysadmin would run them.
+ * `chunkAvg` creates the repository with another average chunk size (the chunker comparison).
+ */
+export function diskvault(dir: string, opts: { name?: string; s3?: S3Target; chunkAvg?: number } = {}): DiskvaultPeer {
+  const data = join(dir, 'data');
+  let server: ChildProcess | undefined;
+  let url = '';
+  let token = '';
+  const self: DiskvaultPeer = {
+    name: opts.name ?? (opts.s3 ? 'diskvault s3' : 'diskvault'),
+    lastSummary: undefined,
+    async init() {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(data, { recursive: true });
+      const port = await freePort();
+      url = `http://127.0.0.1:${port}`;
+      const args = [CLI, 'server', '--data', data, '--listen', `127.0.0.1:${port}`];
+      const env: NodeJS.ProcessEnv = { ...process.env };
+      if (opts.s3) {
+        args.push('--s3-endpoint', opts.s3.endpoint, '--s3-region', opts.s3.region, '--s3-bucket', opts.s3.bucket);
+        args.push('--s3-prefix', `bench-${Date.now()}`, '--s3-path-style');
+        env.AWS_ACCESS_KEY_ID = opts.s3.accessKeyId;
+        env.AWS_SECRET_ACCESS_KEY = opts.s3.secretAccessKey;
+      }
+      if (opts.chunkAvg) {
+        args.push('--chunk-min', String(opts.chunkAvg / 4), '--chunk-avg', String(opts.chunkAvg), '--chunk-max', String(opts.chunkAvg * 4));
+      }
+      server = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      await waitForListening(server);
+      token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
+    },
+    async backup(image, night) {
+      const m = await measure(process.execPath, [CLI, 'backup', image, '--server', url, '--token', token, '--host', 'bench', '--disk', 'sda', '--json']);
+      self.lastSummary = lastJson(m.stdout);
+      return { step: `backup night${night}`, m, repoBytes: await self.repoBytes() };
+    },
+    async restore(outFile) {
+      const m = await measure(process.execPath, [CLI, 'restore', 'latest', outFile, '--host', 'bench', '--disk', 'sda', '--server', url, '--token', token, '--json']);
+      self.lastSummary = lastJson(m.stdout);
+      return { step: 'restore night3', m };
+    },
+    async inPlaceRestore(snapshot, target) {
+      const m = await measure(process.execPath, [CLI, 'restore', snapshot, target, '--in-place', '--server', url, '--token', token, '--json']);
+      self.lastSummary = lastJson(m.stdout);
+      return { step: 'in-place restore night3 over night2', m };
+    },
+    repoBytes: () => (opts.s3 ? Promise.resolve(NaN) : folderBytes(join(data, 'storage'))),
+    serverUsage: () => (server?.pid ? processUsage(server.pid) : { cpuSeconds: 0, peakRssMiB: 0 }),
+    async stop() {
+      if (!server || server.exitCode !== null) return;
+      const exited = new Promise((ok) => server?.on('exit', ok));
+      server.kill('SIGTERM');
+      await exited;
+    },
+  };
+  return self;
+}
+
+function lastJson(stdout: string): Record<string, unknown> | undefined {
+  const lines = stdout.trim().split('\n').reverse();
+  for (const line of lines) {
+    try {
+      const o = JSON.parse(line) as Record<string, unknown>;
+      if (o.type === 'summary') return o;
+    } catch {
+      // progress lines and human text are skipped
+    }
+  }
+  return undefined;
+}

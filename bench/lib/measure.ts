@@ -1,0 +1,74 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, rmSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** What one measured command cost, as GNU time reports it for the process and its children. */
+export interface Measurement {
+  wallSeconds: number;
+  cpuSeconds: number;
+  peakRssMiB: number;
+  stdout: string;
+}
+
+export interface RunOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** A file to feed on standard input. */
+  stdinFile?: string;
+  /** A file to receive standard output (then `stdout` is empty). */
+  stdoutFile?: string;
+}
+
+/**
+ * Runs a command under /usr/bin/time so wall, CPU and peak RSS come from the kernel's accounting, not from
+ * sampling. Throws with the command's stderr when it fails: a benchmark never reports a failed run as a time.
+ */
+export async function measure(cmd: string, args: string[], opts: RunOptions = {}): Promise<Measurement> {
+  const dir = mkdtempSync(join(tmpdir(), 'dv-bench-time-'));
+  const timeFile = join(dir, 'time');
+  const stdin = opts.stdinFile ? openSync(opts.stdinFile, 'r') : 'ignore';
+  const stdout = opts.stdoutFile ? openSync(opts.stdoutFile, 'w') : 'pipe';
+  try {
+    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, cmd, ...args], {
+      cwd: opts.cwd,
+      env: { ...process.env, ...opts.env },
+      stdio: [stdin, stdout, 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      err = (err + d.toString()).slice(-4000);
+    });
+    const code = await new Promise<number>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (c) => resolve(c ?? 1));
+    });
+    if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`);
+    const [wall, user, sys, rssKiB] = readFileSync(timeFile, 'utf8').trim().split(/\s+/).slice(-4).map(Number);
+    return { wallSeconds: wall, cpuSeconds: user + sys, peakRssMiB: rssKiB / 1024, stdout: out };
+  } finally {
+    if (typeof stdin === 'number') closeSync(stdin);
+    if (typeof stdout === 'number') closeSync(stdout);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Apparent bytes under a folder: what the repository holds, independent of filesystem block rounding. */
+export async function folderBytes(path: string): Promise<number> {
+  const m = await measure('du', ['-sb', path]);
+  return Number(m.stdout.split(/\s+/)[0]);
+}
+
+/** CPU seconds and peak RSS of a long-running process (the server), read from /proc between steps. */
+export function processUsage(pid: number): { cpuSeconds: number; peakRssMiB: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
+  return { cpuSeconds: ticks / 100, peakRssMiB: hwm ? Number(hwm[1]) / 1024 : 0 };
+}

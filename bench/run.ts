@@ -1,0 +1,224 @@
+/**
+ * `npm run bench`: diskvault beside restic and BorgBackup on the same machine, the same images, in one run.
+ * Prints a table with ratios and writes everything to bench/results/<time>.json. See docs/performance.md.
+ *
+ * Environment: DV_BENCH_WORK (where workloads and repositories live; default bench/.work),
+ * DV_BENCH_SKIP (comma list of sections to skip: peers, s3, chunker, large).
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, createReadStream, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { diskvault, type DiskvaultPeer, type S3Target } from './lib/diskvault.js';
+import { measure } from './lib/measure.js';
+import { borg, ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
+import { ensureWorkload } from './lib/workload.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const work = process.env.DV_BENCH_WORK ?? join(root, 'bench', '.work');
+const skip = new Set((process.env.DV_BENCH_SKIP ?? '').split(',').filter(Boolean));
+const started = Date.now();
+
+interface Row {
+  tool: string;
+  step: string;
+  wall: number;
+  cpu: number;
+  rssMiB: number;
+  serverRssMiB?: number;
+  serverCpu?: number;
+  repoMiB?: number;
+  extra?: Record<string, unknown>;
+}
+const rows: Row[] = [];
+const checks: { what: string; ok: boolean; detail: string }[] = [];
+
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const piece of createReadStream(path, { highWaterMark: 8 << 20 })) h.update(piece as Buffer);
+  return h.digest('hex');
+}
+
+function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Record<string, unknown>): void {
+  const usage = server?.serverUsage();
+  rows.push({
+    tool,
+    step: s.step,
+    wall: s.m.wallSeconds,
+    cpu: s.m.cpuSeconds,
+    rssMiB: s.m.peakRssMiB,
+    serverRssMiB: usage?.peakRssMiB,
+    serverCpu: usage?.cpuSeconds,
+    repoMiB: s.repoBytes !== undefined ? s.repoBytes / 2 ** 20 : undefined,
+    extra,
+  });
+  const serverText = usage ? ` server ${usage.peakRssMiB.toFixed(0)} MiB` : '';
+  process.stderr.write(`  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`);
+}
+
+/** Backs up every night, restores the last, and checks the restore is the image, byte for byte. */
+async function runPeer(peer: Peer, images: string[], dir: string, original: string, dv?: DiskvaultPeer): Promise<string[]> {
+  await peer.init();
+  const summaries: string[] = [];
+  for (const [n, img] of images.entries()) {
+    const s = await peer.backup(img, n);
+    const sum = dv?.lastSummary;
+    if (sum && typeof sum.snapshot === 'string') summaries.push(sum.snapshot);
+    record(peer.name, s, dv, sum ? pick(sum, ['chunks', 'newChunks', 'bytesUploaded', 'size']) : undefined);
+  }
+  const out = join(dir, 'restored.img');
+  const r = await peer.restore(out);
+  record(peer.name, r, dv);
+  const same = (await sha256File(out)) === original;
+  checks.push({ what: `${peer.name} restore equals night${images.length - 1}`, ok: same, detail: same ? 'sha256 equal' : 'DIFFERS' });
+  rmSync(out, { force: true });
+  return summaries;
+}
+
+function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  return Object.fromEntries(keys.filter((k) => k in o).map((k) => [k, o[k]]));
+}
+
+async function startFakeS3Process(): Promise<{ s3: S3Target & { directory?: string }; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'fake-s3-process.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((ok, fail) => {
+    let buf = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) ok(buf.split('\n')[0]);
+    });
+    child.on('exit', (c) => fail(new Error(`fake S3 exited ${c}`)));
+  });
+  return {
+    s3: JSON.parse(line) as S3Target,
+    stop: async () => {
+      const exited = new Promise((ok) => child.on('exit', ok));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function floor(image: string): Promise<void> {
+  {
+    const cat = await measure('cat', [image], { stdoutFile: '/dev/null' });
+    const size = statSync(image).size;
+    rows.push({ tool: 'floor', step: 'cat night0 > /dev/null', wall: cat.wallSeconds, cpu: cat.cpuSeconds, rssMiB: cat.peakRssMiB, extra: { GBps: size / cat.wallSeconds / 1e9 } });
+    const buf = Buffer.alloc(256 << 20, 7);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < 4; i++) createHash('sha256').update(buf).digest();
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    rows.push({ tool: 'floor', step: 'node crypto SHA-256 (1 GiB)', wall: secs, cpu: secs, rssMiB: 0, extra: { GBps: 2 ** 30 / secs / 1e9 } });
+  }
+}
+
+function ratio(a?: Row, b?: Row): string {
+  return a && b ? (a.wall / b.wall).toFixed(2) : '-';
+}
+
+function printTable(): string {
+  const lines: string[] = [];
+  const head = ['tool', 'step', 'wall s', 'cpu s', 'peak RSS MiB', 'server RSS MiB', 'repo MiB'];
+  lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+  for (const r of rows) {
+    lines.push(
+      `| ${r.tool} | ${r.step} | ${r.wall.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.rssMiB.toFixed(0)} | ${r.serverRssMiB?.toFixed(0) ?? ''} | ${r.repoMiB?.toFixed(1) ?? ''} |`,
+    );
+  }
+  const find = (tool: string, step: string) => rows.find((r) => r.tool === tool && r.step === step);
+  lines.push('', '| step | diskvault/restic | diskvault/borg lz4 | diskvault/borg zstd | target |', '|---|---|---|---|---|');
+  const steps = [...new Set(rows.filter((r) => r.tool === 'diskvault').map((r) => r.step))].filter((s) => !s.startsWith('in-place'));
+  for (const step of steps) {
+    const dv = find('diskvault', step);
+    const target = step === 'backup night0' ? '≤ 0.33 restic' : step.startsWith('backup') ? '≤ 0.5 restic, ≤ 0.5 borg' : '≤ 0.5 restic, ≤ 1 borg';
+    lines.push(`| ${step} | ${ratio(dv, find('restic', step))} | ${ratio(dv, find('borg lz4', step))} | ${ratio(dv, find('borg zstd', step))} | ${target} |`);
+  }
+  const repo = (tool: string) => find(tool, 'backup night3')?.repoMiB;
+  const dvRepo = repo('diskvault');
+  const rRepo = repo('restic');
+  if (dvRepo && rRepo) lines.push('', `repository after night3: diskvault ${dvRepo.toFixed(1)} MiB, restic ${rRepo.toFixed(1)} MiB (ratio ${(dvRepo / rRepo).toFixed(2)}, target ≤ 1)`);
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  ensurePeerTools();
+  const images = ensureWorkload(join(work, 'workload-2G'), 3, '2G');
+  const original3 = await sha256File(images[3]);
+  process.stderr.write('floor\n');
+  await floor(images[0]);
+
+  process.stderr.write('diskvault (local storage)\n');
+  const dvDir = join(work, 'diskvault');
+  const dv = diskvault(dvDir);
+  const ids = await runPeer(dv, images, dvDir, original3, dv);
+  // In place: a disk that holds night2 is brought to night3, fetching only what differs.
+  const target = join(dvDir, 'inplace.img');
+  copyFileSync(images[2], target);
+  const inPlace = await dv.inPlaceRestore(ids[3], target);
+  record('diskvault', inPlace, dv, dv.lastSummary ? pick(dv.lastSummary, ['bytesFetched', 'bytesReused']) : undefined);
+  checks.push({ what: 'in-place restore equals night3', ok: (await sha256File(target)) === original3, detail: '' });
+  // An unchanged disk: in place over itself should cost no more than reading it.
+  const unchanged = await dv.inPlaceRestore(ids[3], target);
+  record('diskvault', { ...unchanged, step: 'in-place restore, disk unchanged' }, dv);
+  await dv.stop();
+  rmSync(target, { force: true });
+
+  if (!skip.has('peers')) {
+    for (const peer of [restic(join(work, 'restic')), borg(join(work, 'borg-lz4'), 'lz4'), borg(join(work, 'borg-zstd'), 'zstd')]) {
+      process.stderr.write(`${peer.name}\n`);
+      await runPeer(peer, images, join(work, peer.name.replace(' ', '-')), original3);
+    }
+  }
+
+  if (!skip.has('s3')) {
+    process.stderr.write('diskvault (fake S3)\n');
+    const fake = await startFakeS3Process();
+    try {
+      const dir = join(work, 'diskvault-s3');
+      const dvs3 = diskvault(dir, { s3: fake.s3 });
+      await runPeer(dvs3, images, dir, original3, dvs3);
+      await dvs3.stop();
+    } finally {
+      await fake.stop();
+    }
+  }
+
+  if (!skip.has('chunker')) {
+    for (const avg of [256 << 10, 1 << 20, 4 << 20]) {
+      const name = `dv avg ${avg >> 10}K`;
+      process.stderr.write(`${name}\n`);
+      const dir = join(work, `chunker-${avg}`);
+      const peer = diskvault(dir, { name, chunkAvg: avg });
+      await runPeer(peer, images, dir, original3, peer);
+      await peer.stop();
+    }
+  }
+
+  if (!skip.has('large')) {
+    const large = ensureWorkload(join(work, 'workload-8G'), 1, '8G');
+    process.stderr.write('diskvault 8 GiB\n');
+    const dir = join(work, 'diskvault-8g');
+    const big = diskvault(dir, { name: 'diskvault 8G' });
+    await runPeer(big, large, dir, await sha256File(large[1]), big);
+    await big.stop();
+  }
+
+  const table = printTable();
+  const result = {
+    date: new Date().toISOString(),
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, memGiB: totalmem() / 2 ** 30, node: process.version },
+    seconds: (Date.now() - started) / 1000,
+    rows,
+    checks,
+  };
+  mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+  const file = join(root, 'bench', 'results', `${result.date.replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`${table}\n\nchecks:\n${checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.what} ${c.detail}`).join('\n')}\n`);
+  process.stdout.write(`\nwritten to ${file} (${result.seconds.toFixed(0)} s)\n`);
+  if (checks.some((c) => !c.ok)) process.exitCode = 1;
+}
+
+await main();
