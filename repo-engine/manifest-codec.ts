@@ -43,6 +43,11 @@ export interface ManifestHeader {
   /** The container the image was read from: raw, qcow2, vhd, vmdk, vdi. */
   sourceFormat: string;
   chunkCount: number;
+  /**
+   * The dedup domain that committed the snapshot; set by the repository when it stores the manifest (any
+   * value in a commit body is replaced), so reindex can rebuild chunk ownership from storage alone.
+   */
+  tenant?: string;
 }
 
 export interface ManifestEntry {
@@ -237,6 +242,7 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   }
   if (typeof o.sourceFormat !== 'string' || !/^[a-z0-9]{1,16}$/.test(o.sourceFormat)) fail('sourceFormat is invalid');
   if (!isInt(o.chunkCount)) fail('chunkCount is not a non-negative integer');
+  if (o.tenant !== undefined && (typeof o.tenant !== 'string' || !NAME_PATTERN.test(o.tenant))) fail('tenant is invalid');
   return {
     formatVersion: o.formatVersion as number,
     ...(o.id !== undefined ? { id: o.id as string } : {}),
@@ -250,5 +256,6 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
     unreadable: o.unreadable as [number, number][],
     sourceFormat: o.sourceFormat as string,
     chunkCount: o.chunkCount as number,
+    ...(o.tenant !== undefined ? { tenant: o.tenant as string } : {}),
   };
 }

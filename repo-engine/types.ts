@@ -152,6 +152,12 @@ export interface RepositoryApi {
   /** The stored payload, hash-checked, for serving without recompression. */
   readStoredChunk(id: string): Promise<StoredChunk>;
   deleteSnapshot(id: string): Promise<void>;
+  /**
+   * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can
+   * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Optional (added by the
+   * API engineer) so an engine without it still compiles; api/ then falls back to a short session check.
+   */
+  chunksReadableBy?(tenant: string, ids: string[]): string[] | Promise<string[]>;
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
   applyForget(plan: ForgetPlan): Promise<{ removed: number }>;

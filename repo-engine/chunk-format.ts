@@ -1,0 +1,108 @@
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { compress } from 'zstd-napi';
+import { CorruptError, DiskvaultError, InvalidInputError } from '../storage-adapters/errors.js';
+
+/**
+ * A stored chunk object: a 9-byte header, then the payload.
+ *
+ *   magic        3 bytes  "DVC"
+ *   version      1 byte   1
+ *   compression  1 byte   0 raw, 1 zstd
+ *   rawLength    u32 BE   length of the chunk's raw bytes (what its SHA-256 id covers)
+ *   payload      the raw bytes, or one or more zstd frames
+ *
+ * The header makes a stored object self-describing, so reindex can learn a chunk's raw size from 9 bytes and
+ * the server can hand out a zstd payload without recompressing it.
+ */
+export const CHUNK_MAGIC = Buffer.from('DVC', 'ascii');
+export const CHUNK_FORMAT_VERSION = 1;
+export const CHUNK_HEADER_BYTES = 9;
+export type ChunkEncoding = 'raw' | 'zstd';
+/** A raw chunk is stored compressed only when that saves at least this fraction of it. */
+export const MIN_COMPRESSION_SAVING = 0.03;
+export const COMPRESSION_LEVEL = 1;
+
+export interface DecodedChunk {
+  encoding: ChunkEncoding;
+  rawLength: number;
+  payload: Buffer;
+}
+
+export function encodeStoredChunk(encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
+  const header = Buffer.alloc(CHUNK_HEADER_BYTES);
+  CHUNK_MAGIC.copy(header, 0);
+  header[3] = CHUNK_FORMAT_VERSION;
+  header[4] = encoding === 'zstd' ? 1 : 0;
+  header.writeUInt32BE(rawLength, 5);
+  return Buffer.concat([header, payload]);
+}
+
+export function decodeStoredChunkHeader(
+  bytes: Buffer,
+  id: string,
+): { encoding: ChunkEncoding; rawLength: number } {
+  if (bytes.length < CHUNK_HEADER_BYTES || !bytes.subarray(0, 3).equals(CHUNK_MAGIC)) {
+    throw new CorruptError(`chunk ${id} is corrupt: no chunk header`, { chunk: id });
+  }
+  if (bytes[3] !== CHUNK_FORMAT_VERSION)
+    throw new CorruptError(`chunk ${id} has unknown format version ${bytes[3]}`, { chunk: id });
+  const compression = bytes[4];
+  if (compression !== 0 && compression !== 1)
+    throw new CorruptError(`chunk ${id} has unknown compression ${compression}`, { chunk: id });
+  return { encoding: compression === 1 ? 'zstd' : 'raw', rawLength: bytes.readUInt32BE(5) };
+}
+
+export function decodeStoredChunk(bytes: Buffer, id: string): DecodedChunk {
+  const head = decodeStoredChunkHeader(bytes, id);
+  return { ...head, payload: bytes.subarray(CHUNK_HEADER_BYTES) };
+}
+
+export function sha256Hex(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+// The low-level binding lets us decompress into a buffer of a size WE choose; the high-level decompress()
+// trusts the frame's claimed content size and would allocate whatever a hostile frame asks for.
+interface ZstdBinding {
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+}
+const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as ZstdBinding;
+let dctx: InstanceType<ZstdBinding['DCtx']> | undefined;
+
+/** Thrown when a payload would decompress beyond the bound: a decompression bomb or an oversized chunk. */
+export class TooLargeError extends DiskvaultError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('TooLarge', message, details);
+  }
+}
+
+/**
+ * Decompresses `payload` into at most `maxBytes`. One extra byte of room tells "exactly max" apart from
+ * "more than max" (zstd fails with dstSize_tooSmall once the room is used up, so nothing beyond is written).
+ */
+export function decompressBounded(payload: Buffer, maxBytes: number, what: string): Buffer {
+  const out = Buffer.allocUnsafe(maxBytes + 1);
+  dctx ??= new binding.DCtx();
+  let n: number;
+  try {
+    n = dctx.decompress(out, payload);
+  } catch (err) {
+    const message = (err as Error).message ?? String(err);
+    if (/too small/i.test(message)) {
+      throw new TooLargeError(`${what} decompresses to more than ${maxBytes} bytes`, { limit: maxBytes });
+    }
+    throw new InvalidInputError(`${what} is not valid zstd data: ${message}`);
+  }
+  if (n > maxBytes)
+    throw new TooLargeError(`${what} decompresses to more than ${maxBytes} bytes`, { limit: maxBytes });
+  return out.subarray(0, n);
+}
+
+/** zstd level 1 when it saves at least 3%; otherwise the raw bytes (incompressible data stays cheap to read). */
+export function compressIfWorthwhile(raw: Buffer): { encoding: ChunkEncoding; payload: Buffer } {
+  const packed = compress(raw, { compressionLevel: COMPRESSION_LEVEL });
+  if (packed.length <= raw.length * (1 - MIN_COMPRESSION_SAVING))
+    return { encoding: 'zstd', payload: packed };
+  return { encoding: 'raw', payload: raw };
+}

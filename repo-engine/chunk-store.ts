@@ -1,0 +1,204 @@
+import { LRUCache } from 'lru-cache';
+import type { StorageAdapter } from '../storage-adapters/adapter.js';
+import {
+  CorruptError,
+  HashMismatchError,
+  InvalidInputError,
+  isDiskvaultError,
+  NotFoundError,
+} from '../storage-adapters/errors.js';
+import {
+  CHUNK_HEADER_BYTES,
+  type ChunkEncoding,
+  compressIfWorthwhile,
+  decodeStoredChunk,
+  decodeStoredChunkHeader,
+  decompressBounded,
+  encodeStoredChunk,
+  sha256Hex,
+  TooLargeError,
+} from './chunk-format.js';
+import { HEX64 } from './manifest-codec.js';
+import type { StoredChunk } from './types.js';
+
+export const CHUNKS_PREFIX = 'chunks/';
+
+/** `chunks/ab/cd/abcd…`: two levels of fan-out keep any one directory (or S3 listing page run) small. */
+export function chunkKey(id: string): string {
+  return `${CHUNKS_PREFIX}${id.slice(0, 2)}/${id.slice(2, 4)}/${id}`;
+}
+
+/** The id a listed key names, or undefined for anything that is not a well-formed chunk key. */
+export function chunkIdFromKey(key: string): string | undefined {
+  const m = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(key);
+  const id = m?.[3];
+  return id?.startsWith(`${m?.[1]}${m?.[2]}`) ? id : undefined;
+}
+
+export function checkChunkId(id: string): string {
+  if (typeof id !== 'string' || !HEX64.test(id))
+    throw new InvalidInputError(
+      `chunk id ${JSON.stringify(String(id).slice(0, 80))} is not 64 lowercase hex characters`,
+    );
+  return id;
+}
+
+/** What putChunk decided to store, after checking the upload. */
+export interface PreparedChunk {
+  id: string;
+  rawLength: number;
+  /** The whole stored object: header + payload. */
+  bytes: Buffer;
+}
+
+/**
+ * Chunk objects in storage: checks uploads, writes them, reads them back hash-checked. Knows nothing of
+ * refcounts or sessions. Recently read chunks are cached (bounded in bytes) and concurrent reads of one
+ * chunk share one storage read, so restoring many machines from one golden image reads each chunk once.
+ */
+export class ChunkStore {
+  private readonly cache: LRUCache<string, Buffer>;
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+
+  constructor(
+    private readonly storage: StorageAdapter,
+    private readonly maxRawBytes: number,
+    cacheBytes: number,
+  ) {
+    this.cache = new LRUCache<string, Buffer>({
+      maxSize: Math.max(1, cacheBytes),
+      sizeCalculation: (b) => Math.max(1, b.length),
+    });
+  }
+
+  /**
+   * Checks an upload: a zstd payload is decompressed (never beyond the chunker's max, whatever the frame
+   * claims) and SHA-256 of the raw bytes must equal `id`. Returns the raw bytes; throws HashMismatch,
+   * TooLarge or InvalidInput before anything is stored.
+   */
+  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): Buffer {
+    checkChunkId(id);
+    if (encoding !== 'raw' && encoding !== 'zstd')
+      throw new InvalidInputError(`unknown chunk encoding ${String(encoding)}`);
+    const raw = encoding === 'zstd' ? decompressBounded(payload, this.maxRawBytes, `chunk ${id}`) : payload;
+    if (raw.length === 0) throw new InvalidInputError(`chunk ${id} is empty`);
+    if (raw.length > this.maxRawBytes)
+      throw new TooLargeError(
+        `chunk ${id} is ${raw.length} bytes, more than the repository's chunk maximum ${this.maxRawBytes}`,
+        { chunk: id, limit: this.maxRawBytes },
+      );
+    const actual = sha256Hex(raw);
+    if (actual !== id)
+      throw new HashMismatchError(`chunk ${id}: uploaded bytes hash to ${actual}`, { chunk: id, actual });
+    return raw;
+  }
+
+  /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
+  prepare(id: string, raw: Buffer, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
+    if (encoding === 'zstd')
+      return { id, rawLength: raw.length, bytes: encodeStoredChunk('zstd', raw.length, payload) };
+    const packed = compressIfWorthwhile(raw);
+    return {
+      id,
+      rawLength: raw.length,
+      bytes: encodeStoredChunk(packed.encoding, raw.length, packed.payload),
+    };
+  }
+
+  async write(chunk: PreparedChunk): Promise<void> {
+    await this.storage.put(chunkKey(chunk.id), chunk.bytes);
+  }
+
+  /** Raw bytes, hash-checked. NotFound when the object is absent, Corrupt when it does not match its id. */
+  async readRaw(id: string, opts: { bypassCache?: boolean } = {}): Promise<Buffer> {
+    checkChunkId(id);
+    if (!opts.bypassCache) {
+      const hit = this.cache.get(`r:${id}`);
+      if (hit) return hit;
+    }
+    const stored = await this.readStoredBytes(id, opts.bypassCache ?? false);
+    const raw = this.decodeAndCheck(id, stored).raw;
+    if (!opts.bypassCache) this.cache.set(`r:${id}`, raw);
+    return raw;
+  }
+
+  /** The stored payload as is (for serving without recompression), after checking it hashes to `id`. */
+  async readStored(id: string): Promise<StoredChunk> {
+    checkChunkId(id);
+    const stored = await this.readStoredBytes(id, false);
+    const { chunk, raw } = this.decodeAndCheck(id, stored);
+    this.cache.set(`r:${id}`, raw);
+    return { encoding: chunk.encoding, rawLength: chunk.rawLength, payload: chunk.payload };
+  }
+
+  /** The 9-byte header only: reindex learns raw sizes of unreferenced chunks from it. */
+  async readHeader(id: string): Promise<{ encoding: ChunkEncoding; rawLength: number }> {
+    const head = await this.storage.getBytes(chunkKey(id), { start: 0, end: CHUNK_HEADER_BYTES - 1 });
+    return decodeStoredChunkHeader(head, id);
+  }
+
+  forget(id: string): void {
+    this.cache.delete(`r:${id}`);
+    this.cache.delete(`s:${id}`);
+  }
+
+  async deleteMany(ids: string[]): Promise<void> {
+    for (const id of ids) this.forget(id);
+    for (let i = 0; i < ids.length; i += 1000)
+      await this.storage.deleteMany(ids.slice(i, i + 1000).map(chunkKey));
+  }
+
+  private async readStoredBytes(id: string, bypassCache: boolean): Promise<Buffer> {
+    if (!bypassCache) {
+      const hit = this.cache.get(`s:${id}`);
+      if (hit) return hit;
+      const pending = this.inflight.get(id);
+      if (pending) return pending;
+    }
+    const read = (async () => {
+      try {
+        return await this.storage.getBytes(chunkKey(id));
+      } catch (err) {
+        if (isDiskvaultError(err) && err.code === 'NotFound')
+          throw new NotFoundError(`chunk ${id} is missing from storage`, { chunk: id });
+        throw err;
+      }
+    })();
+    if (bypassCache) return read;
+    this.inflight.set(id, read);
+    try {
+      const bytes = await read;
+      // Cached only after the hash check in decodeAndCheck succeeded would be stricter, but a corrupt object
+      // is re-checked on every read anyway: the hash check runs on every decode, cached or not.
+      this.cache.set(`s:${id}`, bytes);
+      return bytes;
+    } finally {
+      this.inflight.delete(id);
+    }
+  }
+
+  private decodeAndCheck(
+    id: string,
+    stored: Buffer,
+  ): { chunk: ReturnType<typeof decodeStoredChunk>; raw: Buffer } {
+    let chunk: ReturnType<typeof decodeStoredChunk>;
+    let raw: Buffer;
+    try {
+      chunk = decodeStoredChunk(stored, id);
+      if (chunk.rawLength > this.maxRawBytes)
+        throw new Error(`claims ${chunk.rawLength} raw bytes, more than the chunker max`);
+      raw =
+        chunk.encoding === 'zstd'
+          ? decompressBounded(chunk.payload, chunk.rawLength, `chunk ${id}`)
+          : chunk.payload;
+    } catch (err) {
+      this.forget(id);
+      throw new CorruptError(`chunk ${id} is corrupt: ${(err as Error).message}`, { chunk: id });
+    }
+    if (raw.length !== chunk.rawLength || sha256Hex(raw) !== id) {
+      this.forget(id);
+      throw new CorruptError(`chunk ${id} is corrupt: its stored bytes do not hash to its id`, { chunk: id });
+    }
+    return { chunk, raw };
+  }
+}

@@ -1,0 +1,89 @@
+import { InvalidInputError } from '../storage-adapters/errors.js';
+
+/**
+ * Two kinds of duration, kept apart because their "m" differs:
+ * - retention durations follow restic ("1y2m3d4h": years, MONTHS, days, hours) and are calendar
+ *   arithmetic, so "1m" back from 31 March is 3 March (Go's AddDate normalisation, which restic uses);
+ * - grace/lease durations ("30s", "15m", "24h", "7d") are fixed lengths in milliseconds, "m" is MINUTES.
+ */
+export interface CalendarDuration {
+  years: number;
+  months: number;
+  days: number;
+  hours: number;
+}
+
+const CALENDAR_UNITS: Record<string, keyof CalendarDuration> = {
+  y: 'years',
+  m: 'months',
+  d: 'days',
+  h: 'hours',
+};
+
+export function parseRetentionDuration(text: string): CalendarDuration {
+  const d: CalendarDuration = { years: 0, months: 0, days: 0, hours: 0 };
+  if (typeof text !== 'string' || !/^(\d+[ymdh])+$/.test(text)) {
+    throw new InvalidInputError(
+      `invalid duration ${JSON.stringify(text)}: expected a form like "1y2m3d4h" (y, m = months, d, h)`,
+    );
+  }
+  for (const [, num, unit] of text.matchAll(/(\d+)([ymdh])/g)) {
+    const n = Number(num);
+    if (!Number.isSafeInteger(n)) throw new InvalidInputError(`duration ${text} is out of range`);
+    d[CALENDAR_UNITS[unit as string] as keyof CalendarDuration] += n;
+  }
+  return d;
+}
+
+export function isZeroDuration(d: CalendarDuration): boolean {
+  return d.years === 0 && d.months === 0 && d.days === 0 && d.hours === 0;
+}
+
+/** restic's Duration.String(): zero parts left out. */
+export function formatRetentionDuration(d: CalendarDuration): string {
+  let s = '';
+  if (d.years) s += `${d.years}y`;
+  if (d.months) s += `${d.months}m`;
+  if (d.days) s += `${d.days}d`;
+  if (d.hours) s += `${d.hours}h`;
+  return s;
+}
+
+/** `t` moved back by `d`, calendar-wise, in UTC (Date.UTC normalises overflow as Go's AddDate does). */
+export function subtractCalendarDuration(t: number, d: CalendarDuration): number {
+  const x = new Date(t);
+  const back = Date.UTC(
+    x.getUTCFullYear() - d.years,
+    x.getUTCMonth() - d.months,
+    x.getUTCDate() - d.days,
+    x.getUTCHours(),
+    x.getUTCMinutes(),
+    x.getUTCSeconds(),
+    x.getUTCMilliseconds(),
+  );
+  return back - d.hours * 3_600_000;
+}
+
+const FIXED_UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** "90s", "30m", "24h", "7d", "1h30m", or a bare number of milliseconds. */
+export function parseFixedDurationMs(text: string): number {
+  if (typeof text === 'string' && /^\d+$/.test(text)) return Number(text);
+  if (typeof text !== 'string' || !/^(\d+(ms|s|m|h|d|w))+$/.test(text)) {
+    throw new InvalidInputError(
+      `invalid duration ${JSON.stringify(text)}: expected a form like "30m", "24h", "7d" (m = minutes)`,
+    );
+  }
+  let ms = 0;
+  for (const [, num, unit] of text.matchAll(/(\d+)(ms|s|m|h|d|w)/g))
+    ms += Number(num) * (FIXED_UNITS_MS[unit as string] as number);
+  if (!Number.isSafeInteger(ms)) throw new InvalidInputError(`duration ${text} is out of range`);
+  return ms;
+}

@@ -1,0 +1,488 @@
+import { existsSync, renameSync, rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import type { ManifestHeader } from './manifest-codec.js';
+import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
+import type { SnapshotFilter, SnapshotInfo } from './types.js';
+
+/**
+ * The index: everything the engine must answer without reading storage. It is a cache of what storage
+ * says (reindex rebuilds it from storage alone), except open sessions and the touch times that protect
+ * just-uploaded chunks from gc.
+ *
+ * Chunk ids are 32-byte BLOBs, not hex: half the bytes, and the primary-key B-tree stays shallow.
+ * Invariant: an ownership row exists only for a chunk row whose object is stored (stored_size > 0). gc
+ * deletes ownership with the chunk row, and reindex drops ownership of chunks missing from storage.
+ */
+export const INDEX_SCHEMA_VERSION = 1;
+/** Lookups go to SQLite in batches of this many ids: one statement per batch, not per id. */
+const LOOKUP_BATCH = 500;
+
+const SCHEMA = `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE chunks (
+  id BLOB PRIMARY KEY,
+  refcount INTEGER NOT NULL,
+  raw_size INTEGER NOT NULL,
+  -- 0 means "named by a manifest but absent from storage" (found by reindex): uploads repair it.
+  stored_size INTEGER NOT NULL,
+  touched_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX chunks_unreferenced ON chunks (touched_at) WHERE refcount = 0;
+CREATE TABLE owners (chunk BLOB NOT NULL, tenant TEXT NOT NULL, PRIMARY KEY (chunk, tenant)) WITHOUT ROWID;
+CREATE TABLE snapshots (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  host TEXT NOT NULL,
+  disk TEXT NOT NULL,
+  time TEXT NOT NULL,
+  time_ms INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  chunk_count INTEGER NOT NULL,
+  tags TEXT NOT NULL,
+  unreadable TEXT NOT NULL,
+  source_format TEXT NOT NULL
+);
+CREATE INDEX snapshots_by_group ON snapshots (tenant, host, disk, time_ms);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  host TEXT NOT NULL,
+  disk TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+`;
+
+export interface SessionRow {
+  id: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  started_at: number;
+  expires_at: number;
+}
+
+interface SnapshotRow {
+  id: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  time: string;
+  size: number;
+  sha256: string;
+  chunk_count: number;
+  tags: string;
+  unreadable: string;
+  source_format: string;
+}
+
+export interface ChunkRow {
+  refcount: number;
+  raw_size: number;
+  stored_size: number;
+  touched_at: number;
+}
+
+/** Why an existing index file cannot be used; the repository rebuilds it from storage. */
+export class IndexUnusable extends Error {}
+
+function toInfo(r: SnapshotRow): SnapshotInfo {
+  return {
+    id: r.id,
+    host: r.host,
+    disk: r.disk,
+    time: r.time,
+    size: r.size,
+    sha256: r.sha256,
+    chunkCount: r.chunk_count,
+    tags: JSON.parse(r.tags) as string[],
+    unreadable: JSON.parse(r.unreadable) as [number, number][],
+    sourceFormat: r.source_format,
+    tenant: r.tenant,
+  };
+}
+
+const hexOf = (b: Buffer) => b.toString('hex');
+
+export class IndexDb {
+  private readonly stmtCache = new Map<string, Database.Statement>();
+
+  private constructor(
+    readonly db: Database.Database,
+    readonly path: string,
+  ) {}
+
+  /** A new, empty index at `path` (any file there is replaced). */
+  static create(path: string, repositoryId: string): IndexDb {
+    removeDbFiles(path);
+    const db = new Database(path);
+    configure(db);
+    db.exec(SCHEMA);
+    const meta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
+    meta.run('repository_id', repositoryId);
+    meta.run('schema_version', String(INDEX_SCHEMA_VERSION));
+    return new IndexDb(db, path);
+  }
+
+  /** Opens an existing index; IndexUnusable when it is damaged, of another schema, or of another repository. */
+  static openExisting(path: string, repositoryId: string): IndexDb {
+    if (!existsSync(path)) throw new IndexUnusable('the index file is missing');
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(path, { fileMustExist: true });
+      configure(db);
+      const check = db.pragma('integrity_check') as { integrity_check: string }[];
+      if (check.length !== 1 || check[0]?.integrity_check !== 'ok') {
+        throw new IndexUnusable(
+          `integrity check failed: ${check
+            .map((c) => c.integrity_check)
+            .slice(0, 3)
+            .join('; ')}`,
+        );
+      }
+      const meta = new Map(
+        (db.prepare('SELECT key, value FROM meta').all() as { key: string; value: string }[]).map((r) => [
+          r.key,
+          r.value,
+        ]),
+      );
+      if (meta.get('schema_version') !== String(INDEX_SCHEMA_VERSION))
+        throw new IndexUnusable(
+          `schema version ${meta.get('schema_version')} is not ${INDEX_SCHEMA_VERSION}`,
+        );
+      if (meta.get('repository_id') !== repositoryId)
+        throw new IndexUnusable('the index belongs to another repository (id mismatch)');
+      return new IndexDb(db, path);
+    } catch (err) {
+      db?.close();
+      if (err instanceof IndexUnusable) throw err;
+      throw new IndexUnusable(`cannot read the index: ${(err as Error).message}`);
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  private stmt(sql: string): Database.Statement {
+    let s = this.stmtCache.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.stmtCache.set(sql, s);
+    }
+    return s;
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  // ---- sessions
+
+  insertSession(s: SessionRow): void {
+    this.stmt(
+      'INSERT INTO sessions (id, tenant, host, disk, started_at, expires_at) VALUES (@id, @tenant, @host, @disk, @started_at, @expires_at)',
+    ).run(s);
+  }
+  getSession(id: string): SessionRow | undefined {
+    return this.stmt('SELECT * FROM sessions WHERE id = ?').get(id) as SessionRow | undefined;
+  }
+  extendSession(id: string, expiresAt: number): void {
+    this.stmt('UPDATE sessions SET expires_at = ? WHERE id = ?').run(expiresAt, id);
+  }
+  deleteSession(id: string): void {
+    this.stmt('DELETE FROM sessions WHERE id = ?').run(id);
+  }
+  reapExpiredSessions(now: number): number {
+    return this.stmt('DELETE FROM sessions WHERE expires_at <= ?').run(now).changes;
+  }
+  oldestSessionStart(): number | undefined {
+    const r = this.stmt('SELECT MIN(started_at) AS t FROM sessions').get() as { t: number | null };
+    return r.t ?? undefined;
+  }
+
+  // ---- chunks
+
+  getChunk(id: string): ChunkRow | undefined {
+    return this.stmt('SELECT refcount, raw_size, stored_size, touched_at FROM chunks WHERE id = ?').get(
+      Buffer.from(id, 'hex'),
+    ) as ChunkRow | undefined;
+  }
+
+  /** Records a stored chunk (or repairs a row whose object was lost), owned by `tenant`, touched now. */
+  recordStoredChunk(id: string, rawSize: number, storedSize: number, tenant: string, now: number): void {
+    const blob = Buffer.from(id, 'hex');
+    this.transaction(() => {
+      this.stmt(
+        `INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 0, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET stored_size = excluded.stored_size, touched_at = excluded.touched_at`,
+      ).run(blob, rawSize, storedSize, now);
+      this.stmt('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)').run(blob, tenant);
+    });
+  }
+
+  /** An upload of a chunk already stored: the uploader proved it holds the bytes, so it now owns them too. */
+  claimChunk(id: string, tenant: string, now: number): void {
+    const blob = Buffer.from(id, 'hex');
+    this.transaction(() => {
+      this.stmt('UPDATE chunks SET touched_at = ? WHERE id = ?').run(now, blob);
+      this.stmt('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)').run(blob, tenant);
+    });
+  }
+
+  /**
+   * Of `ids` (32-byte blobs), the ones present for `tenant`: the row exists, its object is stored, and the
+   * tenant owns it. Present ids are touched (gc protection for the session that asked). One transaction.
+   */
+  presentForTenant(tenant: string, ids: Buffer[], touchAt?: number): Set<string> {
+    const present = new Set<string>();
+    this.transaction(() => {
+      for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
+        const batch = ids.slice(i, i + LOOKUP_BATCH);
+        const marks = batch.map(() => '?').join(',');
+        // The owners table alone answers: an ownership row exists only for a stored chunk (invariant kept
+        // by every writer), and skipping the join halves the cost of a 100,000-id query.
+        const found = this.stmt(`SELECT chunk FROM owners WHERE tenant = ? AND chunk IN (${marks})`)
+          .raw()
+          .all(tenant, ...batch) as [Buffer][];
+        if (found.length === 0) continue;
+        for (const [id] of found) present.add(hexOf(id));
+        if (touchAt !== undefined) {
+          // Only unreferenced rows need the touch (a referenced chunk is protected by its count, and
+          // removeSnapshot touches what drops to zero while sessions are open). Touching every present row
+          // would dirty a random page per id: 100,000 ids cost seconds of WAL writes instead of milliseconds.
+          this.stmt(
+            `UPDATE chunks SET touched_at = ? WHERE refcount = 0 AND id IN (${found.map(() => '?').join(',')})`,
+          ).run(touchAt, ...found.map((f) => f[0]));
+        }
+      }
+    });
+    return present;
+  }
+
+  /**
+   * The commit's one transaction: counts a reference for every entry (a chunk named twice counts twice),
+   * re-checking that each is still present and owned by the tenant (gc may have run since the first
+   * check), inserts the snapshot row and closes the session. Returns the missing ids instead when any
+   * entry fails the re-check; then nothing at all was changed.
+   */
+  commitSnapshot(
+    header: ManifestHeader & { id: string; tenant: string },
+    entries: Buffer,
+    sessionId: string,
+  ): string[] {
+    const missing: string[] = [];
+    const bump = this.stmt(
+      'UPDATE chunks SET refcount = refcount + 1 WHERE id = ? AND stored_size > 0 AND EXISTS (SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?)',
+    );
+    const rollback = new Error('rollback');
+    try {
+      this.transaction(() => {
+        for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
+          const id = entries.subarray(at, at + 32);
+          if (bump.run(id, id, header.tenant).changes !== 1 && missing.length < 1000) {
+            const hex = hexOf(id);
+            if (!missing.includes(hex)) missing.push(hex);
+          }
+        }
+        if (missing.length > 0) throw rollback;
+        this.insertSnapshotRow(header);
+        this.deleteSession(sessionId);
+      });
+    } catch (err) {
+      if (err !== rollback) throw err;
+    }
+    return missing;
+  }
+
+  insertSnapshotRow(h: ManifestHeader & { id: string; tenant: string }): void {
+    this.stmt(
+      `INSERT INTO snapshots (id, tenant, host, disk, time, time_ms, size, sha256, chunk_count, tags, unreadable, source_format)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      h.id,
+      h.tenant,
+      h.host,
+      h.disk,
+      h.time,
+      Date.parse(h.time),
+      h.size,
+      h.sha256,
+      h.chunkCount,
+      JSON.stringify(h.tags),
+      JSON.stringify(h.unreadable),
+      h.sourceFormat,
+    );
+  }
+
+  /**
+   * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
+   * row was already gone (a concurrent delete): then nothing is lowered twice.
+   */
+  removeSnapshot(id: string, entries: Buffer, log: (m: string) => void, now: number): boolean {
+    // While any session is open, a chunk whose count drops to zero is touched: a session may have been told
+    // it is present (filterMissing only touches unreferenced rows), and the touch keeps gc off it until that
+    // session ends. With no session open nothing can rely on it, and gc may free it at once.
+    const touchAt = this.oldestSessionStart() === undefined ? -1 : now;
+    const lower = this.stmt(
+      'UPDATE chunks SET refcount = refcount - 1, touched_at = CASE WHEN refcount = 1 AND ? >= 0 THEN ? ELSE touched_at END WHERE id = ? AND refcount > 0',
+    );
+    return this.transaction(() => {
+      if (this.stmt('DELETE FROM snapshots WHERE id = ?').run(id).changes !== 1) return false;
+      let underflow = 0;
+      for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
+        if (lower.run(touchAt, touchAt, entries.subarray(at, at + 32)).changes !== 1) underflow++;
+      }
+      if (underflow > 0)
+        log(
+          `snapshot ${id}: ${underflow} references had no count to lower; the index was inconsistent (run verify)`,
+        );
+      return true;
+    });
+  }
+
+  /**
+   * gc's first phase: removes rows of chunks no snapshot uses and nobody touched since `cutoff`, with their
+   * ownership, and returns them. The refcount = 0 condition is evaluated inside the same transaction.
+   */
+  removeGarbage(cutoff: number): { ids: string[]; bytes: number } {
+    return this.transaction(() => {
+      const rows = this.stmt('SELECT id, stored_size FROM chunks WHERE refcount = 0 AND touched_at < ?')
+        .raw()
+        .all(cutoff) as [Buffer, number][];
+      const delChunk = this.stmt('DELETE FROM chunks WHERE id = ? AND refcount = 0');
+      const delOwners = this.stmt('DELETE FROM owners WHERE chunk = ?');
+      let bytes = 0;
+      const ids: string[] = [];
+      for (const [id, stored] of rows) {
+        if (delChunk.run(id).changes !== 1) continue;
+        delOwners.run(id);
+        ids.push(hexOf(id));
+        bytes += stored;
+      }
+      return { ids, bytes };
+    });
+  }
+
+  countUnreferenced(): number {
+    return (this.stmt('SELECT COUNT(*) AS n FROM chunks WHERE refcount = 0').get() as { n: number }).n;
+  }
+
+  hasChunk(id: string): boolean {
+    return this.stmt('SELECT 1 FROM chunks WHERE id = ?').get(Buffer.from(id, 'hex')) !== undefined;
+  }
+
+  /** Every chunk row, in id order: verify compares refcounts against a recount. */
+  *iterateChunks(): Generator<{ id: string; refcount: number; storedSize: number }> {
+    for (const [id, refcount, storedSize] of this.db
+      .prepare('SELECT id, refcount, stored_size FROM chunks ORDER BY id')
+      .raw()
+      .iterate() as Iterable<[Buffer, number, number]>) {
+      yield { id: hexOf(id), refcount, storedSize };
+    }
+  }
+
+  // ---- snapshots
+
+  getSnapshot(id: string): SnapshotInfo | undefined {
+    const r = this.stmt('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined;
+    return r ? toInfo(r) : undefined;
+  }
+
+  listSnapshots(filter: SnapshotFilter = {}): SnapshotInfo[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    for (const column of ['host', 'disk', 'tenant'] as const) {
+      const value = filter[column];
+      if (value !== undefined) {
+        where.push(`${column} = ?`);
+        args.push(value);
+      }
+    }
+    if (filter.hosts !== undefined) {
+      if (filter.hosts.length === 0) return [];
+      where.push(`host IN (${filter.hosts.map(() => '?').join(',')})`);
+      args.push(...filter.hosts);
+    }
+    const sql = `SELECT * FROM snapshots ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY time_ms, id`;
+    return (this.db.prepare(sql).all(...args) as SnapshotRow[]).map(toInfo);
+  }
+
+  newestSnapshot(tenant: string, host: string, disk: string): SnapshotInfo | undefined {
+    const r = this.stmt(
+      'SELECT * FROM snapshots WHERE tenant = ? AND host = ? AND disk = ? ORDER BY time_ms DESC, id DESC LIMIT 1',
+    ).get(tenant, host, disk) as SnapshotRow | undefined;
+    return r ? toInfo(r) : undefined;
+  }
+
+  // ---- stats
+
+  totals(): { uniqueChunks: number; rawBytes: number; storedBytes: number } {
+    const r = this.stmt(
+      'SELECT COUNT(*) AS n, COALESCE(SUM(raw_size), 0) AS raw, COALESCE(SUM(stored_size), 0) AS stored FROM chunks',
+    ).get() as {
+      n: number;
+      raw: number;
+      stored: number;
+    };
+    return { uniqueChunks: r.n, rawBytes: r.raw, storedBytes: r.stored };
+  }
+
+  snapshotTotals(): {
+    snapshots: number;
+    logicalBytes: number;
+    perHost: { host: string; snapshots: number; logicalBytes: number }[];
+    perTenant: Map<string, { snapshots: number; logicalBytes: number }>;
+  } {
+    const all = this.stmt('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM snapshots').get() as {
+      n: number;
+      bytes: number;
+    };
+    const perHost = (
+      this.stmt(
+        'SELECT host, COUNT(*) AS n, SUM(size) AS bytes FROM snapshots GROUP BY host ORDER BY host',
+      ).all() as { host: string; n: number; bytes: number }[]
+    ).map((r) => ({ host: r.host, snapshots: r.n, logicalBytes: r.bytes }));
+    const perTenant = new Map(
+      (
+        this.stmt(
+          'SELECT tenant, COUNT(*) AS n, SUM(size) AS bytes FROM snapshots GROUP BY tenant',
+        ).all() as { tenant: string; n: number; bytes: number }[]
+      ).map((r) => [r.tenant, { snapshots: r.n, logicalBytes: r.bytes }]),
+    );
+    return { snapshots: all.n, logicalBytes: all.bytes, perHost, perTenant };
+  }
+
+  /** Stored bytes of chunks that only this tenant owns: what deleting the tenant would free. */
+  uniqueBytesPerTenant(): Map<string, number> {
+    const rows = this.stmt(
+      `SELECT o.tenant AS tenant, SUM(c.stored_size) AS bytes FROM owners o JOIN chunks c ON c.id = o.chunk
+       WHERE NOT EXISTS (SELECT 1 FROM owners o2 WHERE o2.chunk = o.chunk AND o2.tenant <> o.tenant) GROUP BY o.tenant`,
+    ).all() as { tenant: string; bytes: number }[];
+    const tenants = this.stmt('SELECT DISTINCT tenant FROM owners').all() as { tenant: string }[];
+    const out = new Map<string, number>(tenants.map((t) => [t.tenant, 0]));
+    for (const r of rows) out.set(r.tenant, r.bytes);
+    return out;
+  }
+}
+
+function configure(db: Database.Database): void {
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  // 64 MiB of page cache: filterMissing's random lookups stay in memory for indexes of a few million chunks.
+  db.pragma('cache_size = -65536');
+  // Memory-mapped reads skip a pread() per page on cold lookups (the OS page cache serves them directly).
+  db.pragma('mmap_size = 268435456');
+}
+
+export function removeDbFiles(path: string): void {
+  for (const suffix of ['', '-wal', '-shm', '-journal']) rmSync(`${path}${suffix}`, { force: true });
+}
+
+/** Replaces the index file at `target` by the one at `source` (both closed): rename is atomic. */
+export function replaceDbFile(source: string, target: string): void {
+  for (const suffix of ['-wal', '-shm', '-journal']) rmSync(`${target}${suffix}`, { force: true });
+  renameSync(source, target);
+}

@@ -1,0 +1,119 @@
+import type { StorageAdapter } from '../storage-adapters/adapter.js';
+import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
+import { IndexDb } from './index-db.js';
+import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
+import type { ManifestStore } from './manifest-store.js';
+
+export const DEFAULT_TENANT = 'default';
+
+export interface RebuildResult {
+  snapshots: number;
+  chunks: number;
+  unreadableManifests: string[];
+  missingChunks: number;
+}
+
+/**
+ * Builds a complete index at `path` from storage alone: one snapshot row and one reference per manifest
+ * entry (so refcounts equal the live index's, which counts a chunk named twice twice), ownership from the
+ * manifests' tenant, stored sizes from the chunk listing. Chunks in storage that no manifest names get
+ * refcount 0 and their mtime as touch time: gc collects them after the grace period, as it would orphans.
+ * The new index is built beside the live one and only swapped in by the caller, so a failed rebuild
+ * leaves the old index untouched.
+ */
+export async function rebuildIndex(opts: {
+  storage: StorageAdapter;
+  manifests: ManifestStore;
+  chunks: ChunkStore;
+  path: string;
+  repositoryId: string;
+  log: (m: string) => void;
+}): Promise<{ index: IndexDb; result: RebuildResult }> {
+  const index = IndexDb.create(opts.path, opts.repositoryId);
+  try {
+    const db = index.db;
+    const addRef = db.prepare(
+      'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 1, ?, 0, 0) ON CONFLICT (id) DO UPDATE SET refcount = refcount + 1',
+    );
+    const own = db.prepare('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)');
+    const unreadableManifests: string[] = [];
+    let snapshots = 0;
+    for await (const { id } of opts.manifests.listIds()) {
+      // A manifest is read whole before anything of it is indexed: a corrupt trailer must not leave half
+      // its references counted.
+      let header: ManifestHeader;
+      const batches: Buffer[] = [];
+      try {
+        const { reader, stream } = await opts.manifests.reader(id);
+        header = reader.header;
+        try {
+          for await (const b of reader.entryBatches()) batches.push(b);
+        } finally {
+          stream.destroy();
+        }
+      } catch (err) {
+        opts.log(`reindex: manifest ${id} is unreadable and was left out: ${(err as Error).message}`);
+        unreadableManifests.push(id);
+        continue;
+      }
+      const tenant = header.tenant ?? DEFAULT_TENANT;
+      index.transaction(() => {
+        index.insertSnapshotRow({ ...header, id, tenant });
+        for (const b of batches) {
+          for (let at = 0; at < b.length; at += MANIFEST_ENTRY_BYTES) {
+            const chunk = b.subarray(at, at + 32);
+            addRef.run(chunk, b.readUInt32BE(at + 32));
+            own.run(chunk, tenant);
+          }
+        }
+      });
+      snapshots++;
+    }
+
+    const setStored = db.prepare('UPDATE chunks SET stored_size = ?, touched_at = ? WHERE id = ?');
+    const addUnreferenced = db.prepare(
+      'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 0, ?, ?, ?)',
+    );
+    let pending: { id: string; size: number; mtimeMs: number }[] = [];
+    const flush = async () => {
+      const unknown: { id: string; size: number; mtimeMs: number }[] = [];
+      index.transaction(() => {
+        for (const p of pending)
+          if (setStored.run(p.size, Math.floor(p.mtimeMs), Buffer.from(p.id, 'hex')).changes === 0)
+            unknown.push(p);
+      });
+      for (const u of unknown) {
+        try {
+          const head = await opts.chunks.readHeader(u.id);
+          addUnreferenced.run(Buffer.from(u.id, 'hex'), head.rawLength, u.size, Math.floor(u.mtimeMs));
+        } catch (err) {
+          opts.log(
+            `reindex: chunk object ${u.id} has no readable header and was left out: ${(err as Error).message}`,
+          );
+        }
+      }
+      pending = [];
+    };
+    for await (const e of opts.storage.list(CHUNKS_PREFIX)) {
+      const id = chunkIdFromKey(e.key);
+      if (!id) continue;
+      pending.push({ id, size: e.size, mtimeMs: e.mtimeMs });
+      if (pending.length >= 5000) await flush();
+    }
+    await flush();
+    // Nobody owns a chunk that is not stored: uploads then see it missing and repair it.
+    db.prepare('DELETE FROM owners WHERE chunk IN (SELECT id FROM chunks WHERE stored_size = 0)').run();
+    const missingChunks = (
+      db.prepare('SELECT COUNT(*) AS n FROM chunks WHERE stored_size = 0').get() as { n: number }
+    ).n;
+    if (missingChunks > 0)
+      opts.log(
+        `reindex: ${missingChunks} chunks named by manifests are missing from storage; run verify to see which snapshots are damaged`,
+      );
+    const chunks = (db.prepare('SELECT COUNT(*) AS n FROM chunks').get() as { n: number }).n;
+    return { index, result: { snapshots, chunks, unreadableManifests, missingChunks } };
+  } catch (err) {
+    index.close();
+    throw err;
+  }
+}

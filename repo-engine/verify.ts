@@ -1,0 +1,135 @@
+import type { StorageAdapter } from '../storage-adapters/adapter.js';
+import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
+import type { IndexDb } from './index-db.js';
+import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
+import type { ManifestStore } from './manifest-store.js';
+import type { VerifyProblem, VerifyProgress, VerifyReport } from './types.js';
+
+export interface VerifyContext {
+  index: IndexDb;
+  chunks: ChunkStore;
+  manifests: ManifestStore;
+  storage: StorageAdapter;
+  now: () => number;
+}
+
+/** How many chunks verify reads at once with readData: enough to hide storage latency, bounded. */
+const READ_CONCURRENCY = 4;
+
+/**
+ * Checks the repository without changing it:
+ * 1. every snapshot (in the index or in storage) has a readable manifest, trailer included;
+ * 2. every chunk a manifest names is in the index and in the storage listing;
+ * 3. with readData, every stored chunk is read back (cache bypassed) and re-hashed;
+ * 4. every index refcount equals a recount from the indexed snapshots' manifests.
+ * Each bad chunk is reported once, with every snapshot that names it (found by a second pass over the
+ * manifests, only when there is something to report).
+ */
+export async function verifyRepository(
+  ctx: VerifyContext,
+  opts: { readData: boolean; onProgress?: (p: VerifyProgress) => void },
+): Promise<VerifyReport> {
+  const started = ctx.now();
+  const progress = opts.onProgress ?? (() => {});
+
+  const stored = new Set<string>();
+  for await (const e of ctx.storage.list(CHUNKS_PREFIX)) {
+    const id = chunkIdFromKey(e.key);
+    if (id) stored.add(id);
+  }
+
+  const indexed = new Set(ctx.index.listSnapshots().map((s) => s.id));
+  const snapshotIds = new Set(indexed);
+  for await (const { id } of ctx.manifests.listIds()) snapshotIds.add(id);
+
+  const recount = new Map<string, number>();
+  const badManifests: VerifyReport['badManifests'] = [];
+  const readable: string[] = [];
+  let done = 0;
+  for (const id of snapshotIds) {
+    const counts = new Map<string, number>();
+    try {
+      for await (const batch of ctx.manifests.entryBatches(id)) {
+        for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES) {
+          const chunk = batch.toString('hex', at, at + 32);
+          counts.set(chunk, (counts.get(chunk) ?? 0) + 1);
+        }
+      }
+      if (!indexed.has(id))
+        badManifests.push({
+          snapshot: id,
+          detail: 'manifest in storage but not in the index (run reindex to adopt it)',
+        });
+      readable.push(id);
+      // Only indexed snapshots count toward refcounts: the index only counts those.
+      if (indexed.has(id)) for (const [c, n] of counts) recount.set(c, (recount.get(c) ?? 0) + n);
+      else for (const c of counts.keys()) if (!recount.has(c)) recount.set(c, 0);
+    } catch (err) {
+      badManifests.push({ snapshot: id, detail: (err as Error).message });
+    }
+    progress({ phase: 'manifests', done: ++done, total: snapshotIds.size });
+  }
+
+  const bad = new Map<string, { kind: 'missing' | 'corrupt'; detail: string }>();
+  for (const chunk of recount.keys()) {
+    const row = ctx.index.getChunk(chunk);
+    if (!stored.has(chunk)) bad.set(chunk, { kind: 'missing', detail: 'absent from storage' });
+    else if (!row) bad.set(chunk, { kind: 'missing', detail: 'absent from the index' });
+  }
+
+  let refcountMismatches = 0;
+  for (const row of ctx.index.iterateChunks()) {
+    if ((recount.get(row.id) ?? 0) !== row.refcount) refcountMismatches++;
+  }
+  for (const [chunk, n] of recount) if (n > 0 && !ctx.index.getChunk(chunk)) refcountMismatches++;
+
+  let chunksChecked = 0;
+  let bytesRead = 0;
+  if (opts.readData) {
+    const queue = [...stored];
+    const total = queue.length;
+    const worker = async () => {
+      for (let id = queue.pop(); id !== undefined; id = queue.pop()) {
+        try {
+          bytesRead += (await ctx.chunks.readRaw(id, { bypassCache: true })).length;
+        } catch (err) {
+          const code = (err as { code?: string }).code;
+          bad.set(id, { kind: code === 'NotFound' ? 'missing' : 'corrupt', detail: (err as Error).message });
+        }
+        chunksChecked++;
+        progress({ phase: 'chunks', done: chunksChecked, total });
+      }
+    };
+    await Promise.all(Array.from({ length: READ_CONCURRENCY }, worker));
+  } else {
+    chunksChecked = recount.size;
+  }
+
+  const users = new Map<string, Set<string>>([...bad.keys()].map((c) => [c, new Set<string>()]));
+  if (bad.size > 0) {
+    for (const id of readable) {
+      for await (const batch of ctx.manifests.entryBatches(id)) {
+        for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
+          users.get(batch.toString('hex', at, at + 32))?.add(id);
+      }
+    }
+  }
+  const problems: VerifyProblem[] = [...bad].map(([chunk, p]) => ({
+    chunk,
+    kind: p.kind,
+    snapshots: [...(users.get(chunk) ?? [])].sort(),
+    detail: p.detail,
+  }));
+  problems.sort((a, b) => (a.chunk < b.chunk ? -1 : 1));
+
+  return {
+    ok: problems.length === 0 && badManifests.length === 0 && refcountMismatches === 0,
+    snapshotsChecked: snapshotIds.size,
+    chunksChecked,
+    bytesRead,
+    problems,
+    badManifests,
+    refcountMismatches,
+    seconds: (ctx.now() - started) / 1000,
+  };
+}

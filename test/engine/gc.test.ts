@@ -1,0 +1,150 @@
+import test from 'ava';
+import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
+import { chunkKey } from '../../repo-engine/chunk-store.js';
+import {
+  Backends,
+  backup,
+  bodyOf,
+  indexRefcounts,
+  manifestFor,
+  openFixture,
+  recount,
+  referenced,
+  restore,
+  sha256,
+} from '../helpers/engine-fixtures.js';
+import type { MemoryStorage } from '../helpers/engine-memory-storage.js';
+
+const backends = new Backends();
+test.after.always(() => backends.stop());
+const HOUR = 3_600_000;
+
+for (const name of backends.names) {
+  test(`${name}: gc keeps an unreferenced chunk uploaded by a session still open, and frees it once the session is gone and the grace has passed`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: HOUR, sessionLeaseMs: 10 * HOUR });
+    try {
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      const data = Buffer.alloc(4000, 5);
+      await fx.repo.putChunk(s.id, sha256(data), data, 'raw');
+      fx.clock.advance(5 * HOUR); // far past the grace, but the session is open
+      let report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 0);
+      t.is(report.chunksProtected, 1);
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+
+      await fx.repo.deleteSnapshot(snap.id);
+      report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 1);
+      t.is(await fx.storage.stat(chunkKey(sha256(data))), undefined);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test(`${name}: a chunk gc removed between filterMissing and commit makes the commit fail with Conflict, never leaving a dangling manifest`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
+    try {
+      const data = Buffer.alloc(4000, 6);
+      const old = await backup(fx.repo, data);
+      await fx.repo.deleteSnapshot(old.id); // refcount 0, touched long ago
+      fx.clock.advance(HOUR);
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      fx.clock.advance(HOUR);
+      // gc runs from another process's point of view before the session ever asked: nothing protects it.
+      const report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 1);
+      const err = await t.throwsAsync(fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data]))));
+      t.is((err as { code?: string }).code, 'Conflict');
+      t.deepEqual((err as { details?: { missing: string[] } }).details?.missing, [sha256(data)]);
+      const manifests = [];
+      for await (const e of fx.storage.list('snapshots/')) manifests.push(e.key);
+      t.deepEqual(manifests, []);
+      // The agent re-uploads and commits: the chunk is stored anew.
+      t.true((await fx.repo.putChunk(s.id, sha256(data), data, 'raw')).stored);
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test(`${name}: a chunk filterMissing reported present survives a forget and gc during the in-flight session`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
+    try {
+      const data = Buffer.alloc(4000, 7);
+      const old = await backup(fx.repo, data);
+      fx.clock.advance(HOUR);
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      t.deepEqual(await fx.repo.filterMissing(s.id, [sha256(data)]), []);
+      // Forget the only snapshot using it while the session is in flight, then gc.
+      await fx.repo.applyForget(fx.repo.planForget({ last: 0, within: '0h', tags: ['none'] }));
+      t.is(fx.repo.getSnapshot(old.id), undefined);
+      fx.clock.advance(HOUR);
+      const report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 0);
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+      t.deepEqual(referenced(indexRefcounts(fx.indexPath)), referenced(await recount(fx.repo)));
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test(`${name}: an upload racing gc's deletion of the same chunk waits and stores it anew`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
+    try {
+      const data = Buffer.alloc(4000, 8);
+      const old = await backup(fx.repo, data);
+      await fx.repo.deleteSnapshot(old.id);
+      fx.clock.advance(HOUR);
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      fx.clock.advance(HOUR);
+      const gc = fx.repo.gc(); // phase 1 runs synchronously up to the first await: the row is gone now
+      const put = fx.repo.putChunk(s.id, sha256(data), data, 'raw');
+      const [report, stored] = await Promise.all([gc, put]);
+      t.is(report.chunksDeleted, 1);
+      t.true(stored.stored);
+      t.truthy(await fx.storage.stat(chunkKey(sha256(data))));
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+    } finally {
+      await fx.cleanup();
+    }
+  });
+}
+
+test('gc deletes orphan chunk objects unknown to the index only once they are older than the grace period', async (t) => {
+  const fx = await openFixture(new Backends(), 'memory', { gcGraceMs: HOUR });
+  try {
+    const storage = fx.storage as MemoryStorage;
+    storage.clock = fx.clock.now;
+    const orphan = Buffer.alloc(3000, 1);
+    await storage.put(chunkKey(sha256(orphan)), encodeStoredChunk('raw', orphan.length, orphan));
+    fx.clock.advance(HOUR - 1);
+    t.is((await fx.repo.gc()).orphansDeleted, 0);
+    fx.clock.advance(2);
+    const report = await fx.repo.gc();
+    t.is(report.orphansDeleted, 1);
+    t.is(report.bytesFreed, orphan.length + 9);
+    t.is(await storage.stat(chunkKey(sha256(orphan))), undefined);
+  } finally {
+    await fx.cleanup();
+  }
+});
+
+test('gc reaps expired sessions so their protection ends', async (t) => {
+  const fx = await openFixture(new Backends(), 'memory', { gcGraceMs: HOUR, sessionLeaseMs: HOUR });
+  try {
+    const s = await fx.repo.beginSession('pc1', 'sda');
+    const data = Buffer.alloc(2000, 2);
+    await fx.repo.putChunk(s.id, sha256(data), data, 'raw');
+    fx.clock.advance(HOUR / 2);
+    t.is((await fx.repo.gc()).chunksDeleted, 0);
+    fx.clock.advance(2 * HOUR);
+    t.is((await fx.repo.gc()).chunksDeleted, 1);
+    t.throws(() => fx.repo.touchSession(s.id));
+  } finally {
+    await fx.cleanup();
+  }
+});
