@@ -57,3 +57,59 @@ export interface ErrorBody {
   message: string;
   details?: Record<string, unknown>;
 }
+
+/* Admin routes (added by the API engineer; additive). */
+import type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport } from '../repo-engine/types.js';
+export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport };
+
+/** POST /v1/forget (admin). Without dryRun the plan is applied; prune also runs gc (global admin). */
+export interface ForgetRequest {
+  policy: RetentionPolicy;
+  host?: string;
+  disk?: string;
+  dryRun?: boolean;
+  prune?: boolean;
+}
+export interface ForgetResponse {
+  plan: ForgetPlan;
+  dryRun: boolean;
+  removed: number;
+  gc?: GcReport;
+}
+
+/** POST /v1/gc (global admin) -> 200 { report }. */
+export interface GcResponse {
+  report: GcReport;
+}
+
+/** POST /v1/verify (global admin) -> 202 { job }; poll GET /v1/jobs/:id until state is not 'running'. */
+export interface VerifyRequest {
+  readData?: boolean;
+}
+export interface JobInfo {
+  id: string;
+  kind: 'verify';
+  state: 'running' | 'done' | 'failed';
+  startedAt: string;
+  finishedAt?: string;
+  progress?: VerifyProgress;
+  /** For verify: a VerifyReport. */
+  result?: VerifyReport;
+  error?: { code: string; message: string };
+}
+export interface JobResponse {
+  job: JobInfo;
+}
+
+/**
+ * GET /v1/stats. A global admin sees the whole repository (scope 'repository', `repository` set); a tenant
+ * admin its tenant (`tenant` set); an agent token the snapshots of its hosts.
+ */
+export interface StatsResponse {
+  scope: 'repository' | 'tenant' | 'hosts';
+  snapshots: number;
+  logicalBytes: number;
+  perHost: { host: string; snapshots: number; logicalBytes: number }[];
+  repository?: RepoStats;
+  tenant?: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number };
+}

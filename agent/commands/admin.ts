@@ -1,0 +1,297 @@
+import { parseArgs } from 'node:util';
+import type {
+  ErrorBody,
+  ForgetResponse,
+  GcResponse,
+  JobInfo,
+  JobResponse,
+  RetentionPolicy,
+  StatsResponse,
+} from '../../api/protocol.js';
+import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
+import { EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+
+/**
+ * The admin commands over HTTP: forget (restic's flags), gc, verify, stats. Thin: parse flags, one request
+ * (verify: start a job and poll it), print a human summary or, with --json, the server's answer.
+ */
+const COMMON = {
+  server: { type: 'string' },
+  token: { type: 'string' },
+  config: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const FORGET = {
+  ...COMMON,
+  host: { type: 'string' },
+  disk: { type: 'string' },
+  'keep-last': { type: 'string' },
+  'keep-hourly': { type: 'string' },
+  'keep-daily': { type: 'string' },
+  'keep-weekly': { type: 'string' },
+  'keep-monthly': { type: 'string' },
+  'keep-yearly': { type: 'string' },
+  'keep-within': { type: 'string' },
+  'keep-within-hourly': { type: 'string' },
+  'keep-within-daily': { type: 'string' },
+  'keep-within-weekly': { type: 'string' },
+  'keep-within-monthly': { type: 'string' },
+  'keep-within-yearly': { type: 'string' },
+  'keep-tag': { type: 'string', multiple: true },
+  'dry-run': { type: 'boolean', short: 'n' },
+  prune: { type: 'boolean' },
+} as const;
+
+const USAGE: Record<string, string> = {
+  forget: `usage: diskvault forget [--host H] [--disk D] [--keep-last N] [--keep-hourly N] [--keep-daily N]
+         [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within DURATION]
+         [--keep-within-{hourly,daily,weekly,monthly,yearly} DURATION] [--keep-tag T]...
+         [--dry-run] [--prune] [--json]
+  DURATION is restic's form: 1y2m3d4h (m = months). --prune runs gc afterwards.
+`,
+  gc: 'usage: diskvault gc [--json]\n',
+  verify: 'usage: diskvault verify [--read-data] [--json]\n  exits 1 when a problem is found\n',
+  stats: 'usage: diskvault stats [--json]\n',
+};
+const CONNECTION_HELP =
+  '\nAll take --server URL --token T [--config FILE] (or DISKVAULT_SERVER / DISKVAULT_TOKEN).\n';
+
+const COUNT_FLAGS = {
+  'keep-last': 'last',
+  'keep-hourly': 'hourly',
+  'keep-daily': 'daily',
+  'keep-weekly': 'weekly',
+  'keep-monthly': 'monthly',
+  'keep-yearly': 'yearly',
+} as const;
+const WITHIN_FLAGS = {
+  'keep-within': 'within',
+  'keep-within-hourly': 'withinHourly',
+  'keep-within-daily': 'withinDaily',
+  'keep-within-weekly': 'withinWeekly',
+  'keep-within-monthly': 'withinMonthly',
+  'keep-within-yearly': 'withinYearly',
+} as const;
+
+export async function run(argv: string[], command: string): Promise<number> {
+  const options =
+    command === 'forget'
+      ? FORGET
+      : command === 'verify'
+        ? { ...COMMON, 'read-data': { type: 'boolean' } }
+        : COMMON;
+  if (!USAGE[command]) throw new UsageError(`unknown admin command ${command}`);
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: options as typeof COMMON,
+      allowPositionals: false,
+      strict: true,
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE[command] + CONNECTION_HELP);
+    return EXIT_OK;
+  }
+  const client = new AdminClient(
+    resolveClientConfig(values as { server?: string; token?: string; config?: string }),
+  );
+  const json = values.json === true;
+  switch (command) {
+    case 'forget':
+      return forget(client, values, json);
+    case 'gc':
+      return gc(client, json);
+    case 'verify':
+      return verify(client, values['read-data'] === true, json);
+    default:
+      return stats(client, json);
+  }
+}
+
+export function policyFromFlags(values: Record<string, unknown>): RetentionPolicy {
+  const policy: RetentionPolicy = {};
+  for (const [flag, key] of Object.entries(COUNT_FLAGS)) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || !/^-?\d+$/.test(v) || Number(v) < -1)
+      throw new UsageError(`--${flag} needs a whole number (-1 = unlimited)`);
+    policy[key] = Number(v);
+  }
+  for (const [flag, key] of Object.entries(WITHIN_FLAGS)) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || !/^(\d+[ymdh])+$/.test(v))
+      throw new UsageError(`--${flag} needs a duration like 1y2m3d4h`);
+    policy[key] = v;
+  }
+  const tags = values['keep-tag'];
+  if (Array.isArray(tags) && tags.length > 0) policy.tags = tags as string[];
+  if (Object.keys(policy).length === 0)
+    throw new UsageError('give at least one --keep-* rule; forget without one would remove everything');
+  return policy;
+}
+
+async function forget(client: AdminClient, values: Record<string, unknown>, json: boolean): Promise<number> {
+  const policy = policyFromFlags(values);
+  const dryRun = values['dry-run'] === true;
+  const body = {
+    policy,
+    dryRun,
+    prune: values.prune === true,
+    ...(typeof values.host === 'string' ? { host: values.host } : {}),
+    ...(typeof values.disk === 'string' ? { disk: values.disk } : {}),
+  };
+  const out = await client.call<ForgetResponse>('POST', '/v1/forget', body);
+  if (json) {
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return EXIT_OK;
+  }
+  for (const g of out.plan.groups) {
+    process.stdout.write(`${g.host} ${g.disk}: keep ${g.keep.length}, remove ${g.remove.length}\n`);
+    for (const k of g.keep)
+      process.stdout.write(
+        `  keep    ${k.snapshot.id.slice(0, 12)}  ${k.snapshot.time}  ${k.reasons.join(', ')}\n`,
+      );
+    for (const r of g.remove) process.stdout.write(`  remove  ${r.id.slice(0, 12)}  ${r.time}\n`);
+  }
+  const removable = out.plan.groups.reduce((n, g) => n + g.remove.length, 0);
+  process.stdout.write(
+    dryRun ? `dry run: would remove ${removable} snapshots\n` : `removed ${out.removed} snapshots\n`,
+  );
+  if (out.gc) printGc(out.gc);
+  return EXIT_OK;
+}
+
+function printGc(r: GcResponse['report']): void {
+  process.stdout.write(
+    `gc: deleted ${r.chunksDeleted} chunks (${formatBytes(r.bytesFreed)}) and ${r.orphansDeleted} orphans, kept ${r.chunksProtected} for open sessions, ${r.seconds.toFixed(1)} s\n`,
+  );
+}
+
+async function gc(client: AdminClient, json: boolean): Promise<number> {
+  const out = await client.call<GcResponse>('POST', '/v1/gc', {});
+  if (json) process.stdout.write(`${JSON.stringify(out.report, null, 2)}\n`);
+  else printGc(out.report);
+  return EXIT_OK;
+}
+
+async function verify(client: AdminClient, readData: boolean, json: boolean): Promise<number> {
+  let job: JobInfo = (await client.call<JobResponse>('POST', '/v1/verify', { readData })).job;
+  const tty = process.stderr.isTTY === true;
+  while (job.state === 'running') {
+    await new Promise((r) => setTimeout(r, 500));
+    job = (await client.call<JobResponse>('GET', `/v1/jobs/${job.id}`)).job;
+    if (tty && job.progress) {
+      const p = job.progress;
+      const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
+      process.stderr.write(`\rverify: ${p.phase} ${p.done}/${p.total}${pct}   `);
+    }
+  }
+  if (tty) process.stderr.write('\n');
+  if (job.state === 'failed' || !job.result) {
+    throw new DiskvaultError(
+      (job.error?.code as ErrorCode) ?? 'Unavailable',
+      `verify failed: ${job.error?.message ?? 'no result'}`,
+    );
+  }
+  const r = job.result;
+  if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+  else {
+    process.stdout.write(
+      `checked ${r.snapshotsChecked} snapshots, ${r.chunksChecked} chunks, read ${formatBytes(r.bytesRead)} in ${r.seconds.toFixed(1)} s\n`,
+    );
+    for (const m of r.badManifests) process.stdout.write(`bad manifest ${m.snapshot}: ${m.detail}\n`);
+    for (const p of r.problems)
+      process.stdout.write(
+        `${p.kind} chunk ${p.chunk} (${p.detail}), used by ${p.snapshots.join(', ') || 'no snapshot'}\n`,
+      );
+    if (r.refcountMismatches)
+      process.stdout.write(`${r.refcountMismatches} refcounts differ from a recount\n`);
+    process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
+  }
+  return r.ok ? EXIT_OK : EXIT_FAILURE;
+}
+
+async function stats(client: AdminClient, json: boolean): Promise<number> {
+  const s = await client.call<StatsResponse>('GET', '/v1/stats');
+  if (json) {
+    process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
+    return EXIT_OK;
+  }
+  process.stdout.write(`${s.snapshots} snapshots, ${formatBytes(s.logicalBytes)} logical\n`);
+  if (s.repository) {
+    const r = s.repository;
+    process.stdout.write(
+      `${r.uniqueChunks} unique chunks, ${formatBytes(r.rawBytes)} raw, ${formatBytes(r.storedBytes)} stored; dedup ${r.dedupRatio.toFixed(2)}x, compression ${r.compressionRatio.toFixed(2)}x\n`,
+    );
+  }
+  if (s.tenant)
+    process.stdout.write(
+      `tenant ${s.tenant.tenant}: ${formatBytes(s.tenant.uniqueBytes)} held by this tenant alone\n`,
+    );
+  for (const h of s.perHost)
+    process.stdout.write(`  ${h.host}: ${h.snapshots} snapshots, ${formatBytes(h.logicalBytes)}\n`);
+  return EXIT_OK;
+}
+
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+/** JSON over fetch; an error answer becomes the typed error it encodes, so the CLI's one exit-code map applies. */
+class AdminClient {
+  constructor(private readonly cfg: { server: string; token: string }) {}
+
+  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.cfg.server}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.cfg.token}`,
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      throw new DiskvaultError(
+        'Unavailable',
+        `cannot reach ${this.cfg.server}: ${cause?.code ?? cause?.message ?? (err as Error).message}`,
+      );
+    }
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      throw new DiskvaultError(
+        'Unavailable',
+        `${this.cfg.server} answered ${res.status} with something that is not JSON`,
+      );
+    }
+    if (!res.ok) {
+      const e = parsed as Partial<ErrorBody> | undefined;
+      const code = (e?.code ?? 'Unavailable') as ErrorCode;
+      throw new DiskvaultError(
+        code,
+        `${e?.message ?? `HTTP ${res.status}`} (HTTP ${res.status})`,
+        e?.details,
+      );
+    }
+    return parsed as T;
+  }
+}

@@ -1,0 +1,93 @@
+import { readFile } from 'node:fs/promises';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../agent/cli-support.js';
+import { isDiskvaultError } from '../../storage-adapters/errors.js';
+import { ConfigError, parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
+import type { RunningService } from '../service.js';
+
+/** How long in-flight requests may run after SIGTERM/SIGINT before their connections are cut. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+/** Turns the failures an operator can fix into one sentence; anything else is reported by the dispatcher. */
+function explainStartupError(err: unknown, config: ServerConfig): string | undefined {
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'EADDRINUSE')
+    return `cannot listen on ${config.host}:${config.port}: the address is already in use`;
+  if (e?.code === 'EADDRNOTAVAIL')
+    return `cannot listen on ${config.host}:${config.port}: no such local address`;
+  if (e?.code === 'EACCES' && e.syscall === 'listen')
+    return `cannot listen on ${config.host}:${config.port}: permission denied`;
+  if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'ENOTDIR' || e?.code === 'EROFS') {
+    return `cannot use data folder ${config.dataDir}: ${e.message}`;
+  }
+  if (isDiskvaultError(err)) return `cannot open the repository: ${err.message}`;
+  return undefined;
+}
+
+/**
+ * restify 11 touches process.binding('http_parser') when loaded, and Node prints DEP0111 for it on every
+ * start; an operator can do nothing about it, so that one warning (only) is dropped.
+ */
+function silenceRestifyDeprecation(): void {
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((warning: unknown, ...rest: unknown[]) => {
+    const code = typeof rest[0] === 'object' ? (rest[0] as { code?: string } | null)?.code : rest[1];
+    if (code === 'DEP0111') return;
+    emit(warning, ...rest);
+  }) as typeof process.emitWarning;
+}
+
+export async function run(argv: string[], _command: string): Promise<number> {
+  silenceRestifyDeprecation();
+  const { ADMIN_TOKEN_FILE, startService } = await import('../service.js');
+  let parsed: ReturnType<typeof parseServerArgs>;
+  try {
+    parsed = parseServerArgs(argv);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+  if (parsed.help) {
+    process.stdout.write(SERVER_USAGE);
+    return EXIT_OK;
+  }
+  const config = parsed.config;
+  let service: RunningService;
+  try {
+    const { tls: tlsFiles, ...rest } = config;
+    const tls = tlsFiles
+      ? { cert: await readFile(tlsFiles.certFile), key: await readFile(tlsFiles.keyFile) }
+      : undefined;
+    service = await startService({ ...rest, ...(tls ? { tls } : {}) });
+  } catch (err) {
+    const explained = explainStartupError(err, config);
+    if (!explained) throw err;
+    process.stderr.write(`diskvault server: ${explained}\n`);
+    return EXIT_FAILURE;
+  }
+  if (service.createdAdminToken) {
+    process.stdout.write(
+      `created the first admin token (shown once; also saved to ${config.dataDir}/${ADMIN_TOKEN_FILE}, mode 0600):\n${service.createdAdminToken}\n`,
+    );
+  }
+  process.stdout.write(
+    `diskvault server listening on ${service.url} (storage ${service.storage.description})\n`,
+  );
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`diskvault server: ${signal} received, finishing in-flight requests\n`);
+      service.stop(SHUTDOWN_GRACE_MS).then(
+        () => resolve(EXIT_OK),
+        (err) => {
+          process.stderr.write(`diskvault server: error while closing: ${(err as Error)?.message ?? err}\n`);
+          resolve(EXIT_FAILURE);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}

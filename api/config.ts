@@ -1,0 +1,161 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseFixedDurationMs } from '../repo-engine/durations.js';
+import { DEFAULT_PORT } from './protocol.js';
+
+/**
+ * `diskvault server` settings: flags, and the same keys in a JSON config file (--config FILE). Flags win.
+ * Kept free of I/O beyond reading the config file, so the parsing is testable on its own.
+ */
+export interface ServerConfig {
+  host: string;
+  port: number;
+  dataDir: string;
+  s3?: { endpoint?: string; region: string; bucket: string; prefix?: string; forcePathStyle: boolean };
+  tls?: { certFile: string; keyFile: string };
+  cacheBytes?: number;
+  gcGraceMs?: number;
+  sessionLeaseMs?: number;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export const SERVER_OPTIONS = {
+  config: { type: 'string' },
+  listen: { type: 'string' },
+  data: { type: 'string' },
+  's3-endpoint': { type: 'string' },
+  's3-region': { type: 'string' },
+  's3-bucket': { type: 'string' },
+  's3-prefix': { type: 'string' },
+  's3-path-style': { type: 'boolean' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'cache-size': { type: 'string' },
+  'gc-grace': { type: 'string' },
+  'session-lease': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Key = Exclude<keyof typeof SERVER_OPTIONS, 'config' | 'help'>;
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** "268435456", "256M", "1G", "512MiB", "64k". Binary multiples: cache sizes are memory. */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) throw new ConfigError(`invalid size ${JSON.stringify(text)}: expected a form like 256M or 1G`);
+  const n = Math.floor(Number(m[1]) * (SIZE_UNITS[m[2].toUpperCase()] ?? 1));
+  if (!Number.isSafeInteger(n)) throw new ConfigError(`size ${text} is out of range`);
+  return n;
+}
+
+export function parseDuration(text: string, what: string): number {
+  try {
+    return parseFixedDurationMs(text);
+  } catch {
+    throw new ConfigError(`invalid ${what} ${JSON.stringify(text)}: expected a form like 30m, 24h or 2d`);
+  }
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text) ?? /^()()(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || port > 65535)
+    throw new ConfigError(`invalid --listen ${JSON.stringify(text)}: expected HOST:PORT`);
+  return { host: m[1] || m[2] || '127.0.0.1', port };
+}
+
+function readConfigFile(path: string): Partial<Record<Key, string | boolean>> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new ConfigError(`${path} must hold a JSON object`);
+  const out: Partial<Record<Key, string | boolean>> = {};
+  for (const [k, v] of Object.entries(parsed)) {
+    const spec = (SERVER_OPTIONS as Record<string, { type: string }>)[k];
+    if (!spec || k === 'config' || k === 'help')
+      throw new ConfigError(`${path}: unknown key ${JSON.stringify(k)}`);
+    // Numbers are accepted for sizes and durations given in bytes or milliseconds.
+    const value = typeof v === 'number' ? String(v) : v;
+    if (spec.type === 'boolean' ? typeof value !== 'boolean' : typeof value !== 'string') {
+      throw new ConfigError(`${path}: ${k} must be a ${spec.type}`);
+    }
+    out[k as Key] = value as string | boolean;
+  }
+  return out;
+}
+
+export function parseServerArgs(argv: string[]): { help: true } | { help: false; config: ServerConfig } {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: argv, options: SERVER_OPTIONS, allowPositionals: false, strict: true }));
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  if (values.help) return { help: true };
+  const file = typeof values.config === 'string' ? readConfigFile(values.config) : {};
+  const get = (k: Key) => (values[k] !== undefined ? values[k] : file[k]);
+  const str = (k: Key) => {
+    const v = get(k);
+    return typeof v === 'string' ? v : undefined;
+  };
+
+  const listen = parseListen(str('listen') ?? `127.0.0.1:${DEFAULT_PORT}`);
+  const config: ServerConfig = { ...listen, dataDir: resolve(str('data') ?? 'diskvault-data') };
+  const bucket = str('s3-bucket');
+  const s3Given = ['s3-endpoint', 's3-region', 's3-prefix', 's3-path-style'].some(
+    (k) => get(k as Key) !== undefined,
+  );
+  if (bucket) {
+    config.s3 = {
+      bucket,
+      region: str('s3-region') ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      forcePathStyle: get('s3-path-style') === true,
+      ...(str('s3-endpoint') ? { endpoint: str('s3-endpoint') } : {}),
+      ...(str('s3-prefix') ? { prefix: str('s3-prefix') } : {}),
+    };
+  } else if (s3Given) {
+    throw new ConfigError('S3 options need --s3-bucket');
+  }
+  const cert = str('tls-cert');
+  const key = str('tls-key');
+  if (Boolean(cert) !== Boolean(key)) throw new ConfigError('--tls-cert and --tls-key go together');
+  if (cert && key) config.tls = { certFile: resolve(cert), keyFile: resolve(key) };
+  const cache = str('cache-size');
+  if (cache !== undefined) config.cacheBytes = parseSize(cache);
+  const grace = str('gc-grace');
+  if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
+  const lease = str('session-lease');
+  if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  return { help: false, config };
+}
+
+export const SERVER_USAGE = `usage: diskvault server [options]
+
+  --listen HOST:PORT     address to serve on (default 127.0.0.1:${DEFAULT_PORT}; port 0 picks one)
+  --data DIR             tokens, index and local storage (default ./diskvault-data)
+  --config FILE          JSON file with the same keys as these flags (flags win)
+  --s3-bucket B          store chunks and manifests in S3 instead of DIR/storage
+  --s3-endpoint URL      S3-compatible endpoint (MinIO, Ceph, ...)
+  --s3-region R          region (default $AWS_REGION or us-east-1)
+  --s3-prefix P          key prefix inside the bucket
+  --s3-path-style        path-style URLs (most non-AWS servers)
+  --tls-cert FILE        PEM certificate: serve HTTPS
+  --tls-key FILE         PEM private key
+  --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
+  --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
+  --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+
+S3 credentials come from the standard AWS environment variables or profile.
+`;

@@ -1,0 +1,66 @@
+import type { ServerResponse } from 'node:http';
+import { DiskvaultError, type ErrorCode, isDiskvaultError } from '../storage-adapters/errors.js';
+import type { ErrorBody } from './protocol.js';
+
+/**
+ * The one place where error codes become HTTP statuses. Everything the server answers with an error goes
+ * through `errorResponse`, so a client sees `{code, message, details?}` and never a stack trace.
+ */
+const STATUS: Record<ErrorCode, number> = {
+  InvalidInput: 400,
+  Unauthorized: 401,
+  Forbidden: 403,
+  NotFound: 404,
+  Conflict: 409,
+  TooLarge: 413,
+  HashMismatch: 422,
+  // Corrupt names the damaged chunk or manifest: the operator needs that, and it reveals nothing internal.
+  Corrupt: 500,
+  Unavailable: 503,
+  StorageFull: 507,
+};
+
+export function statusFor(code: ErrorCode): number {
+  return STATUS[code] ?? 500;
+}
+
+export interface HttpError {
+  status: number;
+  body: ErrorBody;
+  /** True when the real error must go to the log because the client only got a generic message. */
+  internal: boolean;
+}
+
+export function errorResponse(err: unknown): HttpError {
+  if (isDiskvaultError(err) && err.code in STATUS) {
+    const body: ErrorBody = { code: err.code, message: err.message };
+    if (err.details) body.details = err.details;
+    return { status: STATUS[err.code], body, internal: err.code === 'Corrupt' };
+  }
+  return { status: 500, body: { code: 'Internal', message: 'internal server error' }, internal: true };
+}
+
+/** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
+export function sendError(res: ServerResponse, err: unknown, log: (line: string) => void): void {
+  const { status, body, internal } = errorResponse(err);
+  if (internal) log(JSON.stringify({ level: 'error', msg: 'request failed', error: describe(err) }));
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json');
+  res.setHeader('content-length', Buffer.byteLength(text));
+  res.end(text);
+}
+
+export function describe(err: unknown): string {
+  const e = err as Error | undefined;
+  return e?.stack ?? String(err);
+}
+
+export const unauthorized = (message = 'missing, malformed or revoked token') =>
+  new DiskvaultError('Unauthorized', message);
+export const forbidden = (message: string) => new DiskvaultError('Forbidden', message);
+export const tooLarge = (message: string) => new DiskvaultError('TooLarge', message);

@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto';
+import type { VerifyProgress } from '../repo-engine/types.js';
+import { errorResponse } from './errors.js';
+
+/**
+ * Long operations (verify) run as jobs: the request returns a job id at once and the client polls
+ * GET /v1/jobs/:id. Jobs live in memory; the newest `keep` finished ones are remembered.
+ */
+export type JobState = 'running' | 'done' | 'failed';
+
+export interface JobStatus {
+  id: string;
+  kind: string;
+  state: JobState;
+  startedAt: string;
+  finishedAt?: string;
+  progress?: VerifyProgress;
+  result?: unknown;
+  error?: { code: string; message: string };
+  /** The token that started it, so a tenant admin only sees its own jobs. */
+  tokenId: string;
+}
+
+export class JobRegistry {
+  private readonly jobs = new Map<string, JobStatus>();
+
+  constructor(
+    private readonly log: (line: string) => void,
+    private readonly keep = 100,
+  ) {}
+
+  /** Starts `work`, or returns the job of the same kind already running: two verifies only slow each other. */
+  start(
+    kind: string,
+    tokenId: string,
+    work: (progress: (p: VerifyProgress) => void) => Promise<unknown>,
+  ): JobStatus {
+    for (const j of this.jobs.values()) if (j.kind === kind && j.state === 'running') return j;
+    const job: JobStatus = {
+      id: randomBytes(32).toString('hex'),
+      kind,
+      state: 'running',
+      startedAt: new Date().toISOString(),
+      tokenId,
+    };
+    this.jobs.set(job.id, job);
+    work((p) => {
+      job.progress = { phase: p.phase, done: p.done, total: p.total };
+    }).then(
+      (result) => {
+        job.state = 'done';
+        job.result = result;
+        job.finishedAt = new Date().toISOString();
+        this.prune();
+      },
+      (err) => {
+        const { body, internal } = errorResponse(err);
+        if (internal)
+          this.log(
+            JSON.stringify({
+              level: 'error',
+              msg: `${kind} job failed`,
+              job: job.id,
+              error: String((err as Error)?.stack ?? err),
+            }),
+          );
+        job.state = 'failed';
+        job.error = { code: body.code, message: body.message };
+        job.finishedAt = new Date().toISOString();
+        this.prune();
+      },
+    );
+    return job;
+  }
+
+  get(id: string): JobStatus | undefined {
+    return this.jobs.get(id);
+  }
+
+  running(): number {
+    let n = 0;
+    for (const j of this.jobs.values()) if (j.state === 'running') n++;
+    return n;
+  }
+
+  private prune(): void {
+    const finished = [...this.jobs.values()].filter((j) => j.state !== 'running');
+    for (const j of finished.slice(0, Math.max(0, finished.length - this.keep))) this.jobs.delete(j.id);
+  }
+}

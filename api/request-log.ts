@@ -1,0 +1,48 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request } from 'restify';
+import { requestTokenIds } from './context.js';
+import type { Metrics } from './metrics.js';
+
+/**
+ * One JSON line per request: method, route pattern, status, bytes in and out, milliseconds and the token
+ * id. Never the token, never a query string (it holds session ids).
+ */
+export function attachRequestLog(
+  req: IncomingMessage,
+  res: ServerResponse,
+  metrics: Metrics,
+  log: (line: string) => void,
+): void {
+  const started = process.hrtime.bigint();
+  const socket = req.socket;
+  const readBefore = socket.bytesRead;
+  const writtenBefore = socket.bytesWritten;
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    const route = (req as Request).getRoute?.()?.path;
+    const routeName = typeof route === 'string' ? route : 'unmatched';
+    const bytesIn = Math.max(0, socket.bytesRead - readBefore);
+    const bytesOut = Math.max(0, socket.bytesWritten - writtenBefore);
+    // A response that never finished (client went away) is logged as 499, nginx's convention.
+    const status = res.writableFinished ? res.statusCode : 499;
+    metrics.observe(req.method ?? '?', routeName, status, ms, bytesIn, bytesOut);
+    log(
+      JSON.stringify({
+        time: new Date().toISOString(),
+        method: req.method,
+        route: routeName,
+        path: (req.url ?? '').split('?')[0],
+        status,
+        bytesIn,
+        bytesOut,
+        ms: Math.round(ms * 10) / 10,
+        token: requestTokenIds.get(req) ?? null,
+      }),
+    );
+  };
+  res.once('finish', finish);
+  res.once('close', finish);
+}

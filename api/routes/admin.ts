@@ -1,0 +1,166 @@
+import type { Server } from 'restify';
+import type { SnapshotInfo } from '../../repo-engine/types.js';
+import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
+import { readJson } from '../body.js';
+import { type ApiContext, param, route, sendJson } from '../context.js';
+import type { JobStatus } from '../jobs.js';
+import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
+
+function optionalBool(v: unknown, what: string): boolean {
+  if (v === undefined) return false;
+  if (typeof v !== 'boolean') throw new InvalidInputError(`${what} must be true or false`);
+  return v;
+}
+
+function jobInfo(j: JobStatus): JobInfo {
+  const { tokenId: _owner, ...rest } = j;
+  return rest as JobInfo;
+}
+
+function perHost(snaps: SnapshotInfo[]): StatsResponse['perHost'] {
+  const by = new Map<string, { host: string; snapshots: number; logicalBytes: number }>();
+  for (const s of snaps) {
+    const e = by.get(s.host) ?? { host: s.host, snapshots: 0, logicalBytes: 0 };
+    e.snapshots++;
+    e.logicalBytes += s.size;
+    by.set(s.host, e);
+  }
+  return [...by.values()].sort((a, b) => a.host.localeCompare(b.host));
+}
+
+/**
+ * Retention, gc, verify jobs and statistics. gc and verify span every tenant, so they need a global admin;
+ * forget and snapshot deletion are tenant-scoped for tenant admins.
+ */
+export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
+  const { repo } = ctx;
+
+  server.post(
+    '/v1/forget',
+    route(ctx, async (req, res, p) => {
+      requireAdmin(p);
+      const body = asObject(await readJson(req));
+      const policy = checkPolicy(body.policy);
+      const host = optionalName(body.host, 'host');
+      const disk = optionalName(body.disk, 'disk');
+      const dryRun = optionalBool(body.dryRun, 'dryRun');
+      const prune = optionalBool(body.prune, 'prune');
+      // Checked before anything is applied, so a refused prune leaves no half-done forget behind.
+      if (prune) requireGlobalAdmin(p);
+      const tenant = tenantScope(p);
+      const plan = repo.planForget(policy, {
+        ...(host ? { host } : {}),
+        ...(disk ? { disk } : {}),
+        ...(tenant ? { tenant } : {}),
+      });
+      // The engine filtered by tenant; refuse to act if it ever handed back something outside the scope.
+      for (const g of plan.groups) {
+        for (const s of [...g.remove, ...g.keep.map((k) => k.snapshot)]) {
+          if (!maySeeSnapshot(p, s))
+            throw new Error(`forget plan names snapshot ${s.id} outside the caller's tenant`);
+        }
+      }
+      const out: ForgetResponse = { plan, dryRun, removed: 0 };
+      if (!dryRun) {
+        req.socket.setTimeout(0);
+        out.removed = (await repo.applyForget(plan)).removed;
+        if (prune) out.gc = await repo.gc();
+      }
+      sendJson(res, 200, out);
+    }),
+  );
+
+  server.post(
+    '/v1/gc',
+    route(ctx, async (req, res, p) => {
+      requireGlobalAdmin(p);
+      // gc can outlast the idle timeout on a large repository; the request itself is already complete.
+      req.socket.setTimeout(0);
+      const out: GcResponse = { report: await repo.gc() };
+      sendJson(res, 200, out);
+    }),
+  );
+
+  server.post(
+    '/v1/verify',
+    route(ctx, async (req, res, p) => {
+      requireGlobalAdmin(p);
+      const readData = optionalBool(asObject(await readJson(req)).readData, 'readData');
+      const job = ctx.jobs.start('verify', p.tokenId, (onProgress) => repo.verify({ readData, onProgress }));
+      sendJson(res, 202, { job: jobInfo(job) });
+    }),
+  );
+
+  server.get(
+    '/v1/jobs/:id',
+    route(ctx, async (req, res, p) => {
+      requireAdmin(p);
+      const id = checkId(param(req, 'id'), 'job id');
+      const job = ctx.jobs.get(id);
+      if (!job || (!isGlobalAdmin(p) && job.tokenId !== p.tokenId))
+        throw new NotFoundError(`job ${id} not found`);
+      sendJson(res, 200, { job: jobInfo(job) });
+    }),
+  );
+
+  server.get(
+    '/v1/stats',
+    route(ctx, async (_req, res, p) => {
+      if (isGlobalAdmin(p)) {
+        const s = repo.stats();
+        const out: StatsResponse = {
+          scope: 'repository',
+          snapshots: s.snapshots,
+          logicalBytes: s.logicalBytes,
+          perHost: s.perHost,
+          repository: s,
+        };
+        sendJson(res, 200, out);
+        return;
+      }
+      const snaps = repo
+        .listSnapshots({ tenant: p.tenant, ...(p.role === 'agent' ? { hosts: p.hosts } : {}) })
+        .filter((s) => maySeeSnapshot(p, s));
+      const out: StatsResponse = {
+        scope: p.role === 'admin' ? 'tenant' : 'hosts',
+        snapshots: snaps.length,
+        logicalBytes: snaps.reduce((n, s) => n + s.size, 0),
+        perHost: perHost(snaps),
+      };
+      if (p.role === 'admin') {
+        out.tenant = repo.stats().perTenant.find((t) => t.tenant === p.tenant) ?? {
+          tenant: p.tenant,
+          snapshots: 0,
+          logicalBytes: 0,
+          uniqueBytes: 0,
+        };
+      }
+      sendJson(res, 200, out);
+    }),
+  );
+
+  server.get(
+    '/metrics',
+    route(ctx, async (_req, res, p) => {
+      requireGlobalAdmin(p);
+      const text = ctx.metrics.render(repo, { sessions: ctx.sessions.size, jobs: ctx.jobs.running() });
+      res.statusCode = 200;
+      res.setHeader('content-type', 'text/plain; version=0.0.4; charset=utf-8');
+      res.setHeader('content-length', Buffer.byteLength(text));
+      res.end(text);
+    }),
+  );
+
+  server.get(
+    '/v1/health',
+    route(
+      ctx,
+      async (_req, res) => {
+        sendJson(res, 200, { status: 'ok' });
+      },
+      { auth: false },
+    ),
+  );
+}

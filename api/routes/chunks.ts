@@ -1,0 +1,103 @@
+import type { IncomingMessage } from 'node:http';
+import type { Server } from 'restify';
+import { decompress } from 'zstd-napi';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
+import { tenantScope } from '../auth.js';
+import { readCapped } from '../body.js';
+import { type ApiContext, param, query, route } from '../context.js';
+import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
+import { checkId, checkSessionId } from '../validation.js';
+
+/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
+export function zstdBound(n: number): number {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
+}
+
+function requestEncoding(req: IncomingMessage): 'raw' | 'zstd' {
+  const h = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
+  if (h === '' || h === 'identity') return 'raw';
+  if (h === 'zstd') return 'zstd';
+  throw new InvalidInputError(`unsupported Content-Encoding ${JSON.stringify(h)} (use zstd or none)`);
+}
+
+function acceptsZstd(req: IncomingMessage): boolean {
+  const h = req.headers['accept-encoding'];
+  if (!h) return false;
+  return h.split(',').some((part) => {
+    const [name, ...params] = part.trim().toLowerCase().split(';');
+    return name.trim() === 'zstd' && !params.some((q) => /^\s*q=0(\.0*)?\s*$/.test(q));
+  });
+}
+
+/** Chunk upload and download: one chunk per request, never buffered beyond one chunk. */
+export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
+  const { repo, sessions } = ctx;
+
+  /** Same answer for "absent" and "another tenant's": a tenant must not learn what others hold. */
+  const notFound = (id: string) => new NotFoundError(`chunk ${id} not found`);
+
+  const tenantMayRead = async (tenant: string, id: string): Promise<boolean> => {
+    if (repo.chunksReadableBy) return (await repo.chunksReadableBy(tenant, [id])).includes(id);
+    // Fallback for an engine without chunksReadableBy: ask through a throwaway session of that tenant.
+    const s = await repo.beginSession('diskvault-read-check', 'chunk', tenant);
+    try {
+      return (await repo.filterMissing(s.id, [id])).length === 0;
+    } finally {
+      await repo.abort(s.id);
+    }
+  };
+
+  server.put(
+    '/v1/chunks/:id',
+    route(ctx, async (req, res, p) => {
+      const id = checkId(param(req, 'id'), 'chunk id');
+      const sid = checkSessionId(query(req).get('session') ?? undefined);
+      const encoding = requestEncoding(req);
+      const max = repo.chunker.max;
+      const cap = encoding === 'zstd' ? zstdBound(max) : max;
+      // Refusing by Content-Length happens before any byte of the body is read (see readCapped).
+      sessions.require(sid, p);
+      const payload = await readCapped(req, cap, 'chunk');
+      if (payload.length === 0) throw new InvalidInputError('empty chunk body');
+      const info = repo.touchSession(sid);
+      sessions.renewed(sid, info.expiresAt);
+      const { stored } = await repo.putChunk(sid, id, payload, encoding);
+      if (stored) ctx.metrics.chunksStored++;
+      else ctx.metrics.chunksDeduplicated++;
+      const body: PutChunkResponse = { id, stored };
+      const text = JSON.stringify(body);
+      res.statusCode = stored ? 201 : 200;
+      res.setHeader('content-type', 'application/json');
+      res.setHeader('content-length', Buffer.byteLength(text));
+      res.end(text);
+    }),
+  );
+
+  server.get(
+    '/v1/chunks/:id',
+    route(ctx, async (req, res, p) => {
+      const id = checkId(param(req, 'id'), 'chunk id');
+      const tenant = tenantScope(p);
+      if (tenant !== undefined && !(await tenantMayRead(tenant, id))) throw notFound(id);
+      let chunk: Awaited<ReturnType<typeof repo.readStoredChunk>>;
+      try {
+        chunk = await repo.readStoredChunk(id);
+      } catch (err) {
+        if (isDiskvaultError(err) && err.code === 'NotFound') throw notFound(id);
+        throw err;
+      }
+      let body = chunk.payload;
+      if (chunk.encoding === 'zstd') {
+        if (acceptsZstd(req)) res.setHeader('content-encoding', 'zstd');
+        // The engine has checked the payload against the id, so its size is bounded by the raw length.
+        else body = decompress(chunk.payload);
+      }
+      res.statusCode = 200;
+      res.setHeader('content-type', CHUNK_CONTENT_TYPE);
+      res.setHeader('content-length', body.length);
+      res.setHeader(RAW_LENGTH_HEADER, chunk.rawLength);
+      res.setHeader('vary', 'accept-encoding');
+      res.end(body);
+    }),
+  );
+}

@@ -1,0 +1,152 @@
+import type { AddressInfo } from 'node:net';
+import restify, { type Request, type Response, type Server } from 'restify';
+import type { RepositoryApi } from '../repo-engine/types.js';
+import { DiskvaultError } from '../storage-adapters/errors.js';
+import { type ApiContext, closeIfBodyUnread } from './context.js';
+import { errorResponse } from './errors.js';
+import { JobRegistry } from './jobs.js';
+import { Metrics } from './metrics.js';
+import { attachRequestLog } from './request-log.js';
+import { registerAdminRoutes } from './routes/admin.js';
+import { registerChunkRoutes } from './routes/chunks.js';
+import { registerSessionRoutes } from './routes/sessions.js';
+import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { SessionRegistry } from './session-registry.js';
+import { TokenStore } from './token-store.js';
+
+export interface ServerOptions {
+  repo: RepositoryApi;
+  /** Holds tokens.json. */
+  dataDir: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  tls?: { cert: Buffer | string; key: Buffer | string };
+  /** One line at a time (JSON); default: stderr. */
+  log?: (line: string) => void;
+  /** The whole request head must arrive within this (slowloris). */
+  headersTimeoutMs?: number;
+  /** The whole request, body included. Generous: a multi-GB manifest on a slow link. */
+  requestTimeoutMs?: number;
+  /** A socket with no traffic for this long is closed (a stalled body). */
+  idleTimeoutMs?: number;
+  maxManifestBytes?: number;
+}
+
+/** 2 GiB: a 64 TiB image at 1 MiB average chunks is ~2.3 GB of entries, beyond what one agent backs up. */
+export const DEFAULT_MAX_MANIFEST_BYTES = 2 * 1024 * 1024 * 1024;
+
+/** A do-nothing logger for restify's internals: our own request log is the only log. */
+const silentLogger: Record<string, unknown> = {};
+for (const level of ['trace', 'debug', 'info', 'warn', 'error', 'fatal']) silentLogger[level] = () => false;
+silentLogger.child = () => silentLogger;
+
+const RESTIFY_ERRORS: Record<string, { code: DiskvaultError['code']; message: string }> = {
+  ResourceNotFoundError: { code: 'NotFound', message: 'no such route' },
+  InvalidContentError: { code: 'InvalidInput', message: 'invalid request body' },
+  UriTooLongError: { code: 'InvalidInput', message: 'URI too long' },
+  PayloadTooLargeError: { code: 'TooLarge', message: 'request body too large' },
+};
+
+export function createApiServer(opts: ServerOptions): { server: Server; ctx: ApiContext } {
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const ctx: ApiContext = {
+    repo: opts.repo,
+    tokens: new TokenStore(opts.dataDir),
+    sessions: new SessionRegistry(),
+    jobs: new JobRegistry(log),
+    metrics: new Metrics(),
+    log,
+    maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
+  };
+  const server = restify.createServer({
+    name: 'diskvault',
+    log: silentLogger as never,
+    handleUncaughtExceptions: false,
+    ...(opts.tls ? { certificate: opts.tls.cert, key: opts.tls.key } : {}),
+  });
+
+  server.pre((req: Request, res: Response, next: restify.Next) => {
+    attachRequestLog(req, res, ctx.metrics, log);
+    next();
+  });
+
+  registerSessionRoutes(server, ctx);
+  registerChunkRoutes(server, ctx);
+  registerSnapshotRoutes(server, ctx);
+  registerAdminRoutes(server, ctx);
+
+  // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
+  server.on(
+    'restifyError',
+    (req: Request, res: Response, err: Error & { statusCode?: number }, cb: () => void) => {
+      const known = RESTIFY_ERRORS[err.name];
+      const mapped = errorResponse(known ? new DiskvaultError(known.code, known.message) : err);
+      if (mapped.internal)
+        log(JSON.stringify({ level: 'error', msg: 'request failed', error: String(err.stack ?? err) }));
+      // 405 keeps its status (with the Allow header restify set); its body still follows our shape.
+      const notAllowed = err.name === 'MethodNotAllowedError';
+      err.statusCode = notAllowed ? 405 : mapped.status;
+      const body = notAllowed
+        ? { code: 'MethodNotAllowed', message: `${req.method} is not allowed on this route` }
+        : mapped.body;
+      (err as unknown as { toJSON: () => unknown }).toJSON = () => body;
+      res.setHeader('content-type', 'application/json');
+      closeIfBodyUnread(req, res);
+      cb();
+    },
+  );
+
+  const http = server.server;
+  http.headersTimeout = opts.headersTimeoutMs ?? 30_000;
+  http.requestTimeout = opts.requestTimeoutMs ?? 60 * 60_000;
+  http.timeout = opts.idleTimeoutMs ?? 120_000;
+  // An idle keep-alive socket must be closed by the keep-alive timer (which clients are told about), not
+  // cut by the idle timeout while a client believes it still usable.
+  http.keepAliveTimeout = Math.max(100, Math.min(5_000, http.timeout - 1_000));
+
+  const sweep = setInterval(() => ctx.sessions.sweep(Date.now(), 60_000), 60_000);
+  sweep.unref();
+  http.once('close', () => clearInterval(sweep));
+  return { server, ctx };
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  ctx: ApiContext;
+  /** Stops accepting, lets in-flight requests finish for up to `graceMs`, then cuts what is left. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { server, ctx } = createApiServer(opts);
+  const host = opts.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    // restify re-emits the http server's 'error' on itself: listen there, or EADDRINUSE is an uncaught throw.
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    server.listen(opts.port ?? 0, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  const port = (server.server.address() as AddressInfo).port;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  const url = `${opts.tls ? 'https' : 'http'}://${shownHost}:${port}`;
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 5_000) => {
+    closing ??= new Promise<void>((resolve) => {
+      const http = server.server;
+      const timer = setTimeout(() => http.closeAllConnections(), graceMs);
+      timer.unref();
+      http.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      http.closeIdleConnections();
+    });
+    return closing;
+  };
+  return { url, port, ctx, close };
+}

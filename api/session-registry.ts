@@ -1,0 +1,59 @@
+import { NotFoundError } from '../storage-adapters/errors.js';
+import type { Principal } from './auth.js';
+
+/**
+ * Binds every upload session to the token that opened it. The engine knows sessions but not tokens; a
+ * session id presented by any other token is answered exactly like an unknown one (404), so a leaked
+ * session id is useless without its token. Bindings live in memory: after a server restart an agent opens
+ * a new session (its already uploaded chunks still count, the engine keeps them).
+ */
+interface Binding {
+  tokenId: string;
+  host: string;
+  disk: string;
+  tenant: string;
+  expiresAtMs: number;
+}
+
+export class SessionRegistry {
+  private readonly sessions = new Map<string, Binding>();
+
+  bind(
+    sessionId: string,
+    p: Principal,
+    info: { host: string; disk: string; tenant: string; expiresAt: string },
+  ): void {
+    this.sessions.set(sessionId, {
+      tokenId: p.tokenId,
+      host: info.host,
+      disk: info.disk,
+      tenant: info.tenant,
+      expiresAtMs: Date.parse(info.expiresAt),
+    });
+  }
+
+  /** The binding if this principal owns the session; NotFound otherwise (never 403: no oracle). */
+  require(sessionId: string, p: Principal): Binding {
+    const b = this.sessions.get(sessionId);
+    if (!b || b.tokenId !== p.tokenId) throw new NotFoundError('unknown or expired session');
+    return b;
+  }
+
+  renewed(sessionId: string, expiresAt: string): void {
+    const b = this.sessions.get(sessionId);
+    if (b) b.expiresAtMs = Date.parse(expiresAt);
+  }
+
+  forget(sessionId: string): void {
+    this.sessions.delete(sessionId);
+  }
+
+  /** Drops bindings whose lease ended more than `slackMs` ago; the engine has expired them too. */
+  sweep(nowMs: number, slackMs: number): void {
+    for (const [id, b] of this.sessions) if (b.expiresAtMs + slackMs < nowMs) this.sessions.delete(id);
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+}

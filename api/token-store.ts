@@ -1,0 +1,200 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NAME_PATTERN } from '../repo-engine/manifest-codec.js';
+import { DiskvaultError, InvalidInputError, NotFoundError } from '../storage-adapters/errors.js';
+import { writeFileAtomic } from './atomic-file.js';
+
+/**
+ * API tokens, kept in `<data>/tokens.json`. Only a SHA-256 of each secret is stored, so the file leaks no
+ * usable token. The server re-reads the file whenever its mtime, size or inode changes (one stat per
+ * authentication), so `diskvault token create/revoke` on the server machine takes effect without a restart.
+ *
+ * A bearer token reads `dv_<id>_<secret>`: id 16 hex (public, logged), secret 64 hex (never logged).
+ */
+export type Role = 'agent' | 'admin';
+/** The tenant of a global admin: every tenant. */
+export const ALL_TENANTS = '*';
+export const DEFAULT_TENANT = 'default';
+
+export interface TokenRecord {
+  id: string;
+  role: Role;
+  /** Hosts an agent token may back up and restore; empty for admins. */
+  hosts: string[];
+  /** The dedup domain; '*' only for a global admin. */
+  tenant: string;
+  /** ISO 8601. */
+  created: string;
+  /** sha256(secret), hex. */
+  hash: string;
+}
+
+interface TokenFile {
+  version: 1;
+  tokens: TokenRecord[];
+}
+
+const TOKEN_PATTERN = /^dv_([0-9a-f]{16})_([0-9a-f]{64})$/;
+
+export function tokensPath(dataDir: string): string {
+  return join(dataDir, 'tokens.json');
+}
+
+function hashSecret(secret: string): string {
+  return createHash('sha256').update(secret, 'utf8').digest('hex');
+}
+
+export function validateTenant(tenant: string, allowAll: boolean): void {
+  if (tenant === ALL_TENANTS && allowAll) return;
+  if (!NAME_PATTERN.test(tenant))
+    throw new InvalidInputError(`invalid tenant name ${JSON.stringify(tenant)}`);
+}
+
+function parseFile(text: string, path: string): TokenFile {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new InvalidInputError(`${path} is not valid JSON`);
+  }
+  const tokens = (parsed as Partial<TokenFile> | null)?.tokens;
+  if (!Array.isArray(tokens)) throw new InvalidInputError(`${path} has no "tokens" array`);
+  return { version: 1, tokens: tokens as TokenRecord[] };
+}
+
+/** The read side, used by the server on every request. */
+export class TokenStore {
+  private cache: { key: string; byId: Map<string, TokenRecord> } | undefined;
+
+  constructor(readonly dataDir: string) {}
+
+  get path(): string {
+    return tokensPath(this.dataDir);
+  }
+
+  /** The token's record, or undefined for anything malformed, unknown or revoked. */
+  authenticate(bearer: string): TokenRecord | undefined {
+    const m = TOKEN_PATTERN.exec(bearer);
+    if (!m) return undefined;
+    const record = this.current().get(m[1]);
+    if (!record) return undefined;
+    const expected = Buffer.from(record.hash, 'hex');
+    const actual = Buffer.from(hashSecret(m[2]), 'hex');
+    // Constant-time: a timing difference must not reveal how much of a hash matched.
+    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return undefined;
+    return record;
+  }
+
+  private current(): Map<string, TokenRecord> {
+    let key: string;
+    try {
+      const st = statSync(this.path);
+      key = `${st.mtimeMs}:${st.size}:${st.ino}`;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+      throw err;
+    }
+    if (this.cache?.key !== key) {
+      const file = parseFile(readFileSync(this.path, 'utf8'), this.path);
+      this.cache = { key, byId: new Map(file.tokens.map((t) => [t.id, t])) };
+    }
+    return this.cache.byId;
+  }
+}
+
+/** The write side, used by `diskvault token` and by the server's first start. */
+export async function readTokens(dataDir: string): Promise<TokenRecord[] | undefined> {
+  const path = tokensPath(dataDir);
+  try {
+    return parseFile(await readFile(path, 'utf8'), path).tokens;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+async function writeTokens(dataDir: string, tokens: TokenRecord[]): Promise<void> {
+  const file: TokenFile = { version: 1, tokens };
+  await writeFileAtomic(tokensPath(dataDir), `${JSON.stringify(file, null, 2)}\n`);
+}
+
+export interface NewToken {
+  role: Role;
+  hosts?: string[];
+  tenant?: string;
+}
+
+/** Creates a token and returns its record and the bearer string, which exists nowhere else afterwards. */
+/**
+ * Serialises read-modify-write of tokens.json across processes (two `diskvault token create` at once must
+ * not lose one): an exclusive lock file, retried briefly; a lock older than a minute is a crashed writer's.
+ */
+async function withTokensLock<T>(dataDir: string, fn: () => Promise<T>): Promise<T> {
+  const lock = `${tokensPath(dataDir)}.lock`;
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      await (await open(lock, 'wx', 0o600)).close();
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const st = await stat(lock).catch(() => undefined);
+      if (st && Date.now() - st.mtimeMs > 60_000) await rm(lock, { force: true });
+      else if (Date.now() > deadline)
+        throw new DiskvaultError('Unavailable', `${lock} is held by another token command`);
+      else await new Promise((r) => setTimeout(r, 5 + Math.random() * 20));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    await rm(lock, { force: true });
+  }
+}
+
+export async function createToken(
+  dataDir: string,
+  spec: NewToken,
+): Promise<{ record: TokenRecord; token: string }> {
+  const hosts = [...new Set(spec.hosts ?? [])];
+  for (const h of hosts) {
+    if (!NAME_PATTERN.test(h)) throw new InvalidInputError(`invalid host name ${JSON.stringify(h)}`);
+  }
+  if (spec.role === 'agent' && hosts.length === 0)
+    throw new InvalidInputError('an agent token needs at least one --host');
+  if (spec.role === 'admin' && hosts.length > 0)
+    throw new InvalidInputError('an admin token is not scoped to hosts');
+  const tenant = spec.tenant ?? (spec.role === 'admin' ? ALL_TENANTS : DEFAULT_TENANT);
+  validateTenant(tenant, spec.role === 'admin');
+  const id = randomBytes(8).toString('hex');
+  const secret = randomBytes(32).toString('hex');
+  const record: TokenRecord = {
+    id,
+    role: spec.role,
+    hosts,
+    tenant,
+    created: new Date().toISOString(),
+    hash: hashSecret(secret),
+  };
+  await withTokensLock(dataDir, async () => {
+    const tokens = (await readTokens(dataDir)) ?? [];
+    tokens.push(record);
+    await writeTokens(dataDir, tokens);
+  });
+  return { record, token: `dv_${id}_${secret}` };
+}
+
+export async function revokeToken(dataDir: string, id: string): Promise<TokenRecord> {
+  return withTokensLock(dataDir, async () => {
+    const tokens = (await readTokens(dataDir)) ?? [];
+    const found = tokens.find((t) => t.id === id);
+    if (!found) throw new NotFoundError(`no token with id ${id}`);
+    await writeTokens(
+      dataDir,
+      tokens.filter((t) => t.id !== id),
+    );
+    return found;
+  });
+}

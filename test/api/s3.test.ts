@@ -1,0 +1,3 @@
+import { apiSuite } from '../helpers/api-suite.js';
+
+apiSuite('s3');

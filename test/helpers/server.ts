@@ -1,0 +1,186 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type RunningService, readAdminTokenFile, startService } from '../../api/service.js';
+import { createToken, type Role } from '../../api/token-store.js';
+import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
+import type { RepositoryApi } from '../../repo-engine/types.js';
+import type { StorageAdapter } from '../../storage-adapters/adapter.js';
+import type { FaultInjectingStorage } from '../../storage-adapters/fault-injecting.js';
+import { withFaults } from '../../storage-adapters/fault-injecting.js';
+import { openStorage } from '../../storage-adapters/index.js';
+import { startFakeS3 } from './fake-s3.js';
+
+/**
+ * A real diskvault server for tests, on 127.0.0.1 and a free port, over a fresh temp data folder.
+ * `startTestServer` runs it in this process (fast; the repository is reachable for assertions);
+ * `spawnServer` runs `node dist/agent/cli.js server` as a child (for end-to-end, signal and kill tests).
+ */
+export interface TestServerOptions {
+  storage?: 'local' | 's3';
+  /** Small chunks keep tests fast; only applied when the repository is created. */
+  chunker?: ChunkerParams;
+  gcGraceMs?: number;
+  sessionLeaseMs?: number;
+  cacheBytes?: number;
+  now?: () => number;
+  /** Wrap storage in the fault injector (storage-adapters/fault-injecting.ts), exposed as `faults`. */
+  faults?: boolean;
+  /** Reuse a data folder (restart tests); otherwise a temp folder removed by stop(). */
+  dataDir?: string;
+  maxManifestBytes?: number;
+  idleTimeoutMs?: number;
+}
+
+export interface TestServer {
+  url: string;
+  adminToken: string;
+  dataDir: string;
+  repo: RepositoryApi;
+  /** The storage the repository writes to (the fault wrapper when `faults` is set). */
+  storage: StorageAdapter;
+  faults?: FaultInjectingStorage;
+  /** Every log line the server wrote (JSON request log and errors). */
+  logs: string[];
+  makeToken(role: Role, hosts?: string[], tenant?: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export const TEST_CHUNKER: ChunkerParams = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
+
+export async function startTestServer(opts: TestServerOptions = {}): Promise<TestServer> {
+  const ownDir = !opts.dataDir;
+  const dataDir = opts.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'dv-api-')));
+  const s3 = opts.storage === 's3' ? await startFakeS3() : undefined;
+  const logs: string[] = [];
+  let faults: FaultInjectingStorage | undefined;
+  let service: RunningService;
+  try {
+    const storage = s3
+      ? await openStorage({
+          kind: 's3',
+          endpoint: s3.endpoint,
+          region: s3.region,
+          bucket: s3.bucket,
+          forcePathStyle: true,
+          credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+        })
+      : undefined;
+    service = await startService({
+      host: '127.0.0.1',
+      port: 0,
+      dataDir,
+      chunker: opts.chunker ?? TEST_CHUNKER,
+      ...(storage ? { storage } : {}),
+      ...(opts.faults
+        ? {
+            wrapStorage: (inner) => {
+              faults = withFaults(inner);
+              return faults;
+            },
+          }
+        : {}),
+      ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
+      ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
+      ...(opts.now ? { now: opts.now } : {}),
+      log: (line) => logs.push(line),
+      server: {
+        ...(opts.maxManifestBytes !== undefined ? { maxManifestBytes: opts.maxManifestBytes } : {}),
+        ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      },
+    });
+  } catch (err) {
+    await s3?.stop();
+    if (ownDir) await rm(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+  const adminToken = service.createdAdminToken ?? (await readAdminTokenFile(dataDir));
+  return {
+    url: service.url,
+    adminToken,
+    dataDir,
+    repo: service.repo,
+    storage: service.storage,
+    ...(faults ? { faults } : {}),
+    logs,
+    makeToken: async (role, hosts = [], tenant) =>
+      (await createToken(dataDir, { role, hosts, ...(tenant !== undefined ? { tenant } : {}) })).token,
+    stop: async () => {
+      await service.stop(1000);
+      await s3?.stop();
+      if (ownDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface SpawnedServer {
+  url: string;
+  adminToken: string;
+  dataDir: string;
+  process: ChildProcess;
+  /** Everything the child wrote to stdout and stderr so far. */
+  output(): { stdout: string; stderr: string };
+  /** Resolves with the exit code (or the signal name) once the child has exited. */
+  exited: Promise<number | string>;
+  kill(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+
+/** Starts `node dist/agent/cli.js server --listen 127.0.0.1:0 --data DIR ...args` and waits for its "listening on" line. */
+export async function spawnServer(opts: {
+  dataDir: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+}): Promise<SpawnedServer> {
+  const child = spawn(
+    process.execPath,
+    [CLI, 'server', '--listen', '127.0.0.1:0', '--data', opts.dataDir, ...(opts.args ?? [])],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...opts.env },
+    },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | string>((resolve) =>
+    child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)),
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`server did not start within ${opts.timeoutMs ?? 20_000} ms:\n${stdout}\n${stderr}`));
+    }, opts.timeoutMs ?? 20_000);
+    const check = () => {
+      const m = /listening on (https?:\/\/\S+)/.exec(stdout);
+      if (m) {
+        clearTimeout(timer);
+        child.stdout.off('data', check);
+        resolve(m[1]);
+      }
+    };
+    child.stdout.on('data', check);
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${stdout}\n${stderr}`));
+    });
+  });
+  return {
+    url,
+    adminToken: await readAdminTokenFile(opts.dataDir),
+    dataDir: opts.dataDir,
+    process: child,
+    output: () => ({ stdout, stderr }),
+    exited,
+    kill: (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
