@@ -154,10 +154,9 @@ export interface RepositoryApi {
   deleteSnapshot(id: string): Promise<void>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can
-   * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Optional (added by the
-   * API engineer) so an engine without it still compiles; api/ then falls back to a short session check.
+   * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.
    */
-  chunksReadableBy?(tenant: string, ids: string[]): string[] | Promise<string[]>;
+  chunksReadableBy(tenant: string, ids: string[]): string[];
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
   applyForget(plan: ForgetPlan): Promise<{ removed: number }>;

@@ -36,16 +36,7 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
   /** Same answer for "absent" and "another tenant's": a tenant must not learn what others hold. */
   const notFound = (id: string) => new NotFoundError(`chunk ${id} not found`);
 
-  const tenantMayRead = async (tenant: string, id: string): Promise<boolean> => {
-    if (repo.chunksReadableBy) return (await repo.chunksReadableBy(tenant, [id])).includes(id);
-    // Fallback for an engine without chunksReadableBy: ask through a throwaway session of that tenant.
-    const s = await repo.beginSession('diskvault-read-check', 'chunk', tenant);
-    try {
-      return (await repo.filterMissing(s.id, [id])).length === 0;
-    } finally {
-      await repo.abort(s.id);
-    }
-  };
+  const tenantMayRead = (tenant: string, id: string): boolean => repo.chunksReadableBy(tenant, [id]).includes(id);
 
   server.put(
     '/v1/chunks/:id',
@@ -78,7 +69,7 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       const id = checkId(param(req, 'id'), 'chunk id');
       const tenant = tenantScope(p);
-      if (tenant !== undefined && !(await tenantMayRead(tenant, id))) throw notFound(id);
+      if (tenant !== undefined && !tenantMayRead(tenant, id)) throw notFound(id);
       let chunk: Awaited<ReturnType<typeof repo.readStoredChunk>>;
       try {
         chunk = await repo.readStoredChunk(id);
