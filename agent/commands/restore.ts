@@ -1,0 +1,140 @@
+import { parseArgs } from 'node:util';
+import { ManifestReader } from '../../repo-engine/manifest-codec.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
+import { DiskvaultClient } from '../client.js';
+import { clientChunkFetcher } from '../restore/client-fetcher.js';
+import { createRestoreProgress } from '../restore/progress.js';
+import { formatRange } from '../restore/ranges.js';
+import { restoreSnapshot } from '../restore/restore.js';
+import { openRestoreTarget } from '../restore/restore-target.js';
+import { selectSnapshot } from '../restore/snapshot-selector.js';
+import { formatSummary, summarize } from '../restore/summary.js';
+
+const USAGE = `usage: diskvault restore SNAPSHOT TARGET [options]
+
+SNAPSHOT  a snapshot id, an id prefix, or 'latest' (with --host and --disk)
+TARGET    a file (created or overwritten), a block device, or '-' for stdout
+
+options:
+  --server URL, --token T, --config FILE   where the repository is (also DISKVAULT_SERVER / DISKVAULT_TOKEN)
+  --host NAME, --disk NAME                 narrow 'latest' or an id prefix
+  --sparse | --no-sparse                   leave zero chunks as holes in a file (default: sparse)
+  --in-place                               TARGET holds a similar disk: rewrite only the chunks that differ
+  --no-verify                              skip the whole-image SHA-256 check (chunks are always checked)
+  --continue-on-error                      leave damaged chunks as zeros and go on (still exits 1)
+  --fsync                                  flush a file target to disk before reporting success
+  --concurrency N                          chunk downloads in flight (default 12)
+  --json                                   progress and summary as JSON lines (on stderr when TARGET is -)
+`;
+
+export async function run(argv: string[], command: string): Promise<number> {
+  const { values, positionals } = parse(argv);
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return EXIT_OK;
+  }
+  if (positionals.length !== 2) throw new UsageError(`${command} needs SNAPSHOT and TARGET`);
+  const [spec, targetPath] = positionals;
+  if (values.sparse && values['no-sparse'])
+    throw new UsageError('--sparse and --no-sparse contradict each other');
+  const concurrency = values.concurrency === undefined ? 12 : Number(values.concurrency);
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256)
+    throw new UsageError('--concurrency takes 1..256');
+  const inPlace = values['in-place'] ?? false;
+  const verify = !values['no-verify'];
+  const json = values.json ?? false;
+  // The image owns stdout when TARGET is '-': everything for people goes to stderr then.
+  const report = targetPath === '-' ? process.stderr : process.stdout;
+
+  const cfg = resolveClientConfig(values);
+  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token, concurrency });
+  try {
+    const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
+    const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
+    const header = { ...reader.header, id: reader.header.id ?? snapshot.id };
+
+    if (header.unreadable.length > 0) {
+      process.stderr.write(
+        `diskvault ${command}: warning: ${header.unreadable.length} range(s) of this snapshot were unreadable at backup time and will be zeros: ${header.unreadable.map(formatRange).join(', ')}\n`,
+      );
+    }
+    const target = await openRestoreTarget(targetPath, {
+      size: header.size,
+      sparse: !values['no-sparse'],
+      inPlace,
+      fsync: values.fsync ?? false,
+    });
+    const progress = createRestoreProgress({
+      json,
+      out: report === process.stdout && !json ? process.stderr : report,
+      snapshot: header.id,
+      size: header.size,
+    });
+    let result: Awaited<ReturnType<typeof restoreSnapshot>>;
+    try {
+      result = await restoreSnapshot({
+        header,
+        entryBatches: reader.entryBatches(),
+        fetcher: clientChunkFetcher(client),
+        target,
+        inPlace,
+        verify,
+        continueOnError: values['continue-on-error'] ?? false,
+        concurrency,
+        onProgress: (p) => progress.update(p),
+        onDamage: (d) =>
+          process.stderr.write(
+            `diskvault ${command}: chunk ${d.chunk} at offset ${d.offset} length ${d.length} is damaged, left as zeros: ${d.reason}\n`,
+          ),
+      });
+    } finally {
+      progress.stop();
+      await target.close();
+    }
+
+    const summary = summarize(result, targetPath);
+    report.write(json ? `${JSON.stringify(summary)}\n` : formatSummary(summary, verify));
+    if (result.damaged.length > 0) {
+      process.stderr.write(
+        `diskvault ${command}: restore INCOMPLETE: ${result.damaged.length} damaged range(s) are zeros\n`,
+      );
+      return EXIT_FAILURE;
+    }
+    if (verify && !result.verified) {
+      process.stderr.write(
+        `diskvault ${command}: the restored image hashes to ${result.sha256}, the snapshot says ${result.expectedSha256}\n`,
+      );
+      return EXIT_FAILURE;
+    }
+    return header.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } finally {
+    client.close();
+  }
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        server: { type: 'string' },
+        token: { type: 'string' },
+        config: { type: 'string' },
+        host: { type: 'string' },
+        disk: { type: 'string' },
+        sparse: { type: 'boolean' },
+        'no-sparse': { type: 'boolean' },
+        'in-place': { type: 'boolean' },
+        'no-verify': { type: 'boolean' },
+        'continue-on-error': { type: 'boolean' },
+        fsync: { type: 'boolean' },
+        concurrency: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}

@@ -1,0 +1,105 @@
+import { parseArgs } from 'node:util';
+import type { SnapshotInfo } from '../../api/protocol.js';
+import { EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { DiskvaultClient } from '../client.js';
+
+const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T]
+
+Lists snapshots, oldest first. --json prints an array of objects (id, host, disk, time, size, sha256,
+chunkCount, tags, unreadable, sourceFormat).
+`;
+
+export async function run(argv: string[], command: string): Promise<number> {
+  let parsed: ReturnType<typeof parseSnapshotsArgs>;
+  try {
+    parsed = parseSnapshotsArgs(argv);
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}`);
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return EXIT_OK;
+  }
+  void command;
+  const cfg = resolveClientConfig(values);
+  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token });
+  try {
+    const list = (await client.listSnapshots({ host: values.host, disk: values.disk })).sort(
+      (a, b) => Date.parse(a.time) - Date.parse(b.time) || a.id.localeCompare(b.id),
+    );
+    process.stdout.write(
+      values.json ? `${JSON.stringify(list.map(publicFields), null, 2)}\n` : formatTable(list),
+    );
+    return EXIT_OK;
+  } finally {
+    client.close();
+  }
+}
+
+function parseSnapshotsArgs(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: false,
+    options: {
+      server: { type: 'string' },
+      token: { type: 'string' },
+      config: { type: 'string' },
+      host: { type: 'string' },
+      disk: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+
+function publicFields(s: SnapshotInfo) {
+  return {
+    id: s.id,
+    host: s.host,
+    disk: s.disk,
+    time: new Date(s.time).toISOString(),
+    size: s.size,
+    sha256: s.sha256,
+    chunkCount: s.chunkCount,
+    tags: s.tags,
+    unreadable: s.unreadable,
+    sourceFormat: s.sourceFormat,
+  };
+}
+
+/** A table for people; ids are shortened to 12 characters, which `diskvault restore` accepts as a prefix. */
+export function formatTable(list: SnapshotInfo[]): string {
+  if (list.length === 0) return 'no snapshots\n';
+  const rows = list.map((s) => [
+    s.id.slice(0, 12),
+    new Date(s.time)
+      .toISOString()
+      .replace('T', ' ')
+      .replace(/\.\d+Z$/, 'Z'),
+    s.host,
+    s.disk,
+    humanSize(s.size),
+    s.unreadable.length > 0 ? `${s.unreadable.length} unreadable` : '',
+    s.tags.join(','),
+  ]);
+  const head = ['ID', 'TIME (UTC)', 'HOST', 'DISK', 'SIZE', 'NOTES', 'TAGS'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => (i === 4 ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
+  return `${[line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n')}\n${list.length} snapshot(s)\n`;
+}
+
+function humanSize(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}

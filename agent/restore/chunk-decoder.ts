@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto';
+import binding from 'zstd-napi/binding.js';
+import { CorruptError, HashMismatchError } from '../../storage-adapters/errors.js';
+import type { FetchedChunk } from './chunk-fetcher.js';
+
+// binding.js is CommonJS that loads the addon by computed path: Node cannot see its named exports.
+const { DCtx, getFrameContentSize } = binding;
+let dctx: InstanceType<typeof DCtx> | undefined;
+
+/**
+ * Turns a fetched payload into the chunk's raw bytes and proves they are the chunk: decompression writes
+ * into a buffer of exactly the manifest's length (zstd refuses to overflow it, so a hostile payload cannot
+ * make us allocate more), and SHA-256 of the result must equal the id before anyone writes it to a disk.
+ */
+export function decodeChunk(fetched: FetchedChunk, id: string, length: number): Buffer {
+  const raw = fetched.encoding === 'zstd' ? decompressExact(fetched.payload, length, id) : fetched.payload;
+  if (raw.length !== length) {
+    throw new CorruptError(`chunk ${id}: got ${raw.length} bytes, the manifest says ${length}`, {
+      chunk: id,
+    });
+  }
+  if (!fetched.verified) {
+    const actual = createHash('sha256').update(raw).digest('hex');
+    if (actual !== id)
+      throw new HashMismatchError(`chunk ${id}: content hashes to ${actual}`, { chunk: id, actual });
+  }
+  return raw;
+}
+
+function decompressExact(payload: Buffer, length: number, id: string): Buffer {
+  let declared: number | null;
+  try {
+    declared = getFrameContentSize(payload);
+  } catch (err) {
+    throw new CorruptError(`chunk ${id}: not a zstd frame (${(err as Error).message})`, { chunk: id });
+  }
+  if (declared !== null && declared !== length) {
+    throw new CorruptError(
+      `chunk ${id}: zstd frame declares ${declared} bytes, the manifest says ${length}`,
+      { chunk: id },
+    );
+  }
+  const out = Buffer.allocUnsafe(length);
+  let produced: number;
+  try {
+    dctx ??= new DCtx();
+    produced = dctx.decompress(out, payload);
+  } catch (err) {
+    throw new CorruptError(
+      `chunk ${id}: zstd payload does not decompress to ${length} bytes (${(err as Error).message})`,
+      {
+        chunk: id,
+      },
+    );
+  }
+  if (produced !== length) {
+    throw new CorruptError(
+      `chunk ${id}: zstd payload expands to ${produced} bytes, the manifest says ${length}`,
+      { chunk: id },
+    );
+  }
+  return out;
+}

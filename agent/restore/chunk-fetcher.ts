@@ -1,0 +1,16 @@
+/**
+ * What the restore core needs from a repository: one chunk's stored payload by id. The core decodes and
+ * checks it itself, so a fetcher may be dumb (an in-memory map in tests, the HTTP client in the CLI) and the
+ * same hash check guards both.
+ */
+export interface FetchedChunk {
+  encoding: 'raw' | 'zstd';
+  payload: Buffer;
+  /** True when the fetcher already checked SHA-256(raw) === id on these very bytes (the core then skips it). */
+  verified?: boolean;
+}
+
+export interface ChunkFetcher {
+  /** `length` is the raw length the manifest promises: the fetcher may use it to bound what it accepts. */
+  fetch(id: string, length: number): Promise<FetchedChunk>;
+}

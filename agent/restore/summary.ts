@@ -1,0 +1,77 @@
+import { type ByteRange, formatRange } from './ranges.js';
+import type { RestoreResult } from './restore.js';
+
+/** The final report of a restore, as one JSON object (--json) or a few lines for a person. */
+export interface RestoreSummary {
+  type: 'summary';
+  snapshot: string;
+  target: string;
+  size: number;
+  chunks: number;
+  chunksFetched: number;
+  chunksReused: number;
+  zeroChunks: number;
+  bytesWritten: number;
+  bytesFetched: number;
+  bytesReused: number;
+  seconds: number;
+  /** Bytes of image per second. */
+  throughput: number;
+  sha256: string | null;
+  expectedSha256: string;
+  verified: boolean;
+  unreadable: ByteRange[];
+  damaged: ByteRange[];
+}
+
+export function summarize(res: RestoreResult, target: string): RestoreSummary {
+  return {
+    type: 'summary',
+    snapshot: res.snapshot,
+    target,
+    size: res.size,
+    chunks: res.chunks,
+    chunksFetched: res.chunksFetched,
+    chunksReused: res.chunksReused,
+    zeroChunks: res.zeroChunks,
+    bytesWritten: res.bytesWritten,
+    bytesFetched: res.bytesFetched,
+    bytesReused: res.bytesReused,
+    seconds: Math.round(res.seconds * 1000) / 1000,
+    throughput: res.seconds > 0 ? Math.round(res.size / res.seconds) : res.size,
+    sha256: res.sha256,
+    expectedSha256: res.expectedSha256,
+    verified: res.verified,
+    unreadable: res.unreadable,
+    damaged: res.damaged,
+  };
+}
+
+const MiB = 1024 * 1024;
+
+export function formatSummary(s: RestoreSummary, verifyRequested: boolean): string {
+  const lines = [
+    `restored snapshot ${s.snapshot} to ${s.target}: ${mib(s.size)} in ${s.seconds.toFixed(2)} s (${(s.throughput / MiB).toFixed(0)} MiB/s)`,
+    `  fetched ${mib(s.bytesFetched)} (${s.chunksFetched} chunks), reused ${mib(s.bytesReused)} (${s.chunksReused} chunks), zero chunks ${s.zeroChunks}, written ${mib(s.bytesWritten)}`,
+  ];
+  if (!verifyRequested) lines.push(`  image sha256 not checked (--no-verify); expected ${s.expectedSha256}`);
+  else if (s.verified) lines.push(`  image sha256 ${s.sha256} (matches the snapshot)`);
+  else if (s.damaged.length === 0)
+    lines.push(`  IMAGE HASH MISMATCH: restored ${s.sha256}, snapshot says ${s.expectedSha256}`);
+  else lines.push(`  image sha256 ${s.sha256} (does not match ${s.expectedSha256}: damaged ranges are zero)`);
+  if (s.unreadable.length > 0) {
+    lines.push(
+      `  ${s.unreadable.length} range(s) were unreadable at backup time and are zeros: ${s.unreadable.map(formatRange).join(', ')}`,
+    );
+  }
+  if (s.damaged.length > 0) {
+    lines.push(
+      `  RESTORE INCOMPLETE: ${s.damaged.length} damaged range(s) left as zeros [offset, length]: ${s.damaged.map(formatRange).join(', ')}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function mib(n: number): string {
+  return `${(n / MiB).toFixed(1)} MiB`;
+}
