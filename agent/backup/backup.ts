@@ -1,0 +1,456 @@
+import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { compress } from 'zstd-napi';
+import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
+import {
+  MANIFEST_ENTRY_BYTES,
+  MANIFEST_FORMAT_VERSION,
+  type ManifestHeader,
+  NAME_PATTERN,
+  TAG_PATTERN,
+} from '../../repo-engine/manifest-codec.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
+import type { DiskvaultClient } from '../client.js';
+import type { ImageSource } from '../source.js';
+import { IdSet } from './id-set.js';
+import { seedKnownSet } from './known-set.js';
+import { ManifestSpool } from './manifest-spool.js';
+import { mergeRanges, readResilient } from './resilient-read.js';
+import { Semaphore } from './semaphore.js';
+import { WorkerPool } from './worker-pool.js';
+
+/**
+ * One backup, from an open ImageSource to a committed snapshot.
+ *
+ * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
+ * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
+ * cut by fastcdc (the cut of one window needs the previous window's carry, so cuts form a chain), then its
+ * chunks are hashed, filtered against what the repository already holds, and the missing ones compressed
+ * and uploaded, while later windows are already being read and cut. A window's slot is reused only when
+ * all of that is done, so memory is windows x window size whatever the disk size.
+ */
+export interface BackupOptions {
+  client: DiskvaultClient;
+  source: ImageSource;
+  host: string;
+  disk: string;
+  tags?: string[];
+  /** ISO 8601 time the snapshot represents; default: when the backup started. */
+  time?: string;
+  /** Chunk uploads in flight. Default: the client's concurrency. */
+  concurrency?: number;
+  /** Threads cutting, hashing and compressing. Default: the number of CPUs. */
+  workers?: number;
+  /** Bytes read per window. Default 16 MiB. */
+  windowBytes?: number;
+  /** Windows held at once (one read/cut, one hashed, one uploading). Default 3: more only costs memory (measured). */
+  windowsInFlight?: number;
+  /** zstd level for uploads. Default 1. */
+  compressionLevel?: number;
+  /** Commits tried when the server names chunks it lacks. Default 4. */
+  commitAttempts?: number;
+  onProgress?: (p: BackupProgress) => void;
+}
+
+export interface BackupProgress {
+  phase: 'reading' | 'committing';
+  bytesRead: number;
+  /** Image size, null for a pipe. */
+  total: number | null;
+  chunks: number;
+  newChunks: number;
+  /** Raw bytes of chunks the repository lacked. */
+  newBytes: number;
+  /** Raw bytes of chunks it already had (or this run already sent). */
+  knownBytes: number;
+  /** Bytes sent on the wire for chunks (after compression). */
+  bytesUploaded: number;
+}
+
+export interface BackupSummary {
+  snapshot: SnapshotInfo;
+  size: number;
+  sha256: string;
+  chunks: number;
+  newChunks: number;
+  newBytes: number;
+  bytesUploaded: number;
+  seconds: number;
+  unreadable: [number, number][];
+  /** Share of the image's bytes the repository already held, 0..1. */
+  dedupRatio: number;
+  /** Image bytes per second. */
+  throughput: number;
+  sourceFormat: string;
+}
+
+interface Window {
+  index: number;
+  slot: number;
+  /** Image offset of the window's fresh bytes, which sit at slot position `pad`. */
+  offset: number;
+  bytes: number;
+  eof: boolean;
+  /** Things still using the slot: image hash, chunk processing, the carry the next window copies. */
+  holds: number;
+}
+
+const MiB = 1024 * 1024;
+
+export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
+  const started = performance.now();
+  const time = o.time ?? new Date().toISOString();
+  const tags = o.tags ?? [];
+  checkNames(o.host, o.disk, tags, time);
+  const { client, source } = o;
+
+  const session = await client.createSession(o.host, o.disk);
+  const chunker = session.chunker;
+  const pad = chunker.max;
+  const windowBytes = Math.max(o.windowBytes ?? 16 * MiB, chunker.max);
+  const slotCount = Math.max(3, o.windowsInFlight ?? 3);
+  const level = o.compressionLevel ?? 1;
+  const uploads = new Semaphore(Math.max(1, o.concurrency ?? client.concurrency));
+
+  const sabs = Array.from({ length: slotCount }, () => new SharedArrayBuffer(pad + windowBytes));
+  const slotBufs = sabs.map((s) => Buffer.from(s));
+  const freeSlots = Array.from({ length: slotCount }, (_, i) => i);
+  const slotGate = new Semaphore(slotCount);
+  let pool: WorkerPool | null = null;
+  let hasher: WorkerPool | null = null;
+  let spool: ManifestSpool | null = null;
+
+  const progress: BackupProgress = {
+    phase: 'reading',
+    bytesRead: 0,
+    total: source.size,
+    chunks: 0,
+    newChunks: 0,
+    newBytes: 0,
+    knownBytes: 0,
+    bytesUploaded: 0,
+  };
+  const report = () => o.onProgress?.({ ...progress });
+  let unreadable: [number, number][] = [];
+
+  try {
+    spool = await ManifestSpool.create();
+    const workers = Math.max(1, o.workers ?? availableParallelism());
+    pool = new WorkerPool(workers, { slots: sabs, chunker, warmBytes: pad + windowBytes });
+    hasher = new WorkerPool(1, { slots: sabs, chunker, warmBytes: 0 });
+    const known = new IdSet(4096);
+    const sentThisRun = new IdSet(4096);
+    // The previous snapshot's chunks are almost all still there: learn them while the first windows are read.
+    const seeded = session.previous ? seedKnownSet(client, session.previous.id, known) : Promise.resolve();
+    seeded.catch(() => {});
+
+    let firstError: unknown = null;
+    const inFlight = new Set<Promise<void>>();
+    let spoolChain: Promise<void> = Promise.resolve();
+
+    const release = (w: Window) => {
+      if (--w.holds === 0) {
+        freeSlots.push(w.slot);
+        slotGate.release();
+      }
+    };
+
+    const readWindow = async (index: number, offset: number): Promise<Window> => {
+      await slotGate.acquire();
+      const slot = freeSlots.pop()!;
+      try {
+        const want = source.size === null ? windowBytes : Math.min(windowBytes, source.size - offset);
+        const view = slotBufs[slot].subarray(pad, pad + want);
+        const got = want > 0 ? await readResilient(source, view, offset) : { bytes: 0, unreadable: [] };
+        if (got.unreadable.length > 0) unreadable.push(...got.unreadable);
+        const eof = got.bytes < windowBytes || (source.size !== null && offset + got.bytes >= source.size);
+        return { index, slot, offset, bytes: got.bytes, eof, holds: 0 };
+      } catch (err) {
+        freeSlots.push(slot);
+        slotGate.release();
+        throw err;
+      }
+    };
+
+    /** Hash the window's chunks, record them in the manifest, upload what the server lacks. */
+    const processChunks = async (
+      w: Window,
+      from: number,
+      ends: Uint32Array,
+      appendAfter: Promise<void>,
+      appended: () => void,
+    ) => {
+      let entries: Buffer;
+      let ids: Uint8Array;
+      try {
+        const hashed = await pool!.run({ type: 'hash', slot: w.slot, from, ends });
+        ids = hashed.ids;
+        entries = Buffer.alloc(ends.length * MANIFEST_ENTRY_BYTES);
+        let start = from;
+        for (let i = 0; i < ends.length; i++) {
+          entries.set(ids.subarray(i * 32, i * 32 + 32), i * MANIFEST_ENTRY_BYTES);
+          entries.writeUInt32BE(ends[i] - start, i * MANIFEST_ENTRY_BYTES + 32);
+          start = ends[i];
+        }
+        // The manifest lists chunks in image order, whatever order windows finish hashing in.
+        await appendAfter;
+        await spool!.append(entries);
+      } finally {
+        appended();
+      }
+      await seeded;
+      const candidates: number[] = [];
+      let start = from;
+      const starts = new Uint32Array(ends.length);
+      for (let i = 0; i < ends.length; i++) {
+        starts[i] = start;
+        const len = ends[i] - start;
+        start = ends[i];
+        progress.chunks++;
+        if (known.has(ids, i * 32) || !sentThisRun.add(ids, i * 32)) {
+          progress.knownBytes += len;
+          continue;
+        }
+        // Claimed for this window now, before any await, so no later window uploads the same chunk again.
+        candidates.push(i);
+      }
+      if (candidates.length === 0) return;
+      const hex = candidates.map((i) => Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex'));
+      const missing = new Set<string>();
+      for (let at = 0; at < hex.length; at += MAX_MISSING_IDS) {
+        for (const id of await client.missing(session.id, hex.slice(at, at + MAX_MISSING_IDS)))
+          missing.add(id);
+      }
+      const toSend: number[] = [];
+      candidates.forEach((i, k) => {
+        if (missing.has(hex[k])) toSend.push(i);
+        else progress.knownBytes += ends[i] - starts[i];
+      });
+      // Compress in groups of ~8 MiB so uploads start before the whole window is compressed.
+      const groups: number[][] = [];
+      let group: number[] = [];
+      let groupBytes = 0;
+      for (const i of toSend) {
+        group.push(i);
+        groupBytes += ends[i] - starts[i];
+        if (groupBytes >= 8 * MiB) {
+          groups.push(group);
+          group = [];
+          groupBytes = 0;
+        }
+      }
+      if (group.length > 0) groups.push(group);
+      await Promise.all(
+        groups.map(async (g) => {
+          const ranges = new Uint32Array(g.length * 2);
+          g.forEach((i, k) => {
+            ranges[k * 2] = starts[i];
+            ranges[k * 2 + 1] = ends[i];
+          });
+          const packed = await pool!.run({ type: 'compress', slot: w.slot, ranges, level });
+          await Promise.all(
+            g.map((i, k) =>
+              uploads.use(async () => {
+                // An incompressible chunk is sent straight from the window: the slot is held until it is sent.
+                const payload = packed.compressed[k]
+                  ? Buffer.from(
+                      packed.payloads[k].buffer,
+                      packed.payloads[k].byteOffset,
+                      packed.payloads[k].byteLength,
+                    )
+                  : slotBufs[w.slot].subarray(starts[i], ends[i]);
+                const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
+                await client.putChunk(session.id, id, payload, packed.compressed[k] ? 'zstd' : 'raw');
+                progress.newChunks++;
+                progress.newBytes += ends[i] - starts[i];
+                progress.bytesUploaded += payload.length;
+              }),
+            ),
+          );
+        }),
+      );
+    };
+
+    let next = readWindow(0, 0);
+    let prev: { w: Window; carryFrom: number; end: number } | null = null;
+    for (;;) {
+      const w = await next;
+      progress.bytesRead += w.bytes;
+      if (!w.eof) {
+        next = readWindow(w.index + 1, w.offset + w.bytes);
+        next.catch(() => {});
+      }
+      let from = pad;
+      if (prev) {
+        const carry = prev.end - prev.carryFrom;
+        slotBufs[prev.w.slot].copy(slotBufs[w.slot], pad - carry, prev.carryFrom, prev.end);
+        from = pad - carry;
+        release(prev.w);
+        prev = null;
+      }
+      w.holds = 2; // image hash + chunk processing
+      const hashing = hasher.run({ type: 'image-update', slot: w.slot, from: pad, to: pad + w.bytes });
+      track(
+        hashing.then(() => release(w)),
+        inFlight,
+        (e) => (firstError ??= e),
+      );
+      const cut = await pool.run({ type: 'cut', slot: w.slot, from, to: pad + w.bytes, final: w.eof });
+      if (!w.eof) {
+        w.holds++; // the next window copies the carry out of this slot
+        prev = { w, carryFrom: cut.carryFrom, end: pad + w.bytes };
+      }
+      const appendAfter = spoolChain;
+      let appended!: () => void;
+      spoolChain = new Promise<void>((r) => {
+        appended = r;
+      });
+      track(
+        processChunks(w, from, cut.ends, appendAfter, appended).finally(() => release(w)),
+        inFlight,
+        (e) => (firstError ??= e),
+      );
+      report();
+      if (firstError) throw firstError;
+      if (w.eof) break;
+    }
+    await Promise.all([...inFlight]);
+    if (firstError) throw firstError;
+    await seeded;
+
+    const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
+    unreadable = mergeRanges(unreadable);
+    const header: ManifestHeader = {
+      formatVersion: MANIFEST_FORMAT_VERSION,
+      host: o.host,
+      disk: o.disk,
+      time,
+      size: progress.bytesRead,
+      sha256,
+      chunker,
+      tags,
+      unreadable,
+      sourceFormat: source.format,
+      chunkCount: spool.chunkCount,
+    };
+    progress.phase = 'committing';
+    report();
+    const snapshot = await commitWithRepair(
+      o,
+      session.id,
+      header,
+      spool,
+      level,
+      progress,
+      o.commitAttempts ?? 4,
+    );
+    const seconds = (performance.now() - started) / 1000;
+    return {
+      snapshot,
+      size: header.size,
+      sha256,
+      chunks: progress.chunks,
+      newChunks: progress.newChunks,
+      newBytes: progress.newBytes,
+      bytesUploaded: progress.bytesUploaded,
+      seconds,
+      unreadable,
+      dedupRatio: header.size === 0 ? 1 : 1 - progress.newBytes / header.size,
+      throughput: seconds > 0 ? header.size / seconds : 0,
+      sourceFormat: source.format,
+    };
+  } catch (err) {
+    // Leave nothing half-open on the server; a rerun uploads only what it still lacks.
+    await client.abort(session.id).catch(() => {});
+    throw err;
+  } finally {
+    await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
+  }
+}
+
+function track(p: Promise<void>, set: Set<Promise<void>>, onError: (e: unknown) => void): void {
+  const tracked = p.catch(onError).finally(() => set.delete(tracked));
+  set.add(tracked);
+}
+
+/**
+ * Commits; when the server names chunks it lacks (gc removed them since the previous snapshot, or another
+ * tenant holds them), reads those chunks from the source again, uploads them and commits again.
+ */
+async function commitWithRepair(
+  o: BackupOptions,
+  sessionId: string,
+  header: ManifestHeader,
+  spool: ManifestSpool,
+  level: number,
+  progress: BackupProgress,
+  attempts: number,
+): Promise<SnapshotInfo> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await o.client.commit(sessionId, () => spool.manifest(header));
+    } catch (err) {
+      const missing = isDiskvaultError(err) && err.code === 'Conflict' ? err.details?.missing : undefined;
+      if (!Array.isArray(missing) || missing.length === 0) throw err;
+      if (attempt >= attempts) {
+        throw new DiskvaultError(
+          'Conflict',
+          `the server still lacks ${missing.length} chunks after ${attempts} commits`,
+          {
+            missing,
+          },
+        );
+      }
+      if (!o.source.seekable) {
+        throw new DiskvaultError(
+          'Conflict',
+          `the server lacks ${missing.length} chunks the agent believed it held, and a piped image cannot be read again: run the backup again`,
+          { missing },
+        );
+      }
+      await uploadAgain(o, sessionId, spool, new Set(missing as string[]), level, progress);
+    }
+  }
+}
+
+async function uploadAgain(
+  o: BackupOptions,
+  sessionId: string,
+  spool: ManifestSpool,
+  wanted: Set<string>,
+  level: number,
+  progress: BackupProgress,
+): Promise<void> {
+  const located = await spool.locate(wanted);
+  const gate = new Semaphore(Math.max(1, o.concurrency ?? o.client.concurrency));
+  await Promise.all(
+    located.map((c) =>
+      gate.use(async () => {
+        const buf = Buffer.alloc(c.length);
+        const got = await readResilient(o.source, buf, c.offset);
+        const actual = createHash('sha256').update(buf.subarray(0, got.bytes)).digest('hex');
+        if (got.bytes !== c.length || actual !== c.id) {
+          throw new InvalidInputError(
+            `the source changed during the backup: bytes ${c.offset}..${c.offset + c.length} no longer match chunk ${c.id}`,
+          );
+        }
+        const z = compress(buf, { compressionLevel: level });
+        const useZ = z.length < buf.length * 0.97;
+        await o.client.putChunk(sessionId, c.id, useZ ? z : buf, useZ ? 'zstd' : 'raw');
+        progress.newChunks++;
+        progress.newBytes += c.length;
+        progress.bytesUploaded += useZ ? z.length : buf.length;
+      }),
+    ),
+  );
+}
+
+function checkNames(host: string, disk: string, tags: string[], time: string): void {
+  if (!NAME_PATTERN.test(host))
+    throw new InvalidInputError(`host name '${host}' is invalid (letters, digits, . _ -)`);
+  if (!NAME_PATTERN.test(disk))
+    throw new InvalidInputError(`disk name '${disk}' is invalid (letters, digits, . _ -)`);
+  for (const t of tags) if (!TAG_PATTERN.test(t)) throw new InvalidInputError(`tag '${t}' is invalid`);
+  if (tags.length > 64) throw new InvalidInputError('at most 64 tags');
+  if (Number.isNaN(Date.parse(time))) throw new InvalidInputError(`time '${time}' is not an ISO 8601 date`);
+}

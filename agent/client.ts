@@ -1,0 +1,340 @@
+import { createHash, randomInt } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  CHUNK_CONTENT_TYPE,
+  type CommitResponse,
+  type CreateSessionResponse,
+  type ErrorBody,
+  MANIFEST_CONTENT_TYPE,
+  type MissingResponse,
+  type PutChunkResponse,
+  RAW_LENGTH_HEADER,
+  type SnapshotInfo,
+} from '../api/protocol.js';
+import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
+import { decompressExactly } from './zstd-bounded.js';
+
+/**
+ * The agent's one door to the server: every request goes through `request()`, which keeps connections alive,
+ * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
+ * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
+ * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
+ */
+export interface ClientOptions {
+  server: string;
+  token: string;
+  /** Sockets kept open to the server; uploads beyond this queue in the agent. Default 8. */
+  concurrency?: number;
+  /** Attempts per request, including the first. Default 6 (about 30 s of backoff in all). */
+  attempts?: number;
+  /** First backoff in ms; doubled per attempt, capped at maxBackoffMs. Default 500. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+/** A body that can be sent again on retry (a Buffer), or sent once (a stream). */
+type Body = Buffer | Readable | AsyncIterable<Buffer>;
+
+interface Response {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  stream: http.IncomingMessage;
+}
+
+const KNOWN_CODES = new Set<ErrorCode>([
+  'NotFound',
+  'HashMismatch',
+  'StorageFull',
+  'Conflict',
+  'InvalidInput',
+  'Unauthorized',
+  'Forbidden',
+  'TooLarge',
+  'Corrupt',
+  'Unavailable',
+]);
+
+/** Statuses that mean "try again later": the server or something in between is overloaded or restarting. */
+function isRetryableStatus(status: number): boolean {
+  return status === 429 || status >= 500;
+}
+
+const RETRYABLE_NET_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'UND_ERR_SOCKET',
+]);
+
+function isRetryableNetError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return typeof code === 'string' && RETRYABLE_NET_CODES.has(code);
+}
+
+export class DiskvaultClient {
+  private readonly base: URL;
+  private readonly agent: http.Agent;
+  private readonly transport: typeof http | typeof https;
+  private readonly auth: string;
+  private readonly attempts: number;
+  private readonly backoffMs: number;
+  private readonly maxBackoffMs: number;
+  readonly concurrency: number;
+
+  constructor(cfg: ClientOptions) {
+    this.base = new URL(cfg.server.endsWith('/') ? cfg.server : `${cfg.server}/`);
+    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
+      throw new DiskvaultError('InvalidInput', `server URL ${cfg.server} is neither http nor https`);
+    }
+    this.concurrency = Math.max(1, cfg.concurrency ?? 8);
+    this.transport = this.base.protocol === 'https:' ? https : http;
+    // One more socket than uploads in flight so a missing-query or commit never waits behind uploads.
+    const agentOpts = { keepAlive: true, maxSockets: this.concurrency + 2, scheduling: 'lifo' as const };
+    this.agent = this.base.protocol === 'https:' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+    this.auth = `Bearer ${cfg.token}`;
+    this.attempts = Math.max(1, cfg.attempts ?? 6);
+    this.backoffMs = cfg.backoffMs ?? 500;
+    this.maxBackoffMs = cfg.maxBackoffMs ?? 8000;
+  }
+
+  // ---- backup side ----
+
+  async createSession(host: string, disk: string): Promise<CreateSessionResponse> {
+    return await this.json<CreateSessionResponse>('POST', 'v1/sessions', { host, disk });
+  }
+
+  /** Ids the server wants uploaded, from `ids` (at most MAX_MISSING_IDS per call; the caller batches). */
+  async missing(sessionId: string, ids: string[]): Promise<string[]> {
+    const res = await this.json<MissingResponse>('POST', `v1/sessions/${enc(sessionId)}/missing`, { ids });
+    return res.missing;
+  }
+
+  async putChunk(
+    sessionId: string,
+    id: string,
+    payload: Buffer,
+    encoding: 'raw' | 'zstd',
+  ): Promise<PutChunkResponse> {
+    const headers: http.OutgoingHttpHeaders = { 'content-type': CHUNK_CONTENT_TYPE };
+    if (encoding === 'zstd') headers['content-encoding'] = 'zstd';
+    const res = await this.send('PUT', `v1/chunks/${enc(id)}?session=${enc(sessionId)}`, payload, headers);
+    return (await readJson(res)) as PutChunkResponse;
+  }
+
+  /**
+   * Sends the binary manifest. A Buffer body is retried like any request; a stream can only be sent once,
+   * so pass a function returning a fresh iterable when the body is large and should survive a retry.
+   * A 409 surfaces as a DiskvaultError with code 'Conflict' and details.missing.
+   */
+  async commit(sessionId: string, body: Body | (() => Body)): Promise<SnapshotInfo> {
+    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/commit`, body, {
+      'content-type': MANIFEST_CONTENT_TYPE,
+    });
+    return ((await readJson(res)) as CommitResponse).snapshot;
+  }
+
+  async abort(sessionId: string): Promise<void> {
+    const res = await this.send('DELETE', `v1/sessions/${enc(sessionId)}`);
+    res.stream.resume();
+  }
+
+  // ---- read side (restore uses these) ----
+
+  async listSnapshots(filter: { host?: string; disk?: string } = {}): Promise<SnapshotInfo[]> {
+    const q = new URLSearchParams();
+    if (filter.host) q.set('host', filter.host);
+    if (filter.disk) q.set('disk', filter.disk);
+    const qs = q.toString();
+    const res = await this.json<SnapshotInfo[] | { snapshots: SnapshotInfo[] }>(
+      'GET',
+      `v1/snapshots${qs ? `?${qs}` : ''}`,
+    );
+    return Array.isArray(res) ? res : res.snapshots;
+  }
+
+  async getSnapshot(id: string): Promise<SnapshotInfo> {
+    const res = await this.json<SnapshotInfo | { snapshot: SnapshotInfo }>('GET', `v1/snapshots/${enc(id)}`);
+    return 'snapshot' in res && typeof res.snapshot === 'object' ? res.snapshot : (res as SnapshotInfo);
+  }
+
+  /** The binary manifest as a stream (parse it with ManifestReader, source 'wire'). */
+  async getManifest(id: string): Promise<Readable> {
+    const res = await this.send('GET', `v1/snapshots/${enc(id)}/manifest`);
+    return res.stream;
+  }
+
+  /** A chunk's raw bytes, decompressed (bounded by the announced raw length) and checked against its id. */
+  async getChunk(id: string): Promise<Buffer> {
+    const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
+    const payload = await readAll(res.stream);
+    const encoding = String(res.headers['content-encoding'] ?? '').toLowerCase();
+    let raw = payload;
+    if (encoding === 'zstd') {
+      const rawLength = Number(res.headers[RAW_LENGTH_HEADER]);
+      if (!Number.isSafeInteger(rawLength) || rawLength <= 0) {
+        throw new DiskvaultError(
+          'Corrupt',
+          `chunk ${id}: server sent zstd without a valid ${RAW_LENGTH_HEADER} header`,
+        );
+      }
+      raw = await decompressExactly(payload, rawLength, `chunk ${id}`);
+    } else if (encoding !== '' && encoding !== 'identity') {
+      throw new DiskvaultError('Corrupt', `chunk ${id}: unexpected content encoding '${encoding}'`);
+    }
+    const actual = createHash('sha256').update(raw).digest('hex');
+    if (actual !== id)
+      throw new HashMismatchError(`chunk ${id}: received bytes hash to ${actual}`, { chunk: id });
+    return raw;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  // ---- plumbing ----
+
+  private async json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const res = await this.send(method, path, buf, buf ? { 'content-type': 'application/json' } : {});
+    return (await readJson(res)) as T;
+  }
+
+  /**
+   * One logical request: retried on network errors, 5xx and 429 while the body can be replayed. Resolves with
+   * a 2xx response whose body is still unread; any other status becomes a DiskvaultError.
+   */
+  private async send(
+    method: string,
+    path: string,
+    body?: Body | (() => Body),
+    headers: http.OutgoingHttpHeaders = {},
+  ): Promise<Response> {
+    const url = new URL(path, this.base);
+    const replayable = body === undefined || Buffer.isBuffer(body) || typeof body === 'function';
+    let lastError: unknown;
+    for (let attempt = 0; attempt < this.attempts; attempt++) {
+      if (attempt > 0) await sleep(this.delay(attempt));
+      let res: Response;
+      try {
+        const b = typeof body === 'function' ? body() : body;
+        res = await this.once(method, url, b, headers);
+      } catch (err) {
+        lastError = err;
+        if (replayable && isRetryableNetError(err)) continue;
+        throw networkError(err, url);
+      }
+      if (res.status >= 200 && res.status < 300) return res;
+      const error = await errorFrom(res);
+      lastError = error;
+      if (replayable && isRetryableStatus(res.status)) continue;
+      throw error;
+    }
+    throw lastError instanceof DiskvaultError ? lastError : networkError(lastError, url);
+  }
+
+  /** Backoff: base * 2^(attempt-1), capped, with full jitter in its upper half so agents don't stampede. */
+  private delay(attempt: number): number {
+    const ceiling = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** (attempt - 1));
+    return Math.floor(ceiling / 2 + randomInt(Math.max(1, Math.floor(ceiling / 2))));
+  }
+
+  private once(
+    method: string,
+    url: URL,
+    body: Buffer | Readable | AsyncIterable<Buffer> | undefined,
+    headers: http.OutgoingHttpHeaders,
+  ): Promise<Response> {
+    return new Promise((resolve, reject) => {
+      const h: http.OutgoingHttpHeaders = { authorization: this.auth, ...headers };
+      if (body === undefined) h['content-length'] = 0;
+      else if (Buffer.isBuffer(body)) h['content-length'] = body.length;
+      const req = this.transport.request(url, { method, headers: h, agent: this.agent });
+      req.on('response', (stream) =>
+        resolve({ status: stream.statusCode ?? 0, headers: stream.headers, stream }),
+      );
+      req.on('error', reject);
+      if (body === undefined) req.end();
+      else if (Buffer.isBuffer(body)) req.end(body);
+      else {
+        const src = body instanceof Readable ? body : Readable.from(body);
+        src.on('error', (err) => req.destroy(err));
+        src.pipe(req);
+      }
+    });
+  }
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+
+function networkError(err: unknown, url: URL): DiskvaultError {
+  if (err instanceof DiskvaultError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const what = e?.code ? `${e.code}` : String(e?.message ?? err);
+  return new DiskvaultError('Unavailable', `cannot reach the server at ${url.origin}: ${what}`, undefined, {
+    cause: err,
+  });
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const p of stream) parts.push(p as Buffer);
+  return Buffer.concat(parts);
+}
+
+async function readJson(res: Response): Promise<unknown> {
+  const text = (await readAll(res.stream)).toString('utf8');
+  if (text === '') return {};
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new DiskvaultError('Unavailable', `server sent a response that is not JSON (status ${res.status})`);
+  }
+}
+
+/** Turns a non-2xx response into the DiskvaultError the server meant, keeping its message and details. */
+async function errorFrom(res: Response): Promise<DiskvaultError> {
+  let body: Partial<ErrorBody> = {};
+  try {
+    const text = (await readAll(res.stream)).toString('utf8');
+    body = text ? (JSON.parse(text) as Partial<ErrorBody>) : {};
+  } catch {
+    body = {};
+  }
+  const code = KNOWN_CODES.has(body.code as ErrorCode) ? (body.code as ErrorCode) : statusCode(res.status);
+  const message =
+    typeof body.message === 'string' && body.message ? body.message : `server answered HTTP ${res.status}`;
+  return new DiskvaultError(code, message, { status: res.status, ...(body.details ?? {}) });
+}
+
+function statusCode(status: number): ErrorCode {
+  switch (status) {
+    case 400:
+      return 'InvalidInput';
+    case 401:
+      return 'Unauthorized';
+    case 403:
+      return 'Forbidden';
+    case 404:
+      return 'NotFound';
+    case 409:
+      return 'Conflict';
+    case 413:
+      return 'TooLarge';
+    case 422:
+      return 'HashMismatch';
+    case 507:
+      return 'StorageFull';
+    default:
+      return 'Unavailable';
+  }
+}

@@ -1,0 +1,201 @@
+import { parseArgs } from 'node:util';
+import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
+import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
+import { EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
+import { DiskvaultClient } from '../client.js';
+import { createProgressReporter, formatBytes } from '../progress.js';
+import { openSource } from '../sources/open.js';
+
+const HELP = `usage: diskvault backup SOURCE --host NAME --disk NAME [options]
+
+SOURCE is a raw image file, a block device, a container image (qcow2, vhd, vmdk, vdi) or - for stdin.
+
+options:
+  --server URL           repository server (or DISKVAULT_SERVER, or the config file)
+  --token T              API token (or DISKVAULT_TOKEN / DISKVAULT_TOKEN_FILE, or the config file)
+  --config FILE          agent config file (default ~/.config/diskvault/agent.json)
+  --host NAME            the machine the disk belongs to
+  --disk NAME            the disk's name on that machine
+  --tag T                a tag for the snapshot (repeatable)
+  --time ISO8601         the time the snapshot represents (default: now)
+  --format F             raw, qcow2, vhd, vmdk, vdi (default: detect)
+  --concurrency N        chunk uploads in flight (default 8)
+  --compression-level N  zstd level for uploads, -5..19 (default 1)
+  --json                 progress as JSON lines on stderr, the summary as JSON on stdout
+
+exit codes: 0 done, 1 failed, 2 usage error, 3 done but some ranges could not be read (stored as zeros)
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv);
+  if (values.help) {
+    process.stdout.write(HELP);
+    return EXIT_OK;
+  }
+  if (positionals.length !== 1)
+    throw new UsageError('give exactly one SOURCE (a file, a block device, or - for stdin)');
+  const host = required(values.host, '--host');
+  const disk = required(values.disk, '--disk');
+  if (!NAME_PATTERN.test(host))
+    throw new UsageError(`--host '${host}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
+  if (!NAME_PATTERN.test(disk))
+    throw new UsageError(`--disk '${disk}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
+  const tags = values.tag ?? [];
+  for (const t of tags) if (!TAG_PATTERN.test(t)) throw new UsageError(`--tag '${t}' is invalid`);
+  let time: string | undefined;
+  if (values.time !== undefined) {
+    const ms = Date.parse(values.time);
+    if (Number.isNaN(ms)) throw new UsageError(`--time '${values.time}' is not an ISO 8601 date`);
+    time = new Date(ms).toISOString();
+  }
+  const concurrency = intFlag(values.concurrency, '--concurrency', 1, 256) ?? 8;
+  const compressionLevel = intFlag(values['compression-level'], '--compression-level', -5, 19) ?? 1;
+  const format = values.format;
+  if (format !== undefined && !/^(raw|qcow2|vhd|vmdk|vdi)$/.test(format)) {
+    throw new UsageError(`--format ${format}: expected raw, qcow2, vhd, vmdk or vdi`);
+  }
+  const cfg = resolveClientConfig({ server: values.server, token: values.token, config: values.config });
+
+  const source = await openSource(positionals[0], { format });
+  const client = new DiskvaultClient({ ...cfg, concurrency });
+  const reporter = createProgressReporter({
+    json: values.json === true,
+    describe: (s) => `new ${formatBytes(Number(s.newBytes))}, known ${formatBytes(Number(s.knownBytes))}`,
+  });
+  try {
+    const summary = await runBackup({
+      client,
+      source,
+      host,
+      disk,
+      tags,
+      time,
+      concurrency,
+      compressionLevel,
+      ...tuningFromEnv(),
+      onProgress: (p: BackupProgress) =>
+        reporter.update({
+          done: p.bytesRead,
+          total: p.total,
+          phase: p.phase,
+          chunks: p.chunks,
+          newChunks: p.newChunks,
+          newBytes: p.newBytes,
+          knownBytes: p.knownBytes,
+          bytesUploaded: p.bytesUploaded,
+        }),
+    });
+    reporter.finish();
+    printSummary(summary, values.json === true);
+    return summary.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } finally {
+    reporter.finish();
+    client.close();
+    await source.close().catch(() => {});
+  }
+}
+
+function printSummary(s: BackupSummary, json: boolean): void {
+  if (json) {
+    const out = {
+      type: 'summary',
+      snapshot: s.snapshot.id,
+      host: s.snapshot.host,
+      disk: s.snapshot.disk,
+      time: s.snapshot.time,
+      size: s.size,
+      sha256: s.sha256,
+      chunks: s.chunks,
+      newChunks: s.newChunks,
+      newBytes: s.newBytes,
+      bytesUploaded: s.bytesUploaded,
+      seconds: round(s.seconds, 3),
+      throughput: Math.round(s.throughput),
+      dedupRatio: round(s.dedupRatio, 4),
+      unreadable: s.unreadable,
+      sourceFormat: s.sourceFormat,
+    };
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+    return;
+  }
+  const lines = [
+    `snapshot ${s.snapshot.id} saved (${s.snapshot.host}/${s.snapshot.disk}, ${s.snapshot.time})`,
+    `  image     ${formatBytes(s.size)} (${s.sourceFormat}), sha256 ${s.sha256}`,
+    `  chunks    ${s.chunks}, new ${s.newChunks} (${formatBytes(s.newBytes)} raw, ${formatBytes(s.bytesUploaded)} sent)`,
+    `  dedup     ${(s.dedupRatio * 100).toFixed(1)}% of the image was already in the repository`,
+    `  time      ${s.seconds.toFixed(1)} s, ${formatBytes(s.throughput)}/s`,
+  ];
+  if (s.unreadable.length > 0) {
+    const bytes = s.unreadable.reduce((n, r) => n + r[1], 0);
+    lines.push(`  UNREADABLE ${formatBytes(bytes)} in ${s.unreadable.length} ranges, stored as zeros:`);
+    for (const [off, len] of s.unreadable.slice(0, 20)) lines.push(`    offset ${off}, ${len} bytes`);
+    if (s.unreadable.length > 20) lines.push(`    ... and ${s.unreadable.length - 20} more (see --json)`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        server: { type: 'string' },
+        token: { type: 'string' },
+        config: { type: 'string' },
+        host: { type: 'string' },
+        disk: { type: 'string' },
+        tag: { type: 'string', multiple: true },
+        time: { type: 'string' },
+        format: { type: 'string' },
+        concurrency: { type: 'string' },
+        'compression-level': { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function required(v: string | undefined, flag: string): string {
+  if (v === undefined || v === '') throw new UsageError(`${flag} is required`);
+  return v;
+}
+
+function intFlag(v: string | undefined, flag: string, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new UsageError(`${flag} must be an integer from ${min} to ${max}`);
+  return n;
+}
+
+/**
+ * Benchmark knobs, deliberately not flags: DISKVAULT_WINDOW_MIB (bytes read per window), DISKVAULT_WINDOWS
+ * (windows in flight) and DISKVAULT_WORKERS (threads). Memory is about windows x (window + 4 MiB).
+ */
+function tuningFromEnv(): { windowBytes?: number; windowsInFlight?: number; workers?: number } {
+  const num = (name: string) => {
+    const v = process.env[name];
+    if (v === undefined || v === '') return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 1024)
+      throw new UsageError(`${name} must be an integer from 1 to 1024`);
+    return n;
+  };
+  const mib = num('DISKVAULT_WINDOW_MIB');
+  const windows = num('DISKVAULT_WINDOWS');
+  const workers = num('DISKVAULT_WORKERS');
+  return {
+    ...(mib ? { windowBytes: mib * 1024 * 1024 } : {}),
+    ...(windows ? { windowsInFlight: windows } : {}),
+    ...(workers ? { workers } : {}),
+  };
+}
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}

@@ -1,0 +1,100 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { DiskvaultClient } from '../../agent/client.js';
+import {
+  MANIFEST_ENTRY_BYTES,
+  type ManifestHeader,
+  ManifestReader,
+} from '../../repo-engine/manifest-codec.js';
+
+/** Running the real `diskvault backup` CLI as a child process, and reading back what it stored. */
+export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** The --json summary line, when there is one. */
+  summary?: Record<string, unknown> & {
+    snapshot: string;
+    size: number;
+    bytesUploaded: number;
+    newChunks: number;
+    chunks: number;
+  };
+}
+
+export function runCli(
+  args: string[],
+  env: Record<string, string>,
+  opts: { stdinFile?: string; onStderr?: (text: string, kill: () => void) => void } = {},
+): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, ...env },
+      stdio: [opts.stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+      opts.onStderr?.(stderr, () => child.kill('SIGKILL'));
+    });
+    if (opts.stdinFile) {
+      const input = createReadStream(opts.stdinFile);
+      input.pipe(child.stdin!);
+      child.stdin!.on('error', () => {}); // the child may die first (kill tests)
+    }
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const line = stdout.split('\n').find((l) => l.startsWith('{"type":"summary"'));
+      resolve({ code, stdout, stderr, ...(line ? { summary: JSON.parse(line) } : {}) });
+    });
+  });
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const b of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(b as Buffer);
+  return h.digest('hex');
+}
+
+/** The header and chunk list of a stored snapshot, read over HTTP. */
+export async function readSnapshot(
+  client: DiskvaultClient,
+  id: string,
+): Promise<{ header: ManifestHeader; entries: { id: string; length: number }[] }> {
+  const reader = await ManifestReader.open(await client.getManifest(id), 'wire');
+  const entries: { id: string; length: number }[] = [];
+  for await (const batch of reader.entryBatches()) {
+    for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES) {
+      entries.push({ id: batch.toString('hex', at, at + 32), length: batch.readUInt32BE(at + 32) });
+    }
+  }
+  return { header: reader.header, entries };
+}
+
+/** Chunk objects a local repository holds (files under storage/chunks). */
+export async function countStoredChunks(dataDir: string): Promise<number> {
+  let n = 0;
+  const walk = async (dir: string): Promise<void> => {
+    let names: import('node:fs').Dirent[];
+    try {
+      names = await readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    for (const d of names) {
+      if (d.isDirectory()) await walk(join(dir, d.name));
+      else if (/^[0-9a-f]{64}$/.test(d.name)) n++;
+    }
+  };
+  await walk(join(dataDir, 'storage', 'chunks'));
+  return n;
+}
