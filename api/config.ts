@@ -17,6 +17,8 @@ export interface ServerConfig {
   cacheBytes?: number;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  /** Chunker of a repository created by this start; an existing repository keeps its own. */
+  chunker?: { min: number; avg: number; max: number };
 }
 
 export class ConfigError extends Error {
@@ -40,6 +42,7 @@ export const SERVER_OPTIONS = {
   'cache-size': { type: 'string' },
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
+  'chunk-avg': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -138,6 +141,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
   const lease = str('session-lease');
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  const avg = str('chunk-avg');
+  if (avg !== undefined) {
+    const n = parseSize(avg);
+    // FastCDC's normalisation wants min = avg/4 and max = 4*avg; the avg must be a power of two.
+    if (n < 16 * 1024 || n > 16 * 1024 * 1024 || (n & (n - 1)) !== 0)
+      throw new ConfigError(`--chunk-avg ${avg}: a power of two from 16K to 16M`);
+    config.chunker = { min: n / 4, avg: n, max: n * 4 };
+  }
   return { help: false, config };
 }
 
@@ -156,6 +167,8 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
   --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+  --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
+                         fixed at creation, since changing it would break dedup
 
 S3 credentials come from the standard AWS environment variables or profile.
 `;

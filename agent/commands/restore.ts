@@ -6,6 +6,7 @@ import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { createRestoreProgress } from '../restore/progress.js';
 import { formatRange } from '../restore/ranges.js';
 import { restoreSnapshot } from '../restore/restore.js';
+import { openQcow2Target } from '../restore/qcow2-target.js';
 import { openRestoreTarget } from '../restore/restore-target.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 import { formatSummary, summarize } from '../restore/summary.js';
@@ -22,6 +23,7 @@ options:
   --in-place                               TARGET holds a similar disk: rewrite only the chunks that differ
   --no-verify                              skip the whole-image SHA-256 check (chunks are always checked)
   --continue-on-error                      leave damaged chunks as zeros and go on (still exits 1)
+  --format raw|qcow2                       write the disk raw (default) or as a sparse qcow2 v3 image
   --fsync                                  flush a file target to disk before reporting success
   --concurrency N                          chunk downloads in flight (default 12)
   --json                                   progress and summary as JSON lines (on stderr when TARGET is -)
@@ -42,6 +44,8 @@ export async function run(argv: string[], command: string): Promise<number> {
     throw new UsageError('--concurrency takes 1..256');
   const inPlace = values['in-place'] ?? false;
   const verify = !values['no-verify'];
+  const format = values.format ?? 'raw';
+  if (format !== 'raw' && format !== 'qcow2') throw new UsageError(`--format takes raw or qcow2, not ${format}`);
   const json = values.json ?? false;
   // The image owns stdout when TARGET is '-': everything for people goes to stderr then.
   const report = targetPath === '-' ? process.stderr : process.stdout;
@@ -58,12 +62,15 @@ export async function run(argv: string[], command: string): Promise<number> {
         `diskvault ${command}: warning: ${header.unreadable.length} range(s) of this snapshot were unreadable at backup time and will be zeros: ${header.unreadable.map(formatRange).join(', ')}\n`,
       );
     }
-    const target = await openRestoreTarget(targetPath, {
-      size: header.size,
-      sparse: !values['no-sparse'],
-      inPlace,
-      fsync: values.fsync ?? false,
-    });
+    const target =
+      format === 'qcow2'
+        ? await openQcow2Target(targetPath, { size: header.size, inPlace })
+        : await openRestoreTarget(targetPath, {
+            size: header.size,
+            sparse: !values['no-sparse'],
+            inPlace,
+            fsync: values.fsync ?? false,
+          });
     const progress = createRestoreProgress({
       json,
       out: report === process.stdout && !json ? process.stderr : report,
@@ -129,6 +136,7 @@ function parse(argv: string[]) {
         'no-verify': { type: 'boolean' },
         'continue-on-error': { type: 'boolean' },
         fsync: { type: 'boolean' },
+        format: { type: 'string' },
         concurrency: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },

@@ -86,7 +86,7 @@ export function diskvault(dir: string, opts: { name?: string; s3?: S3Target; chu
         env.AWS_SECRET_ACCESS_KEY = opts.s3.secretAccessKey;
       }
       if (opts.chunkAvg) {
-        args.push('--chunk-min', String(opts.chunkAvg / 4), '--chunk-avg', String(opts.chunkAvg), '--chunk-max', String(opts.chunkAvg * 4));
+        args.push('--chunk-avg', String(opts.chunkAvg));
       }
       server = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
       await waitForListening(server);
