@@ -57,9 +57,12 @@ const KNOWN_CODES = new Set<ErrorCode>([
   'Unavailable',
 ]);
 
-/** Statuses that mean "try again later": the server or something in between is overloaded or restarting. */
+/**
+ * Statuses that mean "try again later": the server or something in between is overloaded or restarting.
+ * 507 (storage full) and 501 are not: retrying them only delays the answer by the whole backoff, per chunk.
+ */
 function isRetryableStatus(status: number): boolean {
-  return status === 429 || status >= 500;
+  return status === 429 || (status >= 500 && status !== 501 && status !== 507);
 }
 
 const RETRYABLE_NET_CODES = new Set([
@@ -171,28 +174,55 @@ export class DiskvaultClient {
     return res.stream;
   }
 
-  /** A chunk's raw bytes, decompressed (bounded by the announced raw length) and checked against its id. */
-  async getChunk(id: string): Promise<Buffer> {
-    const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
-    const payload = await readAll(res.stream);
-    const encoding = String(res.headers['content-encoding'] ?? '').toLowerCase();
-    let raw = payload;
-    if (encoding === 'zstd') {
-      const rawLength = Number(res.headers[RAW_LENGTH_HEADER]);
-      if (!Number.isSafeInteger(rawLength) || rawLength <= 0) {
-        throw new DiskvaultError(
-          'Corrupt',
-          `chunk ${id}: server sent zstd without a valid ${RAW_LENGTH_HEADER} header`,
-        );
-      }
-      raw = await decompressExactly(payload, rawLength, `chunk ${id}`);
-    } else if (encoding !== '' && encoding !== 'identity') {
-      throw new DiskvaultError('Corrupt', `chunk ${id}: unexpected content encoding '${encoding}'`);
-    }
+  /**
+   * A chunk's raw bytes, decompressed (bounded by the announced raw length) and checked against its id.
+   * `maxRawLength` (the manifest's length, when known) bounds what is read.
+   */
+  async getChunk(id: string, maxRawLength?: number): Promise<Buffer> {
+    const { encoding, payload, rawLength } = await this.getChunkPayload(id, maxRawLength);
+    const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${id}`) : payload;
     const actual = createHash('sha256').update(raw).digest('hex');
     if (actual !== id)
       throw new HashMismatchError(`chunk ${id}: received bytes hash to ${actual}`, { chunk: id });
     return raw;
+  }
+
+  /**
+   * A chunk's payload as the server sent it, zstd or raw, NOT checked against its id: the caller must
+   * decompress within `rawLength` and check SHA-256 before using it (the server skips that check for a client
+   * that accepts zstd, see docs/restore.md). Restore does it on worker threads. The body is read only up to
+   * what `maxRawLength` (default the largest chunk any repository may have) can compress to.
+   */
+  async getChunkPayload(
+    id: string,
+    maxRawLength = MAX_CHUNK_BYTES,
+  ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer; rawLength: number }> {
+    const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
+    const header = String(res.headers['content-encoding'] ?? '').toLowerCase();
+    let encoding: 'raw' | 'zstd';
+    if (header === 'zstd') encoding = 'zstd';
+    else if (header === '' || header === 'identity') encoding = 'raw';
+    else {
+      res.stream.resume();
+      throw new DiskvaultError('Corrupt', `chunk ${id}: unexpected content encoding '${header}'`, {
+        chunk: id,
+      });
+    }
+    const announced = Number(res.headers[RAW_LENGTH_HEADER]);
+    if (
+      encoding === 'zstd' &&
+      (!Number.isSafeInteger(announced) || announced <= 0 || announced > maxRawLength)
+    ) {
+      res.stream.resume();
+      throw new DiskvaultError(
+        'Corrupt',
+        `chunk ${id}: server sent zstd without a valid ${RAW_LENGTH_HEADER} header (at most ${maxRawLength})`,
+        { chunk: id },
+      );
+    }
+    const cap = encoding === 'zstd' ? zstdBound(announced) : maxRawLength;
+    const payload = await readBounded(res, cap, `chunk ${id}`);
+    return { encoding, payload, rawLength: encoding === 'zstd' ? announced : payload.length };
   }
 
   close(): void {
@@ -234,7 +264,8 @@ export class DiskvaultClient {
       if (res.status >= 200 && res.status < 300) return res;
       const error = await errorFrom(res);
       lastError = error;
-      if (replayable && isRetryableStatus(res.status)) continue;
+      // A 500 saying Corrupt is the stored object itself, not a passing fault: asking again gets the same.
+      if (replayable && isRetryableStatus(res.status) && error.code !== 'Corrupt') continue;
       throw error;
     }
     throw lastError instanceof DiskvaultError ? lastError : networkError(lastError, url);
@@ -283,6 +314,62 @@ function networkError(err: unknown, url: URL): DiskvaultError {
   return new DiskvaultError('Unavailable', `cannot reach the server at ${url.origin}: ${what}`, undefined, {
     cause: err,
   });
+}
+
+/** No repository's chunker may cut a chunk larger than this, so no chunk download needs more room. */
+const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
+
+/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
+function zstdBound(n: number): number {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
+}
+
+/**
+ * A response body of at most `cap` bytes, read into one buffer sized by Content-Length when the server sent
+ * one (no concatenation copy); refused as Corrupt as soon as it would exceed `cap` or its announced length.
+ */
+async function readBounded(res: Response, cap: number, what: string): Promise<Buffer> {
+  const declared =
+    res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);
+  const tooBig = (n: number) =>
+    new DiskvaultError('Corrupt', `${what}: the server sent ${n} bytes or more, at most ${cap} expected`);
+  if (declared !== undefined && (!Number.isSafeInteger(declared) || declared < 0 || declared > cap)) {
+    res.stream.destroy();
+    throw tooBig(declared);
+  }
+  if (declared !== undefined) {
+    const out = Buffer.allocUnsafe(declared);
+    let at = 0;
+    for await (const p of res.stream) {
+      const part = p as Buffer;
+      if (at + part.length > declared) {
+        res.stream.destroy();
+        throw new DiskvaultError(
+          'Corrupt',
+          `${what}: the server sent more than its announced ${declared} bytes`,
+        );
+      }
+      part.copy(out, at);
+      at += part.length;
+    }
+    if (at !== declared)
+      throw new DiskvaultError(
+        'Unavailable',
+        `${what}: the connection ended after ${at} of ${declared} bytes`,
+      );
+    return out;
+  }
+  const parts: Buffer[] = [];
+  let total = 0;
+  for await (const p of res.stream) {
+    total += (p as Buffer).length;
+    if (total > cap) {
+      res.stream.destroy();
+      throw tooBig(total);
+    }
+    parts.push(p as Buffer);
+  }
+  return Buffer.concat(parts, total);
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {

@@ -17,6 +17,8 @@ export interface ServerConfig {
   cacheBytes?: number;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  /** HTTP deadlines (api/server.ts): a request head, a whole request, a silent socket. */
+  server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
   chunker?: { min: number; avg: number; max: number };
 }
@@ -43,6 +45,9 @@ export const SERVER_OPTIONS = {
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
   'chunk-avg': { type: 'string' },
+  'headers-timeout': { type: 'string' },
+  'request-timeout': { type: 'string' },
+  'idle-timeout': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -141,6 +146,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
   const lease = str('session-lease');
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  const deadlines: NonNullable<ServerConfig['server']> = {};
+  const headers = str('headers-timeout');
+  if (headers !== undefined) deadlines.headersTimeoutMs = parseDuration(headers, '--headers-timeout');
+  const request = str('request-timeout');
+  if (request !== undefined) deadlines.requestTimeoutMs = parseDuration(request, '--request-timeout');
+  const idle = str('idle-timeout');
+  if (idle !== undefined) deadlines.idleTimeoutMs = parseDuration(idle, '--idle-timeout');
+  if (Object.keys(deadlines).length > 0) config.server = deadlines;
   const avg = str('chunk-avg');
   if (avg !== undefined) {
     const n = parseSize(avg);
@@ -167,6 +180,9 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
   --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+  --headers-timeout DURATION  a request head must arrive within this (default 30s)
+  --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
+  --idle-timeout DURATION     a socket silent this long is closed (default 2m)
   --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
                          fixed at creation, since changing it would break dedup
 

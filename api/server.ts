@@ -1,4 +1,6 @@
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import restify, { type Request, type Response, type Server } from 'restify';
 import type { RepositoryApi } from '../repo-engine/types.js';
 import { DiskvaultError } from '../storage-adapters/errors.js';
@@ -98,9 +100,13 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   );
 
   const http = server.server;
-  http.headersTimeout = opts.headersTimeoutMs ?? 30_000;
-  http.requestTimeout = opts.requestTimeoutMs ?? 60 * 60_000;
+  const headersTimeout = opts.headersTimeoutMs ?? 30_000;
+  const requestTimeout = opts.requestTimeoutMs ?? 60 * 60_000;
+  http.headersTimeout = headersTimeout;
+  http.requestTimeout = requestTimeout;
   http.timeout = opts.idleTimeoutMs ?? 120_000;
+  enforceDeadlines(http, headersTimeout, requestTimeout);
+  answerMalformedRequests(http);
   // An idle keep-alive socket must be closed by the keep-alive timer (which clients are told about), not
   // cut by the idle timeout while a client believes it still usable.
   http.keepAliveTimeout = Math.max(100, Math.min(5_000, http.timeout - 1_000));
@@ -109,6 +115,63 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   sweep.unref();
   http.once('close', () => clearInterval(sweep));
   return { server, ctx };
+}
+
+/** A chunk is at most a few MiB: one that takes longer than this to arrive is a trickle, not a slow link. */
+const CHUNK_UPLOAD_DEADLINE_MS = 5 * 60_000;
+
+/**
+ * Node checks headersTimeout and requestTimeout only every 30 s (connectionsCheckingInterval, fixed when
+ * restify creates the server), so a slowloris head or a trickling body would outlive them by that much.
+ * Our own timers cut such sockets on time: the head of every request (the first, and each later one on a
+ * kept-alive socket) must arrive within headersTimeout, and a whole request within requestTimeout (chunk
+ * uploads within a few minutes, whatever requestTimeout allows manifests).
+ */
+function enforceDeadlines(http: HttpServer, headersTimeout: number, requestTimeout: number): void {
+  const armHeads = (socket: Socket) => {
+    const timer = setTimeout(() => socket.destroy(), headersTimeout);
+    timer.unref();
+    headTimers.set(socket, timer);
+  };
+  const headTimers = new WeakMap<Socket, NodeJS.Timeout>();
+  http.on('connection', (socket: Socket) => {
+    armHeads(socket);
+    socket.once('close', () => clearTimeout(headTimers.get(socket)));
+  });
+  http.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    clearTimeout(headTimers.get(socket));
+    const limit = req.method === 'PUT' && req.url?.startsWith('/v1/chunks/') ? Math.min(requestTimeout, CHUNK_UPLOAD_DEADLINE_MS) : requestTimeout;
+    const deadline = setTimeout(() => socket.destroy(), limit);
+    deadline.unref();
+    res.once('close', () => {
+      clearTimeout(deadline);
+      if (!socket.destroyed) armHeads(socket);
+    });
+  });
+}
+
+/**
+ * Requests Node's parser rejects (a body cut short, bytes past Content-Length, a broken head) still get the
+ * {code, message} body every other error gets, and the connection is closed: it cannot be trusted.
+ */
+function answerMalformedRequests(http: HttpServer): void {
+  http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'ERR_HTTP_HEADERS_TIMEOUT';
+    const body = JSON.stringify(
+      timeout
+        ? { code: 'Timeout', message: 'the request did not arrive in time' }
+        : { code: 'InvalidInput', message: `malformed HTTP request (${err.code ?? 'parse error'})` },
+    );
+    const status = timeout ? '408 Request Timeout' : '400 Bad Request';
+    socket.end(
+      `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  });
 }
 
 export interface RunningServer {

@@ -154,7 +154,27 @@ export class Repository implements RepositoryApi {
         );
       }
     }
-    return new Repository(o.storage, index, config, o.indexPath, settings);
+    const repo = new Repository(o.storage, index, config, o.indexPath, settings);
+    await repo.adoptUnindexedManifests();
+    return repo;
+  }
+
+  /**
+   * A commit writes its manifest before its index transaction, and a delete lowers refcounts before it
+   * removes the manifest: a crash between the two leaves a manifest the index does not know. Storage is the
+   * source of truth, so such a manifest is adopted by rebuilding the index from storage (a commit whose
+   * client never saw the 201 then also exists; a delete interrupted that way is undone, never half done).
+   */
+  private async adoptUnindexedManifests(): Promise<void> {
+    const unknown: string[] = [];
+    for await (const { id } of this.manifests.listIds()) {
+      if (!this.index.getSnapshot(id)) unknown.push(id);
+    }
+    if (unknown.length === 0) return;
+    this.opts.log(
+      `${unknown.length} manifest(s) in storage are not in the index (interrupted commit or delete: ${unknown.slice(0, 3).join(', ')}); rebuilding the index from storage`,
+    );
+    await this.reindex();
   }
 
   get chunker(): ChunkerParams {
@@ -403,6 +423,10 @@ export class Repository implements RepositoryApi {
 
   async readStoredChunk(id: string): Promise<StoredChunk> {
     return this.chunks.readStored(id);
+  }
+
+  async readStoredChunkUnverified(id: string): Promise<StoredChunk> {
+    return this.chunks.readStoredUnverified(id);
   }
 
   private requireSnapshot(id: string): SnapshotInfo {

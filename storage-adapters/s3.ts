@@ -48,6 +48,11 @@ export interface S3StorageOptions {
   partSize?: number;
   /** Parts of one upload in flight at once. */
   uploadConcurrency?: number;
+  /**
+   * A request whose socket sees no traffic for this long fails (and is retried): a stalled S3 must not hold
+   * the server's request, and the agent behind it, forever. Default 2 minutes.
+   */
+  requestTimeoutMs?: number;
 }
 
 const DEFAULT_MAX_ATTEMPTS = 5;
@@ -57,6 +62,8 @@ const DEFAULT_UPLOAD_CONCURRENCY = 4;
 /** DeleteObjects accepts at most this many keys per request. */
 const DELETE_BATCH = 1000;
 const MAX_SOCKETS = 64;
+const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
+const CONNECTION_TIMEOUT_MS = 10_000;
 
 export async function openS3Storage(options: S3StorageOptions): Promise<StorageAdapter> {
   if (!options.bucket) throw new InvalidInputError('S3 storage needs a bucket');
@@ -77,6 +84,10 @@ export async function openS3Storage(options: S3StorageOptions): Promise<StorageA
     requestHandler: {
       httpAgent: new http.Agent(agentOptions),
       httpsAgent: new https.Agent(agentOptions),
+      requestTimeout: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      connectionTimeout: CONNECTION_TIMEOUT_MS,
+      // Without it the SDK only logs a warning on timeout and keeps waiting.
+      throwOnRequestTimeout: true,
     },
   });
   return new S3Storage(client, options, prefix);
