@@ -41,7 +41,18 @@ export function errorResponse(err: unknown): HttpError {
 }
 
 /** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
+/** The client went away mid-request: nothing failed on our side, and nobody is left to answer. */
+function isClientAbort(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE' || (err as Error)?.message === 'aborted';
+}
+
 export function sendError(res: ServerResponse, err: unknown, log: (line: string) => void): void {
+  if (isClientAbort(err)) {
+    log(JSON.stringify({ level: 'info', msg: 'client closed the connection mid-request', status: 499 }));
+    res.destroy();
+    return;
+  }
   const { status, body, internal } = errorResponse(err);
   if (internal) log(JSON.stringify({ level: 'error', msg: 'request failed', error: describe(err) }));
   if (res.headersSent) {
