@@ -151,6 +151,12 @@ export interface RepositoryApi {
   readChunk(id: string): Promise<Buffer>;
   /** The stored payload, hash-checked, for serving without recompression. */
   readStoredChunk(id: string): Promise<StoredChunk>;
+  /**
+   * The stored payload after structural checks only (header, lengths, a zstd frame's declared size): not
+   * decompressed, not hashed. Only for a reader that checks SHA-256(raw) === id itself before using the
+   * bytes; CorruptError when the structure is wrong.
+   */
+  readStoredChunkUnverified(id: string): Promise<StoredChunk>;
   deleteSnapshot(id: string): Promise<void>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can

@@ -3,11 +3,10 @@ import type { ChunkFetcher, FetchedChunk } from './chunk-fetcher.js';
 
 /**
  * A client that can hand out a chunk's payload as the server sent it (zstd or raw, not yet checked), so the
- * restore decompresses and hashes on its worker threads instead of the main thread. Requested from the
- * client's owner; used when present.
+ * restore decompresses and hashes on its worker threads instead of the main thread. Used when present.
  */
 interface PayloadClient {
-  getChunkPayload(id: string): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
+  getChunkPayload(id: string, maxRawLength?: number): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
 }
 
 /**
@@ -21,15 +20,16 @@ export function clientChunkFetcher(
   const payloads = typeof client.getChunkPayload === 'function' ? (client as PayloadClient) : undefined;
   if (payloads) {
     return {
-      async fetch(id: string): Promise<FetchedChunk> {
-        const { encoding, payload } = await payloads.getChunkPayload(id);
+      // The manifest's length bounds what the client reads; the decode still checks it exactly.
+      async fetch(id: string, length: number): Promise<FetchedChunk> {
+        const { encoding, payload } = await payloads.getChunkPayload(id, length);
         return { encoding, payload, verified: false };
       },
     };
   }
   return {
-    async fetch(id: string): Promise<FetchedChunk> {
-      return { encoding: 'raw', payload: await client.getChunk(id), verified: true };
+    async fetch(id: string, length: number): Promise<FetchedChunk> {
+      return { encoding: 'raw', payload: await client.getChunk(id, length), verified: true };
     },
   };
 }
