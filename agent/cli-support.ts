@@ -48,8 +48,13 @@ export interface ClientConfig {
  * (--config FILE, else $DISKVAULT_CONFIG, else ~/.config/diskvault/agent.json: {"server": ..., "token": ...}).
  * A token may also be given as a file: DISKVAULT_TOKEN_FILE or "tokenFile" in the config file.
  */
-export function resolveClientConfig(flags: { server?: string; token?: string; config?: string }): ClientConfig {
-  const path = flags.config ?? process.env.DISKVAULT_CONFIG ?? join(homedir(), '.config', 'diskvault', 'agent.json');
+export function resolveClientConfig(flags: {
+  server?: string;
+  token?: string;
+  config?: string;
+}): ClientConfig {
+  const path =
+    flags.config ?? process.env.DISKVAULT_CONFIG ?? join(homedir(), '.config', 'diskvault', 'agent.json');
   let file: Record<string, unknown> = {};
   try {
     file = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
@@ -59,9 +64,14 @@ export function resolveClientConfig(flags: { server?: string; token?: string; co
       throw new UsageError(`cannot read config file ${path}: ${(err as Error).message}`);
     }
   }
-  const tokenFile = process.env.DISKVAULT_TOKEN_FILE ?? (typeof file.tokenFile === 'string' ? file.tokenFile : undefined);
-  const server = flags.server ?? process.env.DISKVAULT_SERVER ?? (typeof file.server === 'string' ? file.server : undefined);
-  let token = flags.token ?? process.env.DISKVAULT_TOKEN ?? (typeof file.token === 'string' ? file.token : undefined);
+  const tokenFile =
+    process.env.DISKVAULT_TOKEN_FILE ?? (typeof file.tokenFile === 'string' ? file.tokenFile : undefined);
+  const server =
+    flags.server ??
+    process.env.DISKVAULT_SERVER ??
+    (typeof file.server === 'string' ? file.server : undefined);
+  let token =
+    flags.token ?? process.env.DISKVAULT_TOKEN ?? (typeof file.token === 'string' ? file.token : undefined);
   if (!token && tokenFile) token = readFileSync(tokenFile, 'utf8').trim();
   if (!server) throw new UsageError('no server: give --server URL, or set DISKVAULT_SERVER');
   if (!token) throw new UsageError('no token: give --token T, or set DISKVAULT_TOKEN');

@@ -8,7 +8,10 @@ import { EXIT_USAGE, reportError } from './cli-support.js';
  */
 const COMMANDS: Record<string, { module: string; summary: string }> = {
   server: { module: '../api/commands/server.js', summary: 'run the repository server' },
-  token: { module: '../api/commands/token.js', summary: 'create, list or revoke API tokens (on the server machine)' },
+  token: {
+    module: '../api/commands/token.js',
+    summary: 'create, list or revoke API tokens (on the server machine)',
+  },
   backup: { module: './commands/backup.js', summary: 'back up a disk image, block device or stdin' },
   restore: { module: './commands/restore.js', summary: 'restore a snapshot to a file, device or stdout' },
   snapshots: { module: './commands/snapshots.js', summary: 'list snapshots' },

@@ -44,7 +44,12 @@ export function errorResponse(err: unknown): HttpError {
 /** The client went away mid-request: nothing failed on our side, and nobody is left to answer. */
 function isClientAbort(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE' || (err as Error)?.message === 'aborted';
+  return (
+    code === 'ECONNRESET' ||
+    code === 'ERR_STREAM_PREMATURE_CLOSE' ||
+    code === 'EPIPE' ||
+    (err as Error)?.message === 'aborted'
+  );
 }
 
 export function sendError(res: ServerResponse, err: unknown, log: (line: string) => void): void {

@@ -6,7 +6,7 @@
 import type { ChunkerParams } from '../repo-engine/manifest-codec.js';
 import type { SnapshotInfo } from '../repo-engine/types.js';
 
-export type { SnapshotInfo, ChunkerParams };
+export type { ChunkerParams, SnapshotInfo };
 
 export const DEFAULT_PORT = 8420;
 /** Content type of a commit body and of a manifest download: the binary manifest (repo-engine/manifest-codec.ts). */
@@ -59,7 +59,15 @@ export interface ErrorBody {
 }
 
 /* Admin routes (added by the API engineer; additive). */
-import type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport } from '../repo-engine/types.js';
+import type {
+  ForgetPlan,
+  GcReport,
+  RepoStats,
+  RetentionPolicy,
+  VerifyProgress,
+  VerifyReport,
+} from '../repo-engine/types.js';
+
 export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport };
 
 /** POST /v1/forget (admin). Without dryRun the plan is applied; prune also runs gc (global admin). */

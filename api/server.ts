@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import restify, { type Request, type Response, type Server } from 'restify';
@@ -141,7 +141,10 @@ function enforceDeadlines(http: HttpServer, headersTimeout: number, requestTimeo
   http.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
     clearTimeout(headTimers.get(socket));
-    const limit = req.method === 'PUT' && req.url?.startsWith('/v1/chunks/') ? Math.min(requestTimeout, CHUNK_UPLOAD_DEADLINE_MS) : requestTimeout;
+    const limit =
+      req.method === 'PUT' && req.url?.startsWith('/v1/chunks/')
+        ? Math.min(requestTimeout, CHUNK_UPLOAD_DEADLINE_MS)
+        : requestTimeout;
     const deadline = setTimeout(() => socket.destroy(), limit);
     deadline.unref();
     res.once('close', () => {

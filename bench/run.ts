@@ -11,7 +11,7 @@ import { copyFileSync, createReadStream, mkdirSync, rmSync, statSync, writeFileS
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { diskvault, type DiskvaultPeer, type S3Target } from './lib/diskvault.js';
+import { type DiskvaultPeer, diskvault, type S3Target } from './lib/diskvault.js';
 import { measure } from './lib/measure.js';
 import { borg, ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
 import { ensureWorkload } from './lib/workload.js';
@@ -55,11 +55,19 @@ function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Recor
     extra,
   });
   const serverText = usage ? ` server ${usage.peakRssMiB.toFixed(0)} MiB` : '';
-  process.stderr.write(`  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`);
+  process.stderr.write(
+    `  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`,
+  );
 }
 
 /** Backs up every night, restores the last, and checks the restore is the image, byte for byte. */
-async function runPeer(peer: Peer, images: string[], dir: string, original: string, dv?: DiskvaultPeer): Promise<string[]> {
+async function runPeer(
+  peer: Peer,
+  images: string[],
+  dir: string,
+  original: string,
+  dv?: DiskvaultPeer,
+): Promise<string[]> {
   await peer.init();
   const summaries: string[] = [];
   for (const [n, img] of images.entries()) {
@@ -72,7 +80,11 @@ async function runPeer(peer: Peer, images: string[], dir: string, original: stri
   const r = await peer.restore(out);
   record(peer.name, r, dv);
   const same = (await sha256File(out)) === original;
-  checks.push({ what: `${peer.name} restore equals night${images.length - 1}`, ok: same, detail: same ? 'sha256 equal' : 'DIFFERS' });
+  checks.push({
+    what: `${peer.name} restore equals night${images.length - 1}`,
+    ok: same,
+    detail: same ? 'sha256 equal' : 'DIFFERS',
+  });
   rmSync(out, { force: true });
   return summaries;
 }
@@ -81,8 +93,13 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
   return Object.fromEntries(keys.filter((k) => k in o).map((k) => [k, o[k]]));
 }
 
-async function startFakeS3Process(): Promise<{ s3: S3Target & { directory?: string }; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'fake-s3-process.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function startFakeS3Process(): Promise<{
+  s3: S3Target & { directory?: string };
+  stop(): Promise<void>;
+}> {
+  const child = spawn(process.execPath, [join(root, 'dist', 'bench', 'fake-s3-process.js')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const line = await new Promise<string>((ok, fail) => {
     let buf = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -105,12 +122,26 @@ async function floor(image: string): Promise<void> {
   {
     const cat = await measure('cat', [image], { stdoutFile: '/dev/null' });
     const size = statSync(image).size;
-    rows.push({ tool: 'floor', step: 'cat night0 > /dev/null', wall: cat.wallSeconds, cpu: cat.cpuSeconds, rssMiB: cat.peakRssMiB, extra: { GBps: size / cat.wallSeconds / 1e9 } });
+    rows.push({
+      tool: 'floor',
+      step: 'cat night0 > /dev/null',
+      wall: cat.wallSeconds,
+      cpu: cat.cpuSeconds,
+      rssMiB: cat.peakRssMiB,
+      extra: { GBps: size / cat.wallSeconds / 1e9 },
+    });
     const buf = Buffer.alloc(256 << 20, 7);
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < 4; i++) createHash('sha256').update(buf).digest();
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    rows.push({ tool: 'floor', step: 'node crypto SHA-256 (1 GiB)', wall: secs, cpu: secs, rssMiB: 0, extra: { GBps: 2 ** 30 / secs / 1e9 } });
+    rows.push({
+      tool: 'floor',
+      step: 'node crypto SHA-256 (1 GiB)',
+      wall: secs,
+      cpu: secs,
+      rssMiB: 0,
+      extra: { GBps: 2 ** 30 / secs / 1e9 },
+    });
   }
 }
 
@@ -128,17 +159,34 @@ function printTable(): string {
     );
   }
   const find = (tool: string, step: string) => rows.find((r) => r.tool === tool && r.step === step);
-  lines.push('', '| step | diskvault/restic | diskvault/borg lz4 | diskvault/borg zstd | target |', '|---|---|---|---|---|');
-  const steps = [...new Set(rows.filter((r) => r.tool === 'diskvault').map((r) => r.step))].filter((s) => !s.startsWith('in-place'));
+  lines.push(
+    '',
+    '| step | diskvault/restic | diskvault/borg lz4 | diskvault/borg zstd | target |',
+    '|---|---|---|---|---|',
+  );
+  const steps = [...new Set(rows.filter((r) => r.tool === 'diskvault').map((r) => r.step))].filter(
+    (s) => !s.startsWith('in-place'),
+  );
   for (const step of steps) {
     const dv = find('diskvault', step);
-    const target = step === 'backup night0' ? '≤ 0.33 restic' : step.startsWith('backup') ? '≤ 0.5 restic, ≤ 0.5 borg' : '≤ 0.5 restic, ≤ 1 borg';
-    lines.push(`| ${step} | ${ratio(dv, find('restic', step))} | ${ratio(dv, find('borg lz4', step))} | ${ratio(dv, find('borg zstd', step))} | ${target} |`);
+    const target =
+      step === 'backup night0'
+        ? '≤ 0.33 restic'
+        : step.startsWith('backup')
+          ? '≤ 0.5 restic, ≤ 0.5 borg'
+          : '≤ 0.5 restic, ≤ 1 borg';
+    lines.push(
+      `| ${step} | ${ratio(dv, find('restic', step))} | ${ratio(dv, find('borg lz4', step))} | ${ratio(dv, find('borg zstd', step))} | ${target} |`,
+    );
   }
   const repo = (tool: string) => find(tool, 'backup night3')?.repoMiB;
   const dvRepo = repo('diskvault');
   const rRepo = repo('restic');
-  if (dvRepo && rRepo) lines.push('', `repository after night3: diskvault ${dvRepo.toFixed(1)} MiB, restic ${rRepo.toFixed(1)} MiB (ratio ${(dvRepo / rRepo).toFixed(2)}, target ≤ 1)`);
+  if (dvRepo && rRepo)
+    lines.push(
+      '',
+      `repository after night3: diskvault ${dvRepo.toFixed(1)} MiB, restic ${rRepo.toFixed(1)} MiB (ratio ${(dvRepo / rRepo).toFixed(2)}, target ≤ 1)`,
+    );
   return lines.join('\n');
 }
 
@@ -157,8 +205,17 @@ async function main(): Promise<void> {
   const target = join(dvDir, 'inplace.img');
   copyFileSync(images[2], target);
   const inPlace = await dv.inPlaceRestore(ids[3], target);
-  record('diskvault', inPlace, dv, dv.lastSummary ? pick(dv.lastSummary, ['bytesFetched', 'bytesReused']) : undefined);
-  checks.push({ what: 'in-place restore equals night3', ok: (await sha256File(target)) === original3, detail: '' });
+  record(
+    'diskvault',
+    inPlace,
+    dv,
+    dv.lastSummary ? pick(dv.lastSummary, ['bytesFetched', 'bytesReused']) : undefined,
+  );
+  checks.push({
+    what: 'in-place restore equals night3',
+    ok: (await sha256File(target)) === original3,
+    detail: '',
+  });
   // An unchanged disk: in place over itself should cost no more than reading it.
   const unchanged = await dv.inPlaceRestore(ids[3], target);
   record('diskvault', { ...unchanged, step: 'in-place restore, disk unchanged' }, dv);
@@ -166,7 +223,11 @@ async function main(): Promise<void> {
   rmSync(target, { force: true });
 
   if (!skip.has('peers')) {
-    for (const peer of [restic(join(work, 'restic')), borg(join(work, 'borg-lz4'), 'lz4'), borg(join(work, 'borg-zstd'), 'zstd')]) {
+    for (const peer of [
+      restic(join(work, 'restic')),
+      borg(join(work, 'borg-lz4'), 'lz4'),
+      borg(join(work, 'borg-zstd'), 'zstd'),
+    ]) {
       process.stderr.write(`${peer.name}\n`);
       await runPeer(peer, images, join(work, peer.name.replace(' ', '-')), original3);
     }
@@ -208,7 +269,12 @@ async function main(): Promise<void> {
   const table = printTable();
   const result = {
     date: new Date().toISOString(),
-    machine: { cpus: cpus().length, model: cpus()[0]?.model, memGiB: totalmem() / 2 ** 30, node: process.version },
+    machine: {
+      cpus: cpus().length,
+      model: cpus()[0]?.model,
+      memGiB: totalmem() / 2 ** 30,
+      node: process.version,
+    },
     seconds: (Date.now() - started) / 1000,
     rows,
     checks,
@@ -216,7 +282,9 @@ async function main(): Promise<void> {
   mkdirSync(join(root, 'bench', 'results'), { recursive: true });
   const file = join(root, 'bench', 'results', `${result.date.replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
-  process.stdout.write(`${table}\n\nchecks:\n${checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.what} ${c.detail}`).join('\n')}\n`);
+  process.stdout.write(
+    `${table}\n\nchecks:\n${checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.what} ${c.detail}`).join('\n')}\n`,
+  );
   process.stdout.write(`\nwritten to ${file} (${result.seconds.toFixed(0)} s)\n`);
   if (checks.some((c) => !c.ok)) process.exitCode = 1;
 }

@@ -63,7 +63,12 @@ export function encodeManifestHead(header: ManifestHeader): Buffer {
   return Buffer.concat([MANIFEST_MAGIC, len, json]);
 }
 
-export function encodeEntry(id: Buffer | string, length: number, out = Buffer.alloc(MANIFEST_ENTRY_BYTES), at = 0): Buffer {
+export function encodeEntry(
+  id: Buffer | string,
+  length: number,
+  out = Buffer.alloc(MANIFEST_ENTRY_BYTES),
+  at = 0,
+): Buffer {
   const raw = typeof id === 'string' ? Buffer.from(id, 'hex') : id;
   if (raw.length !== 32) throw new InvalidInputError('a chunk id is 32 bytes');
   raw.copy(out, at);
@@ -75,7 +80,7 @@ export function encodeEntry(id: Buffer | string, length: number, out = Buffer.al
 export function encodeManifest(header: ManifestHeader, entries: ManifestEntry[]): Buffer {
   const head = encodeManifestHead({ ...header, chunkCount: entries.length });
   const body = Buffer.alloc(entries.length * MANIFEST_ENTRY_BYTES);
-  entries.forEach((e, i) => encodeEntry(e.id, e.length, body, i * MANIFEST_ENTRY_BYTES));
+  for (const [i, e] of entries.entries()) encodeEntry(e.id, e.length, body, i * MANIFEST_ENTRY_BYTES);
   const trailer = createHash('sha256').update(head).update(body).digest();
   return Buffer.concat([head, body, trailer]);
 }
@@ -101,7 +106,9 @@ export class ManifestWriter {
   }
   trailer(): Buffer {
     if (this.written !== this.header.chunkCount) {
-      throw new InvalidInputError(`manifest names ${this.written} chunks, header says ${this.header.chunkCount}`);
+      throw new InvalidInputError(
+        `manifest names ${this.written} chunks, header says ${this.header.chunkCount}`,
+      );
     }
     return this.hash.digest();
   }
@@ -127,7 +134,10 @@ export class ManifestReader {
     this.iter = input[Symbol.asyncIterator]();
   }
 
-  static async open(input: AsyncIterable<Buffer | Uint8Array | string>, source: 'wire' | 'storage'): Promise<ManifestReader> {
+  static async open(
+    input: AsyncIterable<Buffer | Uint8Array | string>,
+    source: 'wire' | 'storage',
+  ): Promise<ManifestReader> {
     const r = new ManifestReader(input, source);
     await r.readHeader();
     return r;
@@ -146,7 +156,12 @@ export class ManifestReader {
         break;
       }
       const v = next.value;
-      const piece = typeof v === 'string' ? Buffer.from(v) : Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+      const piece =
+        typeof v === 'string'
+          ? Buffer.from(v)
+          : Buffer.isBuffer(v)
+            ? v
+            : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
       this.buf = this.buf.length === 0 ? piece : Buffer.concat([this.buf, piece]);
     }
     return this.buf.length >= n;
@@ -193,7 +208,8 @@ export class ManifestReader {
       remaining -= have;
       yield batch;
     }
-    if (total !== this.header.size) this.fail(`entries add up to ${total} bytes, header says ${this.header.size}`);
+    if (total !== this.header.size)
+      this.fail(`entries add up to ${total} bytes, header says ${this.header.size}`);
     const expected = this.hash.digest();
     if (!(await this.fill(32))) this.fail('truncated trailer');
     const trailer = this.take(32, false);
@@ -221,8 +237,10 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   if (typeof h !== 'object' || h === null || Array.isArray(h)) fail('header is not an object');
   const o = h as Record<string, unknown>;
   const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-  if (o.formatVersion !== MANIFEST_FORMAT_VERSION) fail(`unsupported manifest format version ${String(o.formatVersion)}`);
-  if (o.id !== undefined && (typeof o.id !== 'string' || !HEX64.test(o.id))) fail('id is not 64 hex characters');
+  if (o.formatVersion !== MANIFEST_FORMAT_VERSION)
+    fail(`unsupported manifest format version ${String(o.formatVersion)}`);
+  if (o.id !== undefined && (typeof o.id !== 'string' || !HEX64.test(o.id)))
+    fail('id is not 64 hex characters');
   if (typeof o.host !== 'string' || !NAME_PATTERN.test(o.host)) fail('host name is invalid');
   if (typeof o.disk !== 'string' || !NAME_PATTERN.test(o.disk)) fail('disk name is invalid');
   if (typeof o.time !== 'string' || Number.isNaN(Date.parse(o.time))) fail('time is not an ISO 8601 date');
@@ -230,7 +248,11 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   if (typeof o.sha256 !== 'string' || !HEX64.test(o.sha256)) fail('sha256 is not 64 hex characters');
   const c = o.chunker as Record<string, unknown> | undefined;
   if (!c || !isInt(c.min) || !isInt(c.avg) || !isInt(c.max)) fail('chunker parameters are missing');
-  if (!Array.isArray(o.tags) || o.tags.length > 64 || !o.tags.every((t) => typeof t === 'string' && TAG_PATTERN.test(t))) {
+  if (
+    !Array.isArray(o.tags) ||
+    o.tags.length > 64 ||
+    !o.tags.every((t) => typeof t === 'string' && TAG_PATTERN.test(t))
+  ) {
     fail('tags are invalid');
   }
   if (
@@ -240,9 +262,11 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   ) {
     fail('unreadable ranges are invalid');
   }
-  if (typeof o.sourceFormat !== 'string' || !/^[a-z0-9]{1,16}$/.test(o.sourceFormat)) fail('sourceFormat is invalid');
+  if (typeof o.sourceFormat !== 'string' || !/^[a-z0-9]{1,16}$/.test(o.sourceFormat))
+    fail('sourceFormat is invalid');
   if (!isInt(o.chunkCount)) fail('chunkCount is not a non-negative integer');
-  if (o.tenant !== undefined && (typeof o.tenant !== 'string' || !NAME_PATTERN.test(o.tenant))) fail('tenant is invalid');
+  if (o.tenant !== undefined && (typeof o.tenant !== 'string' || !NAME_PATTERN.test(o.tenant)))
+    fail('tenant is invalid');
   return {
     formatVersion: o.formatVersion as number,
     ...(o.id !== undefined ? { id: o.id as string } : {}),

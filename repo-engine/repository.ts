@@ -257,7 +257,10 @@ export class Repository implements RepositoryApi {
   }
 
   chunksReadableBy(tenant: string, ids: string[]): string[] {
-    const present = this.index.presentForTenant(tenant, ids.map((id) => Buffer.from(checkChunkId(id), 'hex')));
+    const present = this.index.presentForTenant(
+      tenant,
+      ids.map((id) => Buffer.from(checkChunkId(id), 'hex')),
+    );
     return ids.filter((id) => present.has(id));
   }
 

@@ -137,7 +137,12 @@ export interface RepositoryApi {
    * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless present. `payload` is raw or
    * zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash and stored as sent.
    */
-  putChunk(sessionId: string, id: string, payload: Buffer, encoding: 'raw' | 'zstd'): Promise<{ stored: boolean }>;
+  putChunk(
+    sessionId: string,
+    id: string,
+    payload: Buffer,
+    encoding: 'raw' | 'zstd',
+  ): Promise<{ stored: boolean }>;
   /** Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs. */
   commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;

@@ -57,6 +57,7 @@ export function validateKey(key: string): void {
 }
 
 import { InvalidInputError } from './errors.js';
+
 class InvalidKey extends InvalidInputError {
   constructor(key: unknown) {
     super(`invalid storage key ${JSON.stringify(String(key).slice(0, 200))}`);

@@ -20,7 +20,12 @@ export class DiskvaultError extends Error {
   readonly code: ErrorCode;
   /** Extra machine-readable facts (for example the ids a commit found missing). */
   readonly details?: Record<string, unknown>;
-  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = `${code}Error`;
     this.code = code;

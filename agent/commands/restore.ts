@@ -4,9 +4,9 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError
 import { DiskvaultClient } from '../client.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { createRestoreProgress } from '../restore/progress.js';
+import { openQcow2Target } from '../restore/qcow2-target.js';
 import { formatRange } from '../restore/ranges.js';
 import { restoreSnapshot } from '../restore/restore.js';
-import { openQcow2Target } from '../restore/qcow2-target.js';
 import { openRestoreTarget } from '../restore/restore-target.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 import { formatSummary, summarize } from '../restore/summary.js';
@@ -45,7 +45,8 @@ export async function run(argv: string[], command: string): Promise<number> {
   const inPlace = values['in-place'] ?? false;
   const verify = !values['no-verify'];
   const format = values.format ?? 'raw';
-  if (format !== 'raw' && format !== 'qcow2') throw new UsageError(`--format takes raw or qcow2, not ${format}`);
+  if (format !== 'raw' && format !== 'qcow2')
+    throw new UsageError(`--format takes raw or qcow2, not ${format}`);
   const json = values.json ?? false;
   // The image owns stdout when TARGET is '-': everything for people goes to stderr then.
   const report = targetPath === '-' ? process.stderr : process.stdout;

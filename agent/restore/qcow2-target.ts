@@ -31,8 +31,12 @@ class Qcow2Target implements RestoreTarget {
   }
 }
 
-export async function openQcow2Target(path: string, opts: { size: number; inPlace: boolean }): Promise<RestoreTarget> {
+export async function openQcow2Target(
+  path: string,
+  opts: { size: number; inPlace: boolean },
+): Promise<RestoreTarget> {
   if (path === '-') throw new InvalidInputError('--format qcow2 writes a file, not stdout');
-  if (opts.inPlace) throw new InvalidInputError('--in-place rewrites a raw disk; it cannot be combined with --format qcow2');
+  if (opts.inPlace)
+    throw new InvalidInputError('--in-place rewrites a raw disk; it cannot be combined with --format qcow2');
   return new Qcow2Target(path, await Qcow2Writer.create(path, opts.size));
 }

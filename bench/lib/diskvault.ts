@@ -64,7 +64,10 @@ export interface DiskvaultPeer extends Peer {
  * The real server and the real agent over 127.0.0.1, each its own process, as a sysadmin would run them.
  * `chunkAvg` creates the repository with another average chunk size (the chunker comparison).
  */
-export function diskvault(dir: string, opts: { name?: string; s3?: S3Target; chunkAvg?: number } = {}): DiskvaultPeer {
+export function diskvault(
+  dir: string,
+  opts: { name?: string; s3?: S3Target; chunkAvg?: number } = {},
+): DiskvaultPeer {
   const data = join(dir, 'data');
   let server: ChildProcess | undefined;
   let url = '';
@@ -80,7 +83,14 @@ export function diskvault(dir: string, opts: { name?: string; s3?: S3Target; chu
       const args = [CLI, 'server', '--data', data, '--listen', `127.0.0.1:${port}`];
       const env: NodeJS.ProcessEnv = { ...process.env };
       if (opts.s3) {
-        args.push('--s3-endpoint', opts.s3.endpoint, '--s3-region', opts.s3.region, '--s3-bucket', opts.s3.bucket);
+        args.push(
+          '--s3-endpoint',
+          opts.s3.endpoint,
+          '--s3-region',
+          opts.s3.region,
+          '--s3-bucket',
+          opts.s3.bucket,
+        );
         args.push('--s3-prefix', `bench-${Date.now()}`, '--s3-path-style');
         env.AWS_ACCESS_KEY_ID = opts.s3.accessKeyId;
         env.AWS_SECRET_ACCESS_KEY = opts.s3.secretAccessKey;
@@ -93,17 +103,55 @@ export function diskvault(dir: string, opts: { name?: string; s3?: S3Target; chu
       token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
     },
     async backup(image, night) {
-      const m = await measure(process.execPath, [CLI, 'backup', image, '--server', url, '--token', token, '--host', 'bench', '--disk', 'sda', '--json']);
+      const m = await measure(process.execPath, [
+        CLI,
+        'backup',
+        image,
+        '--server',
+        url,
+        '--token',
+        token,
+        '--host',
+        'bench',
+        '--disk',
+        'sda',
+        '--json',
+      ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: `backup night${night}`, m, repoBytes: await self.repoBytes() };
     },
     async restore(outFile) {
-      const m = await measure(process.execPath, [CLI, 'restore', 'latest', outFile, '--host', 'bench', '--disk', 'sda', '--server', url, '--token', token, '--json']);
+      const m = await measure(process.execPath, [
+        CLI,
+        'restore',
+        'latest',
+        outFile,
+        '--host',
+        'bench',
+        '--disk',
+        'sda',
+        '--server',
+        url,
+        '--token',
+        token,
+        '--json',
+      ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: 'restore night3', m };
     },
     async inPlaceRestore(snapshot, target) {
-      const m = await measure(process.execPath, [CLI, 'restore', snapshot, target, '--in-place', '--server', url, '--token', token, '--json']);
+      const m = await measure(process.execPath, [
+        CLI,
+        'restore',
+        snapshot,
+        target,
+        '--in-place',
+        '--server',
+        url,
+        '--token',
+        token,
+        '--json',
+      ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: 'in-place restore night3 over night2', m };
     },

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, closeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -48,7 +48,11 @@ export async function measure(cmd: string, args: string[], opts: RunOptions = {}
       child.on('close', (c) => resolve(c ?? 1));
     });
     if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`);
-    const [wall, user, sys, rssKiB] = readFileSync(timeFile, 'utf8').trim().split(/\s+/).slice(-4).map(Number);
+    const [wall, user, sys, rssKiB] = readFileSync(timeFile, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .slice(-4)
+      .map(Number);
     return { wallSeconds: wall, cpuSeconds: user + sys, peakRssMiB: rssKiB / 1024, stdout: out };
   } finally {
     if (typeof stdin === 'number') closeSync(stdin);

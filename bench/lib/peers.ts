@@ -40,12 +40,19 @@ export function ensurePeerTools(): void {
   if (missing.length === 0) return;
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', ...missing.map(([, pkg]) => pkg)], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', ...missing.map(([, pkg]) => pkg)], {
+    stdio: 'inherit',
+    env,
+  });
 }
 
 export function restic(dir: string): Peer {
   const repo = join(dir, 'restic-repo');
-  const env = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: repo, RESTIC_CACHE_DIR: join(dir, 'restic-cache') };
+  const env = {
+    RESTIC_PASSWORD: 'bench',
+    RESTIC_REPOSITORY: repo,
+    RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
+  };
   return {
     name: 'restic',
     async init() {
@@ -54,10 +61,14 @@ export function restic(dir: string): Peer {
       await measure('restic', ['init', '--repository-version', '2'], { env });
     },
     async backup(image, night) {
-      const m = await measure('restic', ['backup', '--stdin', '--stdin-filename', 'disk.img', '--host', 'bench', '--tag', `night${night}`], {
-        env,
-        stdinFile: image,
-      });
+      const m = await measure(
+        'restic',
+        ['backup', '--stdin', '--stdin-filename', 'disk.img', '--host', 'bench', '--tag', `night${night}`],
+        {
+          env,
+          stdinFile: image,
+        },
+      );
       return { step: `backup night${night}`, m, repoBytes: await folderBytes(repo) };
     },
     async restore(outFile) {
@@ -73,7 +84,11 @@ export function restic(dir: string): Peer {
 
 export function borg(dir: string, compression: 'lz4' | 'zstd'): Peer {
   const repo = join(dir, `borg-${compression}-repo`);
-  const env = { BORG_REPO: repo, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: join(dir, `borg-${compression}-base`) };
+  const env = {
+    BORG_REPO: repo,
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+    BORG_BASE_DIR: join(dir, `borg-${compression}-base`),
+  };
   let last = '';
   return {
     name: `borg ${compression}`,
@@ -84,10 +99,14 @@ export function borg(dir: string, compression: 'lz4' | 'zstd'): Peer {
     },
     async backup(image, night) {
       last = `night${night}`;
-      const m = await measure('borg', ['create', '--compression', compression, '--stdin-name', 'disk.img', `::${last}`, '-'], {
-        env,
-        stdinFile: image,
-      });
+      const m = await measure(
+        'borg',
+        ['create', '--compression', compression, '--stdin-name', 'disk.img', `::${last}`, '-'],
+        {
+          env,
+          stdinFile: image,
+        },
+      );
       return { step: `backup night${night}`, m, repoBytes: await folderBytes(repo) };
     },
     async restore(outFile) {

@@ -17,7 +17,9 @@ export function ensureWorkload(dir: string, nights: number, size: string): strin
   rmSync(building, { recursive: true, force: true });
   mkdirSync(dirname(dir), { recursive: true });
   process.stderr.write(`building the ${size} workload in ${dir} (once)...\n`);
-  execFileSync('bash', [WORKLOAD_SCRIPT, building, String(nights), size], { stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync('bash', [WORKLOAD_SCRIPT, building, String(nights), size], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   rmSync(dir, { recursive: true, force: true });
   renameSync(building, dir);
   return images;

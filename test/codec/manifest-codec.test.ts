@@ -1,6 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
 import test from 'ava';
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
 import {
   encodeEntry,
   encodeManifest,
@@ -9,6 +8,7 @@ import {
   ManifestReader,
   ManifestWriter,
 } from '../../repo-engine/manifest-codec.js';
+import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
 
 function header(entries: { id: string; length: number }[]): ManifestHeader {
   return {
@@ -45,7 +45,10 @@ async function readAll(buf: Buffer, source: 'wire' | 'storage', pieceSize = 7) {
 test('a manifest read back in odd-sized pieces gives the same header and entries', async (t) => {
   const list = entries(5000);
   const encoded = encodeManifest(header(list), list);
-  t.is(encoded.length, 12 + Buffer.byteLength(JSON.stringify(header(list))) + 5000 * MANIFEST_ENTRY_BYTES + 32);
+  t.is(
+    encoded.length,
+    12 + Buffer.byteLength(JSON.stringify(header(list))) + 5000 * MANIFEST_ENTRY_BYTES + 32,
+  );
   const back = await readAll(encoded, 'wire', 4093);
   t.deepEqual(back.entries, list);
   t.is(back.header.host, 'web1');
@@ -73,8 +76,12 @@ test('one flipped byte anywhere in a stored manifest is reported as corruption',
 test('a truncated commit body or one with extra bytes is refused as invalid input', async (t) => {
   const list = entries(10);
   const encoded = encodeManifest(header(list), list);
-  await t.throwsAsync(readAll(encoded.subarray(0, encoded.length - 50), 'wire'), { instanceOf: InvalidInputError });
-  await t.throwsAsync(readAll(Buffer.concat([encoded, Buffer.from('x')]), 'wire'), { instanceOf: InvalidInputError });
+  await t.throwsAsync(readAll(encoded.subarray(0, encoded.length - 50), 'wire'), {
+    instanceOf: InvalidInputError,
+  });
+  await t.throwsAsync(readAll(Buffer.concat([encoded, Buffer.from('x')]), 'wire'), {
+    instanceOf: InvalidInputError,
+  });
 });
 
 test('a header with a traversal host name, a wrong size or a huge length is refused', async (t) => {
