@@ -65,6 +65,12 @@ const MAX_SOCKETS = 64;
 const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
 const CONNECTION_TIMEOUT_MS = 10_000;
 
+/**
+ * diskvault targets Node 20 on purpose (Debian's LTS here); the SDK's notice that its 2027 releases will need
+ * Node 22 is for whoever upgrades the lock file, not for an operator reading the server's log at every start.
+ */
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 export async function openS3Storage(options: S3StorageOptions): Promise<StorageAdapter> {
   if (!options.bucket) throw new InvalidInputError('S3 storage needs a bucket');
   if (!options.region) throw new InvalidInputError('S3 storage needs a region');
