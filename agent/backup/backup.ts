@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { compress } from 'zstd-napi';
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
 import {
+  type ChunkerParams,
   MANIFEST_ENTRY_BYTES,
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
@@ -13,8 +14,8 @@ import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../stora
 import type { DiskvaultClient } from '../client.js';
 import type { ImageSource } from '../source.js';
 import { IdSet } from './id-set.js';
-import { seedKnownSet } from './known-set.js';
 import { ManifestSpool } from './manifest-spool.js';
+import { PreviousManifest } from './previous-manifest.js';
 import { mergeRanges, readResilient } from './resilient-read.js';
 import { Semaphore } from './semaphore.js';
 import { WorkerPool } from './worker-pool.js';
@@ -24,10 +25,12 @@ import { WorkerPool } from './worker-pool.js';
  *
  * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
  * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
- * cut by fastcdc (the cut of one window needs the previous window's carry, so cuts form a chain), then its
- * chunks are hashed, filtered against what the repository already holds, and the missing ones compressed
- * and uploaded, while later windows are already being read and cut. A window's slot is reused only when
- * all of that is done, so memory is windows x window size whatever the disk size.
+ * cut (the cut of one window needs the previous window's carry, so cuts form a chain; where the disk is
+ * unchanged since the previous snapshot the cut is proven by hashing last night's chunks instead of running
+ * fastcdc, see window-cutter.ts), then its chunks not hashed by the cut are hashed, filtered against what
+ * the repository already holds, and the missing ones compressed and uploaded, while later windows are
+ * already being read and cut. A window's slot is reused only when all of that is done, so memory is
+ * windows x window size whatever the disk size.
  */
 export interface BackupOptions {
   client: DiskvaultClient;
@@ -79,6 +82,8 @@ export interface BackupSummary {
   unreadable: [number, number][];
   /** Share of the image's bytes the repository already held, 0..1. */
   dedupRatio: number;
+  /** Image bytes cut by checking the previous snapshot's chunks instead of running fastcdc. */
+  reusedBytes: number;
   /** Image bytes per second. */
   throughput: number;
   sourceFormat: string;
@@ -132,6 +137,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   };
   const report = () => o.onProgress?.({ ...progress });
   let unreadable: [number, number][] = [];
+  let reusedBytes = 0;
 
   try {
     spool = await ManifestSpool.create();
@@ -140,8 +146,11 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     hasher = new WorkerPool(1, { slots: sabs, chunker, warmBytes: 0 });
     const known = new IdSet(4096);
     const sentThisRun = new IdSet(4096);
-    // The previous snapshot's chunks are almost all still there: learn them while the first windows are read.
-    const seeded = session.previous ? seedKnownSet(client, session.previous.id, known) : Promise.resolve();
+    // The previous snapshot's chunks are almost all still there: learn them while the first window is read.
+    const previousLoad = session.previous
+      ? PreviousManifest.download(client, session.previous.id, known)
+      : Promise.resolve(null);
+    const seeded = previousLoad.then(() => {});
     seeded.catch(() => {});
 
     let firstError: unknown = null;
@@ -176,15 +185,18 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     const processChunks = async (
       w: Window,
       from: number,
-      ends: Uint32Array,
+      cut: { ends: Uint32Array; ids: Uint8Array; hashed: Uint8Array },
       appendAfter: Promise<void>,
       appended: () => void,
     ) => {
+      const { ends, ids } = cut;
       let entries: Buffer;
-      let ids: Uint8Array;
       try {
-        const hashed = await pool!.run({ type: 'hash', slot: w.slot, from, ends });
-        ids = hashed.ids;
+        if (cut.hashed.includes(0)) {
+          const hashed = await pool!.run({ type: 'hash', slot: w.slot, from, ends, skip: cut.hashed });
+          for (let i = 0; i < ends.length; i++)
+            if (!cut.hashed[i]) ids.set(hashed.ids.subarray(i * 32, i * 32 + 32), i * 32);
+        }
         entries = Buffer.alloc(ends.length * MANIFEST_ENTRY_BYTES);
         let start = from;
         for (let i = 0; i < ends.length; i++) {
@@ -272,6 +284,10 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     };
 
     let next = readWindow(0, 0);
+    // The fast path needs the whole chunk map before the first cut; a failed download only costs speed here
+    // (processChunks still reports it through `seeded`).
+    const loaded = await previousLoad.catch(() => null);
+    const previous = loaded && sameChunker(loaded.chunker, chunker) ? loaded : null;
     let prev: { w: Window; carryFrom: number; end: number } | null = null;
     for (;;) {
       const w = await next;
@@ -295,7 +311,19 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
         inFlight,
         (e) => (firstError ??= e),
       );
-      const cut = await pool.run({ type: 'cut', slot: w.slot, from, to: pad + w.bytes, final: w.eof });
+      const to = pad + w.bytes;
+      const imageOffset = w.offset - (pad - from);
+      const cut = await pool.run({
+        type: 'cut',
+        slot: w.slot,
+        from,
+        to,
+        final: w.eof,
+        imageOffset,
+        imageSize: source.size,
+        previous: previous?.slice(imageOffset, imageOffset + (to - from)) ?? null,
+      });
+      reusedBytes += cut.reusedBytes;
       if (!w.eof) {
         w.holds++; // the next window copies the carry out of this slot
         prev = { w, carryFrom: cut.carryFrom, end: pad + w.bytes };
@@ -306,7 +334,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
         appended = r;
       });
       track(
-        processChunks(w, from, cut.ends, appendAfter, appended).finally(() => release(w)),
+        processChunks(w, from, cut, appendAfter, appended).finally(() => release(w)),
         inFlight,
         (e) => (firstError ??= e),
       );
@@ -356,6 +384,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       seconds,
       unreadable,
       dedupRatio: header.size === 0 ? 1 : 1 - progress.newBytes / header.size,
+      reusedBytes,
       throughput: seconds > 0 ? header.size / seconds : 0,
       sourceFormat: source.format,
     };
@@ -366,6 +395,10 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   } finally {
     await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
   }
+}
+
+function sameChunker(a: ChunkerParams, b: ChunkerParams): boolean {
+  return a.min === b.min && a.avg === b.avg && a.max === b.max;
 }
 
 function track(p: Promise<void>, set: Set<Promise<void>>, onError: (e: unknown) => void): void {

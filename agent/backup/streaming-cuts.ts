@@ -1,9 +1,16 @@
 /**
- * FastCDC decides a cut from the bytes after the previous cut, but only up to `max` of them; it also shortens
- * its search when fewer than `max` bytes remain. So a chunk that starts less than `max` bytes before the end
- * of a read window might be cut differently once the next window arrives. Such chunks are not accepted:
- * their bytes are carried into the next window and cut again there, which makes the boundaries identical to
- * one call over the whole image, whatever the window size.
+ * Which of fastcdc's cuts over a range [from, to) are the cuts one call over the whole image would make.
+ *
+ * fastcdc-rs 1.0 decides the chunk starting at s from the bytes after s and from min(remaining, max), where
+ * remaining is the number of bytes from s to the end of its input: that bounds the search (source_len2) and,
+ * when remaining is short, the first, stricter search phase (center_size). A cut found by the gear hash at
+ * b < to was found by scanning bytes [s+min, b) only, under bounds that are no tighter than the whole image's;
+ * the whole image's scan, over the same bytes with the same masks, stops at the same byte. So every cut before
+ * `to` stands. Only the last chunk, the one ending exactly at `to`, may be an artefact of the range ending
+ * there (search cut short, or a chunk of the remaining tail): it stands only when it had a full `max` bytes
+ * to search in, or when `to` is the end of the image. Otherwise its bytes are carried into the next range
+ * and cut again there, which makes the boundaries identical to one call over the whole image, whatever the
+ * window size.
  */
 export interface AcceptedCuts {
   /** Chunk end positions (same coordinates as `from`), in order. */
@@ -27,7 +34,7 @@ export function acceptCuts(
   let start = from;
   for (let i = 1; i < offsets.length; i++) {
     const end = from + offsets[i];
-    if (!final && to - start < max) break;
+    if (end === to && !final && to - start < max) break;
     ends.push(end);
     start = end;
   }

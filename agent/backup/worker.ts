@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
-import fastcdc from 'fastcdc-wasm';
 import zstdBinding from 'zstd-napi/binding.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
-import { acceptCuts } from './streaming-cuts.js';
+import { cutOffsets, reserveCutCapacity } from './fastcdc-direct.js';
+import type { PreviousSlice } from './previous-manifest.js';
+import { cutWindow } from './window-cutter.js';
 
 /**
  * The CPU-heavy half of a backup, run off the main thread: cutting (fastcdc), hashing chunks, compressing
@@ -18,14 +19,33 @@ export interface WorkerInit {
 }
 
 export type Job =
-  | { type: 'cut'; slot: number; from: number; to: number; final: boolean }
-  | { type: 'hash'; slot: number; from: number; ends: Uint32Array }
+  | {
+      type: 'cut';
+      slot: number;
+      from: number;
+      to: number;
+      final: boolean;
+      /** Image offset of slot position `from`. */
+      imageOffset: number;
+      imageSize: number | null;
+      previous: PreviousSlice | null;
+    }
+  /** Chunks whose `skip` flag is 1 were hashed by the cut already: their ids come back as zeros. */
+  | { type: 'hash'; slot: number; from: number; ends: Uint32Array; skip?: Uint8Array }
   | { type: 'compress'; slot: number; ranges: Uint32Array; level: number }
   | { type: 'image-update'; slot: number; from: number; to: number }
   | { type: 'image-digest' };
 
 export type JobResult =
-  | { type: 'cut'; ends: Uint32Array; carryFrom: number }
+  /** hashed[i] is 1 when ids[i*32..] holds chunk i's id already (the previous snapshot's, verified). */
+  | {
+      type: 'cut';
+      ends: Uint32Array;
+      carryFrom: number;
+      ids: Uint8Array;
+      hashed: Uint8Array;
+      reusedBytes: number;
+    }
   | { type: 'hash'; ids: Uint8Array; zero: Uint8Array }
   /** payloads[k] is empty when compressed[k] is 0: the raw bytes are sent from the window itself. */
   | { type: 'compress'; payloads: Uint8Array[]; compressed: Uint8Array }
@@ -34,7 +54,7 @@ export type JobResult =
 
 const init = workerData as WorkerInit;
 const slots = init.slots.map((sab) => Buffer.from(sab));
-const { min, avg, max } = init.chunker;
+const { max } = init.chunker;
 const zeros = Buffer.alloc(max);
 /** SHA-256 of n zero bytes, by n: zero chunks (sparse regions) are recognised by memcmp and never hashed. */
 const zeroIds = new Map<number, Buffer>();
@@ -47,18 +67,53 @@ let imageHash = createHash('sha256');
 const cctx = new zstdBinding.CCtx();
 const scratch = Buffer.allocUnsafe(zstdBinding.compressBound(max));
 
-// The first get_chunks on a large buffer grows WASM memory (slow); pay that once here, not in the first window.
-if (init.warmBytes > 0) fastcdc.get_chunks(new Uint8Array(init.warmBytes), min, avg, max);
+// The first cut of a large range grows WASM memory (slow); pay that once here, not in the first window.
+if (init.warmBytes > 0) reserveCutCapacity(init.warmBytes);
+
+/** A chunk's id; all-zero chunks (sparse regions) are recognised by memcmp and hashed once per length. */
+function chunkId(piece: Uint8Array): Buffer {
+  const len = piece.length;
+  if (len <= zeros.length && zeros.subarray(0, len).equals(piece)) {
+    let id = zeroIds.get(len);
+    if (!id) {
+      id = createHash('sha256').update(piece).digest();
+      zeroIds.set(len, id);
+    }
+    return id;
+  }
+  return createHash('sha256').update(piece).digest();
+}
 
 function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
   switch (job.type) {
     case 'cut': {
-      if (job.to === job.from)
-        return { result: { type: 'cut', ends: new Uint32Array(0), carryFrom: job.from }, transfer: [] };
-      const offsets = fastcdc.get_chunks(slots[job.slot].subarray(job.from, job.to), min, avg, max);
-      const { ends, carryFrom } = acceptCuts(offsets, job.from, job.to, max, job.final);
-      const out = Uint32Array.from(ends);
-      return { result: { type: 'cut', ends: out, carryFrom }, transfer: [out.buffer as ArrayBuffer] };
+      const cut = cutWindow(
+        {
+          buf: slots[job.slot],
+          from: job.from,
+          to: job.to,
+          final: job.final,
+          imageOffset: job.imageOffset,
+          imageSize: job.imageSize,
+          chunker: init.chunker,
+          previous: job.previous,
+        },
+        cutOffsets,
+        chunkId,
+      );
+      const n = cut.ends.length;
+      const ends = Uint32Array.from(cut.ends);
+      const ids = new Uint8Array(n * 32);
+      const hashed = new Uint8Array(n);
+      cut.ids.forEach((id, i) => {
+        if (!id) return;
+        ids.set(id, i * 32);
+        hashed[i] = 1;
+      });
+      return {
+        result: { type: 'cut', ends, carryFrom: cut.carryFrom, ids, hashed, reusedBytes: cut.reusedBytes },
+        transfer: [ends.buffer as ArrayBuffer, ids.buffer as ArrayBuffer, hashed.buffer as ArrayBuffer],
+      };
     }
     case 'hash': {
       const buf = slots[job.slot];
@@ -68,21 +123,11 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
       let start = job.from;
       for (let i = 0; i < n; i++) {
         const end = job.ends[i];
-        const len = end - start;
-        const piece = buf.subarray(start, end);
-        if (piece.equals(zeros.subarray(0, len))) {
-          zero[i] = 1;
-          let id = zeroIds.get(len);
-          if (!id) {
-            id = createHash('sha256').update(piece).digest();
-            zeroIds.set(len, id);
-          }
+        if (!job.skip?.[i]) {
+          const piece = buf.subarray(start, end);
+          const id = chunkId(piece);
+          if (id === zeroIds.get(piece.length)) zero[i] = 1;
           id.copy(ids, i * 32);
-        } else {
-          createHash('sha256')
-            .update(piece)
-            .digest()
-            .copy(ids, i * 32);
         }
         start = end;
       }

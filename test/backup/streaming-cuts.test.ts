@@ -1,7 +1,10 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import test from 'ava';
 import fastcdc from 'fastcdc-wasm';
+import { cutOffsets } from '../../agent/backup/fastcdc-direct.js';
+import { PreviousManifest } from '../../agent/backup/previous-manifest.js';
 import { acceptCuts } from '../../agent/backup/streaming-cuts.js';
+import { cutWindow } from '../../agent/backup/window-cutter.js';
 
 /**
  * The pipeline's carry rule must give the same boundaries as one fastcdc call over the whole image, for any
@@ -88,12 +91,251 @@ test('streamed cuts equal whole-buffer cuts with the production chunker paramete
   t.deepEqual(streamed(data, 5 * 1024 * 1024 + 7, min, avg, max), whole(data, min, avg, max));
 });
 
-test('a chunk starting less than max bytes before the window end is carried, not accepted', (t) => {
+test('only a last chunk that ends at the window end without max bytes to search in is carried', (t) => {
   // offsets as fastcdc reports them for bytes [100, 1100): cuts at +300, +700, end at +1000
-  // chunk starts 100 and 400 have >= 500 bytes before the window end; the one at 800 has only 300
+  // the cuts at 400 and 800 were found by the gear hash before the window end: they stand, even the one
+  // starting at 400, which had fewer than max (500) bytes before the window end; the chunk at 800 ends at
+  // the window end with only 300 bytes searched, so it is carried
   const cut = acceptCuts([0, 300, 700, 1000], 100, 1100, 500, false);
   t.deepEqual(cut.ends, [400, 800]);
   t.is(cut.carryFrom, 800);
   const final = acceptCuts([0, 300, 700, 1000], 100, 1100, 500, true);
   t.deepEqual(final.ends, [400, 800, 1100]);
+  // a last chunk of a full max bytes stands: fastcdc cuts there whatever follows
+  t.deepEqual(acceptCuts([0, 300, 800], 100, 900, 500, false).ends, [400, 900]);
+});
+
+test('the direct WASM cut gives the same offsets as the published get_chunks wrapper', (t) => {
+  for (const size of [0, 1, 1000, 70_000, 3 * 1024 * 1024 + 5]) {
+    const data = structured(size);
+    const copy = Buffer.from(data);
+    t.deepEqual(
+      Array.from(cutOffsets(data, MIN, AVG, MAX)),
+      Array.from(fastcdc.get_chunks(data, MIN, AVG, MAX)),
+    );
+    t.true(data.equals(copy), 'the input is left as it was');
+  }
+});
+
+/** The previous snapshot's chunk map, as the server would send it for `data`. */
+function manifestOf(data: Buffer, min: number, avg: number, max: number): PreviousManifest {
+  const ends = whole(data, min, avg, max);
+  const bounds = new Float64Array([0, ...ends]);
+  const ids = new Uint8Array(ends.length * 32);
+  ends.forEach((end, i) => {
+    ids.set(sha(data.subarray(bounds[i], end)), i * 32);
+  });
+  return new PreviousManifest(bounds, ids, { min, avg, max });
+}
+
+/**
+ * Bytes the fast path must reuse: every chunk of `now` that last night's image had too, at the same offset,
+ * with the same bytes, and with the same min(bytes left, max) (the last max bytes of a resized image differ).
+ */
+function reusable(before: Buffer, now: Buffer, min: number, avg: number, max: number): number {
+  const old = new Set<string>();
+  let start = 0;
+  for (const end of whole(before, min, avg, max)) {
+    old.add(`${start}:${end}:${sha(before.subarray(start, end)).toString('hex')}`);
+    start = end;
+  }
+  let bytes = 0;
+  start = 0;
+  for (const end of whole(now, min, avg, max)) {
+    const same = old.has(`${start}:${end}:${sha(now.subarray(start, end)).toString('hex')}`);
+    if (same && Math.min(now.length - start, max) === Math.min(before.length - start, max))
+      bytes += end - start;
+    start = end;
+  }
+  return bytes;
+}
+
+function sha(b: Uint8Array): Buffer {
+  return createHash('sha256').update(b).digest();
+}
+
+/**
+ * Replays the backup pipeline's cutting with the previous-manifest fast path: windows after a pad of max,
+ * the carry copied in front, each window cut by cutWindow with the previous chunks starting in it.
+ */
+function streamedFast(
+  data: Buffer,
+  window: number,
+  min: number,
+  avg: number,
+  max: number,
+  previous: PreviousManifest | null,
+  sizeKnown = true,
+): { ends: number[]; reused: number; badIds: number } {
+  const pad = max;
+  let slot = Buffer.alloc(pad + window);
+  let other = Buffer.alloc(pad + window);
+  const ends: number[] = [];
+  let reused = 0;
+  let badIds = 0;
+  let carryFrom = pad;
+  let carryEnd = pad;
+  let offset = 0;
+  for (;;) {
+    const fresh = Math.min(window, data.length - offset);
+    const carry = carryEnd - carryFrom;
+    other.copy(slot, pad - carry, carryFrom, carryEnd);
+    data.copy(slot, pad, offset, offset + fresh);
+    const eof = fresh < window || offset + fresh >= data.length;
+    const from = pad - carry;
+    const to = pad + fresh;
+    const imageOffset = offset - carry;
+    const cut = cutWindow(
+      {
+        buf: slot,
+        from,
+        to,
+        final: eof,
+        imageOffset,
+        imageSize: sizeKnown ? data.length : null,
+        chunker: { min, avg, max },
+        previous: previous?.slice(imageOffset, imageOffset + (to - from)) ?? null,
+      },
+      cutOffsets,
+      sha,
+    );
+    let start = from;
+    cut.ends.forEach((end, i) => {
+      const id = cut.ids[i];
+      if (id && !sha(slot.subarray(start, end)).equals(id)) badIds++;
+      ends.push(imageAt(end));
+      start = end;
+    });
+    function imageAt(pos: number) {
+      return offset + (pos - pad);
+    }
+    reused += cut.reusedBytes;
+    [slot, other] = [other, slot];
+    carryFrom = cut.carryFrom;
+    carryEnd = to;
+    offset += fresh;
+    if (eof) break;
+  }
+  return { ends, reused, badIds };
+}
+
+/** A small deterministic PRNG, so a failing seed can be replayed. */
+function prng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 2 ** 32;
+  };
+}
+
+/**
+ * Night-to-night edits: overwrites, zeroed runs, flipped bytes, edits at window edges, a new size; with
+ * `shifting`, also insertions and deletions (which a block device never sees, but the cut must survive).
+ */
+function edit(base: Buffer, seed: number, window: number, shifting: boolean): Buffer {
+  const rnd = prng(seed);
+  const pick = (n: number) => Math.floor(rnd() * n);
+  let out = Buffer.from(base);
+  for (let e = 0; e < 12; e++) {
+    const at =
+      e % 4 === 3
+        ? Math.min(out.length - 1, Math.max(0, (1 + pick(3)) * window - 50 + pick(100)))
+        : pick(out.length);
+    const len = 1 + pick(e % 2 ? 200 : 40_000);
+    switch (pick(shifting ? 5 : 3)) {
+      case 0: // overwrite in place, like a block rewritten
+        randomBytes(Math.min(len, out.length - at)).copy(out, at);
+        break;
+      case 1: // zero a run, like a freed and discarded extent
+        out.fill(0, at, Math.min(out.length, at + len));
+        break;
+      case 2:
+        out[at] ^= 0x5a;
+        break;
+      case 3:
+        out = Buffer.concat([out.subarray(0, at), randomBytes(len), out.subarray(at)]);
+        break;
+      default:
+        out = Buffer.concat([out.subarray(0, at), out.subarray(Math.min(out.length, at + len))]);
+    }
+  }
+  // The disk grew or shrank a little: the last max bytes are cut differently then.
+  const delta = pick(3) - 1;
+  if (delta > 0) out = Buffer.concat([out, randomBytes(pick(100_000))]);
+  if (delta < 0) out = out.subarray(0, out.length - pick(100_000));
+  return out;
+}
+
+for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+  const shifting = seed > 6;
+  test(`the previous-manifest fast path cuts ${shifting ? 'shifted' : 'edited'} data exactly like one whole-buffer pass (seed ${seed})`, (t) => {
+    const rnd = prng(seed * 7919);
+    const base =
+      seed % 2 ? structured(3 * 1024 * 1024 + Math.floor(rnd() * 50_000)) : randomBytes(2 * 1024 * 1024);
+    const window = [MAX, MAX + 1, 100_003, 256 * 1024, 1024 * 1024][seed % 5];
+    const previous = manifestOf(base, MIN, AVG, MAX);
+    const edited = edit(base, seed, window, shifting);
+    const expected = whole(edited, MIN, AVG, MAX);
+    // a file or device (size known up front) and a pipe (size learnt at the end)
+    for (const sizeKnown of [true, false]) {
+      const got = streamedFast(edited, window, MIN, AVG, MAX, previous, sizeKnown);
+      t.deepEqual(got.ends, expected, `size known: ${sizeKnown}`);
+      t.is(got.badIds, 0, "every id the fast path hands over is the chunk's hash");
+      // Every chunk that survived the night must come through the fast path, or it is not one.
+      if (sizeKnown) t.is(got.reused, reusable(base, edited, MIN, AVG, MAX));
+      if (!shifting) t.true(got.reused > 0);
+    }
+  });
+}
+
+test('the fast path reuses every chunk of an unchanged image and cuts identically', (t) => {
+  const data = structured(3 * 1024 * 1024 + 777);
+  const previous = manifestOf(data, MIN, AVG, MAX);
+  for (const window of [MAX, 100_003, 1024 * 1024]) {
+    const got = streamedFast(data, window, MIN, AVG, MAX, previous);
+    t.deepEqual(got.ends, whole(data, MIN, AVG, MAX));
+    t.is(got.reused, data.length);
+  }
+});
+
+test('without a previous manifest the window cutter cuts like one whole-buffer pass', (t) => {
+  const data = structured(3 * 1024 * 1024 + 12345);
+  for (const window of [MAX, MAX + 1, 100_003, 1024 * 1024, 8 * 1024 * 1024]) {
+    const got = streamedFast(data, window, MIN, AVG, MAX, null);
+    t.deepEqual(got.ends, whole(data, MIN, AVG, MAX), `window ${window}`);
+    t.is(got.reused, 0);
+  }
+});
+
+test('the fast path on an image of a different size, or an all-zero image, still cuts like a whole pass', (t) => {
+  const base = structured(2 * 1024 * 1024);
+  const previous = manifestOf(base, MIN, AVG, MAX);
+  // longer by less than max, shorter by less than max, and all zeros of the same size
+  for (const data of [
+    Buffer.concat([base, randomBytes(1000)]),
+    base.subarray(0, base.length - 1000),
+    Buffer.alloc(base.length),
+  ]) {
+    for (const window of [MAX, 300_001]) {
+      t.deepEqual(streamedFast(data, window, MIN, AVG, MAX, previous).ends, whole(data, MIN, AVG, MAX));
+    }
+  }
+});
+
+test('the fast path with the production chunker parameters cuts like one whole-buffer pass', (t) => {
+  const [min, avg, max] = [256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
+  const base = structured(40 * 1024 * 1024);
+  const previous = manifestOf(base, min, avg, max);
+  const edited = Buffer.from(base);
+  randomBytes(5000).copy(edited, 7 * 1024 * 1024);
+  edited.fill(0, 20 * 1024 * 1024, 21 * 1024 * 1024);
+  randomBytes(100).copy(edited, 16 * 1024 * 1024 - 50);
+  const got = streamedFast(edited, 16 * 1024 * 1024, min, avg, max, previous);
+  t.deepEqual(got.ends, whole(edited, min, avg, max));
+  t.is(got.reused, reusable(base, edited, min, avg, max));
+  t.true(got.reused > 0);
 });
