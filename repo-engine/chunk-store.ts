@@ -59,6 +59,7 @@ export interface PreparedChunk {
  */
 export class ChunkStore {
   private readonly cache: LRUCache<string, Buffer>;
+  private uploadScratch: Buffer | undefined;
   private readonly inflight = new Map<string, Promise<Buffer>>();
 
   constructor(
@@ -77,11 +78,16 @@ export class ChunkStore {
    * claims) and SHA-256 of the raw bytes must equal `id`. Returns the raw bytes; throws HashMismatch,
    * TooLarge or InvalidInput before anything is stored.
    */
-  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): Buffer {
+  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): number {
     checkChunkId(id);
     if (encoding !== 'raw' && encoding !== 'zstd')
       throw new InvalidInputError(`unknown chunk encoding ${String(encoding)}`);
-    const raw = encoding === 'zstd' ? decompressBounded(payload, this.maxRawBytes, `chunk ${id}`) : payload;
+    // The decompressed bytes live only until the hash below, synchronously: one scratch buffer serves all uploads.
+    this.uploadScratch ??= Buffer.allocUnsafe(this.maxRawBytes + 1);
+    const raw =
+      encoding === 'zstd'
+        ? decompressBounded(payload, this.maxRawBytes, `chunk ${id}`, this.uploadScratch)
+        : payload;
     if (raw.length === 0) throw new InvalidInputError(`chunk ${id} is empty`);
     if (raw.length > this.maxRawBytes)
       throw new TooLargeError(
@@ -91,19 +97,14 @@ export class ChunkStore {
     const actual = sha256Hex(raw);
     if (actual !== id)
       throw new HashMismatchError(`chunk ${id}: uploaded bytes hash to ${actual}`, { chunk: id, actual });
-    return raw;
+    return raw.length;
   }
 
   /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
-  prepare(id: string, raw: Buffer, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
-    if (encoding === 'zstd')
-      return { id, rawLength: raw.length, bytes: encodeStoredChunk('zstd', raw.length, payload) };
-    const packed = compressIfWorthwhile(raw);
-    return {
-      id,
-      rawLength: raw.length,
-      bytes: encodeStoredChunk(packed.encoding, raw.length, packed.payload),
-    };
+  prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
+    if (encoding === 'zstd') return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload) };
+    const packed = compressIfWorthwhile(payload);
+    return { id, rawLength, bytes: encodeStoredChunk(packed.encoding, rawLength, packed.payload) };
   }
 
   async write(chunk: PreparedChunk): Promise<void> {

@@ -274,7 +274,7 @@ export class Repository implements RepositoryApi {
       const session = this.liveSession(sessionId);
       // The hash is checked before anything else, also for a chunk already stored: ownership is granted
       // only to a tenant that proved it holds the bytes.
-      const raw = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding);
+      const rawLength = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding);
       for (;;) {
         await this.deletions.settled(id);
         if (this.deletions.has(id)) continue;
@@ -287,7 +287,7 @@ export class Repository implements RepositoryApi {
       }
       // From here to the index row, gc's orphan sweep must leave this object alone: it is marked uploading
       // synchronously with the checks above, before the first await.
-      const prepared = this.chunks.prepare(id, raw, payload, encoding as ChunkEncoding);
+      const prepared = this.chunks.prepare(id, rawLength, payload, encoding as ChunkEncoding);
       this.uploads.set(id, (this.uploads.get(id) ?? 0) + 1);
       try {
         await this.chunks.write(prepared);
