@@ -51,7 +51,7 @@ function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Recor
     rssMiB: s.m.peakRssMiB,
     serverRssMiB: usage?.peakRssMiB,
     serverCpu: usage?.cpuSeconds,
-    repoMiB: s.repoBytes !== undefined ? s.repoBytes / 2 ** 20 : undefined,
+    repoMiB: s.repoBytes !== undefined && Number.isFinite(s.repoBytes) ? s.repoBytes / 2 ** 20 : undefined,
     extra,
   });
   const serverText = usage ? ` server ${usage.peakRssMiB.toFixed(0)} MiB` : '';
@@ -77,7 +77,7 @@ async function runPeer(
     record(peer.name, s, dv, sum ? pick(sum, ['chunks', 'newChunks', 'bytesUploaded', 'size']) : undefined);
   }
   const out = join(dir, 'restored.img');
-  const r = await peer.restore(out);
+  const r = await peer.restore(out, images.length - 1);
   record(peer.name, r, dv);
   const same = (await sha256File(out)) === original;
   checks.push({

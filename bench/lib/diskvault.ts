@@ -120,7 +120,7 @@ export function diskvault(
       self.lastSummary = lastJson(m.stdout);
       return { step: `backup night${night}`, m, repoBytes: await self.repoBytes() };
     },
-    async restore(outFile) {
+    async restore(outFile, night) {
       const m = await measure(process.execPath, [
         CLI,
         'restore',
@@ -137,7 +137,7 @@ export function diskvault(
         '--json',
       ]);
       self.lastSummary = lastJson(m.stdout);
-      return { step: 'restore night3', m };
+      return { step: `restore night${night}`, m };
     },
     async inPlaceRestore(snapshot, target) {
       const m = await measure(process.execPath, [

@@ -18,7 +18,7 @@ export interface Peer {
   init(): Promise<void>;
   backup(image: string, night: number): Promise<PeerStep>;
   /** Restores the newest snapshot to `outFile`. */
-  restore(outFile: string): Promise<PeerStep>;
+  restore(outFile: string, night: number): Promise<PeerStep>;
   repoBytes(): Promise<number>;
 }
 
@@ -71,12 +71,12 @@ export function restic(dir: string): Peer {
       );
       return { step: `backup night${night}`, m, repoBytes: await folderBytes(repo) };
     },
-    async restore(outFile) {
+    async restore(outFile, night) {
       const target = join(dir, 'restore');
       rmSync(target, { recursive: true, force: true });
       const m = await measure('restic', ['restore', 'latest', '--target', target], { env });
       execFileSync('mv', [join(target, 'disk.img'), outFile]);
-      return { step: 'restore night3', m };
+      return { step: `restore night${night}`, m };
     },
     repoBytes: () => folderBytes(repo),
   };
@@ -109,14 +109,14 @@ export function borg(dir: string, compression: 'lz4' | 'zstd'): Peer {
       );
       return { step: `backup night${night}`, m, repoBytes: await folderBytes(repo) };
     },
-    async restore(outFile) {
+    async restore(outFile, night) {
       const target = join(dir, 'restore');
       rmSync(target, { recursive: true, force: true });
       mkdirSync(target);
       const m = await measure('borg', ['extract', '--sparse', `::${last}`], { env, cwd: target });
       const [name] = readdirSync(target);
       execFileSync('mv', [join(target, name), outFile]);
-      return { step: 'restore night3', m };
+      return { step: `restore night${night}`, m };
     },
     repoBytes: () => folderBytes(repo),
   };
