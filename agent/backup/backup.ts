@@ -263,6 +263,9 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
           await Promise.all(
             g.map((i, k) =>
               uploads.use(async () => {
+                // Once one upload has failed for good the backup is lost: chunks still queued behind it must not
+                // each spend their own retry budget before the failure is reported.
+                if (firstError) return;
                 // An incompressible chunk is sent straight from the window: the slot is held until it is sent.
                 const payload = packed.compressed[k]
                   ? Buffer.from(
