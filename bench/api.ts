@@ -1,7 +1,9 @@
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startService } from '../api/service.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
 
@@ -44,6 +46,34 @@ async function withService<T>(
   }
 }
 
+const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
+
+/** `diskvault server` as a child process on a free port; its URL is read from its "listening on" line. */
+async function withServerProcess<T>(fn: (s: { url: string; token: string }) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dv-bench-api-'));
+  const child = spawn(process.execPath, [CLI, 'server', '--data', dir, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /listening on (http:\/\/\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`server exited ${code}`)));
+    });
+    const token = (await readFile(path.join(dir, 'admin.token'), 'utf8')).trim();
+    return await fn({ url, token });
+  } finally {
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];
@@ -71,9 +101,9 @@ async function main(): Promise<void> {
     return { mbps: mb / upload, missingMs: median(lat) };
   });
 
-  const http = await withService(async (s) => {
-    const token = s.createdAdminToken!;
-    const auth = { authorization: `Bearer ${token}` };
+  // The server in its own process, as deployed: the client's HTTP work must not share its event loop.
+  const http = await withServerProcess(async (s) => {
+    const auth = { authorization: `Bearer ${s.token}` };
     const opened = await fetch(`${s.url}/v1/sessions`, {
       method: 'POST',
       headers: { ...auth, 'content-type': 'application/json' },
