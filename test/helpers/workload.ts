@@ -1,11 +1,19 @@
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
-export const WORKLOAD_SCRIPT = '/work/shared/workloads/make-ext4-nights.sh';
+/** The shared folder sits beside the project root (dist/test/helpers/ is three levels below it). */
+export const WORKLOAD_SCRIPT =
+  [
+    fileURLToPath(new URL('../../../../shared/workloads/make-ext4-nights.sh', import.meta.url)),
+    '/work/shared/workloads/make-ext4-nights.sh',
+  ].find((p) => existsSync(p)) ??
+  fileURLToPath(new URL('../../../../shared/workloads/make-ext4-nights.sh', import.meta.url));
 
 /**
  * night0..night3 of the 256M ext4 workload (make-ext4-nights.sh DIR 3 256M), built once and cached under

@@ -9,7 +9,7 @@ import type { TestFn } from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { workload256M } from './workload.js';
+import { workload256M } from '../helpers/workload.js';
 
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const execFileP = promisify(execFile);
