@@ -289,4 +289,7 @@ async function main(): Promise<void> {
   if (checks.some((c) => !c.ok)) process.exitCode = 1;
 }
 
-await main();
+await main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error)?.message ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -4,7 +4,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-export const WORKLOAD_SCRIPT = resolve(root, '../shared/workloads/make-ext4-nights.sh');
+const SCRIPT_BESIDE_ROOT = resolve(root, '../shared/workloads/make-ext4-nights.sh');
+/** The shared folder sits beside the project root; a checkout elsewhere falls back to the workplace's copy. */
+export const WORKLOAD_SCRIPT = [SCRIPT_BESIDE_ROOT, '/work/shared/workloads/make-ext4-nights.sh'].find((p) =>
+  existsSync(p),
+);
 
 /**
  * The shared workload: ext4 images of real files with nights of changes. Built once into `dir` and reused
@@ -13,6 +17,7 @@ export const WORKLOAD_SCRIPT = resolve(root, '../shared/workloads/make-ext4-nigh
 export function ensureWorkload(dir: string, nights: number, size: string): string[] {
   const images = Array.from({ length: nights + 1 }, (_, n) => join(dir, `night${n}.img`));
   if (images.every((p) => existsSync(p))) return images;
+  if (!WORKLOAD_SCRIPT) throw new Error(`the workload script is missing: expected ${SCRIPT_BESIDE_ROOT}`);
   const building = `${dir}.building`;
   rmSync(building, { recursive: true, force: true });
   mkdirSync(dirname(dir), { recursive: true });
