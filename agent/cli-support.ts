@@ -38,6 +38,17 @@ export function reportError(err: unknown, command: string): number {
   return EXIT_FAILURE;
 }
 
+/** The flags every command that talks to a server takes (parseArgs options), so all of them spell them alike. */
+export const CLIENT_OPTIONS = {
+  server: { type: 'string' },
+  token: { type: 'string' },
+  config: { type: 'string' },
+  host: { type: 'string' },
+  disk: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
 export interface ClientConfig {
   server: string;
   token: string;

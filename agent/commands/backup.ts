@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
-import { EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
+import { CLIENT_OPTIONS, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { createProgressReporter, formatBytes } from '../progress.js';
 import { openSource } from '../sources/open.js';
@@ -140,18 +140,12 @@ function parse(argv: string[]) {
       args: argv,
       allowPositionals: true,
       options: {
-        server: { type: 'string' },
-        token: { type: 'string' },
-        config: { type: 'string' },
-        host: { type: 'string' },
-        disk: { type: 'string' },
+        ...CLIENT_OPTIONS,
         tag: { type: 'string', multiple: true },
         time: { type: 'string' },
         format: { type: 'string' },
         concurrency: { type: 'string' },
         'compression-level': { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
       },
     });
   } catch (err) {

@@ -1,6 +1,13 @@
 import { parseArgs } from 'node:util';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
+import {
+  CLIENT_OPTIONS,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_UNREADABLE,
+  resolveClientConfig,
+  UsageError,
+} from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { createRestoreProgress } from '../restore/progress.js';
@@ -126,11 +133,7 @@ function parse(argv: string[]) {
       args: argv,
       allowPositionals: true,
       options: {
-        server: { type: 'string' },
-        token: { type: 'string' },
-        config: { type: 'string' },
-        host: { type: 'string' },
-        disk: { type: 'string' },
+        ...CLIENT_OPTIONS,
         sparse: { type: 'boolean' },
         'no-sparse': { type: 'boolean' },
         'in-place': { type: 'boolean' },
@@ -139,8 +142,6 @@ function parse(argv: string[]) {
         fsync: { type: 'boolean' },
         format: { type: 'string' },
         concurrency: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
       },
     });
   } catch (err) {

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 
 const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T]
@@ -42,13 +42,7 @@ function parseSnapshotsArgs(argv: string[]) {
     args: argv,
     allowPositionals: false,
     options: {
-      server: { type: 'string' },
-      token: { type: 'string' },
-      config: { type: 'string' },
-      host: { type: 'string' },
-      disk: { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
+      ...CLIENT_OPTIONS,
     },
   });
 }
