@@ -27,12 +27,15 @@ export async function startTripwire(targetUrl: string): Promise<Tripwire> {
     const upstream = net.connect(target.port, target.host);
     sockets.add(client);
     sockets.add(upstream);
-    let window = '';
+    let tail = '';
     client.on('data', (d: Buffer) => {
       upstream.write(d);
       if (!armed) return;
-      // A rolling window, so a request line split across two TCP segments still matches.
-      window = (window + d.toString('latin1')).slice(-8192);
+      // The previous segment's tail joins this one, so a request line split across two segments still
+      // matches; the test runs before trimming, so a head followed by kilobytes of body in one segment
+      // (a commit and its manifest, coalesced under load) matches too.
+      const window = tail + d.toString('latin1');
+      tail = window.slice(-1024);
       if (armed.pattern.test(window)) {
         const fire = armed.onMatch;
         armed = undefined;

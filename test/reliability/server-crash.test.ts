@@ -65,7 +65,9 @@ async function assertRepositoryIntact(
     t.truthy(s, `${when}: snapshot ${id} is still listed`);
     if (restore === 'touched' && id !== oldest && !touched.includes(id)) continue;
     const out = path.join(dir, `restore-${id.slice(0, 8)}.img`);
-    t.is(await restoreCli(direct(), id, out), sha, `${when}: snapshot ${id} restores bit-exact`);
+    const got = await restoreCli(direct(), id, out);
+    const gotImage = Object.keys(images).find((k) => images[k].sha256 === got) ?? 'no known image';
+    t.is(got, sha, `${when}: snapshot ${id} restores bit-exact (it restored to ${gotImage})`);
     await removeDir(out);
   }
   return snaps;
@@ -218,17 +220,19 @@ test.serial('a server killed during gc restarts consistent and gc run again comp
  * stored the manifest and is about to (or just did) record it in the index. Polls, so the window is hit
  * within a millisecond or two rather than by luck.
  */
-function killWhenManifestStored(): () => void {
+function killWhenManifestStored(): { stop(): void; firedBy(): string | undefined } {
   const folder = path.join(server.dataDir, 'storage', 'snapshots');
   const known = new Set(existsSync(folder) ? readdirSync(folder) : []);
+  let newManifest: string | undefined;
   const timer = setInterval(() => {
     if (!existsSync(folder)) return;
-    if (readdirSync(folder).some((f) => /^[0-9a-f]{64}$/.test(f) && !known.has(f))) {
+    newManifest = readdirSync(folder).find((f) => /^[0-9a-f]{64}$/.test(f) && !known.has(f));
+    if (newManifest) {
       server.killNow();
       clearInterval(timer);
     }
   }, 1);
-  return () => clearInterval(timer);
+  return { stop: () => clearInterval(timer), firedBy: () => newManifest };
 }
 
 for (const [label, delayMs] of [
@@ -240,7 +244,7 @@ for (const [label, delayMs] of [
     `a server killed ${label} leaves either the whole snapshot or none, and the backup run again completes`,
     async (t) => {
       const image = delayMs === 0 ? images.charlie1 : delayMs > 0 ? images.charlie2 : images.charlie0;
-      const stopWatching = delayMs < 0 ? killWhenManifestStored() : () => {};
+      const watcher = delayMs < 0 ? killWhenManifestStored() : undefined;
       const before = (await listSnapshotsCli(direct())).filter((s) => s.host === 'charlie').length;
       let fired = false;
       wire.arm(/POST \/v1\/sessions\/[0-9a-f]+\/commit/, () => {
@@ -248,8 +252,11 @@ for (const [label, delayMs] of [
         if (delayMs >= 0) setTimeout(() => server.killNow(), delayMs);
       });
       const first = await backupCli(viaWire(), image.path, 'charlie', 'sda');
-      stopWatching();
-      t.true(fired, 'the commit was seen');
+      watcher?.stop();
+      t.true(
+        fired,
+        `the commit was seen (backup exit ${first.code}, manifest that triggered the kill: ${watcher?.firedBy()}): ${first.stderr}`,
+      );
       await restartServer();
       const snaps = (await assertRepositoryIntact(t, `after a kill ${label}`, 'touched', [])).filter(
         (s) => s.host === 'charlie',
