@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { compress } from 'zstd-napi';
 import { CorruptError, DiskvaultError, InvalidInputError } from '../storage-adapters/errors.js';
 
 /**
@@ -30,12 +29,17 @@ export interface DecodedChunk {
 }
 
 export function encodeStoredChunk(encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
-  const header = Buffer.alloc(CHUNK_HEADER_BYTES);
-  CHUNK_MAGIC.copy(header, 0);
-  header[3] = CHUNK_FORMAT_VERSION;
-  header[4] = encoding === 'zstd' ? 1 : 0;
-  header.writeUInt32BE(rawLength, 5);
-  return Buffer.concat([header, payload]);
+  const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + payload.length);
+  writeStoredChunkHeader(out, encoding, rawLength);
+  payload.copy(out, CHUNK_HEADER_BYTES);
+  return out;
+}
+
+function writeStoredChunkHeader(out: Buffer, encoding: ChunkEncoding, rawLength: number): void {
+  CHUNK_MAGIC.copy(out, 0);
+  out[3] = CHUNK_FORMAT_VERSION;
+  out[4] = encoding === 'zstd' ? 1 : 0;
+  out.writeUInt32BE(rawLength, 5);
 }
 
 export function decodeStoredChunkHeader(
@@ -66,6 +70,7 @@ export function sha256Hex(data: Uint8Array): string {
 // trusts the frame's claimed content size and would allocate whatever a hostile frame asks for.
 interface ZstdBinding {
   DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
 }
 const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as ZstdBinding;
 let dctx: InstanceType<ZstdBinding['DCtx']> | undefined;
@@ -103,10 +108,30 @@ export function decompressBounded(payload: Buffer, maxBytes: number, what: strin
   return out.subarray(0, n);
 }
 
-/** zstd level 1 when it saves at least 3%; otherwise the raw bytes (incompressible data stays cheap to read). */
-export function compressIfWorthwhile(raw: Buffer): { encoding: ChunkEncoding; payload: Buffer } {
-  const packed = compress(raw, { compressionLevel: COMPRESSION_LEVEL });
-  if (packed.length <= raw.length * (1 - MIN_COMPRESSION_SAVING))
-    return { encoding: 'zstd', payload: packed };
-  return { encoding: 'raw', payload: raw };
+let cctx: InstanceType<ZstdBinding['CCtx']> | undefined;
+let compressScratch: Buffer | undefined;
+
+/**
+ * The stored object for a raw upload, compressed with zstd level 1 when that saves at least 3% (otherwise
+ * stored raw, so incompressible data stays cheap to read). The
+ * compressor writes into one reused scratch buffer behind room for the header, so an incompressible chunk
+ * costs no throwaway allocation and a compressible one is copied once, at its compressed size: per-upload
+ * megabyte buffers were the server's largest garbage-collection cost.
+ */
+export function encodeRawChunkForStorage(raw: Buffer): Buffer {
+  const room = CHUNK_HEADER_BYTES + zstdCompressBound(raw.length);
+  if (!compressScratch || compressScratch.length < room) compressScratch = Buffer.allocUnsafe(room);
+  cctx ??= new binding.CCtx();
+  const packed = cctx.compress(compressScratch.subarray(CHUNK_HEADER_BYTES, room), raw, COMPRESSION_LEVEL);
+  const worthwhile = packed <= raw.length * (1 - MIN_COMPRESSION_SAVING);
+  const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
+  writeStoredChunkHeader(out, worthwhile ? 'zstd' : 'raw', raw.length);
+  if (worthwhile) compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);
+  else raw.copy(out, CHUNK_HEADER_BYTES);
+  return out;
+}
+
+/** ZSTD_COMPRESSBOUND. */
+function zstdCompressBound(n: number): number {
+  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }

@@ -11,7 +11,7 @@ import {
 import {
   CHUNK_HEADER_BYTES,
   type ChunkEncoding,
-  compressIfWorthwhile,
+  encodeRawChunkForStorage,
   decodeStoredChunk,
   decodeStoredChunkHeader,
   decompressBounded,
@@ -103,8 +103,7 @@ export class ChunkStore {
   /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
   prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
     if (encoding === 'zstd') return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload) };
-    const packed = compressIfWorthwhile(payload);
-    return { id, rawLength, bytes: encodeStoredChunk(packed.encoding, rawLength, packed.payload) };
+    return { id, rawLength, bytes: encodeRawChunkForStorage(payload) };
   }
 
   async write(chunk: PreparedChunk): Promise<void> {

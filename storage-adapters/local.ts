@@ -81,8 +81,12 @@ class LocalStorage implements StorageAdapter {
     let handle: FileHandle | undefined;
     let renamed = false;
     try {
-      await this.createFolders(folder, key);
-      handle = await open(temp, 'wx', 0o644);
+      // The fan-out folder almost always exists already: create it only when the open says it is missing.
+      handle = await open(temp, 'wx', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT' && err.code !== 'ENOTDIR') throw err;
+        await this.createFolders(folder, key);
+        return await open(temp, 'wx', 0o644);
+      });
       if (data instanceof Uint8Array) {
         await handle.writeFile(data);
       } else {
