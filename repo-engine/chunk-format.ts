@@ -126,7 +126,8 @@ export function encodeRawChunkForStorage(raw: Buffer): Buffer {
   const worthwhile = packed <= raw.length * (1 - MIN_COMPRESSION_SAVING);
   const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
   writeStoredChunkHeader(out, worthwhile ? 'zstd' : 'raw', raw.length);
-  if (worthwhile) compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);
+  if (worthwhile)
+    compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);
   else raw.copy(out, CHUNK_HEADER_BYTES);
   return out;
 }

@@ -11,10 +11,10 @@ import {
 import {
   CHUNK_HEADER_BYTES,
   type ChunkEncoding,
-  encodeRawChunkForStorage,
   decodeStoredChunk,
   decodeStoredChunkHeader,
   decompressBounded,
+  encodeRawChunkForStorage,
   encodeStoredChunk,
   sha256Hex,
   TooLargeError,
