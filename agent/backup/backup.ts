@@ -291,59 +291,98 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     // (processChunks still reports it through `seeded`).
     const loaded = await previousLoad.catch(() => null);
     const previous = loaded && sameChunker(loaded.chunker, chunker) ? loaded : null;
-    let prev: { w: Window; carryFrom: number; end: number } | null = null;
+    /**
+     * Starts the cut of window `w` from image offset `cutStart` (a true chunk boundary at or before the
+     * window's fresh bytes), the carry [cutStart, w.offset) having been copied in front of them.
+     */
+    const startCut = (w: Window, cutStart: number) => {
+      const from = pad - (w.offset - cutStart);
+      const to = pad + w.bytes;
+      const result = pool!.run({
+        type: 'cut',
+        slot: w.slot,
+        from,
+        to,
+        final: w.eof,
+        imageOffset: cutStart,
+        imageSize: source.size,
+        previous: previous?.slice(cutStart, cutStart + (to - from)) ?? null,
+      });
+      result.catch(() => {});
+      return { cutStart, from, result };
+    };
+    /** Copies the carry [cutStart, end of `before`) from `before`'s slot in front of `w`'s fresh bytes. */
+    const copyCarry = (before: Window, w: Window, cutStart: number) => {
+      const carry = w.offset - cutStart;
+      slotBufs[before.slot].copy(
+        slotBufs[w.slot],
+        pad - carry,
+        pad + (cutStart - before.offset),
+        pad + before.bytes,
+      );
+    };
+
+    // Cuts form a chain (each needs the carry the previous one leaves), so one runs at a time. Where last
+    // night's chunk map predicts the carry, the next window's cut starts at once from that guess, on another
+    // thread, and is kept only if the real carry matches; otherwise it is cut again from the real one. An
+    // unchanged disk so keeps two threads proving chunks instead of one.
+    /** The read of the window after `w` starts once `w` is in hand, and only once. */
+    let readAfter = -1;
+    const readAhead = (w: Window) => {
+      if (w.eof || readAfter === w.index) return;
+      readAfter = w.index;
+      next = readWindow(w.index + 1, w.offset + w.bytes);
+      next.catch(() => {});
+    };
+    let current = await next;
+    let cut = startCut(current, current.offset);
     for (;;) {
-      const w = await next;
+      // A const per window: the callbacks below settle after the loop has moved on to the next one.
+      const w = current;
       progress.bytesRead += w.bytes;
-      if (!w.eof) {
-        next = readWindow(w.index + 1, w.offset + w.bytes);
-        next.catch(() => {});
-      }
-      let from = pad;
-      if (prev) {
-        const carry = prev.end - prev.carryFrom;
-        slotBufs[prev.w.slot].copy(slotBufs[w.slot], pad - carry, prev.carryFrom, prev.end);
-        from = pad - carry;
-        release(prev.w);
-        prev = null;
-      }
-      w.holds = 2; // image hash + chunk processing
+      readAhead(w);
+      w.holds = w.eof ? 2 : 3; // image hash + chunk processing (+ the carry the next window copies)
       const hashing = hasher.run({ type: 'image-update', slot: w.slot, from: pad, to: pad + w.bytes });
       track(
         hashing.then(() => release(w)),
         inFlight,
         (e) => (firstError ??= e),
       );
-      const to = pad + w.bytes;
-      const imageOffset = w.offset - (pad - from);
-      const cut = await pool.run({
-        type: 'cut',
-        slot: w.slot,
-        from,
-        to,
-        final: w.eof,
-        imageOffset,
-        imageSize: source.size,
-        previous: previous?.slice(imageOffset, imageOffset + (to - from)) ?? null,
-      });
-      reusedBytes += cut.reusedBytes;
-      if (!w.eof) {
-        w.holds++; // the next window copies the carry out of this slot
-        prev = { w, carryFrom: cut.carryFrom, end: pad + w.bytes };
+      let following: Window | null = null;
+      let guess: ReturnType<typeof startCut> | null = null;
+      const predicted = w.eof ? null : (previous?.carryStartAt(w.offset + w.bytes) ?? null);
+      if (predicted !== null && w.offset + w.bytes - predicted <= pad) {
+        following = await next;
+        readAhead(following);
+        copyCarry(w, following, predicted);
+        guess = startCut(following, predicted);
       }
+      const done = await cut.result;
+      reusedBytes += done.reusedBytes;
       const appendAfter = spoolChain;
       let appended!: () => void;
       spoolChain = new Promise<void>((r) => {
         appended = r;
       });
       track(
-        processChunks(w, from, cut, appendAfter, appended).finally(() => release(w)),
+        processChunks(w, cut.from, done, appendAfter, appended).finally(() => release(w)),
         inFlight,
         (e) => (firstError ??= e),
       );
       report();
       if (firstError) throw firstError;
       if (w.eof) break;
+      following ??= await next;
+      const carryStart = w.offset + (done.carryFrom - pad);
+      if (guess && guess.cutStart === carryStart) cut = guess;
+      else {
+        // The guessed cut still reads the slot: let it finish before the carry in front is rewritten.
+        if (guess) await guess.result.catch(() => {});
+        copyCarry(w, following, carryStart);
+        cut = startCut(following, carryStart);
+      }
+      release(w);
+      current = following;
     }
     await Promise.all([...inFlight]);
     if (firstError) throw firstError;

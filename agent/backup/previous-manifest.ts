@@ -87,6 +87,18 @@ export class PreviousManifest {
     };
   }
 
+  /**
+   * Where the cut of a window ending at image offset `end` will most likely leave its carry: the start of
+   * last night's chunk that straddles `end`, or `end` itself when one of last night's chunks ends there.
+   * Exact wherever the disk is unchanged around `end`; a guess to be checked, never trusted.
+   */
+  carryStartAt(end: number): number | null {
+    if (end <= 0 || end >= this.imageSize) return null;
+    const i = this.lowerBound(end);
+    if (i < this.bounds.length && this.bounds[i] === end) return end;
+    return i > 0 ? this.bounds[i - 1] : null;
+  }
+
   /** First chunk index whose start is >= offset. */
   private lowerBound(offset: number): number {
     let lo = 0;
