@@ -322,10 +322,6 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       );
     };
 
-    // Cuts form a chain (each needs the carry the previous one leaves), so one runs at a time. Where last
-    // night's chunk map predicts the carry, the next window's cut starts at once from that guess, on another
-    // thread, and is kept only if the real carry matches; otherwise it is cut again from the real one. An
-    // unchanged disk so keeps two threads proving chunks instead of one.
     /** The read of the window after `w` starts once `w` is in hand, and only once. */
     let readAfter = -1;
     const readAhead = (w: Window) => {
@@ -334,6 +330,10 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       next = readWindow(w.index + 1, w.offset + w.bytes);
       next.catch(() => {});
     };
+    // Cuts form a chain (each needs the carry the previous one leaves), so one runs at a time. Where last
+    // night's chunk map predicts the carry, the next window's cut starts at once from that guess, on another
+    // thread, and is kept only if the real carry matches; otherwise it is cut again from the real one. An
+    // unchanged disk so keeps two threads proving chunks instead of one.
     let current = await next;
     let cut = startCut(current, current.offset);
     for (;;) {
