@@ -1,49 +1,21 @@
-import { type ByteRange, formatRange } from './ranges.js';
+import { formatRange } from './ranges.js';
 import type { RestoreResult } from './restore.js';
 
 /** The final report of a restore, as one JSON object (--json) or a few lines for a person. */
-export interface RestoreSummary {
+export interface RestoreSummary extends RestoreResult {
   type: 'summary';
-  snapshot: string;
   target: string;
-  size: number;
-  chunks: number;
-  chunksFetched: number;
-  chunksReused: number;
-  zeroChunks: number;
-  bytesWritten: number;
-  bytesFetched: number;
-  bytesReused: number;
-  seconds: number;
   /** Bytes of image per second. */
   throughput: number;
-  sha256: string | null;
-  expectedSha256: string;
-  verified: boolean;
-  unreadable: ByteRange[];
-  damaged: ByteRange[];
 }
 
 export function summarize(res: RestoreResult, target: string): RestoreSummary {
   return {
     type: 'summary',
-    snapshot: res.snapshot,
+    ...res,
     target,
-    size: res.size,
-    chunks: res.chunks,
-    chunksFetched: res.chunksFetched,
-    chunksReused: res.chunksReused,
-    zeroChunks: res.zeroChunks,
-    bytesWritten: res.bytesWritten,
-    bytesFetched: res.bytesFetched,
-    bytesReused: res.bytesReused,
     seconds: Math.round(res.seconds * 1000) / 1000,
     throughput: res.seconds > 0 ? Math.round(res.size / res.seconds) : res.size,
-    sha256: res.sha256,
-    expectedSha256: res.expectedSha256,
-    verified: res.verified,
-    unreadable: res.unreadable,
-    damaged: res.damaged,
   };
 }
 
