@@ -5,6 +5,7 @@ import { cutOffsets } from '../../agent/backup/fastcdc-direct.js';
 import { PreviousManifest } from '../../agent/backup/previous-manifest.js';
 import { acceptCuts } from '../../agent/backup/streaming-cuts.js';
 import { cutWindow } from '../../agent/backup/window-cutter.js';
+import { seededRandom } from '../helpers/engine-fixtures.js';
 
 /**
  * The pipeline's carry rule must give the same boundaries as one fastcdc call over the whole image, for any
@@ -219,25 +220,12 @@ function streamedFast(
   return { ends, reused, badIds };
 }
 
-/** A small deterministic PRNG, so a failing seed can be replayed. */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
-}
-
 /**
  * Night-to-night edits: overwrites, zeroed runs, flipped bytes, edits at window edges, a new size; with
  * `shifting`, also insertions and deletions (which a block device never sees, but the cut must survive).
  */
 function edit(base: Buffer, seed: number, window: number, shifting: boolean): Buffer {
-  const rnd = prng(seed);
+  const rnd = seededRandom(seed);
   const pick = (n: number) => Math.floor(rnd() * n);
   let out = Buffer.from(base);
   for (let e = 0; e < 12; e++) {
@@ -273,7 +261,7 @@ function edit(base: Buffer, seed: number, window: number, shifting: boolean): Bu
 for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
   const shifting = seed > 6;
   test(`the previous-manifest fast path cuts ${shifting ? 'shifted' : 'edited'} data exactly like one whole-buffer pass (seed ${seed})`, (t) => {
-    const rnd = prng(seed * 7919);
+    const rnd = seededRandom(seed * 7919);
     const base =
       seed % 2 ? structured(3 * 1024 * 1024 + Math.floor(rnd() * 50_000)) : randomBytes(2 * 1024 * 1024);
     const window = [MAX, MAX + 1, 100_003, 256 * 1024, 1024 * 1024][seed % 5];

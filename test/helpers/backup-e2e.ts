@@ -1,8 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DiskvaultClient } from '../../agent/client.js';
 import {
@@ -10,6 +8,7 @@ import {
   type ManifestHeader,
   ManifestReader,
 } from '../../repo-engine/manifest-codec.js';
+import { storageListing } from './reliability-harness.js';
 
 /** Running the real `diskvault backup` CLI as a child process, and reading back what it stored. */
 export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
@@ -79,22 +78,8 @@ export async function readSnapshot(
   return { header: reader.header, entries };
 }
 
-/** Chunk objects a local repository holds (files under storage/chunks). */
+/** Chunk objects a local repository holds (files under storage/chunks, temp files of puts not counted). */
 export async function countStoredChunks(dataDir: string): Promise<number> {
-  let n = 0;
-  const walk = async (dir: string): Promise<void> => {
-    let names: import('node:fs').Dirent[];
-    try {
-      names = await readdir(dir, { withFileTypes: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw err;
-    }
-    for (const d of names) {
-      if (d.isDirectory()) await walk(join(dir, d.name));
-      else if (/^[0-9a-f]{64}$/.test(d.name)) n++;
-    }
-  };
-  await walk(join(dataDir, 'storage', 'chunks'));
-  return n;
+  const files = [...(await storageListing(dataDir)).keys()];
+  return files.filter((f) => f.startsWith('chunks/') && /\/[0-9a-f]{64}$/.test(f)).length;
 }
