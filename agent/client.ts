@@ -191,11 +191,13 @@ export class DiskvaultClient {
    * A chunk's payload as the server sent it, zstd or raw, NOT checked against its id: the caller must
    * decompress within `rawLength` and check SHA-256 before using it (the server skips that check for a client
    * that accepts zstd, see docs/restore.md). Restore does it on worker threads. The body is read only up to
-   * what `maxRawLength` (default the largest chunk any repository may have) can compress to.
+   * what `maxRawLength` (default the largest chunk any repository may have) can compress to, into a buffer
+   * from `alloc` when the length is announced (a restore recycles its buffers).
    */
   async getChunkPayload(
     id: string,
     maxRawLength = MAX_CHUNK_BYTES,
+    alloc?: (length: number) => Buffer,
   ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer; rawLength: number }> {
     const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
     const header = String(res.headers['content-encoding'] ?? '').toLowerCase();
@@ -221,7 +223,7 @@ export class DiskvaultClient {
       );
     }
     const cap = encoding === 'zstd' ? zstdBound(announced) : maxRawLength;
-    const payload = await readBounded(res, cap, `chunk ${id}`);
+    const payload = await readBounded(res, cap, `chunk ${id}`, alloc);
     return { encoding, payload, rawLength: encoding === 'zstd' ? announced : payload.length };
   }
 
@@ -328,7 +330,12 @@ function zstdBound(n: number): number {
  * A response body of at most `cap` bytes, read into one buffer sized by Content-Length when the server sent
  * one (no concatenation copy); refused as Corrupt as soon as it would exceed `cap` or its announced length.
  */
-async function readBounded(res: Response, cap: number, what: string): Promise<Buffer> {
+async function readBounded(
+  res: Response,
+  cap: number,
+  what: string,
+  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
+): Promise<Buffer> {
   const declared =
     res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);
   const tooBig = (n: number) =>
@@ -338,7 +345,7 @@ async function readBounded(res: Response, cap: number, what: string): Promise<Bu
     throw tooBig(declared);
   }
   if (declared !== undefined) {
-    const out = Buffer.allocUnsafe(declared);
+    const out = alloc(declared);
     let at = 0;
     for await (const p of res.stream) {
       const part = p as Buffer;

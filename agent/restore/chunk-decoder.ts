@@ -12,8 +12,9 @@ let dctx: InstanceType<typeof DCtx> | undefined;
  * into a buffer of exactly the manifest's length (zstd refuses to overflow it, so a hostile payload cannot
  * make us allocate more), and SHA-256 of the result must equal the id before anyone writes it to a disk.
  */
-export function decodeChunk(fetched: FetchedChunk, id: string, length: number): Buffer {
-  const raw = fetched.encoding === 'zstd' ? decompressExact(fetched.payload, length, id) : fetched.payload;
+export function decodeChunk(fetched: FetchedChunk, id: string, length: number, into?: ArrayBuffer): Buffer {
+  const raw =
+    fetched.encoding === 'zstd' ? decompressExact(fetched.payload, length, id, into) : fetched.payload;
   if (raw.length !== length) {
     throw new CorruptError(`chunk ${id}: got ${raw.length} bytes, the manifest says ${length}`, {
       chunk: id,
@@ -27,7 +28,8 @@ export function decodeChunk(fetched: FetchedChunk, id: string, length: number): 
   return raw;
 }
 
-function decompressExact(payload: Buffer, length: number, id: string): Buffer {
+/** Decompresses into the start of `into` when it is large enough (a recycled buffer), else into a new one. */
+function decompressExact(payload: Buffer, length: number, id: string, into?: ArrayBuffer): Buffer {
   let declared: number | null;
   try {
     declared = getFrameContentSize(payload);
@@ -40,7 +42,10 @@ function decompressExact(payload: Buffer, length: number, id: string): Buffer {
       { chunk: id },
     );
   }
-  const out = Buffer.allocUnsafe(length);
+  const out =
+    into !== undefined && into.byteLength >= length
+      ? Buffer.from(into, 0, length)
+      : Buffer.allocUnsafe(length);
   let produced: number;
   try {
     dctx ??= new DCtx();

@@ -10,7 +10,12 @@ export interface FetchedChunk {
   verified?: boolean;
 }
 
+/** Where a fetcher may take the buffer for a payload from, so that buffers are reused rather than allocated. */
+export interface PayloadBuffers {
+  takeBuffer(length: number): Buffer;
+}
+
 export interface ChunkFetcher {
   /** `length` is the raw length the manifest promises: the fetcher may use it to bound what it accepts. */
-  fetch(id: string, length: number): Promise<FetchedChunk>;
+  fetch(id: string, length: number, buffers?: PayloadBuffers): Promise<FetchedChunk>;
 }

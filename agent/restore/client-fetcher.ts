@@ -1,12 +1,16 @@
 import type { DiskvaultClient } from '../client.js';
-import type { ChunkFetcher, FetchedChunk } from './chunk-fetcher.js';
+import type { ChunkFetcher, FetchedChunk, PayloadBuffers } from './chunk-fetcher.js';
 
 /**
  * A client that can hand out a chunk's payload as the server sent it (zstd or raw, not yet checked), so the
  * restore decompresses and hashes on its worker threads instead of the main thread. Used when present.
  */
 interface PayloadClient {
-  getChunkPayload(id: string, maxRawLength?: number): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
+  getChunkPayload(
+    id: string,
+    maxRawLength?: number,
+    alloc?: (length: number) => Buffer,
+  ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
 }
 
 /**
@@ -21,8 +25,9 @@ export function clientChunkFetcher(
   if (payloads) {
     return {
       // The manifest's length bounds what the client reads; the decode still checks it exactly.
-      async fetch(id: string, length: number): Promise<FetchedChunk> {
-        const { encoding, payload } = await payloads.getChunkPayload(id, length);
+      async fetch(id: string, length: number, buffers?: PayloadBuffers): Promise<FetchedChunk> {
+        const alloc = buffers && ((n: number) => buffers.takeBuffer(n));
+        const { encoding, payload } = await payloads.getChunkPayload(id, length, alloc);
         return { encoding, payload, verified: false };
       },
     };

@@ -1,13 +1,15 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
+import { type BufferRecycler, ownedArrayBuffer } from './buffer-recycler.js';
 import type { FetchedChunk } from './chunk-fetcher.js';
 import type { DecodeJob, DecodeReply } from './decode-worker.js';
 
 /**
  * Decompression and the per-chunk SHA-256 on worker threads: on a restore they cost more than everything
  * else the agent does, and on the main thread they would cap the restore at one core. Jobs go round-robin;
- * payloads and results are transferred, not copied.
+ * payloads and results are transferred, not copied. With a recycler, each chunk is decompressed into a
+ * recycled buffer and the payload's buffer comes back for reuse.
  */
 export class DecodePool {
   private readonly workers: Worker[];
@@ -15,10 +17,15 @@ export class DecodePool {
   private seq = 0;
   private failure: Error | undefined;
 
-  constructor(size = Math.max(2, Math.min(4, availableParallelism()))) {
+  constructor(
+    size = Math.max(2, Math.min(4, availableParallelism())),
+    private readonly recycler?: BufferRecycler,
+  ) {
     this.workers = Array.from({ length: size }, () => {
       const w = new Worker(new URL('./decode-worker.js', import.meta.url));
       w.on('message', (msg: DecodeReply) => {
+        for (const ab of msg.spare) this.recycler?.give(ab);
+        if ('raw' in msg) this.recycler?.adopt(msg.raw);
         const p = this.pending.get(msg.seq);
         this.pending.delete(msg.seq);
         if (!p) return;
@@ -50,11 +57,11 @@ export class DecodePool {
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.seq++;
     const buf = fetched.payload;
-    const whole =
-      buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer;
-    const payload = whole
-      ? (buf.buffer as ArrayBuffer)
-      : (Uint8Array.prototype.slice.call(buf).buffer as ArrayBuffer);
+    const payload =
+      this.recycler?.transferable(buf) ??
+      ownedArrayBuffer(buf) ??
+      (Uint8Array.prototype.slice.call(buf).buffer as ArrayBuffer);
+    const into = fetched.encoding === 'zstd' ? this.recycler?.take(length) : undefined;
     const job: DecodeJob = {
       seq,
       id,
@@ -62,10 +69,11 @@ export class DecodePool {
       encoding: fetched.encoding,
       payload,
       payloadLength: buf.length,
+      into,
     };
     return new Promise<Buffer>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
-      this.workers[seq % this.workers.length].postMessage(job, [payload]);
+      this.workers[seq % this.workers.length].postMessage(job, into ? [payload, into] : [payload]);
     });
   }
 

@@ -10,11 +10,18 @@ export interface DecodeJob {
   encoding: 'raw' | 'zstd';
   payload: ArrayBuffer;
   payloadLength: number;
+  /** Where to decompress to, when the pool has a recycled buffer for it. */
+  into?: ArrayBuffer;
 }
 
+/** `spare`: buffers the job no longer needs (the compressed payload, an unused `into`), for recycling. */
 export type DecodeReply =
-  | { seq: number; raw: ArrayBuffer; length: number }
-  | { seq: number; error: { code?: string; message: string; details?: Record<string, unknown> } };
+  | { seq: number; raw: ArrayBuffer; length: number; spare: ArrayBuffer[] }
+  | {
+      seq: number;
+      error: { code?: string; message: string; details?: Record<string, unknown> };
+      spare: ArrayBuffer[];
+    };
 
 const port = parentPort;
 if (!port) throw new Error('decode-worker must run as a worker thread');
@@ -25,23 +32,37 @@ port.on('message', (job: DecodeJob) => {
       { encoding: job.encoding, payload: Buffer.from(job.payload, 0, job.payloadLength) },
       job.id,
       job.length,
+      job.into,
     );
-    // A decompressed chunk owns its buffer; a raw payload came whole from the main thread. Copy otherwise.
-    const whole =
-      raw.byteOffset === 0 && raw.byteLength === raw.buffer.byteLength && raw.buffer instanceof ArrayBuffer;
-    const ab = whole
-      ? (raw.buffer as ArrayBuffer)
-      : (Uint8Array.prototype.slice.call(raw).buffer as ArrayBuffer);
-    port.postMessage({ seq: job.seq, raw: ab, length: raw.length } satisfies DecodeReply, [ab]);
+    // The result starts at offset 0 of `into`, of the payload (a raw chunk) or of a buffer of its own; a
+    // small allocation may be a slice of Node's shared pool, which must never be transferred.
+    const own =
+      raw.byteOffset === 0 &&
+      (raw.buffer === job.into || raw.buffer === job.payload || raw.byteLength === raw.buffer.byteLength);
+    const ab = own ? (raw.buffer as ArrayBuffer) : copyOut(raw);
+    const spare = [job.payload, job.into].filter((b): b is ArrayBuffer => b !== undefined && b !== ab);
+    port.postMessage({ seq: job.seq, raw: ab, length: raw.length, spare } satisfies DecodeReply, [
+      ab,
+      ...spare,
+    ]);
   } catch (err) {
     const e = err as Error;
-    port.postMessage({
-      seq: job.seq,
-      error: {
-        code: isDiskvaultError(err) ? err.code : undefined,
-        message: e.message,
-        details: isDiskvaultError(err) ? err.details : undefined,
-      },
-    } satisfies DecodeReply);
+    const spare = [job.payload, job.into].filter((b): b is ArrayBuffer => b !== undefined);
+    port.postMessage(
+      {
+        seq: job.seq,
+        error: {
+          code: isDiskvaultError(err) ? err.code : undefined,
+          message: e.message,
+          details: isDiskvaultError(err) ? err.details : undefined,
+        },
+        spare,
+      } satisfies DecodeReply,
+      spare,
+    );
   }
 });
+
+function copyOut(buf: Buffer): ArrayBuffer {
+  return Uint8Array.prototype.slice.call(buf).buffer as ArrayBuffer;
+}

@@ -4,7 +4,7 @@ import { parentPort } from 'node:worker_threads';
 
 /**
  * The whole-image SHA-256, off the main thread. Messages arrive in image order: bytes (transferred, never
- * copied), a run of zeros, or a range to read back from a file (bytes that were already correct in an
+ * copied, and transferred back once hashed), a run of zeros, or a range to read back from a file (bytes that were already correct in an
  * in-place target). Every `ackEvery` bytes it reports progress so the sender can bound what is queued here.
  */
 export type HashMessage =
@@ -15,6 +15,8 @@ export type HashMessage =
 
 export type HashReply =
   | { t: 'ack'; hashed: number }
+  /** A 'bytes' buffer, hashed and handed back for reuse. */
+  | { t: 'release'; buf: ArrayBuffer }
   | { t: 'digest'; sha256: string }
   | { t: 'error'; message: string };
 
@@ -58,6 +60,7 @@ port.on('message', (msg: HashMessage) => {
     switch (msg.t) {
       case 'bytes':
         hash.update(new Uint8Array(msg.buf, 0, msg.length));
+        port.postMessage({ t: 'release', buf: msg.buf } satisfies HashReply, [msg.buf]);
         account(msg.length);
         break;
       case 'zeros':

@@ -1,11 +1,12 @@
 import { Worker } from 'node:worker_threads';
+import { type BufferRecycler, ownedArrayBuffer } from './buffer-recycler.js';
 import type { HashMessage, HashReply } from './image-hash-worker.js';
 
 /**
  * Feeds the whole-image SHA-256 in image order while the main thread keeps downloading and writing. Bytes
  * are transferred to the worker only after their write has finished (a transferred buffer is gone from this
  * thread), and at most `maxQueued` bytes wait in the worker, so a slow hash holds the restore back instead
- * of piling up memory.
+ * of piling up memory. Hashed buffers come back to the recycler, if there is one.
  */
 export class ImageHasher {
   private readonly worker: Worker;
@@ -17,9 +18,16 @@ export class ImageHasher {
   private waiters: (() => void)[] = [];
   private digestWaiter: { resolve: (s: string) => void; reject: (e: Error) => void } | undefined;
 
-  constructor(private readonly maxQueued = 64 * 1024 * 1024) {
+  constructor(
+    private readonly maxQueued = 64 * 1024 * 1024,
+    private readonly recycler?: BufferRecycler,
+  ) {
     this.worker = new Worker(new URL('./image-hash-worker.js', import.meta.url));
     this.worker.on('message', (msg: HashReply) => {
+      if (msg.t === 'release') {
+        this.recycler?.give(msg.buf);
+        return;
+      }
       if (msg.t === 'ack') this.hashed = msg.hashed;
       else if (msg.t === 'digest') this.digestWaiter?.resolve(msg.sha256);
       else this.fail(new Error(`image hash: ${msg.message}`));
@@ -56,9 +64,10 @@ export class ImageHasher {
     if (!transfer) buf = Buffer.from(buf);
     this.tail = this.tail.then(async () => {
       await written.catch(() => {});
-      const whole =
-        buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer;
-      const ab = whole ? (buf.buffer as ArrayBuffer) : Uint8Array.prototype.slice.call(buf).buffer;
+      const ab =
+        this.recycler?.transferable(buf) ??
+        ownedArrayBuffer(buf) ??
+        (Uint8Array.prototype.slice.call(buf).buffer as ArrayBuffer);
       this.post({ t: 'bytes', buf: ab, length: buf.length }, buf.length, [ab]);
     });
   }

@@ -5,6 +5,7 @@ import {
   InvalidInputError,
   isDiskvaultError,
 } from '../../storage-adapters/errors.js';
+import { BufferRecycler } from './buffer-recycler.js';
 import { decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';
@@ -105,7 +106,9 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
   const scanner = opts.inPlace
     ? new TargetScanner({ path: target.path, size: header.size, zeroIds: zeros.knownIds() })
     : undefined;
-  const imageHash = verify ? new ImageHasher() : undefined;
+  // Chunk buffers go round (download, decode, write, hash, back) instead of being allocated per chunk.
+  const recycler = new BufferRecycler();
+  const imageHash = verify ? new ImageHasher(undefined, recycler) : undefined;
   // Threads only when some fetcher hands over undecoded payloads (the in-memory one, a payload-level client).
   let decoders: DecodePool | undefined;
   const inFlight = new Map<string, Promise<Buffer | Error>>();
@@ -139,10 +142,10 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
     // A copy for the second user: the first one's buffer is handed to the hash thread after its write.
     if (running) return running.then((b) => (Buffer.isBuffer(b) ? Buffer.from(b) : b));
     const p = fetcher
-      .fetch(id, length)
+      .fetch(id, length, recycler)
       .then(async (fetched) => {
         // Already-checked bytes only need their length checked, which is cheap enough for this thread.
-        if (!fetched.verified) decoders ??= new DecodePool();
+        if (!fetched.verified) decoders ??= new DecodePool(undefined, recycler);
         const raw =
           decoders && !fetched.verified
             ? await decoders.decode(fetched, id, length)
@@ -154,6 +157,12 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
       .finally(() => inFlight.delete(id));
     inFlight.set(id, p);
     return p;
+  };
+
+  /** A chunk buffer no one reads any more; never the shared zero buffer nor a view into something else. */
+  const recycle = (buf: Buffer): void => {
+    const ab = recycler.transferable(buf);
+    if (ab) recycler.give(ab);
   };
 
   /** Starts a write and resolves once it is under way, with the write itself (boxed: promises flatten). */
@@ -204,6 +213,7 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
       }
       if (slot.zero) result.zeroChunks++;
       if (data === undefined || (slot.zero && target.holesAreZero)) {
+        if (data) recycle(data);
         // A zero chunk, or a damaged one left as zeros: a fresh sparse file already reads zeros there.
         if (!target.holesAreZero) {
           await startWrite(zeros.zeroBytes(slot.length), slot.offset);
@@ -214,7 +224,11 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
         const written = (await startWrite(data, slot.offset)).done;
         result.bytesWritten += slot.length;
         // A stream may still hold the buffer after write() returns (a pipe's queue): only files hand it over.
-        imageHash?.bytes(data, written, target.kind !== 'stream');
+        if (imageHash) imageHash.bytes(data, written, target.kind !== 'stream');
+        else if (target.kind !== 'stream') {
+          const done = data;
+          void written.then(() => recycle(done));
+        }
       }
     }
     await imageHash?.ready();

@@ -199,7 +199,9 @@ export function restoreEndToEnd(test: TestFn, storage: 'local' | 's3'): void {
         `${String(summary.chunksFetched)} fetched, ${expected.count} differ`,
       );
       t.is(Number(summary.bytesReused), ctx.snapshots[3].size - expected.bytes);
-      t.true(expected.bytes < ctx.snapshots[3].size * 0.15, `night3 changed ${expected.bytes} bytes`);
+      // A guard on the workload, not on restore: the test means something only if most of the disk is reused.
+      // A 256M night rewrites 13-16% of the image in whole chunks, varying with each build of the images.
+      t.true(expected.bytes < ctx.snapshots[3].size * 0.25, `night3 changed ${expected.bytes} bytes`);
 
       if (storage !== 'local') return;
       // Run again: nothing left to fetch.
