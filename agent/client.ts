@@ -8,7 +8,10 @@ import {
   type CommitResponse,
   type CreateSessionResponse,
   type ErrorBody,
+  ID_BYTES,
+  IDS_CONTENT_TYPE,
   MANIFEST_CONTENT_TYPE,
+  MAX_MISSING_IDS,
   type MissingResponse,
   type PutChunkResponse,
   RAW_LENGTH_HEADER,
@@ -118,6 +121,25 @@ export class DiskvaultClient {
   async missing(sessionId: string, ids: string[]): Promise<string[]> {
     const res = await this.json<MissingResponse>('POST', `v1/sessions/${enc(sessionId)}/missing`, { ids });
     return res.missing;
+  }
+
+  /**
+   * `missing` in binary: `ids` is consecutive 32-byte ids (at most MAX_MISSING_IDS), and so is the answer,
+   * which the server must give in the same form (an older server that answers JSON is an error here).
+   */
+  async missingBinary(sessionId: string, ids: Buffer): Promise<Buffer> {
+    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/missing`, ids, {
+      'content-type': IDS_CONTENT_TYPE,
+    });
+    const type = String(res.headers['content-type'] ?? '');
+    if (type.split(';')[0].trim().toLowerCase() !== IDS_CONTENT_TYPE) {
+      res.stream.resume();
+      throw new DiskvaultError('Corrupt', `missing query: the server answered ${type || 'no content type'}`);
+    }
+    const missing = await readBounded(res, Math.min(ids.length, MAX_MISSING_IDS * ID_BYTES), 'missing query');
+    if (missing.length % ID_BYTES !== 0)
+      throw new DiskvaultError('Corrupt', `missing query: ${missing.length} bytes is not whole ids`);
+    return missing;
   }
 
   async putChunk(

@@ -20,9 +20,26 @@ export function refuseDeclaredOver(req: IncomingMessage, cap: number, what: stri
   if (n !== undefined && n > cap) throw tooLarge(`${what} of ${n} bytes exceeds the limit of ${cap} bytes`);
 }
 
-/** The whole body as one Buffer; only for bodies whose cap is small enough to hold (a chunk, a JSON request). */
-export async function readCapped(req: IncomingMessage, cap: number, what: string): Promise<Buffer> {
+/**
+ * The whole body as one Buffer; only for bodies whose cap is small enough to hold (a chunk, a JSON request).
+ * With `alloc`, a body of declared length is read into the buffer it returns (a recycled one) instead of a
+ * new one.
+ */
+export async function readCapped(
+  req: IncomingMessage,
+  cap: number,
+  what: string,
+  alloc?: (length: number) => Buffer,
+): Promise<Buffer> {
   refuseDeclaredOver(req, cap, what);
+  const declared = declaredLength(req);
+  if (alloc && declared !== undefined) {
+    const out = alloc(declared);
+    let at = 0;
+    // The HTTP parser never passes more than Content-Length bytes: a longer body is the next request.
+    for await (const piece of capped(req, declared, what)) at += piece.copy(out, at);
+    return out.subarray(0, at);
+  }
   const parts: Buffer[] = [];
   let total = 0;
   for await (const piece of capped(req, cap, what)) {

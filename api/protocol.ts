@@ -30,6 +30,15 @@ export interface CreateSessionResponse {
   previous: SnapshotInfo | null;
 }
 
+/**
+ * POST /v1/sessions/:id/missing with this content type: the ids as consecutive 32-byte binary SHA-256
+ * values, answered in the same form (the missing ones, each once, in the order asked). Half the bytes of
+ * the JSON form and no hex to parse or check on either side; the agent uses it.
+ */
+export const IDS_CONTENT_TYPE = 'application/x-diskvault-ids';
+/** Bytes of one id in an IDS_CONTENT_TYPE body. */
+export const ID_BYTES = 32;
+
 /** POST /v1/sessions/:id/missing */
 export interface MissingRequest {
   ids: string[];

@@ -84,8 +84,22 @@ function median(xs: number[]): number {
 async function main(): Promise<void> {
   const mb = (CHUNKS * CHUNK_BYTES) / 1e6;
   const ids = Array.from({ length: MISSING_IDS }, () => randomBytes(32).toString('hex'));
+  const binaryIds = Buffer.concat(ids.map((id) => Buffer.from(id, 'hex')));
+  type Figures = { mbps: number; missingMs: number; binaryMs: number };
 
-  const measureDirect = (chunks: { id: string; data: Buffer }[]) =>
+  /** Median of 7 timings of `query`, after one untimed call that warms statements and sockets. */
+  const latency = async (query: () => Promise<unknown>): Promise<number> => {
+    await query();
+    const lat: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      const t = performance.now();
+      await query();
+      lat.push(performance.now() - t);
+    }
+    return median(lat);
+  };
+
+  const measureDirect = (chunks: { id: string; data: Buffer }[]): Promise<Figures> =>
     withService(async (s) => {
       const repo: RepositoryApi = s.repo;
       const session = await repo.beginSession('bench', 'sda');
@@ -94,18 +108,16 @@ async function main(): Promise<void> {
         await repo.putChunk(session.id, c.id, c.data, 'raw');
       });
       const upload = (performance.now() - t0) / 1000;
-      const lat: number[] = [];
-      for (let i = 0; i < 7; i++) {
-        const t = performance.now();
-        await repo.filterMissing(session.id, ids);
-        lat.push(performance.now() - t);
-      }
-      return { mbps: mb / upload, missingMs: median(lat) };
+      return {
+        mbps: mb / upload,
+        missingMs: await latency(() => repo.filterMissing(session.id, ids)),
+        binaryMs: await latency(() => repo.filterMissingBinary(session.id, binaryIds)),
+      };
     });
 
   // The server in its own process, as deployed, and the agent's own HTTP client (keep-alive sockets, as a
   // backup uses them): the figure is what an agent gets, not what a generic HTTP client gets.
-  const measureHttp = (chunks: { id: string; data: Buffer }[]) =>
+  const measureHttp = (chunks: { id: string; data: Buffer }[]): Promise<Figures> =>
     withServerProcess(async (s) => {
       const client = new DiskvaultClient({ server: s.url, token: s.token, concurrency: CONCURRENCY });
       try {
@@ -116,13 +128,11 @@ async function main(): Promise<void> {
           if (!r.stored) throw new Error(`chunk ${c.id} was not stored`);
         });
         const upload = (performance.now() - t0) / 1000;
-        const lat: number[] = [];
-        for (let i = 0; i < 7; i++) {
-          const t = performance.now();
-          await client.missing(session, ids);
-          lat.push(performance.now() - t);
-        }
-        return { mbps: mb / upload, missingMs: median(lat) };
+        return {
+          mbps: mb / upload,
+          missingMs: await latency(() => client.missing(session, ids)),
+          binaryMs: await latency(() => client.missingBinary(session, binaryIds)),
+        };
       } finally {
         client.close();
       }
@@ -130,21 +140,19 @@ async function main(): Promise<void> {
 
   // fsync latency makes single runs swing by ±15%: rounds alternate the two ways, each with fresh chunks
   // (a repeated chunk would be deduplicated), and the medians are compared.
-  const rounds: { direct: { mbps: number; missingMs: number }; http: { mbps: number; missingMs: number } }[] =
-    [];
+  const rounds: { direct: Figures; http: Figures }[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const direct = await measureDirect(makeChunks(CHUNKS));
     const http = await measureHttp(makeChunks(CHUNKS));
     rounds.push({ direct, http });
   }
-  const direct = {
-    mbps: median(rounds.map((r) => r.direct.mbps)),
-    missingMs: median(rounds.map((r) => r.direct.missingMs)),
-  };
-  const http = {
-    mbps: median(rounds.map((r) => r.http.mbps)),
-    missingMs: median(rounds.map((r) => r.http.missingMs)),
-  };
+  const medians = (way: 'direct' | 'http'): Figures => ({
+    mbps: median(rounds.map((r) => r[way].mbps)),
+    missingMs: median(rounds.map((r) => r[way].missingMs)),
+    binaryMs: median(rounds.map((r) => r[way].binaryMs)),
+  });
+  const direct = medians('direct');
+  const http = medians('http');
   process.stdout.write(
     `chunk upload, ${CHUNKS} x 1 MiB random (incompressible), ${CONCURRENCY} in flight, local storage, median of ${ROUNDS} rounds:\n`,
   );
@@ -153,9 +161,13 @@ async function main(): Promise<void> {
     `  HTTP loopback  ${http.mbps.toFixed(1)} MB/s   (HTTP / direct = ${(http.mbps / direct.mbps).toFixed(2)})\n`,
   );
   process.stdout.write(`missing query, ${MISSING_IDS} ids, median of 7 per round:\n`);
-  process.stdout.write(`  engine direct  ${direct.missingMs.toFixed(1)} ms\n`);
+  process.stdout.write(`  engine direct, hex ids        ${direct.missingMs.toFixed(1)} ms\n`);
+  process.stdout.write(`  engine direct, binary ids     ${direct.binaryMs.toFixed(1)} ms\n`);
   process.stdout.write(
-    `  HTTP loopback  ${http.missingMs.toFixed(1)} ms   (overhead x${(http.missingMs / direct.missingMs).toFixed(2)})\n`,
+    `  HTTP JSON                     ${http.missingMs.toFixed(1)} ms   (x${(http.missingMs / direct.missingMs).toFixed(2)} of direct hex)\n`,
+  );
+  process.stdout.write(
+    `  HTTP binary (the agent's)     ${http.binaryMs.toFixed(1)} ms   (x${(http.binaryMs / direct.binaryMs).toFixed(2)} of direct binary, x${(http.binaryMs / direct.missingMs).toFixed(2)} of direct hex)\n`,
   );
 }
 

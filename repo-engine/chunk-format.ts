@@ -28,8 +28,13 @@ export interface DecodedChunk {
   payload: Buffer;
 }
 
-export function encodeStoredChunk(encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + payload.length);
+export function encodeStoredChunk(
+  encoding: ChunkEncoding,
+  rawLength: number,
+  payload: Buffer,
+  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
+): Buffer {
+  const out = alloc(CHUNK_HEADER_BYTES + payload.length);
   writeStoredChunkHeader(out, encoding, rawLength);
   payload.copy(out, CHUNK_HEADER_BYTES);
   return out;
@@ -118,13 +123,16 @@ let compressScratch: Buffer | undefined;
  * costs no throwaway allocation and a compressible one is copied once, at its compressed size: per-upload
  * megabyte buffers were the server's largest garbage-collection cost.
  */
-export function encodeRawChunkForStorage(raw: Buffer): Buffer {
+export function encodeRawChunkForStorage(
+  raw: Buffer,
+  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
+): Buffer {
   const room = CHUNK_HEADER_BYTES + zstdCompressBound(raw.length);
   if (!compressScratch || compressScratch.length < room) compressScratch = Buffer.allocUnsafe(room);
   cctx ??= new binding.CCtx();
   const packed = cctx.compress(compressScratch.subarray(CHUNK_HEADER_BYTES, room), raw, COMPRESSION_LEVEL);
   const worthwhile = packed <= raw.length * (1 - MIN_COMPRESSION_SAVING);
-  const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
+  const out = alloc(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
   writeStoredChunkHeader(out, worthwhile ? 'zstd' : 'raw', raw.length);
   if (worthwhile)
     compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);

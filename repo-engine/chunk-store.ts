@@ -8,6 +8,7 @@ import {
   isDiskvaultError,
   NotFoundError,
 } from '../storage-adapters/errors.js';
+import { BufferRecycler } from './buffer-recycler.js';
 import {
   CHUNK_HEADER_BYTES,
   type ChunkEncoding,
@@ -60,6 +61,8 @@ export interface PreparedChunk {
 export class ChunkStore {
   private readonly cache: LRUCache<string, Buffer>;
   private uploadScratch: Buffer | undefined;
+  /** Stored objects being written: recycled once written, never kept (the read cache has its own). */
+  private readonly objects = new BufferRecycler(32 * 1024 * 1024);
   private readonly inflight = new Map<string, Promise<Buffer>>();
 
   constructor(
@@ -102,12 +105,19 @@ export class ChunkStore {
 
   /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
   prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
-    if (encoding === 'zstd') return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload) };
-    return { id, rawLength, bytes: encodeRawChunkForStorage(payload) };
+    const alloc = (n: number) => this.objects.takeBuffer(n);
+    if (encoding === 'zstd')
+      return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload, alloc) };
+    return { id, rawLength, bytes: encodeRawChunkForStorage(payload, alloc) };
   }
 
+  /**
+   * Stores a prepared chunk; once stored, its buffer is recycled: do not use it again. After a failure it is
+   * left to the garbage collector, since a storage client that gave up may not be done reading it.
+   */
   async write(chunk: PreparedChunk): Promise<void> {
     await this.storage.put(chunkKey(chunk.id), chunk.bytes);
+    this.objects.giveBack(chunk.bytes);
   }
 
   /** Raw bytes, hash-checked. NotFound when the object is absent, Corrupt when it does not match its id. */

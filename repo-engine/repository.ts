@@ -37,6 +37,9 @@ import type {
 } from './types.js';
 import { verifyRepository } from './verify.js';
 
+/** A chunk id in binary: its SHA-256. */
+const ID_BYTES = 32;
+
 export { DEFAULT_TENANT } from './index-rebuild.js';
 
 export interface RepositoryOptions {
@@ -256,6 +259,28 @@ export class Repository implements RepositoryApi {
     });
   }
 
+  async filterMissingBinary(sessionId: string, ids: Buffer): Promise<Buffer> {
+    if (!Buffer.isBuffer(ids) || ids.length % ID_BYTES !== 0)
+      throw new InvalidInputError(`binary ids come as whole ${ID_BYTES}-byte records`);
+    return this.mutation(() => {
+      const session = this.liveSession(sessionId);
+      const blobs: Buffer[] = [];
+      for (let at = 0; at < ids.length; at += ID_BYTES) blobs.push(ids.subarray(at, at + ID_BYTES));
+      const present = this.index.presentForTenant(session.tenant, blobs, this.opts.now());
+      // Each missing id once, in the order asked, as filterMissing answers.
+      const out = Buffer.allocUnsafe(ids.length);
+      const seen = new Set<string>();
+      let n = 0;
+      for (const blob of blobs) {
+        const hex = blob.toString('hex');
+        if (present.has(hex) || seen.has(hex)) continue;
+        seen.add(hex);
+        n += blob.copy(out, n);
+      }
+      return out.subarray(0, n);
+    });
+  }
+
   chunksReadableBy(tenant: string, ids: string[]): string[] {
     const present = this.index.presentForTenant(
       tenant,
@@ -290,14 +315,9 @@ export class Repository implements RepositoryApi {
       const prepared = this.chunks.prepare(id, rawLength, payload, encoding as ChunkEncoding);
       this.uploads.set(id, (this.uploads.get(id) ?? 0) + 1);
       try {
+        const storedSize = prepared.bytes.length;
         await this.chunks.write(prepared);
-        this.index.recordStoredChunk(
-          id,
-          prepared.rawLength,
-          prepared.bytes.length,
-          session.tenant,
-          this.opts.now(),
-        );
+        this.index.recordStoredChunk(id, prepared.rawLength, storedSize, session.tenant, this.opts.now());
       } finally {
         const n = (this.uploads.get(id) ?? 1) - 1;
         if (n > 0) this.uploads.set(id, n);

@@ -133,6 +133,8 @@ export interface RepositoryApi {
   touchSession(sessionId: string): SessionInfo;
   /** Ids (64 hex) this session must upload: the rest are known to the session's tenant. */
   filterMissing(sessionId: string, ids: string[]): Promise<string[]>;
+  /** filterMissing with ids as consecutive 32-byte binary records in and out: no hex either way. */
+  filterMissingBinary(sessionId: string, ids: Buffer): Promise<Buffer>;
   /**
    * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless present. `payload` is raw or
    * zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash and stored as sent.

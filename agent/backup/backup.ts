@@ -227,17 +227,21 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
         candidates.push(i);
       }
       if (candidates.length === 0) return;
-      const hex = candidates.map((i) => Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex'));
-      const missing = new Set<string>();
-      for (let at = 0; at < hex.length; at += MAX_MISSING_IDS) {
-        for (const id of await client.missing(session.id, hex.slice(at, at + MAX_MISSING_IDS)))
-          missing.add(id);
+      // Asked in binary: no hex strings for ids that are, on a later night, nearly all known.
+      const query = Buffer.allocUnsafe(candidates.length * 32);
+      candidates.forEach((i, k) => {
+        query.set(ids.subarray(i * 32, i * 32 + 32), k * 32);
+      });
+      const missing = new IdSet(Math.max(16, candidates.length));
+      for (let at = 0; at < query.length; at += MAX_MISSING_IDS * 32) {
+        const answer = await client.missingBinary(session.id, query.subarray(at, at + MAX_MISSING_IDS * 32));
+        for (let k = 0; k < answer.length; k += 32) missing.add(answer, k);
       }
       const toSend: number[] = [];
-      candidates.forEach((i, k) => {
-        if (missing.has(hex[k])) toSend.push(i);
+      for (const i of candidates) {
+        if (missing.has(ids, i * 32)) toSend.push(i);
         else progress.knownBytes += ends[i] - starts[i];
-      });
+      }
       // Compress in groups of ~8 MiB so uploads start before the whole window is compressed.
       const groups: number[][] = [];
       let group: number[] = [];

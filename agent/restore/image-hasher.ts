@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import { type BufferRecycler, ownedArrayBuffer } from './buffer-recycler.js';
+import { type BufferRecycler, ownedArrayBuffer } from '../../repo-engine/buffer-recycler.js';
 import type { HashMessage, HashReply } from './image-hash-worker.js';
 
 /**

@@ -1,3 +1,4 @@
+import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
 import {
   type DiskvaultError,
@@ -5,7 +6,6 @@ import {
   InvalidInputError,
   isDiskvaultError,
 } from '../../storage-adapters/errors.js';
-import { BufferRecycler } from './buffer-recycler.js';
 import { decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';
@@ -160,10 +160,7 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
   };
 
   /** A chunk buffer no one reads any more; never the shared zero buffer nor a view into something else. */
-  const recycle = (buf: Buffer): void => {
-    const ab = recycler.transferable(buf);
-    if (ab) recycler.give(ab);
-  };
+  const recycle = (buf: Buffer): void => recycler.giveBack(buf);
 
   /** Starts a write and resolves once it is under way, with the write itself (boxed: promises flatten). */
   const startWrite = async (buf: Buffer, offset: number): Promise<{ done: Promise<void> }> => {

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Server } from 'restify';
 import { decompress } from 'zstd-napi';
+import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
@@ -39,6 +40,10 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
   const tenantMayRead = (tenant: string, id: string): boolean =>
     repo.chunksReadableBy(tenant, [id]).includes(id);
 
+  // Upload bodies are read into recycled buffers: nothing keeps a body once putChunk has settled.
+  const bodies = new BufferRecycler(32 * 1024 * 1024);
+  const takeBody = (n: number) => bodies.takeBuffer(n);
+
   server.put(
     '/v1/chunks/:id',
     route(ctx, async (req, res, p) => {
@@ -49,11 +54,16 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       const cap = encoding === 'zstd' ? zstdBound(max) : max;
       // Refusing by Content-Length happens before any byte of the body is read (see readCapped).
       sessions.require(sid, p);
-      const payload = await readCapped(req, cap, 'chunk');
-      if (payload.length === 0) throw new InvalidInputError('empty chunk body');
-      const info = repo.touchSession(sid);
-      sessions.renewed(sid, info.expiresAt);
-      const { stored } = await repo.putChunk(sid, id, payload, encoding);
+      const payload = await readCapped(req, cap, 'chunk', takeBody);
+      let stored: boolean;
+      try {
+        if (payload.length === 0) throw new InvalidInputError('empty chunk body');
+        const info = repo.touchSession(sid);
+        sessions.renewed(sid, info.expiresAt);
+        ({ stored } = await repo.putChunk(sid, id, payload, encoding));
+      } finally {
+        bodies.giveBack(payload);
+      }
       if (stored) ctx.metrics.chunksStored++;
       else ctx.metrics.chunksDeduplicated++;
       const body: PutChunkResponse = { id, stored };

@@ -1,13 +1,16 @@
 import type { Server } from 'restify';
 import { InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import { mayUseHost, sessionTenant } from '../auth.js';
-import { capped, readJson, refuseDeclaredOver } from '../body.js';
+import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
 import {
   type CommitResponse,
   type CreateSessionResponse,
+  ID_BYTES,
+  IDS_CONTENT_TYPE,
   MANIFEST_CONTENT_TYPE,
+  MAX_MISSING_IDS,
   type MissingResponse,
 } from '../protocol.js';
 import { asObject, checkIdList, checkName, checkSessionId } from '../validation.js';
@@ -56,6 +59,18 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       const sid = checkSessionId(param(req, 'id'));
       sessions.require(sid, p);
+      if (isIdsBody(req.headers['content-type'])) {
+        const ids = await readCapped(req, MAX_MISSING_IDS * ID_BYTES, 'missing query');
+        if (ids.length % ID_BYTES !== 0)
+          throw new InvalidInputError(`a binary missing query is whole ${ID_BYTES}-byte ids`);
+        touch(sid);
+        const missing = await repo.filterMissingBinary(sid, ids);
+        res.statusCode = 200;
+        res.setHeader('content-type', IDS_CONTENT_TYPE);
+        res.setHeader('content-length', missing.length);
+        res.end(missing);
+        return;
+      }
       const ids = checkIdList(asObject(await readJson(req)).ids);
       touch(sid);
       const out: MissingResponse = { missing: await repo.filterMissing(sid, ids) };
@@ -92,4 +107,8 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       sendNoContent(res);
     }),
   );
+}
+
+function isIdsBody(type: string | undefined): boolean {
+  return type !== undefined && type.split(';')[0].trim().toLowerCase() === IDS_CONTENT_TYPE;
 }

@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import test from 'ava';
-import { BufferRecycler } from '../../agent/restore/buffer-recycler.js';
+import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 
 const KiB = 1024;
 
