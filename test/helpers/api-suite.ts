@@ -103,6 +103,47 @@ export function apiSuite(storage: 'local' | 's3'): void {
     }
   });
 
+  test(`[${storage}] the binary missing query answers as the JSON one, in binary, and refuses partial ids`, async (t) => {
+    const agent = await srv.makeToken('agent', ['bin1']);
+    const stored = chunkOf('bin-stored');
+    const absent = [chunkOf('bin-absent-1'), chunkOf('bin-absent-2')];
+    await backup(srv.url, agent, 'bin1', 'sda', [stored]);
+    const session = await openSession(srv.url, agent, 'bin1', 'sda');
+    // Asked in this order, one absent id twice: each missing id once, in the order asked.
+    const asked = [absent[1], stored, absent[0], absent[1]].map((c) => Buffer.from(c.id, 'hex'));
+    const ids = { 'content-type': 'application/x-diskvault-ids' };
+    const r = await call(srv.url, agent, 'POST', `/v1/sessions/${session}/missing`, {
+      body: Buffer.concat(asked),
+      headers: ids,
+    });
+    t.is(r.status, 200);
+    t.is(r.headers.get('content-type'), 'application/x-diskvault-ids');
+    t.deepEqual(r.bytes, Buffer.concat([asked[0], asked[2]]));
+    const json = await call(srv.url, agent, 'POST', `/v1/sessions/${session}/missing`, {
+      json: { ids: [absent[1].id, stored.id, absent[0].id, absent[1].id] },
+    });
+    t.deepEqual(json.json.missing, [absent[1].id, absent[0].id]);
+
+    const empty = await call(srv.url, agent, 'POST', `/v1/sessions/${session}/missing`, {
+      body: Buffer.alloc(0),
+      headers: ids,
+    });
+    t.is(empty.status, 200);
+    t.is(empty.bytes.length, 0);
+    const partial = await call(srv.url, agent, 'POST', `/v1/sessions/${session}/missing`, {
+      body: Buffer.alloc(33),
+      headers: ids,
+    });
+    t.is(partial.status, 400);
+    t.is(partial.json.code, 'InvalidInput');
+    const tooMany = await call(srv.url, agent, 'POST', `/v1/sessions/${session}/missing`, {
+      body: Buffer.alloc(50_001 * 32),
+      headers: ids,
+    });
+    t.is(tooMany.status, 413);
+    t.is(tooMany.json.code, 'TooLarge');
+  });
+
   test(`[${storage}] commit naming a chunk never uploaded is refused with 409 listing it`, async (t) => {
     const agent = await srv.makeToken('agent', ['cf1']);
     const have = chunkOf('cf-have');
@@ -423,6 +464,11 @@ export function apiSuite(storage: 'local' | 's3'): void {
         json: { ids: [secret.id, absent.id] },
       });
       t.deepEqual(new Set(m.json.missing), new Set([secret.id, absent.id]));
+      const mb = await call(srv.url, b, 'POST', `/v1/sessions/${sb}/missing`, {
+        body: Buffer.from(secret.id + absent.id, 'hex'),
+        headers: { 'content-type': 'application/x-diskvault-ids' },
+      });
+      t.deepEqual(mb.bytes, Buffer.from(secret.id + absent.id, 'hex'), 'the binary form is as blind');
 
       // B's commit naming A's chunk without uploading it: refused like a missing one.
       const refused = await commit(srv.url, b, sb, manifestFor('tb-web1', 'sda', [secret]));
