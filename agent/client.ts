@@ -91,6 +91,8 @@ export class DiskvaultClient {
   private readonly transport: typeof http | typeof https;
   private readonly auth: string;
   private readonly attempts: number;
+  /** Cleared when the server turns out to predate the binary missing query. */
+  private binaryMissing = true;
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   readonly concurrency: number;
@@ -124,10 +126,26 @@ export class DiskvaultClient {
   }
 
   /**
-   * `missing` in binary: `ids` is consecutive 32-byte ids (at most MAX_MISSING_IDS), and so is the answer,
-   * which the server must give in the same form (an older server that answers JSON is an error here).
+   * `missing` in binary: `ids` is consecutive 32-byte ids (at most MAX_MISSING_IDS), and so is the answer.
+   * A server older than the binary form refuses it with 400 (a well-formed binary query has no other reason
+   * to be refused): from then on this client asks it in JSON, so a new agent still backs up to it.
    */
   async missingBinary(sessionId: string, ids: Buffer): Promise<Buffer> {
+    if (this.binaryMissing) {
+      try {
+        return await this.missingBinaryOnce(sessionId, ids);
+      } catch (err) {
+        if (!(err instanceof DiskvaultError && err.code === 'InvalidInput')) throw err;
+        this.binaryMissing = false;
+      }
+    }
+    const hex: string[] = [];
+    for (let at = 0; at + ID_BYTES <= ids.length; at += ID_BYTES)
+      hex.push(ids.toString('hex', at, at + ID_BYTES));
+    return Buffer.from((await this.missing(sessionId, hex)).join(''), 'hex');
+  }
+
+  private async missingBinaryOnce(sessionId: string, ids: Buffer): Promise<Buffer> {
     const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/missing`, ids, {
       'content-type': IDS_CONTENT_TYPE,
     });

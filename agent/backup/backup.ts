@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { compress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
+import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import {
   type ChunkerParams,
   MANIFEST_ENTRY_BYTES,
@@ -116,6 +118,9 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   const slotCount = Math.max(3, o.windowsInFlight ?? 3);
   const level = o.compressionLevel ?? 1;
   const uploads = new Semaphore(Math.max(1, o.concurrency ?? client.concurrency));
+  // Compressed groups are written into buffers that go round (worker, uploads, back here) rather than
+  // fresh ones per chunk: fresh megabytes page-fault on first touch and are unmapped again when collected.
+  const compressedBuffers = new BufferRecycler(64 * MiB, 4 * MiB);
 
   const sabs = Array.from({ length: slotCount }, () => new SharedArrayBuffer(pad + windowBytes));
   const slotBufs = sabs.map((s) => Buffer.from(s));
@@ -259,11 +264,16 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       await Promise.all(
         groups.map(async (g) => {
           const ranges = new Uint32Array(g.length * 2);
+          let room = 0;
           g.forEach((i, k) => {
             ranges[k * 2] = starts[i];
             ranges[k * 2 + 1] = ends[i];
+            room += zstdBinding.compressBound(ends[i] - starts[i]);
           });
-          const packed = await pool!.run({ type: 'compress', slot: w.slot, ranges, level });
+          const out = compressedBuffers.take(room);
+          const packed = await pool!.run({ type: 'compress', slot: w.slot, ranges, level, out }, [out]);
+          // Given back only once every upload of the group has finished with it: after a failure, uploads of
+          // the group may still be sending from it.
           await Promise.all(
             g.map((i, k) =>
               uploads.use(async () => {
@@ -272,11 +282,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
                 if (firstError) return;
                 // An incompressible chunk is sent straight from the window: the slot is held until it is sent.
                 const payload = packed.compressed[k]
-                  ? Buffer.from(
-                      packed.payloads[k].buffer,
-                      packed.payloads[k].byteOffset,
-                      packed.payloads[k].byteLength,
-                    )
+                  ? Buffer.from(packed.out, packed.offsets[k], packed.offsets[k + 1] - packed.offsets[k])
                   : slotBufs[w.slot].subarray(starts[i], ends[i]);
                 const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
                 await client.putChunk(session.id, id, payload, packed.compressed[k] ? 'zstd' : 'raw');
@@ -286,6 +292,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
               }),
             ),
           );
+          compressedBuffers.give(packed.out);
         }),
       );
     };

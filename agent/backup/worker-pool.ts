@@ -7,6 +7,7 @@ import type { Job, JobResult, WorkerInit } from './worker.js';
  */
 interface Pending {
   job: Job;
+  transfer: ArrayBuffer[];
   resolve: (r: JobResult) => void;
   reject: (e: Error) => void;
 }
@@ -44,10 +45,14 @@ export class WorkerPool {
     }
   }
 
-  run<T extends JobResult['type']>(job: Job & { type: T }): Promise<Extract<JobResult, { type: T }>> {
+  /** `transfer`: buffers of the job handed to the worker (gone from this thread until the result brings them back). */
+  run<T extends JobResult['type']>(
+    job: Job & { type: T },
+    transfer: ArrayBuffer[] = [],
+  ): Promise<Extract<JobResult, { type: T }>> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      this.queue.push({ job, resolve: resolve as (r: JobResult) => void, reject });
+      this.queue.push({ job, transfer, resolve: resolve as (r: JobResult) => void, reject });
       this.dispatch();
     });
   }
@@ -58,7 +63,7 @@ export class WorkerPool {
       if (t.busy) continue;
       const p = this.queue.shift()!;
       t.busy = p;
-      t.worker.postMessage({ seq: this.seq++, job: p.job });
+      t.worker.postMessage({ seq: this.seq++, job: p.job }, p.transfer);
     }
   }
 

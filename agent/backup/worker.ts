@@ -32,7 +32,11 @@ export type Job =
     }
   /** Chunks whose `skip` flag is 1 were hashed by the cut already: their ids come back as zeros. */
   | { type: 'hash'; slot: number; from: number; ends: Uint32Array; skip?: Uint8Array }
-  | { type: 'compress'; slot: number; ranges: Uint32Array; level: number }
+  /**
+   * `out` (transferred, and back in the result) has room for zstdBound of every range: the compressed
+   * chunks are written into it one after another, so no buffer is allocated per chunk.
+   */
+  | { type: 'compress'; slot: number; ranges: Uint32Array; level: number; out: ArrayBuffer }
   | { type: 'image-update'; slot: number; from: number; to: number }
   | { type: 'image-digest' };
 
@@ -47,8 +51,11 @@ export type JobResult =
       reusedBytes: number;
     }
   | { type: 'hash'; ids: Uint8Array; zero: Uint8Array }
-  /** payloads[k] is empty when compressed[k] is 0: the raw bytes are sent from the window itself. */
-  | { type: 'compress'; payloads: Uint8Array[]; compressed: Uint8Array }
+  /**
+   * Chunk k's zstd frame is out[offsets[k], offsets[k + 1]); it is empty when compressed[k] is 0: the raw
+   * bytes are sent from the window itself.
+   */
+  | { type: 'compress'; out: ArrayBuffer; offsets: Uint32Array; compressed: Uint8Array }
   | { type: 'image-update' }
   | { type: 'image-digest'; sha256: string };
 
@@ -60,12 +67,11 @@ const zeros = Buffer.alloc(max);
 const zeroIds = new Map<number, Buffer>();
 let imageHash = createHash('sha256');
 /**
- * One compression context and one output buffer for the worker's life: zstd-napi's compress() allocates a
- * compressBound-sized buffer per call, megabytes of garbage a chunk that V8 collects late (it showed as
- * ~100 MB of extra RSS on a 2 GiB backup).
+ * One compression context for the worker's life, writing into the buffer each job brings: zstd-napi's
+ * compress() allocates a compressBound-sized buffer per call, megabytes of garbage a chunk that V8 collects
+ * late (it showed as ~100 MB of extra RSS on a 2 GiB backup).
  */
 const cctx = new zstdBinding.CCtx();
-const scratch = Buffer.allocUnsafe(zstdBinding.compressBound(max));
 
 // The first cut of a large range grows WASM memory (slow); pay that once here, not in the first window.
 if (init.warmBytes > 0) reserveCutCapacity(init.warmBytes);
@@ -138,26 +144,30 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
     }
     case 'compress': {
       const buf = slots[job.slot];
-      const payloads: Uint8Array[] = [];
-      const compressed = new Uint8Array(job.ranges.length / 2);
-      const transfer: ArrayBuffer[] = [];
-      for (let i = 0; i < job.ranges.length; i += 2) {
-        const raw = buf.subarray(job.ranges[i], job.ranges[i + 1]);
-        const length = cctx.compress(scratch, raw, job.level);
+      const out = new Uint8Array(job.out);
+      const n = job.ranges.length / 2;
+      const compressed = new Uint8Array(n);
+      const offsets = new Uint32Array(n + 1);
+      let at = 0;
+      for (let k = 0; k < n; k++) {
+        const raw = buf.subarray(job.ranges[k * 2], job.ranges[k * 2 + 1]);
+        const length = cctx.compress(
+          out.subarray(at, at + zstdBinding.compressBound(raw.length)),
+          raw,
+          job.level,
+        );
         // Not worth the server's decompression when it saves under 3%: the main thread sends the raw bytes
-        // straight from the shared window, so nothing is copied or transferred for them.
-        if (length >= raw.length * 0.97) {
-          payloads.push(new Uint8Array(0));
-          continue;
+        // straight from the shared window, and the next chunk overwrites this attempt.
+        if (length < raw.length * 0.97) {
+          compressed[k] = 1;
+          at += length;
         }
-        compressed[i / 2] = 1;
-        const out = new Uint8Array(length);
-        out.set(scratch.subarray(0, length));
-        payloads.push(out);
-        transfer.push(out.buffer as ArrayBuffer);
+        offsets[k + 1] = at;
       }
-      transfer.push(compressed.buffer as ArrayBuffer);
-      return { result: { type: 'compress', payloads, compressed }, transfer };
+      return {
+        result: { type: 'compress', out: job.out, offsets, compressed },
+        transfer: [job.out, offsets.buffer as ArrayBuffer, compressed.buffer as ArrayBuffer],
+      };
     }
     case 'image-update':
       imageHash.update(slots[job.slot].subarray(job.from, job.to));

@@ -81,6 +81,41 @@ test('a 409 commit answer exposes the missing ids', async (t) => {
   );
 });
 
+test('against a server older than the binary missing query, the client asks in JSON from then on', async (t) => {
+  const [a, b] = [randomBytes(32), randomBytes(32)];
+  const seen: string[] = [];
+  await withServer(
+    (req, res) => {
+      const type = req.headers['content-type'] ?? '';
+      seen.push(type);
+      // What a server before the binary form answers: it reads every missing query as JSON.
+      if (type !== 'application/json')
+        json(res, 400, { code: 'InvalidInput', message: 'the body must be application/json' });
+      else json(res, 200, { missing: [b.toString('hex')] });
+    },
+    async (url) => {
+      const client = new DiskvaultClient({ server: url, ...fast });
+      t.deepEqual(await client.missingBinary('s', Buffer.concat([a, b])), b);
+      t.deepEqual(await client.missingBinary('s', Buffer.concat([b, a])), b);
+      t.deepEqual(seen, ['application/x-diskvault-ids', 'application/json', 'application/json']);
+      client.close();
+    },
+  );
+});
+
+test('a binary missing query refused for another reason is not retried in JSON', async (t) => {
+  await withServer(
+    (_req, res) => json(res, 404, { code: 'NotFound', message: 'session s not found' }),
+    async (url, count) => {
+      const client = new DiskvaultClient({ server: url, ...fast });
+      const err = (await t.throwsAsync(client.missingBinary('s', randomBytes(32)))) as DiskvaultError;
+      t.is(err.code, 'NotFound');
+      t.is(count(), 1);
+      client.close();
+    },
+  );
+});
+
 test('an unreachable server is retried a bounded number of times, then reported clearly', async (t) => {
   const server = http.createServer();
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
