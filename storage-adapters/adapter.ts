@@ -28,7 +28,10 @@ export interface ListEntry {
 export interface StorageAdapter {
   /** A short name for logs: 'local:/srv/dv' or 's3://bucket/prefix'. */
   readonly description: string;
-  /** Atomic: a reader sees the old object, or the whole new one, never a part. */
+  /**
+   * Atomic: a reader sees the old object, or the whole new one, never a part. Once the promise has
+   * resolved, the adapter holds no reference to `data`: the engine reuses the buffer for the next object.
+   */
   put(key: string, data: Uint8Array | Readable): Promise<void>;
   get(key: string, range?: ByteRange): Promise<Readable>;
   getBytes(key: string, range?: ByteRange): Promise<Buffer>;
