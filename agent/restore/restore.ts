@@ -223,8 +223,8 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
         // A stream may still hold the buffer after write() returns (a pipe's queue): only files hand it over.
         if (imageHash) imageHash.bytes(data, written, target.kind !== 'stream');
         else if (target.kind !== 'stream') {
-          const done = data;
-          void written.then(() => recycle(done));
+          const sent = data;
+          void written.then(() => recycle(sent));
         }
       }
     }
