@@ -37,7 +37,7 @@ export interface CreateSessionResponse {
  */
 export const IDS_CONTENT_TYPE = 'application/x-diskvault-ids';
 /** Bytes of one id in an IDS_CONTENT_TYPE body. */
-export const ID_BYTES = 32;
+export { ID_BYTES } from '../repo-engine/manifest-codec.js';
 
 /** POST /v1/sessions/:id/missing */
 export interface MissingRequest {

@@ -13,7 +13,10 @@ import { CorruptError, InvalidInputError } from '../storage-adapters/errors.js';
  *   trailer  32 bytes SHA-256 of every byte before it
  */
 export const MANIFEST_MAGIC = Buffer.from('DVMANIF1', 'ascii');
-export const MANIFEST_ENTRY_BYTES = 36;
+/** A chunk id in binary: its SHA-256. */
+export const ID_BYTES = 32;
+/** An entry: the id, then the chunk's length (u32 BE). */
+export const MANIFEST_ENTRY_BYTES = ID_BYTES + 4;
 export const MANIFEST_FORMAT_VERSION = 1;
 /** A header is metadata, not data: anything larger is hostile. */
 export const MAX_MANIFEST_HEADER_BYTES = 1024 * 1024;

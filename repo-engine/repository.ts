@@ -15,6 +15,7 @@ import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow } from './index-
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
 import {
   type ChunkerParams,
+  ID_BYTES,
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
@@ -36,9 +37,6 @@ import type {
   VerifyReport,
 } from './types.js';
 import { verifyRepository } from './verify.js';
-
-/** A chunk id in binary: its SHA-256. */
-const ID_BYTES = 32;
 
 export { DEFAULT_TENANT } from './index-rebuild.js';
 
@@ -251,11 +249,8 @@ export class Repository implements RepositoryApi {
   async filterMissing(sessionId: string, ids: string[]): Promise<string[]> {
     if (!Array.isArray(ids)) throw new InvalidInputError('ids must be an array');
     return this.mutation(() => {
-      const session = this.liveSession(sessionId);
       const blobs = ids.map((id) => Buffer.from(checkChunkId(id), 'hex'));
-      const present = this.index.presentForTenant(session.tenant, blobs, this.opts.now());
-      // Each missing id once, in the order asked.
-      return [...new Set(ids.filter((id) => !present.has(id)))];
+      return this.missingOf(sessionId, blobs, ids).map((i) => ids[i]);
     });
   }
 
@@ -263,22 +258,29 @@ export class Repository implements RepositoryApi {
     if (!Buffer.isBuffer(ids) || ids.length % ID_BYTES !== 0)
       throw new InvalidInputError(`binary ids come as whole ${ID_BYTES}-byte records`);
     return this.mutation(() => {
-      const session = this.liveSession(sessionId);
       const blobs: Buffer[] = [];
       for (let at = 0; at < ids.length; at += ID_BYTES) blobs.push(ids.subarray(at, at + ID_BYTES));
-      const present = this.index.presentForTenant(session.tenant, blobs, this.opts.now());
-      // Each missing id once, in the order asked, as filterMissing answers.
-      const out = Buffer.allocUnsafe(ids.length);
-      const seen = new Set<string>();
-      let n = 0;
-      for (const blob of blobs) {
-        const hex = blob.toString('hex');
-        if (present.has(hex) || seen.has(hex)) continue;
-        seen.add(hex);
-        n += blob.copy(out, n);
-      }
-      return out.subarray(0, n);
+      const missing = this.missingOf(
+        sessionId,
+        blobs,
+        blobs.map((b) => b.toString('hex')),
+      );
+      return Buffer.concat(missing.map((i) => blobs[i]));
     });
+  }
+
+  /** Positions of the ids the session's tenant lacks, each id once, in the order asked. */
+  private missingOf(sessionId: string, blobs: Buffer[], hex: string[]): number[] {
+    const session = this.liveSession(sessionId);
+    const present = this.index.presentForTenant(session.tenant, blobs, this.opts.now());
+    const seen = new Set<string>();
+    const missing: number[] = [];
+    hex.forEach((id, i) => {
+      if (present.has(id) || seen.has(id)) return;
+      seen.add(id);
+      missing.push(i);
+    });
+    return missing;
   }
 
   chunksReadableBy(tenant: string, ids: string[]): string[] {
