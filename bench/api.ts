@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +11,8 @@ import type { RepositoryApi } from '../repo-engine/types.js';
 
 /**
  * What the HTTP layer costs: chunk upload MB/s over loopback (1 MiB chunks, 8 in flight) against calling
- * the engine directly, and the latency of a 10,000-id missing query both ways.
+ * the engine directly, and the latency of a 10,000-id missing query both ways; then the same chunks
+ * downloaded as a restore fetches them, with the CPU the server process spent serving them.
  * Run: node dist/bench/api.js [chunks=256] [rounds=3]
  */
 const CHUNKS = Number(process.argv[2] ?? 256);
@@ -51,7 +53,9 @@ async function withService<T>(
 const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
 
 /** `diskvault server` as a child process on a free port; its URL is read from its "listening on" line. */
-async function withServerProcess<T>(fn: (s: { url: string; token: string }) => Promise<T>): Promise<T> {
+async function withServerProcess<T>(
+  fn: (s: { url: string; token: string; cpuSeconds: () => number }) => Promise<T>,
+): Promise<T> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'dv-bench-api-'));
   const child = spawn(process.execPath, [CLI, 'server', '--data', dir, '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'ignore'],
@@ -67,12 +71,24 @@ async function withServerProcess<T>(fn: (s: { url: string; token: string }) => P
       child.once('exit', (code) => reject(new Error(`server exited ${code}`)));
     });
     const token = (await readFile(path.join(dir, 'admin.token'), 'utf8')).trim();
-    return await fn({ url, token });
+    return await fn({ url, token, cpuSeconds: () => processCpuSeconds(child.pid) });
   } finally {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await exited;
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** User + system CPU of a process so far, from /proc (Linux); NaN elsewhere. */
+function processCpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are 14, 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
   }
 }
 
@@ -85,7 +101,14 @@ async function main(): Promise<void> {
   const mb = (CHUNKS * CHUNK_BYTES) / 1e6;
   const ids = Array.from({ length: MISSING_IDS }, () => randomBytes(32).toString('hex'));
   const binaryIds = Buffer.concat(ids.map((id) => Buffer.from(id, 'hex')));
-  type Figures = { mbps: number; missingMs: number; binaryMs: number };
+  type Figures = {
+    mbps: number;
+    missingMs: number;
+    binaryMs: number;
+    downloadMbps: number;
+    /** CPU seconds the server process spent on the download (HTTP only). */
+    downloadServerCpu: number;
+  };
 
   /** Median of 7 timings of `query`, after one untimed call that warms statements and sockets. */
   const latency = async (query: () => Promise<unknown>): Promise<number> => {
@@ -108,10 +131,18 @@ async function main(): Promise<void> {
         await repo.putChunk(session.id, c.id, c.data, 'raw');
       });
       const upload = (performance.now() - t0) / 1000;
+      const t1 = performance.now();
+      await pool(chunks, CONCURRENCY, async (c) => {
+        const lease = await repo.leaseStoredChunkUnverified(c.id);
+        lease.release(true);
+      });
+      const download = (performance.now() - t1) / 1000;
       return {
         mbps: mb / upload,
         missingMs: await latency(() => repo.filterMissing(session.id, ids)),
         binaryMs: await latency(() => repo.filterMissingBinary(session.id, binaryIds)),
+        downloadMbps: mb / download,
+        downloadServerCpu: Number.NaN,
       };
     });
 
@@ -128,10 +159,20 @@ async function main(): Promise<void> {
           if (!r.stored) throw new Error(`chunk ${c.id} was not stored`);
         });
         const upload = (performance.now() - t0) / 1000;
+        const cpu0 = s.cpuSeconds();
+        const t1 = performance.now();
+        await pool(chunks, CONCURRENCY, async (c) => {
+          const got = await client.getChunkPayload(c.id);
+          if (got.rawLength !== c.data.length) throw new Error(`chunk ${c.id} came back wrong`);
+        });
+        const download = (performance.now() - t1) / 1000;
+        const downloadServerCpu = s.cpuSeconds() - cpu0;
         return {
           mbps: mb / upload,
           missingMs: await latency(() => client.missing(session, ids)),
           binaryMs: await latency(() => client.missingBinary(session, binaryIds)),
+          downloadMbps: mb / download,
+          downloadServerCpu,
         };
       } finally {
         client.close();
@@ -150,6 +191,8 @@ async function main(): Promise<void> {
     mbps: median(rounds.map((r) => r[way].mbps)),
     missingMs: median(rounds.map((r) => r[way].missingMs)),
     binaryMs: median(rounds.map((r) => r[way].binaryMs)),
+    downloadMbps: median(rounds.map((r) => r[way].downloadMbps)),
+    downloadServerCpu: median(rounds.map((r) => r[way].downloadServerCpu)),
   });
   const direct = medians('direct');
   const http = medians('http');
@@ -159,6 +202,11 @@ async function main(): Promise<void> {
   process.stdout.write(`  engine direct  ${direct.mbps.toFixed(1)} MB/s\n`);
   process.stdout.write(
     `  HTTP loopback  ${http.mbps.toFixed(1)} MB/s   (HTTP / direct = ${(http.mbps / direct.mbps).toFixed(2)})\n`,
+  );
+  process.stdout.write(`chunk download (as a restore fetches: Accept-Encoding zstd), the same chunks:\n`);
+  process.stdout.write(`  engine direct  ${direct.downloadMbps.toFixed(1)} MB/s\n`);
+  process.stdout.write(
+    `  HTTP loopback  ${http.downloadMbps.toFixed(1)} MB/s   (HTTP / direct = ${(http.downloadMbps / direct.downloadMbps).toFixed(2)}; server process CPU ${http.downloadServerCpu.toFixed(2)} s)\n`,
   );
   process.stdout.write(`missing query, ${MISSING_IDS} ids, median of 7 per round:\n`);
   process.stdout.write(`  engine direct, hex ids        ${direct.missingMs.toFixed(1)} ms\n`);

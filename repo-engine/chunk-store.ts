@@ -1,6 +1,5 @@
-import { LRUCache } from 'lru-cache';
 import zstdBinding from 'zstd-napi/binding.js';
-import type { StorageAdapter } from '../storage-adapters/adapter.js';
+import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import {
   CorruptError,
   HashMismatchError,
@@ -20,8 +19,9 @@ import {
   sha256Hex,
   TooLargeError,
 } from './chunk-format.js';
+import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
-import type { StoredChunk } from './types.js';
+import type { ChunkLease, StoredChunk } from './types.js';
 
 export const CHUNKS_PREFIX = 'chunks/';
 
@@ -55,25 +55,22 @@ export interface PreparedChunk {
 
 /**
  * Chunk objects in storage: checks uploads, writes them, reads them back hash-checked. Knows nothing of
- * refcounts or sessions. Recently read chunks are cached (bounded in bytes) and concurrent reads of one
- * chunk share one storage read, so restoring many machines from one golden image reads each chunk once.
+ * refcounts or sessions. Reads go through a ChunkReadCache: concurrent reads of one chunk share one storage
+ * read, and chunks read again soon are cached, so restoring many machines from one golden image reads each
+ * chunk from storage about twice, not once per machine.
  */
 export class ChunkStore {
-  private readonly cache: LRUCache<string, Buffer>;
+  private readonly reads: ChunkReadCache;
   private uploadScratch: Buffer | undefined;
   /** Stored objects being written: recycled once written, never kept (the read cache has its own). */
   private readonly objects = new BufferRecycler(32 * 1024 * 1024);
-  private readonly inflight = new Map<string, Promise<Buffer>>();
 
   constructor(
     private readonly storage: StorageAdapter,
     private readonly maxRawBytes: number,
     cacheBytes: number,
   ) {
-    this.cache = new LRUCache<string, Buffer>({
-      maxSize: Math.max(1, cacheBytes),
-      sizeCalculation: (b) => Math.max(1, b.length),
-    });
+    this.reads = new ChunkReadCache(cacheBytes);
   }
 
   /**
@@ -123,14 +120,14 @@ export class ChunkStore {
   /** Raw bytes, hash-checked. NotFound when the object is absent, Corrupt when it does not match its id. */
   async readRaw(id: string, opts: { bypassCache?: boolean } = {}): Promise<Buffer> {
     checkChunkId(id);
-    const stored = await this.readStoredBytes(id, opts.bypassCache ?? false);
+    const stored = await this.readStoredBytes(id, opts.bypassCache ? 'bypass' : 'keep');
     return this.decodeAndCheck(id, stored).raw;
   }
 
   /** The stored payload as is (for serving without recompression), after checking it hashes to `id`. */
   async readStored(id: string): Promise<StoredChunk> {
     checkChunkId(id);
-    const stored = await this.readStoredBytes(id, false);
+    const stored = await this.readStoredBytes(id, 'keep');
     const { chunk } = this.decodeAndCheck(id, stored);
     return { encoding: chunk.encoding, rawLength: chunk.rawLength, payload: chunk.payload };
   }
@@ -143,7 +140,36 @@ export class ChunkStore {
    */
   async readStoredUnverified(id: string): Promise<StoredChunk> {
     checkChunkId(id);
-    const stored = await this.readStoredBytes(id, false);
+    return this.checkedStructure(id, await this.readStoredBytes(id, 'keep'));
+  }
+
+  /**
+   * readStoredUnverified, for a reader that is done with the payload soon (the server, once a response is
+   * sent): the memory it lies in is then reused for another read.
+   */
+  async leaseStoredUnverified(id: string): Promise<ChunkLease> {
+    checkChunkId(id);
+    const stored = await this.readStoredBytes(id, 'lease');
+    let released = false;
+    const release = (reusable: boolean) => {
+      if (released) return;
+      released = true;
+      this.reads.release(stored, reusable);
+    };
+    try {
+      return { ...this.checkedStructure(id, stored), release };
+    } catch (err) {
+      release(true);
+      throw err;
+    }
+  }
+
+  /** Buffers the read path handed out again instead of allocating (for tests and diagnostics). */
+  get reusedReadBuffers(): number {
+    return this.reads.reusedBuffers;
+  }
+
+  private checkedStructure(id: string, stored: Buffer): StoredChunk {
     let chunk: ReturnType<typeof decodeStoredChunk>;
     try {
       chunk = decodeStoredChunk(stored, id);
@@ -162,7 +188,7 @@ export class ChunkStore {
   }
 
   forget(id: string): void {
-    this.cache.delete(id);
+    this.reads.forget(id);
   }
 
   async deleteMany(ids: string[]): Promise<void> {
@@ -171,33 +197,22 @@ export class ChunkStore {
       await this.storage.deleteMany(ids.slice(i, i + 1000).map(chunkKey));
   }
 
-  private async readStoredBytes(id: string, bypassCache: boolean): Promise<Buffer> {
-    if (!bypassCache) {
-      const hit = this.cache.get(id);
-      if (hit) return hit;
-      const pending = this.inflight.get(id);
-      if (pending) return pending;
-    }
-    const read = (async () => {
+  /**
+   * The whole stored object. `bypass` reads storage into memory of its own, caching nothing (verify reads
+   * every chunk once and must not evict what restores are reading). Only the stored object is cached, never
+   * its raw bytes too: a verified read re-checks the hash on every decode anyway.
+   */
+  private async readStoredBytes(id: string, hold: ReadHold | 'bypass'): Promise<Buffer> {
+    const fetch = async (alloc?: BufferAllocator) => {
       try {
-        return await this.storage.getBytes(chunkKey(id));
+        return await this.storage.getBytes(chunkKey(id), undefined, alloc);
       } catch (err) {
         if (isDiskvaultError(err) && err.code === 'NotFound')
           throw new NotFoundError(`chunk ${id} is missing from storage`, { chunk: id });
         throw err;
       }
-    })();
-    if (bypassCache) return read;
-    this.inflight.set(id, read);
-    try {
-      const bytes = await read;
-      // Only the stored object is cached, never its raw bytes too (that would hold each chunk twice): a corrupt
-      // object is re-checked on every verified read anyway, since the hash check runs on every decode.
-      this.cache.set(id, bytes);
-      return bytes;
-    } finally {
-      this.inflight.delete(id);
-    }
+    };
+    return hold === 'bypass' ? fetch() : this.reads.read(id, fetch, hold);
   }
 
   private decodeAndCheck(

@@ -24,6 +24,7 @@ import {
 import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
 import type {
+  ChunkLease,
   ForgetPlan,
   GcReport,
   RepoStats,
@@ -452,6 +453,10 @@ export class Repository implements RepositoryApi {
 
   async readStoredChunkUnverified(id: string): Promise<StoredChunk> {
     return this.chunks.readStoredUnverified(id);
+  }
+
+  async leaseStoredChunkUnverified(id: string): Promise<ChunkLease> {
+    return this.chunks.leaseStoredUnverified(id);
   }
 
   private requireSnapshot(id: string): SnapshotInfo {

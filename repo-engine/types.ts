@@ -125,6 +125,15 @@ export interface StoredChunk {
   payload: Buffer;
 }
 
+/** A stored chunk lent for sending: `release` it once nothing reads `payload` any more. */
+export interface ChunkLease extends StoredChunk {
+  /**
+   * Idempotent. `reusable` false when something may still read the payload (a send cut off may still sit
+   * in a socket's queue): its memory is then never reused.
+   */
+  release(reusable: boolean): void;
+}
+
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
@@ -164,6 +173,8 @@ export interface RepositoryApi {
    * bytes; CorruptError when the structure is wrong.
    */
   readStoredChunkUnverified(id: string): Promise<StoredChunk>;
+  /** readStoredChunkUnverified for a sender: the payload's memory is reused once the lease is released. */
+  leaseStoredChunkUnverified(id: string): Promise<ChunkLease>;
   deleteSnapshot(id: string): Promise<void>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can

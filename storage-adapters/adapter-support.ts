@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { ByteRange } from './adapter.js';
-import { InvalidInputError } from './errors.js';
+import { DiskvaultError, InvalidInputError } from './errors.js';
 
 /** Helpers every adapter needs the same way, so that adapters agree on edge cases. */
 
@@ -46,6 +46,26 @@ export function clampRange(range: ByteRange, size: number, key: string): { start
     });
   }
   return { start: range.start, end: Math.min(range.end ?? size - 1, size - 1) };
+}
+
+/**
+ * A body of announced length into `out`, which has exactly that length. A body longer than announced is an
+ * error, not a reason to grow; a shorter one returns the part that came.
+ */
+export async function readInto(stream: Readable, out: Buffer, key: string): Promise<Buffer> {
+  let filled = 0;
+  for await (const part of stream) {
+    const piece: Buffer = Buffer.isBuffer(part) ? part : Buffer.from(part);
+    if (filled + piece.length > out.length) {
+      stream.destroy();
+      throw new DiskvaultError(
+        'Unavailable',
+        `storage sent more than the announced ${out.length} bytes of ${key}`,
+      );
+    }
+    filled += piece.copy(out, filled);
+  }
+  return out.subarray(0, filled);
 }
 
 /** Only for streams of bounded size (one object read by getBytes). */

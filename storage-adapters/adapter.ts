@@ -18,6 +18,9 @@ export interface ByteRange {
   end?: number;
 }
 
+/** Returns a Buffer of exactly `length` bytes whose content may be garbage. */
+export type BufferAllocator = (length: number) => Buffer;
+
 export interface ListEntry {
   key: string;
   size: number;
@@ -34,7 +37,12 @@ export interface StorageAdapter {
    */
   put(key: string, data: Uint8Array | Readable): Promise<void>;
   get(key: string, range?: ByteRange): Promise<Readable>;
-  getBytes(key: string, range?: ByteRange): Promise<Buffer>;
+  /**
+   * The object (or the range) as one Buffer. With `alloc`, the adapter asks it for a buffer of the length to
+   * be read (once it knows that length) and reads into it, so the result lies in that memory: the engine
+   * passes recycled buffers.
+   */
+  getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer>;
   /** Size and mtime, or undefined when the key is absent. */
   stat(key: string): Promise<{ size: number; mtimeMs: number } | undefined>;
   /** Idempotent: deleting an absent key succeeds. */

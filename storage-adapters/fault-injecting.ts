@@ -1,6 +1,6 @@
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ByteRange, ListEntry, StorageAdapter } from './adapter.js';
+import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
 import { DiskvaultError, StorageFullError } from './errors.js';
 
 /**
@@ -104,8 +104,8 @@ class FaultInjecting implements FaultInjectingStorage {
     return this.inner.get(key, range);
   }
 
-  getBytes(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.inner.getBytes(key, range);
+  getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
+    return this.inner.getBytes(key, range, alloc);
   }
 
   stat(key: string): Promise<{ size: number; mtimeMs: number } | undefined> {

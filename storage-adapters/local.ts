@@ -15,7 +15,7 @@ import {
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ByteRange, ListEntry, StorageAdapter } from './adapter.js';
+import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
 import { validateKey } from './adapter.js';
 import { checkRange, clampRange, validateListPrefix } from './adapter-support.js';
 import { ConflictError, InvalidInputError, isNoSpace, NotFoundError, StorageFullError } from './errors.js';
@@ -155,13 +155,14 @@ class LocalStorage implements StorageAdapter {
    * One positional read into a buffer of exactly the object's size (or the range's): a chunk is read on every
    * restore, and a 64 KiB stream joined into one buffer cost the server a copy and dozens of reads per chunk.
    */
-  async getBytes(key: string, range?: ByteRange): Promise<Buffer> {
+  async getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
     if (range) checkRange(range);
     const handle = await openForRead(this.pathOf(key), key);
     try {
       const { size } = await handle.stat();
       const bounds = range ? clampRange(range, size, key) : { start: 0, end: size - 1 };
-      const out = Buffer.allocUnsafe(Math.max(0, bounds.end - bounds.start + 1));
+      const length = Math.max(0, bounds.end - bounds.start + 1);
+      const out = alloc ? alloc(length) : Buffer.allocUnsafe(length);
       let filled = 0;
       while (filled < out.length) {
         const { bytesRead } = await handle.read(out, filled, out.length - filled, bounds.start + filled);

@@ -13,9 +13,9 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import type { ByteRange, ListEntry, StorageAdapter } from './adapter.js';
+import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
 import { validateKey } from './adapter.js';
-import { checkRange, readAll, validateListPrefix } from './adapter-support.js';
+import { checkRange, readAll, readInto, validateListPrefix } from './adapter-support.js';
 import {
   DiskvaultError,
   InvalidInputError,
@@ -172,6 +172,11 @@ class S3Storage implements StorageAdapter {
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
+    return (await this.getObject(key, range)).body;
+  }
+
+  /** The object's body, and its length when S3 says it. */
+  private async getObject(key: string, range?: ByteRange): Promise<{ body: Readable; length?: number }> {
     const Key = this.objectKey(key);
     if (range) checkRange(range);
     try {
@@ -183,18 +188,18 @@ class S3Storage implements StorageAdapter {
         }),
       );
       const body = result.Body;
-      if (body instanceof Readable) return body;
-      if (body === undefined) return Readable.from([]);
+      if (body instanceof Readable) return { body, length: result.ContentLength };
+      if (body === undefined) return { body: Readable.from([]), length: 0 };
       throw new DiskvaultError('Unavailable', `S3 returned an unexpected body type for ${key}`);
     } catch (err) {
       throw mapS3Error(err, `get ${key}`, key);
     }
   }
 
-  async getBytes(key: string, range?: ByteRange): Promise<Buffer> {
-    const stream = await this.get(key, range);
+  async getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
+    const { body, length } = await this.getObject(key, range);
     try {
-      return await readAll(stream);
+      return alloc && length !== undefined ? await readInto(body, alloc(length), key) : await readAll(body);
     } catch (err) {
       throw mapS3Error(err, `get ${key}`, key);
     }

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Server } from 'restify';
 import { decompress } from 'zstd-napi';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
+import type { ChunkLease } from '../../repo-engine/types.js';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
@@ -85,24 +86,36 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       // SHA-256 against the id before using a chunk: hashing here as well would only double the work, so it
       // gets the stored payload after structural checks. Any other client gets bytes the engine has verified.
       const zstdOk = acceptsZstd(req);
-      let chunk: Awaited<ReturnType<typeof repo.readStoredChunk>>;
+      let chunk: ChunkLease;
       try {
-        chunk = zstdOk ? await repo.readStoredChunkUnverified(id) : await repo.readStoredChunk(id);
+        // The agent's payload is lent: its memory is reused for another read once the response is sent.
+        chunk = zstdOk
+          ? await repo.leaseStoredChunkUnverified(id)
+          : { ...(await repo.readStoredChunk(id)), release: () => {} };
       } catch (err) {
         if (isDiskvaultError(err) && err.code === 'NotFound') throw notFound(id);
         throw err;
       }
       let body = chunk.payload;
-      if (chunk.encoding === 'zstd') {
-        if (zstdOk) res.setHeader('content-encoding', 'zstd');
-        // The engine has checked the payload against the id, so its size is bounded by the raw length.
-        else body = decompress(chunk.payload);
+      try {
+        if (chunk.encoding === 'zstd') {
+          if (zstdOk) res.setHeader('content-encoding', 'zstd');
+          // The engine has checked the payload against the id, so its size is bounded by the raw length.
+          else body = decompress(chunk.payload);
+        }
+        res.statusCode = 200;
+        res.setHeader('content-type', CHUNK_CONTENT_TYPE);
+        res.setHeader('content-length', body.length);
+        res.setHeader(RAW_LENGTH_HEADER, chunk.rawLength);
+        res.setHeader('vary', 'accept-encoding');
+      } catch (err) {
+        chunk.release(true);
+        throw err;
       }
-      res.statusCode = 200;
-      res.setHeader('content-type', CHUNK_CONTENT_TYPE);
-      res.setHeader('content-length', body.length);
-      res.setHeader(RAW_LENGTH_HEADER, chunk.rawLength);
-      res.setHeader('vary', 'accept-encoding');
+      // 'finish': every byte is with the kernel. A response cut off before that may leave the body queued
+      // on a dying socket, so its memory is not reused (release is idempotent: the first call decides).
+      res.once('finish', () => chunk.release(true));
+      res.once('close', () => chunk.release(false));
       res.end(body);
     }),
   );

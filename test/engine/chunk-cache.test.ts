@@ -18,9 +18,9 @@ async function countingStorage(t: import('ava').ExecutionContext) {
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver);
       if (prop !== 'getBytes' || typeof value !== 'function') return value;
-      return (key: string, range?: unknown) => {
+      return (key: string, range?: unknown, alloc?: unknown) => {
         if (range === undefined) reads.set(key, (reads.get(key) ?? 0) + 1);
-        return value.call(target, key, range);
+        return value.call(target, key, range, alloc);
       };
     },
   }) as StorageAdapter;
@@ -60,4 +60,107 @@ test('a forgotten chunk is read from storage again', async (t) => {
   await store.readRaw(id);
   await store.readRaw(id);
   t.is(reads.get(chunkKey(id)), 2);
+});
+
+/** Chunks of one size, so their objects fall in one size class of the read buffers. */
+async function storeChunks(storage: StorageAdapter, n: number): Promise<{ id: string; stored: Buffer }[]> {
+  return Promise.all(
+    Array.from({ length: n }, async () => {
+      const id = await storeChunk(storage);
+      return { id, stored: await storage.getBytes(chunkKey(id)) };
+    }),
+  );
+}
+
+test("a leased chunk's memory is reused for another read only once its lease ends", async (t) => {
+  const { storage } = await countingStorage(t);
+  // No cache: a buffer goes round as soon as its last lease ends.
+  const store = new ChunkStore(storage, 1 << 20, 1);
+  const [a, b, c] = await storeChunks(storage, 3);
+  const la = await store.leaseStoredUnverified(a.id);
+  const lb = await store.leaseStoredUnverified(b.id);
+  t.not(lb.payload.buffer, la.payload.buffer);
+  t.is(store.reusedReadBuffers, 0);
+  t.deepEqual(la.payload, a.stored.subarray(9), 'the lease still holds its bytes');
+  la.release(true);
+  la.release(true); // idempotent: one release, not two
+  const lc = await store.leaseStoredUnverified(c.id);
+  t.is(lc.payload.buffer, la.payload.buffer, "c is read into a's memory");
+  t.is(store.reusedReadBuffers, 1);
+  t.deepEqual(lc.payload, c.stored.subarray(9));
+  t.deepEqual(lb.payload, b.stored.subarray(9), 'the other lease is untouched');
+});
+
+test('one read shared by two leases is reused only after both end', async (t) => {
+  const { storage } = await countingStorage(t);
+  // No cache: a buffer goes round as soon as its last lease ends.
+  const store = new ChunkStore(storage, 1 << 20, 1);
+  const [a, b, c] = await storeChunks(storage, 3);
+  const [l1, l2] = await Promise.all([store.leaseStoredUnverified(a.id), store.leaseStoredUnverified(a.id)]);
+  t.is(l1.payload.buffer, l2.payload.buffer, 'one read');
+  l1.release(true);
+  const lb = await store.leaseStoredUnverified(b.id);
+  t.not(lb.payload.buffer, l2.payload.buffer);
+  t.deepEqual(l2.payload, a.stored.subarray(9));
+  l2.release(true);
+  const lc = await store.leaseStoredUnverified(c.id);
+  t.is(lc.payload.buffer, l2.payload.buffer);
+});
+
+test('memory released as not reusable, or kept by a reader, is never reused', async (t) => {
+  const { storage } = await countingStorage(t);
+  // No cache: a buffer goes round as soon as its last lease ends.
+  const store = new ChunkStore(storage, 1 << 20, 1);
+  const [a, b, c, d] = await storeChunks(storage, 4);
+  // A send cut off may still read its bytes from a socket's queue.
+  const la = await store.leaseStoredUnverified(a.id);
+  la.release(false);
+  // A lease and a keeping reader share one read: the keeper may hold the bytes for ever.
+  const [lb, kept] = await Promise.all([store.leaseStoredUnverified(b.id), store.readStoredUnverified(b.id)]);
+  t.is(lb.payload.buffer, kept.payload.buffer);
+  lb.release(true);
+  const lc = await store.leaseStoredUnverified(c.id);
+  const ld = await store.leaseStoredUnverified(d.id);
+  t.is(store.reusedReadBuffers, 0);
+  for (const l of [lc, ld])
+    t.true(l.payload.buffer !== la.payload.buffer && l.payload.buffer !== kept.payload.buffer);
+  t.deepEqual(kept.payload, b.stored.subarray(9));
+});
+
+test('a chunk read once waits in probation, and its memory goes round once it falls out', async (t) => {
+  const { storage, reads } = await countingStorage(t);
+  // Probation is an eighth of the cache: here one 256 KiB buffer, the size class of these objects.
+  const store = new ChunkStore(storage, 1 << 20, 8 * 256 * 1024);
+  const [a, b, c, d] = await storeChunks(storage, 4);
+  const before = reads.get(chunkKey(a.id)) ?? 0;
+  const la = await store.leaseStoredUnverified(a.id);
+  la.release(true);
+  const again = await store.leaseStoredUnverified(a.id);
+  t.is(again.payload.buffer, la.payload.buffer, 'read again from probation, not from storage');
+  t.is(reads.get(chunkKey(a.id)), before + 1);
+  again.release(true);
+  const lb = await store.leaseStoredUnverified(b.id);
+  lb.release(true);
+  // c is read while b still waits in probation; c taking its place there lets b's memory go round.
+  (await store.leaseStoredUnverified(c.id)).release(true);
+  t.is(store.reusedReadBuffers, 0);
+  const ld = await store.leaseStoredUnverified(d.id);
+  t.is(store.reusedReadBuffers, 1);
+  t.is(ld.payload.buffer, lb.payload.buffer);
+  t.deepEqual(ld.payload, d.stored.subarray(9));
+});
+
+test("a cached chunk's memory is not reused while it is cached", async (t) => {
+  const { storage, reads } = await countingStorage(t);
+  const store = new ChunkStore(storage, 1 << 20, 64 << 20);
+  const [a, b] = await storeChunks(storage, 2);
+  const before = reads.get(chunkKey(a.id)) ?? 0;
+  (await store.leaseStoredUnverified(a.id)).release(true);
+  const cached = await store.leaseStoredUnverified(a.id); // the second read: cached
+  cached.release(true);
+  const lb = await store.leaseStoredUnverified(b.id);
+  t.not(lb.payload.buffer, cached.payload.buffer);
+  const again = await store.readStoredUnverified(a.id);
+  t.is(reads.get(chunkKey(a.id)), before + 1, 'read from storage once, then served from the cache');
+  t.deepEqual(again.payload, a.stored.subarray(9));
 });

@@ -64,6 +64,27 @@ export function storageContract(
     },
   );
 
+  withAdapter('getBytes reads into the buffer its allocator returns, whole and in a range', async (t, s) => {
+    // The engine passes recycled buffers: a restore's reads then allocate nothing.
+    const value = randomBytes(300 * 1024);
+    await s.put('alloc/key', value);
+    for (const [range, expected] of [
+      [undefined, value],
+      [{ start: 1000, end: 199_999 }, value.subarray(1000, 200_000)],
+    ] as const) {
+      const asked: number[] = [];
+      let given: Buffer | undefined;
+      const got = await s.getBytes('alloc/key', range, (length) => {
+        asked.push(length);
+        given = Buffer.alloc(length, 0xee);
+        return given;
+      });
+      t.deepEqual(got, expected);
+      t.deepEqual(asked, [expected.length], 'asked once, for exactly the length read');
+      t.true(got.buffer === given?.buffer, 'the bytes lie in the allocated buffer');
+    }
+  });
+
   withAdapter('a small object round-trips from bytes and from a stream', async (t, s) => {
     const value = Buffer.from('diskvault small object \u00e9\n');
     await s.put('small/bytes', value);
