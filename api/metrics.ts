@@ -67,6 +67,19 @@ export class Metrics {
     metric('diskvault_running_jobs', 'gauge', 'Verify jobs running.', [
       `diskvault_running_jobs ${extra.jobs}`,
     ]);
+    const buffers = repo.readBuffers();
+    metric(
+      'diskvault_chunk_read_buffers_held',
+      'gauge',
+      'Chunk read buffers held by the read cache or by responses still being sent.',
+      [`diskvault_chunk_read_buffers_held ${buffers.held}`],
+    );
+    metric(
+      'diskvault_chunk_read_buffers_reused_total',
+      'counter',
+      'Chunk reads that went into a reused buffer instead of a new one.',
+      [`diskvault_chunk_read_buffers_reused_total ${buffers.reused}`],
+    );
     const s = repo.stats();
     metric('diskvault_snapshots', 'gauge', 'Snapshots in the repository.', [
       `diskvault_snapshots ${s.snapshots}`,

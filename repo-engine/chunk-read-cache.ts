@@ -55,6 +55,11 @@ export class ChunkReadCache {
     return this.buffers.reused;
   }
 
+  /** Reusable buffers held now, by the cache or by leases: a lease never released would show here. */
+  get heldBuffers(): number {
+    return this.holders.size;
+  }
+
   /**
    * The stored object `id`: from the cache, from a read of it already under way, or read now by `fetch`
    * (which may read into the buffer `alloc` returns). A `lease` ends with `release(bytes, …)`.

@@ -169,6 +169,11 @@ export class ChunkStore {
     return this.reads.reusedBuffers;
   }
 
+  /** Reusable read buffers held by the cache or by leases. */
+  get heldReadBuffers(): number {
+    return this.reads.heldBuffers;
+  }
+
   private checkedStructure(id: string, stored: Buffer): StoredChunk {
     let chunk: ReturnType<typeof decodeStoredChunk>;
     try {

@@ -459,6 +459,10 @@ export class Repository implements RepositoryApi {
     return this.chunks.leaseStoredUnverified(id);
   }
 
+  readBuffers(): { held: number; reused: number } {
+    return { held: this.chunks.heldReadBuffers, reused: this.chunks.reusedReadBuffers };
+  }
+
   private requireSnapshot(id: string): SnapshotInfo {
     const s = this.getSnapshot(id);
     if (!s) throw new NotFoundError(`no snapshot ${String(id).slice(0, 64)}`, { snapshot: id });

@@ -175,6 +175,8 @@ export interface RepositoryApi {
   readStoredChunkUnverified(id: string): Promise<StoredChunk>;
   /** readStoredChunkUnverified for a sender: the payload's memory is reused once the lease is released. */
   leaseStoredChunkUnverified(id: string): Promise<ChunkLease>;
+  /** The chunk read buffers: held now (by the cache or by leases), and reused instead of allocated. */
+  readBuffers(): { held: number; reused: number };
   deleteSnapshot(id: string): Promise<void>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can

@@ -18,6 +18,8 @@ export interface Faults {
   failDeletes?: boolean;
   /** A listing throws after yielding this many entries. */
   failListAfterEntries?: number;
+  /** Every read (get, getBytes) answers this many milliseconds late: a slow disk or a distant store. */
+  delayReadsMs?: number;
 }
 
 export interface FaultInjectingStorage extends StorageAdapter {
@@ -100,12 +102,19 @@ class FaultInjecting implements FaultInjectingStorage {
     this.written += counted;
   }
 
-  get(key: string, range?: ByteRange): Promise<Readable> {
+  async get(key: string, range?: ByteRange): Promise<Readable> {
+    await this.readDelay();
     return this.inner.get(key, range);
   }
 
-  getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
+  async getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
+    await this.readDelay();
     return this.inner.getBytes(key, range, alloc);
+  }
+
+  private async readDelay(): Promise<void> {
+    const ms = this.faults.delayReadsMs;
+    if (ms) await new Promise((resolve) => setTimeout(resolve, ms));
   }
 
   stat(key: string): Promise<{ size: number; mtimeMs: number } | undefined> {

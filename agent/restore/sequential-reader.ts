@@ -13,6 +13,8 @@ export class SequentialReader {
   private nextOffset = 0;
   private pending: Promise<Buffer> | undefined;
   private readonly spare: Buffer[] = [];
+  /** Where a piece that spans two blocks is put together: one buffer, reused, under the same contract. */
+  private spanning: Buffer = Buffer.alloc(0);
 
   constructor(
     private readonly read: (buf: Buffer, offset: number) => Promise<number>,
@@ -51,7 +53,7 @@ export class SequentialReader {
     this.pending?.catch(() => {});
   }
 
-  /** The next `length` bytes. A view into the current block when it fits, else a copy. */
+  /** The next `length` bytes: a view into the current block when it fits, else into a reused buffer. */
   async take(length: number): Promise<Buffer> {
     if (this.at === this.block.length) await this.advance();
     if (this.block.length - this.at >= length) {
@@ -59,7 +61,8 @@ export class SequentialReader {
       this.at += length;
       return out;
     }
-    const out = Buffer.allocUnsafe(length);
+    if (this.spanning.length < length) this.spanning = Buffer.allocUnsafe(length);
+    const out = this.spanning.subarray(0, length);
     let filled = 0;
     while (filled < length) {
       if (this.at === this.block.length) {

@@ -116,6 +116,8 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       // on a dying socket, so its memory is not reused (release is idempotent: the first call decides).
       res.once('finish', () => chunk.release(true));
       res.once('close', () => chunk.release(false));
+      // A client gone while the chunk was read: 'close' has fired already and will not again.
+      if (res.destroyed) chunk.release(false);
       res.end(body);
     }),
   );

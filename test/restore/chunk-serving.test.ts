@@ -135,3 +135,40 @@ test('the client reads no more of a chunk body than the manifest length allows',
     t.true(isDiskvaultError(err2) && err2.code === 'Corrupt', String(err2));
   });
 });
+
+/** GET of a chunk as the agent asks for it, given up after `abortAfterMs`. */
+function abandonedGet(server: TestServer, id: string, abortAfterMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const req = http.get(`${server.url}/v1/chunks/${id}`, {
+      headers: { authorization: `Bearer ${server.adminToken}`, 'accept-encoding': 'zstd' },
+    });
+    req.on('error', () => resolve());
+    req.on('response', (res) => res.resume().on('end', resolve));
+    setTimeout(() => req.destroy(), abortAfterMs);
+  });
+}
+
+test('the buffer a chunk is sent from goes round once the response is sent, and one whose client left is let go', async (t) => {
+  // No cache, so no buffer stays held by it: after each request, nothing may be held at all.
+  const server = await startTestServer({ cacheBytes: 1, faults: true });
+  const client = new DiskvaultClient({ server: server.url, token: server.adminToken });
+  try {
+    const chunks = [compressible(200_000), randomBytes(200_000), randomBytes(200_000)];
+    await upload(client, chunks);
+    const [a, b, c] = chunks.map(sha256);
+    t.is((await client.getChunk(a)).length, 200_000);
+    t.is((await client.getChunk(b)).length, 200_000);
+    t.is(server.repo.readBuffers().held, 0, 'released once sent');
+    t.true(server.repo.readBuffers().reused >= 1, "b was read into a's buffer");
+    // The client gives up while the server is still reading the chunk from (slow) storage.
+    server.faults!.setFaults({ delayReadsMs: 400 });
+    await abandonedGet(server, c, 50);
+    await new Promise((r) => setTimeout(r, 800));
+    t.is(server.repo.readBuffers().held, 0, 'not held for ever by a response that was never sent');
+    server.faults!.setFaults({});
+    t.is((await client.getChunk(c)).length, 200_000, 'and the chunk is served normally after');
+  } finally {
+    client.close();
+    await server.stop();
+  }
+});
