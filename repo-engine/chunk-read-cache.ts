@@ -113,11 +113,12 @@ export class ChunkReadCache {
 
   private claim(bytes: Buffer, hold: ReadHold): Buffer {
     if (hold === 'keep') this.holders.delete(bytes.buffer);
-    else this.take(bytes);
+    else this.addHolder(bytes);
     return bytes;
   }
 
-  private take(bytes: Buffer): void {
+  /** One more holder for a reusable buffer. */
+  private addHolder(bytes: Buffer): void {
     const n = this.holders.get(bytes.buffer);
     if (n !== undefined) this.holders.set(bytes.buffer, n + 1);
   }
@@ -125,7 +126,7 @@ export class ChunkReadCache {
   /** Caches `bytes` in `part`, which holds it from then on (unless it is larger than the part). */
   private insert(part: LRUCache<string, Buffer>, id: string, bytes: Buffer): void {
     part.set(id, bytes);
-    if (part.peek(id) === bytes) this.take(bytes);
+    if (part.peek(id) === bytes) this.addHolder(bytes);
   }
 
   private start(
