@@ -17,6 +17,7 @@ import {
   RAW_LENGTH_HEADER,
   type SnapshotInfo,
 } from '../api/protocol.js';
+import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
 import { decompressExactly } from './zstd-bounded.js';
 
@@ -237,7 +238,7 @@ export class DiskvaultClient {
   async getChunkPayload(
     id: string,
     maxRawLength = MAX_CHUNK_BYTES,
-    alloc?: (length: number) => Buffer,
+    alloc?: BufferAllocator,
   ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer; rawLength: number }> {
     const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
     const header = String(res.headers['content-encoding'] ?? '').toLowerCase();
@@ -374,7 +375,7 @@ async function readBounded(
   res: Response,
   cap: number,
   what: string,
-  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
+  alloc: BufferAllocator = Buffer.allocUnsafe,
 ): Promise<Buffer> {
   const declared =
     res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { InvalidInputError } from '../storage-adapters/errors.js';
 import { tooLarge } from './errors.js';
 
@@ -29,7 +30,7 @@ export async function readCapped(
   req: IncomingMessage,
   cap: number,
   what: string,
-  alloc?: (length: number) => Buffer,
+  alloc?: BufferAllocator,
 ): Promise<Buffer> {
   refuseDeclaredOver(req, cap, what);
   const declared = declaredLength(req);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { CorruptError, DiskvaultError, InvalidInputError } from '../storage-adapters/errors.js';
 
 /**
@@ -32,7 +33,7 @@ export function encodeStoredChunk(
   encoding: ChunkEncoding,
   rawLength: number,
   payload: Buffer,
-  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
+  alloc: BufferAllocator = Buffer.allocUnsafe,
 ): Buffer {
   const out = alloc(CHUNK_HEADER_BYTES + payload.length);
   writeStoredChunkHeader(out, encoding, rawLength);
@@ -123,10 +124,7 @@ let compressScratch: Buffer | undefined;
  * costs no throwaway allocation and a compressible one is copied once, at its compressed size: per-upload
  * megabyte buffers were the server's largest garbage-collection cost.
  */
-export function encodeRawChunkForStorage(
-  raw: Buffer,
-  alloc: (length: number) => Buffer = Buffer.allocUnsafe,
-): Buffer {
+export function encodeRawChunkForStorage(raw: Buffer, alloc: BufferAllocator = Buffer.allocUnsafe): Buffer {
   const room = CHUNK_HEADER_BYTES + zstdCompressBound(raw.length);
   if (!compressScratch || compressScratch.length < room) compressScratch = Buffer.allocUnsafe(room);
   cctx ??= new binding.CCtx();

@@ -56,8 +56,8 @@ export interface PreparedChunk {
 /**
  * Chunk objects in storage: checks uploads, writes them, reads them back hash-checked. Knows nothing of
  * refcounts or sessions. Reads go through a ChunkReadCache: concurrent reads of one chunk share one storage
- * read, and chunks read again soon are cached, so restoring many machines from one golden image reads each
- * chunk from storage about twice, not once per machine.
+ * read, and chunks read again while still in its probation part are cached, so restoring many machines from
+ * one golden image reads each chunk from storage once, not once per machine.
  */
 export class ChunkStore {
   private readonly reads: ChunkReadCache;

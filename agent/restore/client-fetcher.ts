@@ -1,3 +1,4 @@
+import type { BufferAllocator } from '../../storage-adapters/adapter.js';
 import type { DiskvaultClient } from '../client.js';
 import type { ChunkFetcher, FetchedChunk, PayloadBuffers } from './chunk-fetcher.js';
 
@@ -9,7 +10,7 @@ interface PayloadClient {
   getChunkPayload(
     id: string,
     maxRawLength?: number,
-    alloc?: (length: number) => Buffer,
+    alloc?: BufferAllocator,
   ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
 }
 

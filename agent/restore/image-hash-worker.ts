@@ -4,8 +4,9 @@ import { parentPort } from 'node:worker_threads';
 
 /**
  * The whole-image SHA-256, off the main thread. Messages arrive in image order: bytes (transferred, never
- * copied, and transferred back once hashed), a run of zeros, or a range to read back from a file (bytes that were already correct in an
- * in-place target). Every `ackEvery` bytes it reports progress so the sender can bound what is queued here.
+ * copied, and transferred back once hashed), a run of zeros, or a range to read back from a file (bytes
+ * that were already correct in an in-place target). Every `ackEvery` bytes it reports progress so the
+ * sender can bound what is queued here.
  */
 export type HashMessage =
   | { t: 'bytes'; buf: ArrayBuffer; length: number }
