@@ -123,10 +123,10 @@ test('a key cannot be both an object and a folder of keys', async (t) => {
 
 const childScript = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'put-child.js');
 
-/** Runs put-child.js and SIGKILLs it once it has sent `killAfterMiB`; resolves when it is gone. */
+/** Runs put-child.js and SIGKILLs it once the put has taken `killAfterMiB` and waits; resolves when it is gone. */
 function killPutMidway(root: string, key: string, totalMiB: number, killAfterMiB: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [childScript, root, key, String(totalMiB)], {
+    const child = spawn(process.execPath, [childScript, root, key, String(totalMiB), String(killAfterMiB)], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -136,8 +136,7 @@ function killPutMidway(root: string, key: string, totalMiB: number, killAfterMiB
     });
     child.stdout.on('data', (d) => {
       stdout += d;
-      const sent = [...stdout.matchAll(/sent (\d+)/g)].map((m) => Number(m[1]));
-      if (sent.length > 0 && sent[sent.length - 1] >= killAfterMiB) child.kill('SIGKILL');
+      if (stdout.includes('holding')) child.kill('SIGKILL');
     });
     child.on('error', reject);
     child.on('exit', (code, signal) => {
