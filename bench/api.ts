@@ -50,14 +50,15 @@ async function withService<T>(
   }
 }
 
-const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
+/** The `diskvault` command as installed (see bench/lib/diskvault.ts). */
+const DISKVAULT = fileURLToPath(new URL('../../agent/diskvault', import.meta.url));
 
 /** `diskvault server` as a child process on a free port; its URL is read from its "listening on" line. */
 async function withServerProcess<T>(
   fn: (s: { url: string; token: string; cpuSeconds: () => number }) => Promise<T>,
 ): Promise<T> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'dv-bench-api-'));
-  const child = spawn(process.execPath, [CLI, 'server', '--data', dir, '--listen', '127.0.0.1:0'], {
+  const child = spawn(DISKVAULT, ['server', '--data', dir, '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'ignore'],
   });
   try {

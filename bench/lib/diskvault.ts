@@ -7,8 +7,11 @@ import { folderBytes, measure, processUsage } from './measure.js';
 import type { Peer, PeerStep } from './peers.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** dist/agent/cli.js, next to dist/bench/lib/. */
-export const CLI = resolve(here, '../../agent/cli.js');
+/**
+ * The `diskvault` command as installed (agent/diskvault, which starts node on dist/agent/cli.js with the
+ * malloc settings it ships with): the benchmark measures what a user runs.
+ */
+export const DISKVAULT = resolve(here, '../../../agent/diskvault');
 
 export interface S3Target {
   endpoint: string;
@@ -80,7 +83,7 @@ export function diskvault(
       mkdirSync(data, { recursive: true });
       const port = await freePort();
       url = `http://127.0.0.1:${port}`;
-      const args = [CLI, 'server', '--data', data, '--listen', `127.0.0.1:${port}`];
+      const args = ['server', '--data', data, '--listen', `127.0.0.1:${port}`];
       const env: NodeJS.ProcessEnv = { ...process.env };
       if (opts.s3) {
         args.push(
@@ -98,13 +101,12 @@ export function diskvault(
       if (opts.chunkAvg) {
         args.push('--chunk-avg', String(opts.chunkAvg));
       }
-      server = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      server = spawn(DISKVAULT, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
       await waitForListening(server);
       token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
     },
     async backup(image, night) {
-      const m = await measure(process.execPath, [
-        CLI,
+      const m = await measure(DISKVAULT, [
         'backup',
         image,
         '--server',
@@ -121,8 +123,7 @@ export function diskvault(
       return { step: `backup night${night}`, m, repoBytes: await self.repoBytes() };
     },
     async restore(outFile, night) {
-      const m = await measure(process.execPath, [
-        CLI,
+      const m = await measure(DISKVAULT, [
         'restore',
         'latest',
         outFile,
@@ -140,8 +141,7 @@ export function diskvault(
       return { step: `restore night${night}`, m };
     },
     async inPlaceRestore(snapshot, target) {
-      const m = await measure(process.execPath, [
-        CLI,
+      const m = await measure(DISKVAULT, [
         'restore',
         snapshot,
         target,

@@ -3,19 +3,17 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { backup, call, chunkOf, openSession } from '../helpers/api-client.js';
+import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { spawnServer, startTestServer } from '../helpers/server.js';
-
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 
 function cli(
   args: string[],
   env: NodeJS.ProcessEnv = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const child = spawn(DISKVAULT, args, {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

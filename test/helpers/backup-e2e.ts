@@ -1,17 +1,16 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import type { DiskvaultClient } from '../../agent/client.js';
 import {
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
 } from '../../repo-engine/manifest-codec.js';
+import { DISKVAULT } from './diskvault-command.js';
 import { storageListing } from './reliability-harness.js';
 
 /** Running the real `diskvault backup` CLI as a child process, and reading back what it stored. */
-export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 
 export interface CliRun {
   code: number | null;
@@ -33,7 +32,7 @@ export function runCli(
   opts: { stdinFile?: string; onStderr?: (text: string, kill: () => void) => void } = {},
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const child = spawn(DISKVAULT, args, {
       env: { ...process.env, ...env },
       stdio: [opts.stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });

@@ -4,9 +4,9 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
 import type { SnapshotInfo, VerifyReport } from '../../repo-engine/types.js';
+import { DISKVAULT } from './diskvault-command.js';
 import { type SpawnedServer, spawnServer, startTestServer, TEST_CHUNKER } from './server.js';
 
 /**
@@ -14,7 +14,6 @@ import { type SpawnedServer, spawnServer, startTestServer, TEST_CHUNKER } from '
  * process that can be SIGKILLed and restarted on the same data folder, the real CLI as a child process,
  * and ways to look at the repository from outside (snapshot list, storage files, verify).
  */
-export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 
 export async function tempDir(prefix: string): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), `dv-rel-${prefix}-`));
@@ -95,10 +94,10 @@ export interface CliOptions {
   timeoutMs?: number;
 }
 
-/** Runs `node dist/agent/cli.js ...args` with DISKVAULT_SERVER/DISKVAULT_TOKEN set; never hangs past timeoutMs. */
+/** Runs `diskvault ...args` (the launcher) with DISKVAULT_SERVER/DISKVAULT_TOKEN set; never hangs past timeoutMs. */
 export function dv(args: string[], opts: CliOptions): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const child = spawn(DISKVAULT, args, {
       env: {
         ...process.env,
         DISKVAULT_SERVER: opts.server,

@@ -2,7 +2,6 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { type RunningService, readAdminTokenFile, startService } from '../../api/service.js';
 import { createToken, type Role } from '../../api/token-store.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
@@ -11,12 +10,13 @@ import type { StorageAdapter } from '../../storage-adapters/adapter.js';
 import type { FaultInjectingStorage } from '../../storage-adapters/fault-injecting.js';
 import { withFaults } from '../../storage-adapters/fault-injecting.js';
 import { openStorage } from '../../storage-adapters/index.js';
+import { DISKVAULT } from './diskvault-command.js';
 import { startFakeS3 } from './fake-s3.js';
 
 /**
  * A real diskvault server for tests, on 127.0.0.1 and a free port, over a fresh temp data folder.
  * `startTestServer` runs it in this process (fast; the repository is reachable for assertions);
- * `spawnServer` runs `node dist/agent/cli.js server` as a child (for end-to-end, signal and kill tests).
+ * `spawnServer` runs `diskvault server` (agent/diskvault) as a child (for end-to-end, signal and kill tests).
  */
 export interface TestServerOptions {
   storage?: 'local' | 's3';
@@ -128,9 +128,7 @@ export interface SpawnedServer {
   kill(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
-
-/** Starts `node dist/agent/cli.js server --listen 127.0.0.1:0 --data DIR ...args` and waits for its "listening on" line. */
+/** Starts `diskvault server --listen 127.0.0.1:0 --data DIR ...args` and waits for its "listening on" line. */
 export async function spawnServer(opts: {
   dataDir: string;
   args?: string[];
@@ -138,8 +136,8 @@ export async function spawnServer(opts: {
   timeoutMs?: number;
 }): Promise<SpawnedServer> {
   const child = spawn(
-    process.execPath,
-    [CLI, 'server', '--listen', '127.0.0.1:0', '--data', opts.dataDir, ...(opts.args ?? [])],
+    DISKVAULT,
+    ['server', '--listen', '127.0.0.1:0', '--data', opts.dataDir, ...(opts.args ?? [])],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...opts.env },

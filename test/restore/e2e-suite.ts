@@ -3,15 +3,14 @@ import { createHash } from 'node:crypto';
 import { copyFile, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { TestFn } from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
+import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { workload256M } from '../helpers/workload.js';
 
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const execFileP = promisify(execFile);
 /** ~256 KiB chunks: about a thousand per 256M night, so a run stays quick and in-place has fine grain. */
 const CHUNKER = { min: 64 * 1024, avg: 256 * 1024, max: 1024 * 1024 };
@@ -26,7 +25,7 @@ export interface CliResult {
 
 export function runCli(args: string[], env: NodeJS.ProcessEnv, keepStdout = true): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const child = spawn(DISKVAULT, args, {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
