@@ -39,7 +39,16 @@ async function fakeNodeDir(t: { teardown(fn: () => Promise<void>): void }): Prom
   const node = path.join(dir, 'node');
   await writeFile(
     node,
-    '#!/bin/sh\nprintf "tunables=%s\\n" "${GLIBC_TUNABLES-unset}"\nfor a in "$@"; do printf "arg=[%s]\\n" "$a"; done\ncat\nexit 7\n',
+    [
+      '#!/bin/sh',
+      // A shell expansion, not a template: unset shows as "unset", set-but-empty as nothing.
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: shell syntax
+      'printf "tunables=%s\\n" "${GLIBC_TUNABLES-unset}"',
+      'for a in "$@"; do printf "arg=[%s]\\n" "$a"; done',
+      'cat',
+      'exit 7',
+      '',
+    ].join('\n'),
   );
   await chmod(node, 0o755);
   return dir;
