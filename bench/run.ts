@@ -26,8 +26,12 @@ interface Row {
   step: string;
   wall: number;
   cpu: number;
+  /** The parts of `cpu` (a step with far more system time than usual waited on the kernel: writeback, reclaim). */
+  userCpu?: number;
+  systemCpu?: number;
   rssMiB: number;
   serverRssMiB?: number;
+  /** The server process's CPU since it started (cumulative: subtract the previous row's for one step). */
   serverCpu?: number;
   repoMiB?: number;
   extra?: Record<string, unknown>;
@@ -48,6 +52,8 @@ function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Recor
     step: s.step,
     wall: s.m.wallSeconds,
     cpu: s.m.cpuSeconds,
+    userCpu: s.m.userSeconds,
+    systemCpu: s.m.systemSeconds,
     rssMiB: s.m.peakRssMiB,
     serverRssMiB: usage?.peakRssMiB,
     serverCpu: usage?.cpuSeconds,
@@ -127,6 +133,8 @@ async function floor(image: string): Promise<void> {
       step: 'cat night0 > /dev/null',
       wall: cat.wallSeconds,
       cpu: cat.cpuSeconds,
+      userCpu: cat.userSeconds,
+      systemCpu: cat.systemSeconds,
       rssMiB: cat.peakRssMiB,
       extra: { GBps: size / cat.wallSeconds / 1e9 },
     });

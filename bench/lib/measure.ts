@@ -6,7 +6,10 @@ import { join } from 'node:path';
 /** What one measured command cost, as GNU time reports it for the process and its children. */
 export interface Measurement {
   wallSeconds: number;
+  /** User plus system CPU; the parts follow, so an outlier can be told apart (system time: the kernel). */
   cpuSeconds: number;
+  userSeconds: number;
+  systemSeconds: number;
   peakRssMiB: number;
   stdout: string;
 }
@@ -53,7 +56,14 @@ export async function measure(cmd: string, args: string[], opts: RunOptions = {}
       .split(/\s+/)
       .slice(-4)
       .map(Number);
-    return { wallSeconds: wall, cpuSeconds: user + sys, peakRssMiB: rssKiB / 1024, stdout: out };
+    return {
+      wallSeconds: wall,
+      cpuSeconds: user + sys,
+      userSeconds: user,
+      systemSeconds: sys,
+      peakRssMiB: rssKiB / 1024,
+      stdout: out,
+    };
   } finally {
     if (typeof stdin === 'number') closeSync(stdin);
     if (typeof stdout === 'number') closeSync(stdout);
