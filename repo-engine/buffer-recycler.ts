@@ -8,6 +8,9 @@
  * Sizes go by classes of `granule` bytes, so a small chunk never pins a maximum-size buffer's pages, and
  * at most `maxFreeBytes` wait here unused: past that, buffers are left to the garbage collector.
  */
+/** How many classes above its own a request may be served from (at most this many granules wasted). */
+const SPARE_CLASSES = 2;
+
 export class BufferRecycler {
   private readonly free = new Map<number, ArrayBuffer[]>();
   /** Buffers that came from here, or were handed back: only these may be transferred when a view is partial. */
@@ -21,15 +24,22 @@ export class BufferRecycler {
     private readonly granule = 256 * 1024,
   ) {}
 
-  /** A buffer of at least `length` bytes, whose content is garbage. */
+  /**
+   * A buffer of at least `length` bytes, whose content is garbage: a free one of its size class, else of
+   * one of the next few classes (compressed chunks vary in size, so the exact class is often empty while a
+   * slightly larger one waits; at most `SPARE_CLASSES` granules and never more than the request's own size
+   * are wasted), else a new one.
+   */
   take(length: number): ArrayBuffer {
     const cls = Math.max(1, Math.ceil(length / this.granule));
-    const list = this.free.get(cls);
-    const ab = list?.pop();
-    if (ab) {
-      this.freeBytes -= ab.byteLength;
-      this.reused++;
-      return ab;
+    const largest = cls + Math.min(SPARE_CLASSES, cls);
+    for (let c = cls; c <= largest; c++) {
+      const ab = this.free.get(c)?.pop();
+      if (ab) {
+        this.freeBytes -= ab.byteLength;
+        this.reused++;
+        return ab;
+      }
     }
     const fresh = new ArrayBuffer(cls * this.granule);
     this.mine.add(fresh);

@@ -66,3 +66,29 @@ test('a buffer that went to another thread and came back is ours again', async (
   r.adopt(back);
   t.is(r.transferable(Buffer.from(back, 0, 10)), back);
 });
+
+test('an empty size class is served from a slightly larger free buffer, wasting at most two granules and never more than the request', (t) => {
+  const r = new BufferRecycler(64 * 1024 * KiB, 256 * KiB);
+  const big = r.take(4 * 256 * KiB);
+  const huge = r.take(5 * 256 * KiB);
+  r.give(big);
+  r.give(huge);
+  t.is(
+    r.take(2 * 256 * KiB),
+    big,
+    'class 2 may use a class-4 buffer (two granules, no more than the request)',
+  );
+  t.is(r.take(2 * 256 * KiB).byteLength, 2 * 256 * KiB, 'but not a class-5 one: a new buffer');
+  t.is(r.take(3 * 256 * KiB), huge, 'class 3 may use class 5');
+  const two = r.take(2 * 256 * KiB);
+  const three = r.take(3 * 256 * KiB);
+  r.give(three);
+  t.is(
+    r.take(256 * KiB).byteLength,
+    256 * KiB,
+    'class 1 does not take class 3: the waste would exceed the request',
+  );
+  r.give(two);
+  t.is(r.take(256 * KiB), two, 'class 1 takes class 2: the waste equals the request');
+  t.is(r.reused, 3);
+});
