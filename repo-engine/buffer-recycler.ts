@@ -1,3 +1,6 @@
+/** How many classes above its own a request may be served from (at most this many granules wasted). */
+const SPARE_CLASSES = 2;
+
 /**
  * Chunk-sized ArrayBuffers that go round instead of being allocated per chunk. A fresh multi-megabyte
  * buffer comes from mmap and page-faults on every first write, and is unmapped again when collected:
@@ -8,9 +11,6 @@
  * Sizes go by classes of `granule` bytes, so a small chunk never pins a maximum-size buffer's pages, and
  * at most `maxFreeBytes` wait here unused: past that, buffers are left to the garbage collector.
  */
-/** How many classes above its own a request may be served from (at most this many granules wasted). */
-const SPARE_CLASSES = 2;
-
 export class BufferRecycler {
   private readonly free = new Map<number, ArrayBuffer[]>();
   /** Buffers that came from here, or were handed back: only these may be transferred when a view is partial. */

@@ -10,7 +10,7 @@ import {
 import { DISKVAULT } from './diskvault-command.js';
 import { storageListing } from './reliability-harness.js';
 
-/** Running the real `diskvault backup` CLI as a child process, and reading back what it stored. */
+// Running the real `diskvault backup` CLI as a child process, and reading back what it stored.
 
 export interface CliRun {
   code: number | null;
