@@ -7,7 +7,7 @@ import { isDiskvaultError } from '../storage-adapters/errors.js';
  * What every CLI command shares: usage errors, the one mapping from errors to exit codes, and where the
  * server address and token come from.
  *
- * Exit codes (docs/cli.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
+ * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
  */
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { DISKVAULT_VERSION } from '../api/version.js';
 import { EXIT_USAGE, reportError } from './cli-support.js';
 
 /**
@@ -23,7 +24,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
 
 function usage(): string {
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
-  return `usage: diskvault COMMAND [options]\n\ncommands:\n${lines.join('\n')}\n\nRun 'diskvault COMMAND --help' for a command's options.\n`;
+  return `usage: diskvault COMMAND [options]\n       diskvault --version\n\ncommands:\n${lines.join('\n')}\n\nRun 'diskvault COMMAND --help' for a command's options.\n`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -31,6 +32,10 @@ async function main(argv: string[]): Promise<number> {
   if (!name || name === 'help' || name === '--help' || name === '-h') {
     process.stdout.write(usage());
     return name ? 0 : EXIT_USAGE;
+  }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`diskvault ${DISKVAULT_VERSION}\n`);
+    return 0;
   }
   const command = COMMANDS[name];
   if (!command) {

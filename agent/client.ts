@@ -17,6 +17,7 @@ import {
   RAW_LENGTH_HEADER,
   type SnapshotInfo,
 } from '../api/protocol.js';
+import { AGENT_USER_AGENT } from '../api/version.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
 import { decompressExactly } from './zstd-bounded.js';
@@ -327,7 +328,11 @@ export class DiskvaultClient {
     headers: http.OutgoingHttpHeaders,
   ): Promise<Response> {
     return new Promise((resolve, reject) => {
-      const h: http.OutgoingHttpHeaders = { authorization: this.auth, ...headers };
+      const h: http.OutgoingHttpHeaders = {
+        authorization: this.auth,
+        'user-agent': AGENT_USER_AGENT,
+        ...headers,
+      };
       if (body === undefined) h['content-length'] = 0;
       else if (Buffer.isBuffer(body)) h['content-length'] = body.length;
       const req = this.transport.request(url, { method, headers: h, agent: this.agent });

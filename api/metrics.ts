@@ -1,4 +1,5 @@
 import type { RepositoryApi } from '../repo-engine/types.js';
+import { DISKVAULT_VERSION } from './version.js';
 
 /**
  * Counters for GET /metrics in the Prometheus text format (version 0.0.4). Request counts are labelled by
@@ -34,6 +35,9 @@ export class Metrics {
     const metric = (name: string, type: string, help: string, lines: string[]) => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
     };
+    metric('diskvault_build_info', 'gauge', 'The diskvault release and Node.js version serving (always 1).', [
+      `diskvault_build_info{version="${escapeLabel(DISKVAULT_VERSION)}",node="${escapeLabel(process.version)}"} 1`,
+    ]);
     metric(
       'diskvault_http_requests_total',
       'counter',

@@ -4,8 +4,8 @@ import { requestTokenIds } from './context.js';
 import type { Metrics } from './metrics.js';
 
 /**
- * One JSON line per request: method, route pattern, status, bytes in and out, milliseconds and the token
- * id. Never the token, never a query string (it holds session ids).
+ * One JSON line per request: method, route pattern, status, bytes in and out, milliseconds, the token
+ * id and the client's User-Agent. Never the token, never a query string (it holds session ids).
  */
 export function attachRequestLog(
   req: IncomingMessage,
@@ -40,6 +40,8 @@ export function attachRequestLog(
         bytesOut,
         ms: Math.round(ms * 10) / 10,
         token: requestTokenIds.get(req) ?? null,
+        // Which agents still run an old release; the client chose it, so it is capped.
+        agent: req.headers['user-agent']?.slice(0, 120) ?? null,
       }),
     );
   };

@@ -3,6 +3,7 @@ import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../agent/cli-support.js';
 import { isDiskvaultError } from '../../storage-adapters/errors.js';
 import { ConfigError, parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
 import type { RunningService } from '../service.js';
+import { DISKVAULT_VERSION } from '../version.js';
 
 /** How long in-flight requests may run after SIGTERM/SIGINT before their connections are cut. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -70,7 +71,7 @@ export async function run(argv: string[], _command: string): Promise<number> {
     );
   }
   process.stdout.write(
-    `diskvault server listening on ${service.url} (storage ${service.storage.description})\n`,
+    `diskvault ${DISKVAULT_VERSION} server listening on ${service.url} (storage ${service.storage.description})\n`,
   );
 
   return new Promise<number>((resolve) => {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -124,6 +124,44 @@ test('the admin CLI runs forget, gc, verify and stats over HTTP', async (t) => {
     t.regex(refused.stderr, /global admin/);
   } finally {
     await srv.stop();
+  }
+});
+
+test('the release is named alike by --version, the server, /metrics and the agent requests', async (t) => {
+  const { version } = JSON.parse(
+    await readFile(new URL('../../../package.json', import.meta.url), 'utf8'),
+  ) as { version: string };
+  t.regex(version, /^\d+\.\d+\.\d+/);
+  for (const flag of ['--version', '-V', 'version']) {
+    const out = await cli([flag]);
+    t.is(out.code, 0, out.stderr);
+    t.is(out.stdout, `diskvault ${version}\n`);
+  }
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'dv-version-'));
+  try {
+    const srv = await spawnServer({ dataDir });
+    try {
+      t.true(srv.output().stdout.includes(`diskvault ${version} server listening on ${srv.url}`));
+      const metrics = await call(srv.url, srv.adminToken, 'GET', '/metrics');
+      t.true(
+        metrics.bytes
+          .toString()
+          .includes(`diskvault_build_info{version="${version}",node="${process.version}"} 1`),
+      );
+      const listed = await cli(['snapshots', '--server', srv.url, '--token', srv.adminToken, '--json']);
+      t.is(listed.code, 0, listed.stderr);
+      // The request log tells an admin which agents still run an old release.
+      const agentLine = srv
+        .output()
+        .stderr.split('\n')
+        .find((l) => l.includes('"route":"/v1/snapshots"'));
+      t.truthy(agentLine, srv.output().stderr);
+      t.is(JSON.parse(agentLine!).agent, `diskvault/${version} node/${process.versions.node}`);
+    } finally {
+      await srv.kill('SIGTERM');
+    }
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
   }
 });
 
