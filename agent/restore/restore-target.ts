@@ -132,7 +132,16 @@ class DeviceTarget implements RestoreTarget {
     if (capacity !== undefined && capacity < opts.size) {
       throw new InvalidInputError(`${path} holds ${capacity} bytes, the snapshot needs ${opts.size}`);
     }
-    return new DeviceTarget(path, await open(path, fsc.O_RDWR));
+    // O_EXCL on a block device claims it: the kernel refuses (EBUSY) while it is mounted, swap, part of a
+    // RAID or LVM volume, or claimed by another program, and a restore written under a live filesystem
+    // would destroy it while the kernel still trusts its cache.
+    const fh = await open(path, fsc.O_RDWR | fsc.O_EXCL).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EBUSY') throw err;
+      throw new InvalidInputError(
+        `${path} is in use (mounted, swap, part of a RAID or LVM volume, or claimed by another program): unmount or release it first`,
+      );
+    });
+    return new DeviceTarget(path, fh);
   }
 
   async write(buf: Buffer, offset: number): Promise<void> {

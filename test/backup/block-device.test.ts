@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,6 +5,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { splitDeviceNumber } from '../../agent/sources/block-device.js';
 import { openSource } from '../../agent/sources/open.js';
+import { attachLoop, canMakeLoopDevices, detachLoop } from '../helpers/loop-device.js';
 
 test('device numbers split as glibc does, including majors and minors beyond 8 bits', (t) => {
   t.deepEqual(splitDeviceNumber(0x0700), { major: 7, minor: 0 }); // loop0
@@ -16,16 +16,6 @@ test('device numbers split as glibc does, including majors and minors beyond 8 b
   t.deepEqual(splitDeviceNumber(rdev), { major: 259, minor: 300 });
 });
 
-/** Loop devices need root and /dev/loop-control; where the machine has neither, the test shows as skipped. */
-function canMakeLoopDevices(): boolean {
-  try {
-    execFileSync('losetup', ['-f'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
-
 (canMakeLoopDevices() ? test : test.skip)(
   'a block device is opened raw with its size and sector size from sysfs',
   async (t) => {
@@ -35,7 +25,7 @@ function canMakeLoopDevices(): boolean {
       const file = join(dir, 'disk.img');
       const data = randomBytes(3 * 1024 * 1024);
       await writeFile(file, data);
-      loop = execFileSync('losetup', ['-f', '--show', '-r', file], { encoding: 'utf8' }).trim();
+      loop = attachLoop(file, { readOnly: true });
       const source = await openSource(loop);
       try {
         t.is(source.size, data.length);
@@ -49,7 +39,7 @@ function canMakeLoopDevices(): boolean {
       }
       await t.throwsAsync(openSource(loop, { format: 'qcow2' }), { message: /block device/ });
     } finally {
-      if (loop) execFileSync('losetup', ['-d', loop]);
+      if (loop) detachLoop(loop);
       await rm(dir, { recursive: true, force: true });
     }
   },

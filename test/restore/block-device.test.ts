@@ -1,0 +1,153 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { runCli } from '../helpers/backup-e2e.js';
+import { attachLoop, canMakeLoopDevices, detachLoop } from '../helpers/loop-device.js';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+
+/**
+ * `diskvault restore` onto real block devices (loop devices over files), through the real server and CLI:
+ * every byte written (a device has no holes, so zero chunks must overwrite what was there), in place, too
+ * small, and in use. A restore that writes over a mounted filesystem destroys it while the kernel still
+ * trusts its cache, so that one must be refused before a byte is written.
+ */
+
+const MiB = 1024 * 1024;
+const loopTest = canMakeLoopDevices() ? test.serial : test.serial.skip;
+
+let server: TestServer | undefined;
+let env: Record<string, string> = {};
+let dir = '';
+let image = Buffer.alloc(0);
+const devices: string[] = [];
+
+test.before(async () => {
+  if (!canMakeLoopDevices()) return;
+  dir = await mkdtemp(join(tmpdir(), 'dv-restore-dev-'));
+  // Data, a zero run longer than the largest chunk (whole zero chunks), text, data: 16 MiB.
+  image = Buffer.concat([
+    randomBytes(6 * MiB),
+    Buffer.alloc(3 * MiB),
+    Buffer.from('a disk image, restored onto a device '.repeat((2 * MiB) / 37 + 1)).subarray(0, 2 * MiB),
+    randomBytes(5 * MiB),
+  ]);
+  await writeFile(join(dir, 'disk.img'), image);
+  server = await startTestServer();
+  env = {
+    DISKVAULT_SERVER: server.url,
+    DISKVAULT_TOKEN: await server.makeToken('agent', ['dev1']),
+    DISKVAULT_CONFIG: '/nonexistent/agent.json',
+  };
+  const backup = await runCli(
+    ['backup', join(dir, 'disk.img'), '--host', 'dev1', '--disk', 'sda', '--json'],
+    env,
+  );
+  if (backup.code !== 0) throw new Error(`backup failed: ${backup.stderr}`);
+});
+
+test.after.always(async () => {
+  for (const d of devices) {
+    try {
+      detachLoop(d);
+    } catch {}
+  }
+  await server?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** A loop device over a new file of `size` bytes, each byte `fill`. */
+async function loopDevice(name: string, size: number, fill: number): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, Buffer.alloc(size, fill));
+  const device = attachLoop(file);
+  devices.push(device);
+  return device;
+}
+
+async function readDevice(device: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await open(device, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    const { bytesRead } = await fh.read(buf, 0, length, offset);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+const restore = (device: string, ...extra: string[]) =>
+  runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sda', '--json', ...extra], env);
+
+loopTest(
+  'a restore onto a device writes every byte, zero chunks too, and nothing past the image',
+  async (t) => {
+    const device = await loopDevice('big.dev', 20 * MiB, 0xa5);
+    const r = await restore(device);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.summary?.verified, true);
+    t.is(r.summary?.bytesWritten, image.length, 'a device has no holes: zero chunks are written');
+    t.true((await readDevice(device, 0, image.length)).equals(image));
+    t.true((await readDevice(device, image.length, 4 * MiB)).equals(Buffer.alloc(4 * MiB, 0xa5)));
+
+    // In place after damage to part of the zero run and part of the data: only those chunks come back.
+    const fh = await open(device, 'r+');
+    try {
+      await fh.write(Buffer.alloc(64 * 1024, 0xff), 0, 64 * 1024, 7 * MiB);
+      await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 12 * MiB);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    const again = await restore(device, '--in-place');
+    t.is(again.code, 0, again.stderr);
+    t.is(again.summary?.verified, true);
+    const fetched = Number(again.summary?.bytesFetched);
+    t.true(fetched > 0 && fetched <= 4 * 256 * 1024, `fetched ${fetched} bytes`);
+    t.true(Number(again.summary?.bytesReused) >= image.length - 4 * 256 * 1024);
+    t.true((await readDevice(device, 0, image.length)).equals(image));
+  },
+);
+
+loopTest('a device smaller than the image is refused before anything is written', async (t) => {
+  const device = await loopDevice('small.dev', 8 * MiB, 0x5a);
+  const r = await restore(device);
+  t.is(r.code, 1);
+  t.regex(r.stderr, new RegExp(`${device} holds ${8 * MiB} bytes, the snapshot needs ${image.length}`));
+  t.notRegex(r.stderr, /\n\s+at /, 'no stack trace');
+  t.true((await readDevice(device, 0, 8 * MiB)).equals(Buffer.alloc(8 * MiB, 0x5a)));
+});
+
+loopTest('a mounted device is refused, and its filesystem is left intact', async (t) => {
+  const device = await loopDevice('mounted.dev', 32 * MiB, 0);
+  execFileSync('mkfs.ext4', ['-q', '-F', device]);
+  const mountpoint = join(dir, 'mnt');
+  await mkdir(mountpoint);
+  execFileSync('mount', [device, mountpoint]);
+  let mounted = true;
+  try {
+    await writeFile(join(mountpoint, 'hello.txt'), 'still here\n');
+    execFileSync('sync');
+    for (const extra of [[], ['--in-place']]) {
+      const r = await restore(device, ...extra);
+      t.is(r.code, 1, `${extra.join(' ')}: ${r.stdout}`);
+      t.regex(r.stderr, new RegExp(`${device} is in use \\(mounted`));
+      t.notRegex(r.stderr, /\n\s+at /, 'no stack trace');
+    }
+    execFileSync('umount', [mountpoint]);
+    mounted = false;
+    // -n: check only; exit 0 means clean.
+    execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' });
+    t.is(
+      execFileSync('debugfs', ['-R', 'cat /hello.txt', device], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }),
+      'still here\n',
+    );
+  } finally {
+    if (mounted) execFileSync('umount', [mountpoint]);
+  }
+});
