@@ -1,9 +1,11 @@
+import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
 import { CLIENT_OPTIONS, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { createProgressReporter, formatBytes } from '../progress.js';
+import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
 
 const HELP = `usage: diskvault backup SOURCE --host NAME --disk NAME [options]
@@ -57,6 +59,14 @@ export async function run(argv: string[]): Promise<number> {
   const cfg = resolveClientConfig({ server: values.server, token: values.token, config: values.config });
 
   const source = await openSource(positionals[0], { format });
+  const warnings = await sourceWarnings(positionals[0]);
+  for (const w of warnings) {
+    process.stderr.write(
+      values.json === true
+        ? `${JSON.stringify({ type: 'warning', ...w })}\n`
+        : `diskvault backup: warning: ${w.message}\n`,
+    );
+  }
   const client = new DiskvaultClient({ ...cfg, concurrency });
   const reporter = createProgressReporter({
     json: values.json === true,
@@ -86,7 +96,7 @@ export async function run(argv: string[]): Promise<number> {
         }),
     });
     reporter.finish();
-    printSummary(summary, values.json === true);
+    printSummary(summary, warnings, values.json === true);
     return summary.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
   } finally {
     reporter.finish();
@@ -95,7 +105,31 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-function printSummary(s: BackupSummary, json: boolean): void {
+interface Warning {
+  code: 'MountedReadWrite';
+  message: string;
+}
+
+/**
+ * What the user should know before trusting the snapshot. A block device mounted read-write changes while
+ * it is read, so its image is only as consistent as the disk after a power cut: worth saying, not refusing
+ * (that is what many backups of a running machine are, and a journaling filesystem recovers from it).
+ */
+async function sourceWarnings(path: string): Promise<Warning[]> {
+  if (path === '-') return [];
+  const st = await stat(path);
+  if (!st.isBlockDevice()) return [];
+  const writable = (await mountsOfDevice(st.rdev)).filter((m) => !m.readOnly);
+  if (writable.length === 0) return [];
+  return [
+    {
+      code: 'MountedReadWrite',
+      message: `${path} is mounted read-write at ${writable.map((m) => m.mountPoint).join(', ')}: writes during the backup leave an image only as consistent as after a power cut; for a consistent one, back up a snapshot of it (LVM, device-mapper) or remount it read-only`,
+    },
+  ];
+}
+
+function printSummary(s: BackupSummary, warnings: Warning[], json: boolean): void {
   if (json) {
     const out = {
       type: 'summary',
@@ -114,6 +148,7 @@ function printSummary(s: BackupSummary, json: boolean): void {
       dedupRatio: round(s.dedupRatio, 4),
       unreadable: s.unreadable,
       sourceFormat: s.sourceFormat,
+      warnings,
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
@@ -125,6 +160,7 @@ function printSummary(s: BackupSummary, json: boolean): void {
     `  dedup     ${(s.dedupRatio * 100).toFixed(1)}% of the image was already in the repository`,
     `  time      ${s.seconds.toFixed(1)} s, ${formatBytes(s.throughput)}/s`,
   ];
+  for (const w of warnings) lines.push(`  WARNING   ${w.message}`);
   if (s.unreadable.length > 0) {
     const bytes = s.unreadable.reduce((n, r) => n + r[1], 0);
     lines.push(`  UNREADABLE ${formatBytes(bytes)} in ${s.unreadable.length} ranges, stored as zeros:`);

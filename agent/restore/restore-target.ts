@@ -1,8 +1,9 @@
 import { once } from 'node:events';
 import { createWriteStream, constants as fsc } from 'node:fs';
-import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { InvalidInputError, isNoSpace, StorageFullError } from '../../storage-adapters/errors.js';
+import { deviceGeometry } from '../sources/block-device.js';
 
 /**
  * Where a restore writes: a regular file (created or overwritten, sparse by default), a block device (never
@@ -167,16 +168,14 @@ class DeviceTarget implements RestoreTarget {
   }
 }
 
-/** The kernel knows a block device's size in 512-byte sectors under /sys/dev/block/MAJ:MIN/size. */
+/**
+ * The device's size from sysfs; undefined without /sys (a container), where a too-small device then fails
+ * on its first short write instead.
+ */
 async function blockDeviceSize(path: string, rdev: number): Promise<number | undefined> {
-  const major = Math.floor(rdev / 256) & 0xfff;
-  const minor = (rdev & 0xff) | ((Math.floor(rdev / 1048576) & 0xfff) << 8);
   try {
-    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
-    return Number.isSafeInteger(sectors) ? sectors * 512 : undefined;
+    return (await deviceGeometry(rdev, path)).size;
   } catch {
-    // Without /sys (a container) we cannot tell; a too-small device then fails on its first short write.
-    void path;
     return undefined;
   }
 }
