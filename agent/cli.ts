@@ -16,6 +16,10 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   backup: { module: './commands/backup.js', summary: 'back up a disk image, block device or stdin' },
   restore: { module: './commands/restore.js', summary: 'restore a snapshot to a file, device or stdout' },
   snapshots: { module: './commands/snapshots.js', summary: 'list snapshots' },
+  nbd: {
+    module: './commands/nbd.js',
+    summary: 'serve a snapshot read-only over NBD, to mount it without restoring',
+  },
   forget: { module: './commands/admin.js', summary: 'apply a retention policy (admin)' },
   gc: { module: './commands/admin.js', summary: 'delete chunks no snapshot uses (admin)' },
   verify: { module: './commands/admin.js', summary: 'check the repository (admin)' },

@@ -1,0 +1,142 @@
+import { isIP } from 'node:net';
+import { parseArgs } from 'node:util';
+import { parseListen, parseSize } from '../../api/config.js';
+import { ManifestReader } from '../../repo-engine/manifest-codec.js';
+import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { DiskvaultClient } from '../client.js';
+import { NbdServer } from '../nbd/nbd-server.js';
+import { SnapshotImage } from '../nbd/snapshot-image.js';
+import { formatBytes } from '../progress.js';
+import { decodeChunk } from '../restore/chunk-decoder.js';
+import { clientChunkFetcher } from '../restore/client-fetcher.js';
+import { DecodePool } from '../restore/decode-pool.js';
+import { formatRange } from '../restore/ranges.js';
+import { selectSnapshot } from '../restore/snapshot-selector.js';
+
+const USAGE = `usage: diskvault nbd SNAPSHOT [options]
+
+Serves a snapshot read-only over NBD (the network block device protocol), so its filesystems can be
+mounted and single files copied out without restoring the whole disk. Chunks are downloaded when first
+read, checked against their ids, and cached. Runs until interrupted (Ctrl-C or SIGTERM).
+
+SNAPSHOT  a snapshot id, an id prefix, or 'latest' (with --host and --disk)
+
+options:
+  --server URL, --token T, --config FILE   where the repository is (also DISKVAULT_SERVER / DISKVAULT_TOKEN)
+  --host NAME, --disk NAME                 narrow 'latest' or an id prefix
+  --listen HOST:PORT                       where to serve (default 127.0.0.1:10809)
+  --name NAME                              the export's name (default the snapshot id; '' also reaches it)
+  --cache SIZE                             chunk cache (default 256M)
+  --json                                   the listening line as JSON
+
+then, for example:
+  nbd-client 127.0.0.1 10809 /dev/nbd0 -readonly && mount -o ro /dev/nbd0p1 /mnt
+  qemu-img convert -O raw nbd://127.0.0.1:10809 disk.img
+  guestfish --ro -a nbd://127.0.0.1:10809 -i
+`;
+
+export async function run(argv: string[], command: string): Promise<number> {
+  const { values, positionals } = parse(argv);
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return EXIT_OK;
+  }
+  if (positionals.length !== 1) throw new UsageError(`${command} needs one SNAPSHOT`);
+  let listen: { host: string; port: number };
+  let cacheBytes: number;
+  try {
+    listen = parseListen(values.listen ?? '127.0.0.1:10809');
+    cacheBytes = parseSize(values.cache ?? '256M');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+
+  const cfg = resolveClientConfig(values);
+  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token, concurrency: 16 });
+  const fetcher = clientChunkFetcher(client);
+  const decoders = new DecodePool();
+  let server: NbdServer | undefined;
+  try {
+    const snapshot = await selectSnapshot(client, positionals[0], { host: values.host, disk: values.disk });
+    const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
+    const image = await SnapshotImage.load(
+      { ...reader.header, id: reader.header.id ?? snapshot.id },
+      reader.entryBatches(),
+      async (id, length) => {
+        // As in a restore: decompression and the hash check run on worker threads, off the thread that
+        // answers the NBD clients.
+        const fetched = await fetcher.fetch(id, length);
+        return fetched.verified
+          ? decodeChunk(fetched, id, length)
+          : await decoders.decode(fetched, id, length);
+      },
+      cacheBytes,
+    );
+    const name = values.name ?? snapshot.id;
+    server = new NbdServer(
+      {
+        name,
+        description: `diskvault snapshot ${snapshot.id} of ${snapshot.host}/${snapshot.disk} at ${snapshot.time}`,
+        size: image.size,
+        read: (offset, length) => image.read(offset, length),
+      },
+      {
+        onReadError: (err, offset, length) =>
+          process.stderr.write(
+            `diskvault ${command}: read of ${length} bytes at offset ${offset} failed, the client got EIO: ${(err as Error).message}\n`,
+          ),
+      },
+    );
+    const address = await server.listen(listen.port, listen.host);
+    const where = `${isIP(address.address) === 6 ? `[${address.address}]` : address.address}:${address.port}`;
+    if (values.json) {
+      process.stdout.write(
+        `${JSON.stringify({ type: 'listening', snapshot: snapshot.id, host: snapshot.host, disk: snapshot.disk, time: snapshot.time, size: image.size, address: address.address, port: address.port, export: name })}\n`,
+      );
+    } else {
+      process.stdout.write(
+        `serving snapshot ${snapshot.id} (${snapshot.host}/${snapshot.disk}, ${snapshot.time}, ${formatBytes(image.size)}) read-only over NBD on ${where}, export '${name}'\n`,
+      );
+    }
+    if (!isLoopback(address.address)) {
+      process.stderr.write(
+        `diskvault ${command}: warning: NBD has no authentication or encryption here: anyone who can reach ${where} can read this disk\n`,
+      );
+    }
+    if (image.header.unreadable.length > 0) {
+      process.stderr.write(
+        `diskvault ${command}: warning: ${image.header.unreadable.length} range(s) were unreadable at backup time and read as zeros: ${image.header.unreadable.map(formatRange).join(', ')}\n`,
+      );
+    }
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    return EXIT_OK;
+  } finally {
+    await server?.close();
+    await decoders.close();
+    client.close();
+  }
+}
+
+function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address === '::ffff:127.0.0.1';
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...CLIENT_OPTIONS,
+        listen: { type: 'string' },
+        name: { type: 'string' },
+        cache: { type: 'string' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
