@@ -22,6 +22,8 @@ export interface NbdServerOptions {
   maxRequestBytes?: number;
   /** Reads in flight per connection before the next request is read. Default 16. */
   maxInFlight?: number;
+  /** Bytes of reads in flight per connection (one read may exceed it alone). Default 64 MiB. */
+  maxInFlightBytes?: number;
   /** A read that failed (a damaged or missing chunk): the client got EIO. */
   onReadError?: (err: unknown, offset: number, length: number) => void;
 }
@@ -58,6 +60,7 @@ export class NbdServer {
   private readonly sockets = new Set<Socket>();
   private readonly maxRequestBytes: number;
   private readonly maxInFlight: number;
+  private readonly maxInFlightBytes: number;
   /**
    * The export's size rounded up to whole 512-byte sectors. qemu (and any client that counts in sectors)
    * rounds an odd size up and reads the last sector whole; the bytes past the image read as zeros.
@@ -70,6 +73,7 @@ export class NbdServer {
   ) {
     this.maxRequestBytes = opts.maxRequestBytes ?? 32 * 1024 * 1024;
     this.maxInFlight = opts.maxInFlight ?? 16;
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     this.readableEnd = Math.ceil(exp.size / 512) * 512;
     this.server = createServer((socket) => {
       this.sockets.add(socket);
@@ -84,6 +88,11 @@ export class NbdServer {
     this.server.listen(port, host);
     await once(this.server, 'listening');
     return this.server.address() as AddressInfo;
+  }
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.sockets.size;
   }
 
   /** Stops listening and drops every connection. */
@@ -200,10 +209,11 @@ export class NbdServer {
 
   private async transmit(socket: Socket, input: SocketReader): Promise<void> {
     const running = new Set<Promise<void>>();
+    let runningBytes = 0;
     for (;;) {
       while (running.size >= this.maxInFlight) await Promise.race(running);
       // What we have not sent yet holds back reading more requests, not our memory.
-      if (socket.writableNeedDrain) await once(socket, 'drain');
+      if (socket.writableNeedDrain) await drainedOrClosed(socket);
       const req = await input.read(28);
       if (req.readUInt32BE(0) !== REQUEST_MAGIC) return;
       const type = req.readUInt16BE(6);
@@ -216,9 +226,14 @@ export class NbdServer {
             socket.write(simpleReply(handle, ERRNO.EINVAL));
             break;
           }
-          const job: Promise<void> = this.answerRead(socket, handle, offset, length).finally(() =>
-            running.delete(job),
-          );
+          // Memory per connection stays bounded however many large reads a client queues.
+          while (running.size > 0 && runningBytes + length > this.maxInFlightBytes)
+            await Promise.race(running);
+          runningBytes += length;
+          const job: Promise<void> = this.answerRead(socket, handle, offset, length).finally(() => {
+            running.delete(job);
+            runningBytes -= length;
+          });
           running.add(job);
           break;
         }
@@ -261,6 +276,19 @@ export class NbdServer {
     socket.write(simpleReply(handle, 0));
     socket.write(data);
   }
+}
+
+/** Waits for room in the socket's send buffer; a connection closed meanwhile ends the wait too. */
+function drainedOrClosed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
 }
 
 function optionReply(option: number, type: number, payload: Buffer): Buffer {

@@ -35,10 +35,18 @@ async function serve(
   exp: NbdExport,
   opts: ConstructorParameters<typeof NbdServer>[1] = {},
 ): Promise<number> {
+  return (await serveWith(t, exp, opts)).port;
+}
+
+async function serveWith(
+  t: { teardown(fn: () => Promise<void>): void },
+  exp: NbdExport,
+  opts: ConstructorParameters<typeof NbdServer>[1] = {},
+): Promise<{ port: number; server: NbdServer }> {
   const server = new NbdServer(exp, opts);
   const { port } = await server.listen(0, '127.0.0.1');
   t.teardown(() => server.close());
-  return port;
+  return { port, server };
 }
 
 test('NBD_OPT_GO: the default or named export, read-only with its size; reads, even concurrent, answer by handle', async (t) => {
@@ -103,6 +111,22 @@ test('writes, trims and reads past the end are refused, and the connection goes 
   const after = await c.read(100, 4096);
   t.is(after.error, 0);
   t.true(after.data?.equals(data.subarray(100, 4196)), 'the write changed nothing');
+});
+
+test('a client that queues large reads and never reads the answers, then goes away, is let go', async (t) => {
+  const data = Buffer.alloc(64 * 1024 * 1024, 3);
+  const exp = bufferExport(data);
+  const { port, server } = await serveWith(t, exp, { maxInFlightBytes: 16 * 1024 * 1024 });
+  const c = await TestNbdClient.connect(port);
+  await c.option(NBD.OPT_GO, TestNbdClient.goData(''));
+  for (let i = 0; i < 40; i++)
+    c.sendRequest(NBD.CMD_READ, BigInt(i), (i % 8) * 8 * 1024 * 1024, 8 * 1024 * 1024);
+  await new Promise((r) => setTimeout(r, 500));
+  t.true(exp.reads < 40, `${exp.reads} of 40 reads answered while nobody reads the replies`);
+  t.is(server.connections, 1);
+  c.destroy();
+  for (let i = 0; i < 100 && server.connections > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  t.is(server.connections, 0);
 });
 
 test('a read that fails answers EIO and is reported; reads elsewhere still succeed', async (t) => {
