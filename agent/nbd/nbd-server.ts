@@ -115,7 +115,9 @@ export class NbdServer {
     } catch (err) {
       if (!(err instanceof ConnectionClosed)) throw err;
     }
-    socket.destroy();
+    // A connection we ended (NBD_CMD_DISC, NBD_OPT_ABORT) closes once what is queued has been sent;
+    // anything else (a protocol violation, the peer gone) is cut at once.
+    if (!socket.writableEnded) socket.destroy();
   }
 
   /** Option haggling; true once the client has chosen the export and transmission begins. */
