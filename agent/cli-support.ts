@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { isDiskvaultError } from '../storage-adapters/errors.js';
 
 /**
@@ -36,6 +37,21 @@ export function reportError(err: unknown, command: string): number {
   process.stderr.write(`diskvault ${command}: ${text}\n`);
   if (process.env.DISKVAULT_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
   return EXIT_FAILURE;
+}
+
+/**
+ * A command's flags (CLIENT_OPTIONS plus its own) and positionals; an unknown or malformed flag is a usage
+ * error (exit 2), not a stack trace.
+ */
+export function parseCommandArgs<O extends NonNullable<ParseArgsConfig['options']>>(
+  argv: string[],
+  options: O,
+) {
+  try {
+    return parseArgs({ args: argv, allowPositionals: true, options: { ...CLIENT_OPTIONS, ...options } });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
 
 /** The flags every command that talks to a server takes (parseArgs options), so all of them spell them alike. */

@@ -1,8 +1,13 @@
 import { stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
-import { CLIENT_OPTIONS, EXIT_OK, EXIT_UNREADABLE, resolveClientConfig, UsageError } from '../cli-support.js';
+import {
+  EXIT_OK,
+  EXIT_UNREADABLE,
+  parseCommandArgs,
+  resolveClientConfig,
+  UsageError,
+} from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { createProgressReporter, formatBytes } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
@@ -29,7 +34,13 @@ exit codes: 0 done, 1 failed, 2 usage error, 3 done but some ranges could not be
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv);
+  const { values, positionals } = parseCommandArgs(argv, {
+    tag: { type: 'string', multiple: true },
+    time: { type: 'string' },
+    format: { type: 'string' },
+    concurrency: { type: 'string' },
+    'compression-level': { type: 'string' },
+  });
   if (values.help) {
     process.stdout.write(HELP);
     return EXIT_OK;
@@ -168,25 +179,6 @@ function printSummary(s: BackupSummary, warnings: Warning[], json: boolean): voi
     if (s.unreadable.length > 20) lines.push(`    ... and ${s.unreadable.length - 20} more (see --json)`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
-}
-
-function parse(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...CLIENT_OPTIONS,
-        tag: { type: 'string', multiple: true },
-        time: { type: 'string' },
-        format: { type: 'string' },
-        concurrency: { type: 'string' },
-        'compression-level': { type: 'string' },
-      },
-    });
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
 }
 
 function required(v: string | undefined, flag: string): string {

@@ -1,8 +1,7 @@
 import { isIP } from 'node:net';
-import { parseArgs } from 'node:util';
 import { parseListen, parseSize } from '../../api/config.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { EXIT_OK, parseCommandArgs, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
@@ -36,7 +35,11 @@ then, for example:
 `;
 
 export async function run(argv: string[], command: string): Promise<number> {
-  const { values, positionals } = parse(argv);
+  const { values, positionals } = parseCommandArgs(argv, {
+    listen: { type: 'string' },
+    name: { type: 'string' },
+    cache: { type: 'string' },
+  });
   if (values.help) {
     process.stdout.write(USAGE);
     return EXIT_OK;
@@ -122,21 +125,4 @@ export async function run(argv: string[], command: string): Promise<number> {
 
 function isLoopback(address: string): boolean {
   return address === '::1' || address.startsWith('127.') || address === '::ffff:127.0.0.1';
-}
-
-function parse(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...CLIENT_OPTIONS,
-        listen: { type: 'string' },
-        name: { type: 'string' },
-        cache: { type: 'string' },
-      },
-    });
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
 }

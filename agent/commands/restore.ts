@@ -1,10 +1,9 @@
-import { parseArgs } from 'node:util';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import {
-  CLIENT_OPTIONS,
   EXIT_FAILURE,
   EXIT_OK,
   EXIT_UNREADABLE,
+  parseCommandArgs,
   resolveClientConfig,
   UsageError,
 } from '../cli-support.js';
@@ -37,7 +36,16 @@ options:
 `;
 
 export async function run(argv: string[], command: string): Promise<number> {
-  const { values, positionals } = parse(argv);
+  const { values, positionals } = parseCommandArgs(argv, {
+    sparse: { type: 'boolean' },
+    'no-sparse': { type: 'boolean' },
+    'in-place': { type: 'boolean' },
+    'no-verify': { type: 'boolean' },
+    'continue-on-error': { type: 'boolean' },
+    fsync: { type: 'boolean' },
+    format: { type: 'string' },
+    concurrency: { type: 'string' },
+  });
   if (values.help) {
     process.stdout.write(USAGE);
     return EXIT_OK;
@@ -124,27 +132,5 @@ export async function run(argv: string[], command: string): Promise<number> {
     return header.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
   } finally {
     client.close();
-  }
-}
-
-function parse(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...CLIENT_OPTIONS,
-        sparse: { type: 'boolean' },
-        'no-sparse': { type: 'boolean' },
-        'in-place': { type: 'boolean' },
-        'no-verify': { type: 'boolean' },
-        'continue-on-error': { type: 'boolean' },
-        fsync: { type: 'boolean' },
-        format: { type: 'string' },
-        concurrency: { type: 'string' },
-      },
-    });
-  } catch (err) {
-    throw new UsageError((err as Error).message);
   }
 }

@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { DiskvaultClient } from '../../agent/client.js';
 import {
   MANIFEST_ENTRY_BYTES,
@@ -81,4 +83,18 @@ export async function readSnapshot(
 export async function countStoredChunks(dataDir: string): Promise<number> {
   const files = [...(await storageListing(dataDir)).keys()];
   return files.filter((f) => f.startsWith('chunks/') && /\/[0-9a-f]{64}$/.test(f)).length;
+}
+
+/** Flips one byte near the end of a chunk's object in a local repository (storage/chunks/ab/cd/<id>). */
+export async function corruptStoredChunk(dataDir: string, id: string): Promise<void> {
+  const fh = await open(join(dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4), id), 'r+');
+  try {
+    const { size } = await fh.stat();
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, size - 10);
+    b[0] ^= 0xff;
+    await fh.write(b, 0, 1, size - 10);
+  } finally {
+    await fh.close();
+  }
 }

@@ -1,13 +1,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { readSnapshot, runCli } from '../helpers/backup-e2e.js';
+import { corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -144,21 +144,7 @@ test.serial(
       }
       offset += e.length;
     }
-    const file = join(
-      server.dataDir,
-      'storage',
-      'chunks',
-      victim.id.slice(0, 2),
-      victim.id.slice(2, 4),
-      victim.id,
-    );
-    const fh = await open(file, 'r+');
-    const { size } = await fh.stat();
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, size - 10);
-    b[0] ^= 0xff;
-    await fh.write(b, 0, 1, size - 10);
-    await fh.close();
+    await corruptStoredChunk(server.dataDir, victim.id);
 
     const nbd = await startNbd([snapshot]);
     try {

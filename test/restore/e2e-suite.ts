@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import type { TestFn } from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
+import { corruptStoredChunk } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { workload256M } from '../helpers/workload.js';
@@ -217,21 +218,7 @@ export function restoreEndToEnd(test: TestFn, storage: 'local' | 's3'): void {
       async (t) => {
         const snap = ctx.snapshots[0];
         const victim = await pickDataChunk(ctx, snap.id);
-        const file = join(
-          ctx.server.dataDir,
-          'storage',
-          'chunks',
-          victim.slice(0, 2),
-          victim.slice(2, 4),
-          victim,
-        );
-        const fh = await open(file, 'r+');
-        const { size } = await fh.stat();
-        const b = Buffer.alloc(1);
-        await fh.read(b, 0, 1, size - 10);
-        b[0] ^= 0xff;
-        await fh.write(b, 0, 1, size - 10);
-        await fh.close();
+        await corruptStoredChunk(ctx.server.dataDir, victim);
         const out = join(ctx.work, 'corrupt.img');
         const res = await runCli(['restore', snap.id, out, '--json'], ctx.env);
         t.is(res.code, 1);
