@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { open, truncate } from 'node:fs/promises';
+import { truncate } from 'node:fs/promises';
 import http from 'node:http';
 import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { isDiskvaultError } from '../../storage-adapters/errors.js';
+import { corruptStoredChunk } from '../helpers/backup-e2e.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -45,19 +46,6 @@ function storedFile(server: TestServer, id: string): string {
   return join(server.dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4), id);
 }
 
-async function flipByteNearEnd(file: string): Promise<void> {
-  const fh = await open(file, 'r+');
-  try {
-    const { size } = await fh.stat();
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, size - 10);
-    b[0] ^= 0xff;
-    await fh.write(b, 0, 1, size - 10);
-  } finally {
-    await fh.close();
-  }
-}
-
 function plainGet(server: TestServer, id: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.get(
@@ -86,7 +74,7 @@ test('a chunk corrupted in storage reaches the agent unhashed, and the agent ref
     t.is(good.encoding, 'zstd');
     t.is(good.rawLength, chunk.length);
 
-    await flipByteNearEnd(storedFile(server, id));
+    await corruptStoredChunk(server.dataDir, id);
     // Structurally sound, so the server serves it as stored: the hash check is the agent's.
     const served = await client.getChunkPayload(id, chunk.length);
     t.is(served.encoding, 'zstd');
