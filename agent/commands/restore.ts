@@ -1,4 +1,5 @@
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
+import { type ChunkHold, holdChunks } from '../chunk-hold.js';
 import {
   EXIT_FAILURE,
   EXIT_OK,
@@ -68,8 +69,13 @@ export async function run(argv: string[], command: string): Promise<number> {
 
   const cfg = resolveClientConfig(values);
   const client = new DiskvaultClient({ server: cfg.server, token: cfg.token, concurrency });
+  let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
+    // Before the manifest is read: a snapshot forgotten from here on stays readable until we are done.
+    hold = await holdChunks(client, snapshot.host, snapshot.disk, (m) =>
+      process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
+    );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
     const header = { ...reader.header, id: reader.header.id ?? snapshot.id };
 
@@ -131,6 +137,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     }
     return header.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
   } finally {
+    await hold?.release();
     client.close();
   }
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
+import { call } from '../helpers/api-client.js';
 import { corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -39,8 +40,9 @@ test.before(async () => {
   // A disk is whole 512-byte sectors (qemu rounds any other size up).
   image = Buffer.concat([content, Buffer.alloc((512 - (content.length % 512)) % 512)]);
   await writeFile(join(dir, 'disk.img'), image);
-  // No server-side chunk cache: the damaged-chunk test must read what is on disk.
-  server = await startTestServer({ cacheBytes: 1 });
+  // No server-side chunk cache: the damaged-chunk test must read what is on disk. No gc grace: only the
+  // hold an export takes keeps a forgotten snapshot's chunks.
+  server = await startTestServer({ cacheBytes: 1, gcGraceMs: 0 });
   env = {
     DISKVAULT_SERVER: server.url,
     DISKVAULT_TOKEN: await server.makeToken('agent', ['nbd1']),
@@ -163,6 +165,64 @@ test.serial(
       t.true(dumpedBytes(good.stdout).equals(image.subarray(0, 16)), good.stdout);
     } finally {
       t.is(await stop(nbd.child), 0);
+    }
+  },
+);
+
+test.serial(
+  'a snapshot forgotten and collected while it is served stays readable until diskvault nbd stops',
+  async (t) => {
+    // Two nights of another disk; the older one is served, then forgotten with --prune (gc, no grace).
+    const older = Buffer.concat([
+      randomBytes(3 * MiB),
+      Buffer.from('only in the older night\n'.repeat(40_000)),
+    ]);
+    const sized = Buffer.concat([older, Buffer.alloc((512 - (older.length % 512)) % 512)]);
+    await writeFile(join(dir, 'sdb-1.img'), sized);
+    await writeFile(join(dir, 'sdb-2.img'), randomBytes(2 * MiB));
+    const ids: string[] = [];
+    for (const [n, file] of ['sdb-1.img', 'sdb-2.img'].entries()) {
+      const b = await runCli(
+        [
+          'backup',
+          join(dir, file),
+          '--host',
+          'nbd1',
+          '--disk',
+          'sdb',
+          '--time',
+          `2026-01-0${n + 1}T00:00:00Z`,
+          '--json',
+        ],
+        env,
+      );
+      t.is(b.code, 0, b.stderr);
+      ids.push(String(b.summary?.snapshot));
+    }
+    const nbd = await startNbd([ids[0]]);
+    let stopped = false;
+    try {
+      const forget = await call(server.url, server.adminToken, 'POST', '/v1/forget', {
+        json: { policy: { last: 1 }, host: 'nbd1', disk: 'sdb', prune: true },
+      });
+      t.is(forget.status, 200, forget.bytes.toString());
+      const forgot = JSON.parse(forget.bytes.toString());
+      t.is(forgot.removed, 1);
+      t.true(forgot.gc.chunksProtected > 0, 'the export holds the forgotten chunks');
+      const out = join(dir, 'forgotten.raw');
+      await execFileP(
+        'qemu-img',
+        ['convert', '-f', 'raw', '-O', 'raw', `nbd://127.0.0.1:${nbd.port}`, out],
+        QEMU,
+      );
+      t.is(sha256(await readFile(out)), sha256(sized));
+      t.is(await stop(nbd.child), 0);
+      stopped = true;
+      // Released: gc now frees what only the forgotten night used.
+      const gc = JSON.parse((await call(server.url, server.adminToken, 'POST', '/v1/gc')).bytes.toString());
+      t.true(gc.report.chunksDeleted > 0, JSON.stringify(gc.report));
+    } finally {
+      if (!stopped) await stop(nbd.child);
     }
   },
 );
