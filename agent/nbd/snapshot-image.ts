@@ -3,7 +3,7 @@ import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/man
 import { InvalidInputError } from '../../storage-adapters/errors.js';
 import { ZeroChunks } from '../restore/zero-chunks.js';
 
-/** Where a chunk's raw bytes come from, already checked against the id (DiskvaultClient.getChunk). */
+/** Where a chunk's raw bytes come from, already checked against the id (in `diskvault nbd`, the restore's decode pool). */
 export type VerifiedChunkSource = (id: string, length: number) => Promise<Buffer>;
 
 /**
