@@ -24,6 +24,7 @@ export interface CliRun {
     size: number;
     bytesUploaded: number;
     newChunks: number;
+    newBytes: number;
     chunks: number;
   };
 }
