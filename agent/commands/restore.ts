@@ -10,6 +10,7 @@ import {
 } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
+import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
 import { openQcow2Target } from '../restore/qcow2-target.js';
 import { formatRange } from '../restore/ranges.js';
@@ -121,7 +122,10 @@ export async function run(argv: string[], command: string): Promise<number> {
       await target.close();
     }
 
-    const summary = summarize(result, targetPath);
+    // Only once the restore ran to its end: a half-written table is better left unread.
+    const table = target.kind === 'device' ? await rereadPartitionTable(targetPath) : undefined;
+    if (table?.status === 'stale') process.stderr.write(`diskvault ${command}: warning: ${table.message}\n`);
+    const summary = summarize(result, targetPath, table?.status === 'reread' ? table.partitions : undefined);
     report.write(json ? `${JSON.stringify(summary)}\n` : formatSummary(summary, verify));
     if (result.damaged.length > 0) {
       process.stderr.write(

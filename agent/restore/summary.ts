@@ -7,15 +7,18 @@ export interface RestoreSummary extends RestoreResult {
   target: string;
   /** Bytes of image per second. */
   throughput: number;
+  /** A whole-disk device whose partition table the kernel read again: the partitions it shows now. */
+  partitions?: string[];
 }
 
-export function summarize(res: RestoreResult, target: string): RestoreSummary {
+export function summarize(res: RestoreResult, target: string, partitions?: string[]): RestoreSummary {
   return {
     type: 'summary',
     ...res,
     target,
     seconds: Math.round(res.seconds * 1000) / 1000,
     throughput: res.seconds > 0 ? Math.round(res.size / res.seconds) : res.size,
+    ...(partitions ? { partitions } : {}),
   };
 }
 
@@ -34,6 +37,11 @@ export function formatSummary(s: RestoreSummary, verifyRequested: boolean): stri
   if (s.unreadable.length > 0) {
     lines.push(
       `  ${s.unreadable.length} range(s) were unreadable at backup time and are zeros: ${s.unreadable.map(formatRange).join(', ')}`,
+    );
+  }
+  if (s.partitions) {
+    lines.push(
+      `  partition table re-read: ${s.partitions.length > 0 ? s.partitions.join(', ') : 'the kernel shows no partitions'}`,
     );
   }
   if (s.damaged.length > 0) {

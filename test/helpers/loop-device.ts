@@ -13,11 +13,13 @@ export function canMakeLoopDevices(): boolean {
   }
 }
 
-/** Attaches `file` to a free loop device (read-only with `readOnly`) and returns the device's path. */
-export function attachLoop(file: string, opts: { readOnly?: boolean } = {}): string {
-  return execFileSync('losetup', ['-f', '--show', ...(opts.readOnly ? ['-r'] : []), file], {
-    encoding: 'utf8',
-  }).trim();
+/**
+ * Attaches `file` to a free loop device and returns the device's path: read-only with `readOnly`, with the
+ * kernel scanning it for a partition table (losetup -P) with `partitions`.
+ */
+export function attachLoop(file: string, opts: { readOnly?: boolean; partitions?: boolean } = {}): string {
+  const flags = [...(opts.readOnly ? ['-r'] : []), ...(opts.partitions ? ['-P'] : [])];
+  return execFileSync('losetup', ['-f', '--show', ...flags, file], { encoding: 'utf8' }).trim();
 }
 
 export function detachLoop(device: string): void {

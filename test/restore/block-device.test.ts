@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import test from 'ava';
 import { runCli } from '../helpers/backup-e2e.js';
 import { attachLoop, canMakeLoopDevices, detachLoop } from '../helpers/loop-device.js';
@@ -58,13 +59,40 @@ test.after.always(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** A loop device over a new file of `size` bytes, each byte `fill`. */
-async function loopDevice(name: string, size: number, fill: number): Promise<string> {
+/** A loop device over a new file of `size` bytes, each byte `fill` (or the given content). */
+async function loopDevice(
+  name: string,
+  size: number,
+  fill: number | Buffer,
+  opts: { partitions?: boolean } = {},
+): Promise<string> {
   const file = join(dir, name);
-  await writeFile(file, Buffer.alloc(size, fill));
-  const device = attachLoop(file);
+  await writeFile(file, typeof fill === 'number' ? Buffer.alloc(size, fill) : fill);
+  const device = attachLoop(file, opts);
   devices.push(device);
   return device;
+}
+
+/** A classic MBR (DOS) partition table: one Linux partition (type 0x83) per [first sector, sectors]. */
+function mbr(partitions: [number, number][]): Buffer {
+  const sector = Buffer.alloc(512);
+  partitions.forEach(([first, count], i) => {
+    const entry = 446 + i * 16;
+    sector[entry + 4] = 0x83;
+    sector.writeUInt32LE(first, entry + 8);
+    sector.writeUInt32LE(count, entry + 12);
+  });
+  sector.writeUInt16BE(0x55aa, 510);
+  return sector;
+}
+
+/** The partition devices the kernel shows for a loop device, from sysfs. */
+function kernelPartitions(device: string): string[] {
+  const name = basename(device);
+  return readdirSync(`/sys/class/block/${name}`)
+    .filter((n) => n.startsWith(`${name}p`))
+    .sort()
+    .map((n) => `/dev/${n}`);
 }
 
 async function readDevice(device: string, offset: number, length: number): Promise<Buffer> {
@@ -89,6 +117,9 @@ loopTest(
     t.is(r.code, 0, r.stderr);
     t.is(r.summary?.verified, true);
     t.is(r.summary?.bytesWritten, image.length, 'a device has no holes: zero chunks are written');
+    // A loop device attached without partition scanning carries no table: nothing to read again, no warning.
+    t.is(r.summary?.partitions, undefined);
+    t.notRegex(r.stderr, /warning/);
     t.true((await readDevice(device, 0, image.length)).equals(image));
     t.true((await readDevice(device, image.length, 4 * MiB)).equals(Buffer.alloc(4 * MiB, 0xa5)));
 
@@ -108,6 +139,58 @@ loopTest(
     t.true(fetched > 0 && fetched <= 4 * 256 * 1024, `fetched ${fetched} bytes`);
     t.true(Number(again.summary?.bytesReused) >= image.length - 4 * 256 * 1024);
     t.true((await readDevice(device, 0, image.length)).equals(image));
+  },
+);
+
+loopTest(
+  'after a whole disk is restored onto a device, the kernel is made to read its partition table again',
+  async (t) => {
+    // A disk with two partitions, restored over a device whose table describes one.
+    const disk = Buffer.concat([
+      mbr([
+        [2048, 8192],
+        [12288, 20480],
+      ]),
+      randomBytes(16 * MiB - 512),
+    ]);
+    await writeFile(join(dir, 'parted.img'), disk);
+    const backup = await runCli(
+      ['backup', join(dir, 'parted.img'), '--host', 'dev1', '--disk', 'sdb', '--json'],
+      env,
+    );
+    t.is(backup.code, 0, backup.stderr);
+    const old = Buffer.concat([mbr([[2048, 30720]]), Buffer.alloc(16 * MiB - 512)]);
+    const device = await loopDevice('parted.dev', 16 * MiB, old, { partitions: true });
+    // Whether this kernel reads DOS tables at all (CONFIG_MSDOS_PARTITION; some VM kernels have no parser):
+    // what it showed for the old table says.
+    const kernelReadsTables = kernelPartitions(device).length === 1;
+    t.log(`this kernel ${kernelReadsTables ? 'reads' : 'does not read'} DOS partition tables`);
+
+    const r = await runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sdb', '--json'], env);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.summary?.verified, true);
+    t.notRegex(r.stderr, /warning/);
+    const expected = kernelReadsTables ? [`${device}p1`, `${device}p2`] : [];
+    t.deepEqual(r.summary?.partitions, expected);
+    t.deepEqual(kernelPartitions(device), expected);
+    if (kernelReadsTables) {
+      t.true(
+        (await readDevice(`${device}p2`, 0, 1024)).equals(disk.subarray(12288 * 512, 12288 * 512 + 1024)),
+      );
+    }
+
+    // Without blockdev (util-linux) the restore still succeeds, and says what to run.
+    const noTool = await runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sdb', '--json'], {
+      ...env,
+      PATH: '/usr/bin:/bin',
+    });
+    t.is(noTool.code, 0, noTool.stderr);
+    t.is(noTool.summary?.verified, true);
+    t.is(noTool.summary?.partitions, undefined);
+    t.regex(
+      noTool.stderr,
+      new RegExp(`warning: blockdev \\(util-linux\\) is not installed: run 'partprobe ${device}'`),
+    );
   },
 );
 
