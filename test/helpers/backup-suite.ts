@@ -15,7 +15,7 @@ import { workload256M } from './workload.js';
  */
 export interface BackupSuiteOptions {
   chunker?: ChunkerParams;
-  /** 'all' reads every chunk of the last night back; 'new' only those it added (slow backends). */
+  /** 'all' reads every chunk of the last night back; 'new' only those not in night0 (slow backends). */
   readBack: 'all' | 'new';
 }
 
@@ -74,8 +74,9 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
       const summaries = [];
       // What each night must send is worked out here, independently of the agent: the chunks of one fastcdc
       // pass over its image that no earlier night (nor an earlier place in the same image) already holds.
-      // How much that is depends on the machine that built the workload (it writes this machine's binaries
-      // into the image), so the check is exact rather than a share of the image.
+      // How much that is varies with each build of the workload: it writes this machine's binaries into the
+      // image, over files picked in an order that differs with each mke2fs. Five builds here changed
+      // 0-42 % of a night's image, so the check is exact rather than a share of the image.
       const held = new Set<string>();
       let params: ChunkerParams | undefined;
       for (let n = 0; n < 4; n++) {
@@ -117,7 +118,6 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
         t.true(s.bytesUploaded <= s.newBytes, `night${n} sent ${s.bytesUploaded} bytes for ${s.newBytes}`);
         if (n > 0) {
           t.true(s.newChunks < s.chunks, `night${n} sent every chunk again`);
-          t.true(s.newBytes < size / 2, `night${n} sent ${s.newBytes} raw bytes of ${size}`);
         } else {
           t.true(s.bytesUploaded > 0);
         }
@@ -174,12 +174,14 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
       });
       t.is(offset, original.length);
       if (opts.readBack === 'new') {
-        const [before] = (await client.listSnapshots({ host: 'web1', disk: 'sda' })).filter((s) =>
-          s.tags.includes('night2'),
+        // The chunks the later nights added, not only night3's: a night that changed nothing (a build of
+        // the workload whose disk filled up) adds none.
+        const [first] = (await client.listSnapshots({ host: 'web1', disk: 'sda' })).filter((s) =>
+          s.tags.includes('night0'),
         );
-        const old = new Set((await readSnapshot(client, before.id)).entries.map((e) => e.id));
+        const old = new Set((await readSnapshot(client, first.id)).entries.map((e) => e.id));
         located = located.filter((e) => !old.has(e.id));
-        t.true(located.length > 0);
+        t.true(located.length > 0, 'nights 1-3 added no chunk that night3 uses');
       }
       // A bounded number of fetches at once; each checks its own hash inside getChunk.
       for (let i = 0; i < located.length; i += 32) {

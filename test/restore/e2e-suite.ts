@@ -200,8 +200,9 @@ export function restoreEndToEnd(test: TestFn, storage: 'local' | 's3'): void {
       );
       t.is(Number(summary.bytesReused), ctx.snapshots[3].size - expected.bytes);
       // A guard on the workload, not on restore: the test means something only if most of the disk is reused.
-      // A 256M night rewrites 13-16% of the image in whole chunks, varying with each build of the images.
-      t.true(expected.bytes < ctx.snapshots[3].size * 0.25, `night3 changed ${expected.bytes} bytes`);
+      // How much night3 rewrites varies with each build of the images (which binaries of the building
+      // machine it writes, over which files): five builds here rewrote 0-16 % of it in 64 KiB-average chunks.
+      t.true(expected.bytes < ctx.snapshots[3].size * 0.5, `night3 changed ${expected.bytes} bytes`);
 
       if (storage !== 'local') return;
       // Run again: nothing left to fetch.
