@@ -179,6 +179,16 @@ loopTest(
       );
     }
 
+    // A person reading the summary is told the same.
+    const text = await runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sdb'], env);
+    t.is(text.code, 0, text.stderr);
+    t.regex(
+      text.stdout,
+      kernelReadsTables
+        ? new RegExp(`partition table re-read: ${device}p1, ${device}p2\n`)
+        : /partition table re-read: the kernel shows no partitions\n/,
+    );
+
     // Without blockdev (util-linux) the restore still succeeds, and says what to run.
     const noTool = await runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sdb', '--json'], {
       ...env,
