@@ -33,7 +33,7 @@ export async function rereadPartitionTable(device: string): Promise<PartitionTab
   }
   const { major, minor } = splitDeviceNumber(rdev);
   const sysDir = `/sys/dev/block/${major}:${minor}`;
-  if (await exists(join(sysDir, 'partition'))) return { status: 'not-applicable' };
+  if ((await readNumber(join(sysDir, 'partition'))) !== undefined) return { status: 'not-applicable' };
   const advice = `run 'partprobe ${device}' or 'blockdev --rereadpt ${device}' before using its partitions`;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -76,14 +76,5 @@ async function readNumber(path: string): Promise<number | undefined> {
     return Number.isSafeInteger(n) ? n : undefined;
   } catch {
     return undefined;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { call } from '../helpers/api-client.js';
-import { corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
+import { backupNights, corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -180,25 +180,12 @@ test.serial(
     const sized = Buffer.concat([older, Buffer.alloc((512 - (older.length % 512)) % 512)]);
     await writeFile(join(dir, 'sdb-1.img'), sized);
     await writeFile(join(dir, 'sdb-2.img'), randomBytes(2 * MiB));
-    const ids: string[] = [];
-    for (const [n, file] of ['sdb-1.img', 'sdb-2.img'].entries()) {
-      const b = await runCli(
-        [
-          'backup',
-          join(dir, file),
-          '--host',
-          'nbd1',
-          '--disk',
-          'sdb',
-          '--time',
-          `2026-01-0${n + 1}T00:00:00Z`,
-          '--json',
-        ],
-        env,
-      );
-      t.is(b.code, 0, b.stderr);
-      ids.push(String(b.summary?.snapshot));
-    }
+    const ids = await backupNights(
+      env,
+      ['sdb-1.img', 'sdb-2.img'].map((f) => join(dir, f)),
+      'nbd1',
+      'sdb',
+    );
     const nbd = await startNbd([ids[0]]);
     let stopped = false;
     try {

@@ -8,7 +8,7 @@ import test from 'ava';
 import { holdChunks } from '../../agent/chunk-hold.js';
 import { DiskvaultClient } from '../../agent/client.js';
 import { call } from '../helpers/api-client.js';
-import { runCli } from '../helpers/backup-e2e.js';
+import { backupNights } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer } from '../helpers/server.js';
 
@@ -69,25 +69,12 @@ test('a restore under way survives its snapshot being forgotten and collected, a
   const older = randomBytes(24 * MiB);
   await writeFile(join(dir, 'night1.img'), older);
   await writeFile(join(dir, 'night2.img'), randomBytes(2 * MiB));
-  const ids: string[] = [];
-  for (const [n, file] of ['night1.img', 'night2.img'].entries()) {
-    const b = await runCli(
-      [
-        'backup',
-        join(dir, file),
-        '--host',
-        'h1',
-        '--disk',
-        'sda',
-        '--time',
-        `2026-01-0${n + 1}T00:00:00Z`,
-        '--json',
-      ],
-      env,
-    );
-    t.is(b.code, 0, b.stderr);
-    ids.push(String(b.summary?.snapshot));
-  }
+  const ids = await backupNights(
+    env,
+    ['night1.img', 'night2.img'].map((f) => join(dir, f)),
+    'h1',
+    'sda',
+  );
 
   // To stdout, which the test does not read yet: the restore stalls on the full pipe with most of its
   // ~380 chunks still to download (it queues at most 4 per download slot ahead of the writer).
