@@ -37,7 +37,8 @@ export async function rereadPartitionTable(device: string): Promise<PartitionTab
   const advice = `run 'partprobe ${device}' or 'blockdev --rereadpt ${device}' before using its partitions`;
   for (let attempt = 1; ; attempt++) {
     try {
-      await run('blockdev', ['--rereadpt', device]);
+      // LC_ALL=C: the kernel's answer is told apart by blockdev's message, which a locale would translate.
+      await run('blockdev', ['--rereadpt', device], { env: { ...process.env, LC_ALL: 'C' } });
       return { status: 'reread', partitions: await partitionsOf(sysDir) };
     } catch (err) {
       const e = err as NodeJS.ErrnoException & { stderr?: string };
