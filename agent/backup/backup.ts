@@ -22,6 +22,8 @@ import { mergeRanges, readResilient } from './resilient-read.js';
 import { Semaphore } from './semaphore.js';
 import { WorkerPool } from './worker-pool.js';
 
+/** How often the live counters are reported between window boundaries. */
+const PROGRESS_TICK_MS = 250;
 /**
  * One backup, from an open ImageSource to a committed snapshot.
  *
@@ -141,6 +143,10 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     bytesUploaded: 0,
   };
   const report = () => o.onProgress?.({ ...progress });
+  // The pipeline reports at window boundaries; a source that stalls (a slow pipe, a disk retrying bad
+  // sectors) would freeze the figures meanwhile, uploads included, so a ticker reports the live counters too.
+  const ticker = o.onProgress ? setInterval(report, PROGRESS_TICK_MS) : undefined;
+  ticker?.unref();
   let unreadable: [number, number][] = [];
   let reusedBytes = 0;
 
@@ -446,6 +452,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     await client.abort(session.id).catch(() => {});
     throw err;
   } finally {
+    clearInterval(ticker);
     await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
   }
 }

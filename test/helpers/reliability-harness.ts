@@ -92,6 +92,11 @@ export interface CliOptions {
   /** Called on every stderr write (to act on another process: kill the server mid-upload). */
   onStderr?: (stderr: string) => void;
   timeoutMs?: number;
+  /**
+   * Written to the command's stdin, which then stays open: a command reading it waits for the rest until it
+   * is killed. A kill timed on progress then always lands before the command could finish.
+   */
+  stdinHeld?: Buffer;
 }
 
 /** Runs `diskvault ...args` (the launcher) with DISKVAULT_SERVER/DISKVAULT_TOKEN set; never hangs past timeoutMs. */
@@ -104,8 +109,12 @@ export function dv(args: string[], opts: CliOptions): Promise<CliResult> {
         DISKVAULT_TOKEN: opts.token,
         DISKVAULT_CONFIG: '/nonexistent/agent.json',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
     });
+    // EPIPE once the command is killed with the pipe still open is expected.
+    child.stdin.on('error', () => {});
+    if (opts.stdinHeld) child.stdin.write(opts.stdinHeld);
+    else child.stdin.end();
     let stdout = '';
     let stderr = '';
     let killed = false;
@@ -134,6 +143,7 @@ export function dv(args: string[], opts: CliOptions): Promise<CliResult> {
     child.on('error', reject);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      child.stdin.destroy();
       if (timedOut) {
         stderr += `\n[test harness: diskvault ${args[0]} did not finish within ${opts.timeoutMs ?? 90_000} ms and was killed]\n`;
       }
