@@ -1,10 +1,10 @@
-import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import type { TestFn } from 'ava';
 import fastcdc from 'fastcdc-wasm';
 import { DiskvaultClient } from '../../agent/client.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
 import { readSnapshot, runCli, sha256File } from './backup-e2e.js';
+import { distinctChunks } from './reliability-tripwire.js';
 import { startTestServer, type TestServer } from './server.js';
 import { workload256M } from './workload.js';
 
@@ -33,22 +33,18 @@ async function chunkerOf(server: string, token: string, snapshot: string): Promi
  * The distinct chunks of one fastcdc pass over `image` that `held` lacks, counted and summed; they are then
  * added to `held`, as the repository holds them once this night is stored.
  */
-function newChunksOf(
-  image: Buffer,
-  { min, avg, max }: ChunkerParams,
+async function newChunksOf(
+  image: string,
+  chunker: ChunkerParams,
   held: Set<string>,
-): { chunks: number; bytes: number } {
-  const offsets = Array.from(fastcdc.get_chunks(image, min, avg, max));
+): Promise<{ chunks: number; bytes: number }> {
   let chunks = 0;
   let bytes = 0;
-  for (let i = 1; i < offsets.length; i++) {
-    const id = createHash('sha256')
-      .update(image.subarray(offsets[i - 1], offsets[i]))
-      .digest('hex');
+  for (const [id, length] of await distinctChunks(image, chunker)) {
     if (held.has(id)) continue;
     held.add(id);
     chunks++;
-    bytes += offsets[i] - offsets[i - 1];
+    bytes += length;
   }
   return { chunks, bytes };
 }
@@ -107,7 +103,7 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
         t.is(s.time, time);
         summaries.push(s);
         params ??= await chunkerOf(server.url, env.DISKVAULT_TOKEN, s.snapshot);
-        const expected = newChunksOf(await readFile(images[n]), params, held);
+        const expected = await newChunksOf(images[n], params, held);
         t.log(
           `night${n}: ${s.newChunks} of ${s.chunks} chunks new (${expected.chunks} expected), ` +
             `${s.newBytes} raw bytes (${expected.bytes} expected), ${s.bytesUploaded} bytes sent of ${size}`,
