@@ -241,8 +241,19 @@ export async function storageListing(dataDir: string): Promise<Map<string, numbe
     }
     for (const e of entries) {
       const p = path.join(dir, e.name);
-      if (e.isDirectory()) await walk(p);
-      else out.set(path.relative(root, p), (await stat(p)).size);
+      if (e.isDirectory()) {
+        await walk(p);
+        continue;
+      }
+      // A server still at work renames or removes its temp files between readdir and stat: such a file is gone, not listed.
+      const size = await stat(p).then(
+        (s) => s.size,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return undefined;
+          throw err;
+        },
+      );
+      if (size !== undefined) out.set(path.relative(root, p), size);
     }
   };
   await walk(root);
