@@ -1,8 +1,10 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { isDiskvaultError } from '../storage-adapters/errors.js';
+import { parseRate } from './rate-limit.js';
 
 /**
  * What every CLI command shares: usage errors, the one mapping from errors to exit codes, and where the
@@ -59,6 +61,9 @@ export const CLIENT_OPTIONS = {
   server: { type: 'string' },
   token: { type: 'string' },
   config: { type: 'string' },
+  cacert: { type: 'string', multiple: true },
+  'limit-upload': { type: 'string' },
+  'limit-download': { type: 'string' },
   host: { type: 'string' },
   disk: { type: 'string' },
   json: { type: 'boolean' },
@@ -68,17 +73,28 @@ export const CLIENT_OPTIONS = {
 export interface ClientConfig {
   server: string;
   token: string;
+  /** PEM certificates to trust instead of the system's for an https server; empty for the system's. */
+  ca: Buffer[];
+  /** Bytes per second, or null for no limit. */
+  limitUpload: number | null;
+  limitDownload: number | null;
 }
 
 /**
  * Server and token, first found wins: flags, then DISKVAULT_SERVER / DISKVAULT_TOKEN, then the config file
  * (--config FILE, else $DISKVAULT_CONFIG, else ~/.config/diskvault/agent.json: {"server": ..., "token": ...}).
  * A token may also be given as a file: DISKVAULT_TOKEN_FILE or "tokenFile" in the config file.
+ * Bandwidth limits: --limit-upload / --limit-download, else "limitUpload" / "limitDownload" in the config file.
+ * Certificates to trust (restic's --cacert): --cacert FILE (repeatable), else DISKVAULT_CACERT, else "cacert"
+ * in the config file (a path or a list of paths).
  */
 export function resolveClientConfig(flags: {
   server?: string;
   token?: string;
   config?: string;
+  cacert?: string[];
+  'limit-upload'?: string;
+  'limit-download'?: string;
 }): ClientConfig {
   const path =
     flags.config ?? process.env.DISKVAULT_CONFIG ?? join(homedir(), '.config', 'diskvault', 'agent.json');
@@ -107,5 +123,66 @@ export function resolveClientConfig(flags: {
   } catch {
     throw new UsageError(`--server ${server} is not a URL (http://host:8420)`);
   }
-  return { server: server.replace(/\/+$/, ''), token };
+  return {
+    server: server.replace(/\/+$/, ''),
+    token,
+    ca: trustedCertificates(flags.cacert, file.cacert, path),
+    limitUpload: rateSetting(flags['limit-upload'], file.limitUpload, '--limit-upload', 'limitUpload', path),
+    limitDownload: rateSetting(
+      flags['limit-download'],
+      file.limitDownload,
+      '--limit-download',
+      'limitDownload',
+      path,
+    ),
+  };
+}
+
+/** The certificates named by --cacert, else DISKVAULT_CACERT, else the config file's "cacert", read and checked. */
+function trustedCertificates(flags: string[] | undefined, fromFile: unknown, configPath: string): Buffer[] {
+  let files: string[];
+  if (flags?.length) files = flags;
+  else if (process.env.DISKVAULT_CACERT) files = [process.env.DISKVAULT_CACERT];
+  else if (fromFile === undefined || fromFile === null) files = [];
+  else if (typeof fromFile === 'string') files = [fromFile];
+  else if (Array.isArray(fromFile) && fromFile.every((f) => typeof f === 'string')) files = fromFile;
+  else throw new UsageError(`"cacert" in ${configPath} must be a file name or a list of them`);
+  return files.map((file) => {
+    let pem: Buffer;
+    try {
+      pem = readFileSync(file);
+    } catch (err) {
+      throw new UsageError(`cannot read the CA certificate ${file}: ${(err as Error).message}`);
+    }
+    try {
+      new X509Certificate(pem);
+    } catch {
+      throw new UsageError(`${file} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)`);
+    }
+    return pem;
+  });
+}
+
+/** A bandwidth limit from its flag, else from the config file (a string like the flag's, or a number of KiB/s). */
+function rateSetting(
+  flag: string | undefined,
+  fromFile: unknown,
+  flagName: string,
+  key: string,
+  configPath: string,
+): number | null {
+  const [text, where] =
+    flag !== undefined
+      ? [flag, flagName]
+      : typeof fromFile === 'string' || typeof fromFile === 'number'
+        ? [String(fromFile), `"${key}" in ${configPath}`]
+        : [undefined, ''];
+  if (fromFile !== undefined && fromFile !== null && flag === undefined && text === undefined)
+    throw new UsageError(`"${key}" in ${configPath} must be a string like "20M" or a number of KiB/s`);
+  if (text === undefined) return null;
+  try {
+    return parseRate(text);
+  } catch (err) {
+    throw new UsageError(`${where}: ${(err as Error).message}`);
+  }
 }

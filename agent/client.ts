@@ -20,6 +20,7 @@ import {
 import { AGENT_USER_AGENT } from '../api/version.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
+import { paced, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
 /**
@@ -38,6 +39,15 @@ export interface ClientOptions {
   /** First backoff in ms; doubled per attempt, capped at maxBackoffMs. Default 500. */
   backoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * PEM certificates to trust for an https server instead of the system's (a private CA, or the server's own
+   * self-signed certificate), as restic's --cacert.
+   */
+  ca?: Buffer[];
+  /** Bytes per second for everything sent to the server (chunk uploads above all), all requests together. */
+  limitUpload?: number | null;
+  /** Bytes per second for every response body received (chunk downloads above all), all requests together. */
+  limitDownload?: number | null;
 }
 
 /** A body that can be sent again on retry (a Buffer), or sent once (a stream). */
@@ -46,7 +56,8 @@ type Body = Buffer | Readable | AsyncIterable<Buffer>;
 interface Response {
   status: number;
   headers: http.IncomingHttpHeaders;
-  stream: http.IncomingMessage;
+  /** The body; paced by the download limit once the status is 2xx. */
+  stream: Readable;
 }
 
 const KNOWN_CODES = new Set<ErrorCode>([
@@ -97,6 +108,8 @@ export class DiskvaultClient {
   private binaryMissing = true;
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
+  private readonly uploadLimiter: RateLimiter | null;
+  private readonly downloadLimiter: RateLimiter | null;
   readonly concurrency: number;
 
   constructor(cfg: ClientOptions) {
@@ -108,11 +121,16 @@ export class DiskvaultClient {
     this.transport = this.base.protocol === 'https:' ? https : http;
     // One more socket than uploads in flight so a missing-query or commit never waits behind uploads.
     const agentOpts = { keepAlive: true, maxSockets: this.concurrency + 2, scheduling: 'lifo' as const };
-    this.agent = this.base.protocol === 'https:' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+    this.agent =
+      this.base.protocol === 'https:'
+        ? new https.Agent({ ...agentOpts, ...(cfg.ca?.length ? { ca: cfg.ca } : {}) })
+        : new http.Agent(agentOpts);
     this.auth = `Bearer ${cfg.token}`;
     this.attempts = Math.max(1, cfg.attempts ?? 6);
     this.backoffMs = cfg.backoffMs ?? 500;
     this.maxBackoffMs = cfg.maxBackoffMs ?? 8000;
+    this.uploadLimiter = cfg.limitUpload ? new RateLimiter(cfg.limitUpload) : null;
+    this.downloadLimiter = cfg.limitDownload ? new RateLimiter(cfg.limitDownload) : null;
   }
 
   // ---- backup side ----
@@ -269,15 +287,30 @@ export class DiskvaultClient {
     return { encoding, payload, rawLength: encoding === 'zstd' ? announced : payload.length };
   }
 
+  // ---- admin side ----
+
+  /**
+   * An admin route, JSON in and out. Only a GET is retried: a forget or gc whose answer was lost is not sent
+   * again behind the admin's back.
+   */
+  adminRequest<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.json<T>(method, path, body, { retry: method === 'GET' });
+  }
+
   close(): void {
     this.agent.destroy();
   }
 
   // ---- plumbing ----
 
-  private async json<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private async json<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    opts?: { retry?: boolean },
+  ): Promise<T> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const res = await this.send(method, path, buf, buf ? { 'content-type': 'application/json' } : {});
+    const res = await this.send(method, path, buf, buf ? { 'content-type': 'application/json' } : {}, opts);
     return (await readJson(res)) as T;
   }
 
@@ -290,11 +323,12 @@ export class DiskvaultClient {
     path: string,
     body?: Body | (() => Body),
     headers: http.OutgoingHttpHeaders = {},
+    { retry = true }: { retry?: boolean } = {},
   ): Promise<Response> {
     const url = new URL(path, this.base);
     const replayable = body === undefined || Buffer.isBuffer(body) || typeof body === 'function';
     let lastError: unknown;
-    for (let attempt = 0; attempt < this.attempts; attempt++) {
+    for (let attempt = 0; attempt < (retry ? this.attempts : 1); attempt++) {
       if (attempt > 0) await sleep(this.delay(attempt));
       let res: Response;
       try {
@@ -305,7 +339,12 @@ export class DiskvaultClient {
         if (replayable && isRetryableNetError(err)) continue;
         throw networkError(err, url);
       }
-      if (res.status >= 200 && res.status < 300) return res;
+      if (res.status >= 200 && res.status < 300) {
+        // Readable.from ends the generator, and so destroys the socket's stream, when the caller destroys it.
+        if (this.downloadLimiter)
+          res.stream = Readable.from(paced(res.stream, this.downloadLimiter), { objectMode: false });
+        return res;
+      }
       const error = await errorFrom(res);
       lastError = error;
       // A 500 saying Corrupt is the stored object itself, not a passing fault: asking again gets the same.
@@ -341,9 +380,13 @@ export class DiskvaultClient {
       );
       req.on('error', reject);
       if (body === undefined) req.end();
-      else if (Buffer.isBuffer(body)) req.end(body);
+      else if (Buffer.isBuffer(body) && !this.uploadLimiter) req.end(body);
       else {
-        const src = body instanceof Readable ? body : Readable.from(body);
+        const src = this.uploadLimiter
+          ? Readable.from(paced(body, this.uploadLimiter), { objectMode: false })
+          : body instanceof Readable
+            ? body
+            : Readable.from(body as AsyncIterable<Buffer>);
         src.on('error', (err) => req.destroy(err));
         src.pipe(req);
       }
@@ -355,13 +398,48 @@ function enc(s: string): string {
   return encodeURIComponent(s);
 }
 
+/** OpenSSL's verdicts on a server certificate the agent cannot trust; retrying cannot change them. */
+const UNTRUSTED_CERT_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
 function networkError(err: unknown, url: URL): DiskvaultError {
   if (err instanceof DiskvaultError) return err;
   const e = err as NodeJS.ErrnoException;
-  const what = e?.code ? `${e.code}` : String(e?.message ?? err);
+  const tls = tlsProblem(e, url);
+  if (tls) return new DiskvaultError('Unavailable', tls, undefined, { cause: err });
+  let what = e?.code ? `${e.code}` : String(e?.message ?? err);
+  // A TLS server cuts a plain-http request without a word: the one hint that can be given.
+  if (e?.code === 'ECONNRESET' && url.protocol === 'http:')
+    what += ' (if the server serves TLS, use https://)';
   return new DiskvaultError('Unavailable', `cannot reach the server at ${url.origin}: ${what}`, undefined, {
     cause: err,
   });
+}
+
+/** What to tell a person whose https connection failed on the server's certificate, or undefined. */
+function tlsProblem(e: NodeJS.ErrnoException | undefined, url: URL): string | undefined {
+  const code = e?.code ?? '';
+  const server = `the server at ${url.origin}`;
+  if (UNTRUSTED_CERT_CODES.has(code))
+    return `${server} presented a TLS certificate this agent does not trust (${code}): give the certificate of the CA that signed it, or the server's own, with --cacert FILE (or "cacert" in the config file)`;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    const names = (e as { cert?: { subjectaltname?: string } }).cert?.subjectaltname ?? 'no names';
+    return `${server} presented a TLS certificate for another name (it lists ${names}, not ${url.hostname}): connect by a name it lists, or give the server a certificate for this one`;
+  }
+  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
+    return `${server} presented a TLS certificate that is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the server (then 'systemctl reload diskvault', or send SIGHUP)`;
+  if (code === 'EPROTO' && url.protocol === 'https:') {
+    // OpenSSL's message is a multi-line record; its reason ('wrong version number') is what helps.
+    const reason = /SSL routines:[^:]*:([^:]+)/.exec(e?.message ?? '')?.[1] ?? code;
+    return `cannot speak TLS with ${server}: it answered something that is not TLS (${reason}); is it serving plain http? Try http://`;
+  }
+  return undefined;
 }
 
 /** No repository's chunker may cut a chunk larger than this, so no chunk download needs more room. */

@@ -1,6 +1,7 @@
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
 import type { RepositoryApi } from '../repo-engine/types.js';
 import { DiskvaultError } from '../storage-adapters/errors.js';
@@ -183,6 +184,8 @@ export interface RunningServer {
   ctx: ApiContext;
   /** Stops accepting, lets in-flight requests finish for up to `graceMs`, then cuts what is left. */
   close(graceMs?: number): Promise<void>;
+  /** Serves new TLS connections with this certificate and key; open connections keep theirs. */
+  setTlsCredentials(creds: { cert: Buffer | string; key: Buffer | string }): void;
 }
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
@@ -214,5 +217,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     });
     return closing;
   };
-  return { url, port, ctx, close };
+  const setTlsCredentials = (creds: { cert: Buffer | string; key: Buffer | string }) => {
+    if (!opts.tls) throw new Error('this server does not serve TLS');
+    (server.server as unknown as TlsServer).setSecureContext({ cert: creds.cert, key: creds.key });
+  };
+  return { url, port, ctx, close, setTlsCredentials };
 }

@@ -1,6 +1,5 @@
 import { parseArgs } from 'node:util';
 import type {
-  ErrorBody,
   ForgetResponse,
   GcResponse,
   JobInfo,
@@ -9,7 +8,8 @@ import type {
   StatsResponse,
 } from '../../api/protocol.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
-import { EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { DiskvaultClient } from '../client.js';
 
 /**
  * The admin commands over HTTP: forget (restic's flags), gc, verify, stats. Thin: parse flags, one request
@@ -19,6 +19,7 @@ const COMMON = {
   server: { type: 'string' },
   token: { type: 'string' },
   config: { type: 'string' },
+  cacert: { type: 'string', multiple: true },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -56,7 +57,7 @@ const USAGE: Record<string, string> = {
   stats: 'usage: diskvault stats [--json]\n',
 };
 const CONNECTION_HELP =
-  '\nAll take --server URL --token T [--config FILE] (or DISKVAULT_SERVER / DISKVAULT_TOKEN).\n';
+  '\nAll take --server URL --token T [--config FILE] [--cacert FILE] (or DISKVAULT_SERVER / DISKVAULT_TOKEN).\n';
 
 const COUNT_FLAGS = {
   'keep-last': 'last',
@@ -98,19 +99,21 @@ export async function run(argv: string[], command: string): Promise<number> {
     process.stdout.write(USAGE[command] + CONNECTION_HELP);
     return EXIT_OK;
   }
-  const client = new AdminClient(
-    resolveClientConfig(values as { server?: string; token?: string; config?: string }),
-  );
+  const client = new AdminClient(resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]));
   const json = values.json === true;
-  switch (command) {
-    case 'forget':
-      return forget(client, values, json);
-    case 'gc':
-      return gc(client, json);
-    case 'verify':
-      return verify(client, values['read-data'] === true, json);
-    default:
-      return stats(client, json);
+  try {
+    switch (command) {
+      case 'forget':
+        return await forget(client, values, json);
+      case 'gc':
+        return await gc(client, json);
+      case 'verify':
+        return await verify(client, values['read-data'] === true, json);
+      default:
+        return await stats(client, json);
+    }
+  } finally {
+    client.close();
   }
 }
 
@@ -251,47 +254,19 @@ function formatBytes(n: number): string {
   return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
-/** JSON over fetch; an error answer becomes the typed error it encodes, so the CLI's one exit-code map applies. */
+/** The admin routes over the agent's client, so TLS trust (--cacert) and error handling are the same. */
 class AdminClient {
-  constructor(private readonly cfg: { server: string; token: string }) {}
+  private readonly client: DiskvaultClient;
 
-  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: Response;
-    try {
-      res = await fetch(`${this.cfg.server}${path}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${this.cfg.token}`,
-          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-        },
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      });
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new DiskvaultError(
-        'Unavailable',
-        `cannot reach ${this.cfg.server}: ${cause?.code ?? cause?.message ?? (err as Error).message}`,
-      );
-    }
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      throw new DiskvaultError(
-        'Unavailable',
-        `${this.cfg.server} answered ${res.status} with something that is not JSON`,
-      );
-    }
-    if (!res.ok) {
-      const e = parsed as Partial<ErrorBody> | undefined;
-      const code = (e?.code ?? 'Unavailable') as ErrorCode;
-      throw new DiskvaultError(
-        code,
-        `${e?.message ?? `HTTP ${res.status}`} (HTTP ${res.status})`,
-        e?.details,
-      );
-    }
-    return parsed as T;
+  constructor(cfg: ClientConfig) {
+    this.client = new DiskvaultClient(cfg);
+  }
+
+  call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.client.adminRequest<T>(method, path.replace(/^\//, ''), body);
+  }
+
+  close(): void {
+    this.client.close();
   }
 }

@@ -21,6 +21,7 @@ options:
   --server URL           repository server (or DISKVAULT_SERVER, or the config file)
   --token T              API token (or DISKVAULT_TOKEN / DISKVAULT_TOKEN_FILE, or the config file)
   --config FILE          agent config file (default ~/.config/diskvault/agent.json)
+  --cacert FILE          for https: trust this CA's (or the server's own) certificate (repeatable)
   --host NAME            the machine the disk belongs to
   --disk NAME            the disk's name on that machine
   --tag T                a tag for the snapshot (repeatable)
@@ -28,6 +29,7 @@ options:
   --format F             raw, qcow2, vhd, vmdk, vdi (default: detect)
   --concurrency N        chunk uploads in flight (default 8)
   --compression-level N  zstd level for uploads, -5..19 (default 1)
+  --limit-upload RATE    cap upload bandwidth: KiB/s as in restic (2048), or 500K, 20M, 1G
   --json                 progress as JSON lines on stderr, the summary as JSON on stdout
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some ranges could not be read (stored as zeros)
@@ -67,7 +69,7 @@ export async function run(argv: string[]): Promise<number> {
   if (format !== undefined && !/^(raw|qcow2|vhd|vmdk|vdi)$/.test(format)) {
     throw new UsageError(`--format ${format}: expected raw, qcow2, vhd, vmdk or vdi`);
   }
-  const cfg = resolveClientConfig({ server: values.server, token: values.token, config: values.config });
+  const cfg = resolveClientConfig(values);
 
   const source = await openSource(positionals[0], { format });
   const warnings = await sourceWarnings(positionals[0]);

@@ -23,10 +23,12 @@ SNAPSHOT  a snapshot id, an id prefix, or 'latest' (with --host and --disk)
 
 options:
   --server URL, --token T, --config FILE   where the repository is (also DISKVAULT_SERVER / DISKVAULT_TOKEN)
+  --cacert FILE                            for https: trust this CA's (or the server's own) certificate
   --host NAME, --disk NAME                 narrow 'latest' or an id prefix
   --listen HOST:PORT                       where to serve (default 127.0.0.1:10809)
   --name NAME                              the export's name (default the snapshot id; '' also reaches it)
   --cache SIZE                             chunk cache (default 256M)
+  --limit-download RATE                    cap download bandwidth: KiB/s as in restic, or 500K, 20M, 1G
   --json                                   the listening line as JSON
 
 then, for example:
@@ -56,7 +58,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
 
   const cfg = resolveClientConfig(values);
-  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token, concurrency: 16 });
+  const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
   const fetcher = clientChunkFetcher(client);
   const decoders = new DecodePool();
   let server: NbdServer | undefined;

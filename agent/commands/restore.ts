@@ -26,6 +26,7 @@ TARGET    a file (created or overwritten), a block device, or '-' for stdout
 
 options:
   --server URL, --token T, --config FILE   where the repository is (also DISKVAULT_SERVER / DISKVAULT_TOKEN)
+  --cacert FILE                            for https: trust this CA's (or the server's own) certificate
   --host NAME, --disk NAME                 narrow 'latest' or an id prefix
   --sparse | --no-sparse                   leave zero chunks as holes in a file (default: sparse)
   --in-place                               TARGET holds a similar disk: rewrite only the chunks that differ
@@ -34,6 +35,7 @@ options:
   --format raw|qcow2                       write the disk raw (default) or as a sparse qcow2 v3 image
   --fsync                                  flush a file target to disk before reporting success
   --concurrency N                          chunk downloads in flight (default 12)
+  --limit-download RATE                    cap download bandwidth: KiB/s as in restic, or 500K, 20M, 1G
   --json                                   progress and summary as JSON lines (on stderr when TARGET is -)
 `;
 
@@ -69,7 +71,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const report = targetPath === '-' ? process.stderr : process.stdout;
 
   const cfg = resolveClientConfig(values);
-  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token, concurrency });
+  const client = new DiskvaultClient({ ...cfg, concurrency });
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });

@@ -3,7 +3,7 @@ import type { SnapshotInfo } from '../../api/protocol.js';
 import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 
-const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T]
+const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T] [--cacert FILE]
 
 Lists snapshots, oldest first. --json prints an array of objects (id, host, disk, time, size, sha256,
 chunkCount, tags, unreadable, sourceFormat).
@@ -23,7 +23,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
   void command;
   const cfg = resolveClientConfig(values);
-  const client = new DiskvaultClient({ server: cfg.server, token: cfg.token });
+  const client = new DiskvaultClient(cfg);
   try {
     const list = (await client.listSnapshots({ host: values.host, disk: values.disk })).sort(
       (a, b) => Date.parse(a.time) - Date.parse(b.time) || a.id.localeCompare(b.id),

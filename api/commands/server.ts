@@ -1,8 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../agent/cli-support.js';
 import { isDiskvaultError } from '../../storage-adapters/errors.js';
 import { ConfigError, parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
 import type { RunningService } from '../service.js';
+import { loadTlsCredentials, type TlsCredentials, TlsCredentialsError } from '../tls-credentials.js';
 import { DISKVAULT_VERSION } from '../version.js';
 
 /** How long in-flight requests may run after SIGTERM/SIGINT before their connections are cut. */
@@ -21,6 +21,7 @@ function explainStartupError(err: unknown, config: ServerConfig): string | undef
     return `cannot use data folder ${config.dataDir}: ${e.message}`;
   }
   if (isDiskvaultError(err)) return `cannot open the repository: ${err.message}`;
+  if (err instanceof TlsCredentialsError) return err.message;
   return undefined;
 }
 
@@ -53,11 +54,10 @@ export async function run(argv: string[], _command: string): Promise<number> {
   }
   const config = parsed.config;
   let service: RunningService;
+  const { tls: tlsFiles, ...rest } = config;
+  let tls: TlsCredentials | undefined;
   try {
-    const { tls: tlsFiles, ...rest } = config;
-    const tls = tlsFiles
-      ? { cert: await readFile(tlsFiles.certFile), key: await readFile(tlsFiles.keyFile) }
-      : undefined;
+    tls = tlsFiles ? await loadTlsCredentials(tlsFiles) : undefined;
     service = await startService({ ...rest, ...(tls ? { tls } : {}) });
   } catch (err) {
     const explained = explainStartupError(err, config);
@@ -73,6 +73,30 @@ export async function run(argv: string[], _command: string): Promise<number> {
   process.stdout.write(
     `diskvault ${DISKVAULT_VERSION} server listening on ${service.url} (storage ${service.storage.description})\n`,
   );
+  if (tls) process.stdout.write(`TLS certificate: ${tls.description}\n`);
+  if (tls && tls.validTo.getTime() < Date.now())
+    process.stderr.write(
+      `diskvault server: warning: the TLS certificate expired on ${tls.validTo.toISOString()}\n`,
+    );
+  const running = service;
+  process.on('SIGHUP', () => {
+    if (!tlsFiles) {
+      process.stderr.write('diskvault server: SIGHUP received: no TLS certificate to reload\n');
+      return;
+    }
+    loadTlsCredentials(tlsFiles).then(
+      (renewed) => {
+        running.setTlsCredentials(renewed);
+        process.stderr.write(
+          `diskvault server: SIGHUP received: TLS certificate reloaded: ${renewed.description}\n`,
+        );
+      },
+      (err: Error) =>
+        process.stderr.write(
+          `diskvault server: SIGHUP received: ${err.message}; still serving the previous certificate\n`,
+        ),
+    );
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;

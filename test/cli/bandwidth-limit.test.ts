@@ -1,0 +1,125 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { parseRate, RateLimiter } from '../../agent/rate-limit.js';
+import { runCli, sha256File } from '../helpers/backup-e2e.js';
+import { startTestServer } from '../helpers/server.js';
+
+// --limit-upload / --limit-download through the real CLI and a real server. Only lower bounds on time are
+// asserted: a limit can be proven by what could not have gone faster, never by how fast a loaded machine is.
+
+const MiB = 1024 * 1024;
+
+/**
+ * A real server, an agent token for host1, and a scratch folder holding `disk.img` of random bytes (zstd
+ * cannot shrink them, so what crosses the wire is about the image itself).
+ */
+async function withRepository(
+  imageBytes: number,
+  fn: (ctx: { env: Record<string, string>; dir: string; image: string }) => Promise<void>,
+): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'dv-limit-'));
+  const server = await startTestServer({ storage: 'local' });
+  try {
+    const env = { DISKVAULT_SERVER: server.url, DISKVAULT_TOKEN: await server.makeToken('agent', ['host1']) };
+    const image = join(dir, 'disk.img');
+    await writeFile(image, randomBytes(imageBytes));
+    await fn({ env, dir, image });
+  } finally {
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('a rate is KiB/s as a plain number (restic), bytes per second with a unit, and 0 means none', (t) => {
+  t.is(parseRate('2048'), 2 * MiB);
+  t.is(parseRate('500K'), 500 * 1024);
+  t.is(parseRate('20M'), 20 * MiB);
+  t.is(parseRate('1.5MiB/s'), 1.5 * MiB);
+  t.is(parseRate('1g'), 1024 * MiB);
+  t.is(parseRate('0'), null);
+  for (const bad of ['fast', '-5', '20 Mbit', '', '1e3'])
+    t.throws(() => parseRate(bad), { instanceOf: RangeError });
+});
+
+test('the limiter lets no more than its burst plus the rate through, however many take at once', async (t) => {
+  const rate = 1 * MiB;
+  const limiter = new RateLimiter(rate);
+  const started = performance.now();
+  const piece = 64 * 1024;
+  // Eight takers at once, as eight uploads in flight, 2 MiB in all.
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      for (let i = 0; i < 4; i++) await limiter.take(piece);
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  t.true(seconds >= (2 * MiB - limiter.burst) / rate - 0.02, `2 MiB at 1 MiB/s took ${seconds} s`);
+});
+
+test('backup --limit-upload and restore --limit-download keep to their rates, and the restore is exact', async (t) => {
+  await withRepository(6 * MiB, async ({ env, dir, image }) => {
+    const rate = 2 * MiB;
+    const burst = new RateLimiter(rate).burst;
+
+    const backup = await runCli(
+      ['backup', image, '--host', 'host1', '--disk', 'sda', '--json', '--limit-upload', '2M'],
+      env,
+    );
+    t.is(backup.code, 0, backup.stderr);
+    const up = backup.summary as NonNullable<typeof backup.summary> & { seconds: number };
+    t.true(up.bytesUploaded >= 6 * MiB, 'the whole image was uploaded');
+    t.true(
+      up.seconds >= (up.bytesUploaded - burst) / rate,
+      `${up.bytesUploaded} bytes uploaded in ${up.seconds} s at a 2 MiB/s limit`,
+    );
+
+    // The download limit from the config file, as a nightly unit would carry it (a number: KiB/s).
+    const config = join(dir, 'agent.json');
+    await writeFile(config, JSON.stringify({ limitDownload: 2048 }));
+    const target = join(dir, 'restored.img');
+    const restore = await runCli(['restore', up.snapshot, target, '--json', '--config', config], env);
+    t.is(restore.code, 0, restore.stderr);
+    const down = restore.summary as unknown as { bytesFetched: number; seconds: number; verified: boolean };
+    t.true(down.verified);
+    t.is(await sha256File(target), await sha256File(image));
+    t.true(
+      down.seconds >= (down.bytesFetched - burst) / rate,
+      `${down.bytesFetched} bytes fetched in ${down.seconds} s at a 2 MiB/s limit`,
+    );
+  });
+});
+
+test('a malformed limit is a usage error before anything is sent, from a flag or from the config file', async (t) => {
+  await withRepository(MiB, async ({ env, dir, image }) => {
+    const flag = await runCli(
+      ['backup', image, '--host', 'host1', '--disk', 'sda', '--limit-upload', 'fast'],
+      env,
+    );
+    t.is(flag.code, 2);
+    t.regex(flag.stderr, /--limit-upload: invalid rate 'fast'/);
+    const config = join(dir, 'agent.json');
+    await writeFile(config, JSON.stringify({ limitUpload: '10 Mbit' }));
+    const fromFile = await runCli(
+      ['backup', image, '--host', 'host1', '--disk', 'sda', '--config', config],
+      env,
+    );
+    t.is(fromFile.code, 2);
+    t.regex(fromFile.stderr, /"limitUpload" in .*agent\.json: invalid rate '10 Mbit'/);
+    await writeFile(config, JSON.stringify({ limitUpload: true }));
+    const wrongType = await runCli(
+      ['backup', image, '--host', 'host1', '--disk', 'sda', '--config', config],
+      env,
+    );
+    t.is(wrongType.code, 2);
+    t.regex(
+      wrongType.stderr,
+      /"limitUpload" in .*agent\.json must be a string like "20M" or a number of KiB\/s/,
+    );
+    for (const run of [flag, fromFile, wrongType]) t.notRegex(run.stderr, /\n\s+at /, 'no stack trace');
+    const snapshots = await runCli(['snapshots', '--json'], env);
+    t.deepEqual(JSON.parse(snapshots.stdout), [], 'nothing was committed');
+  });
+});
