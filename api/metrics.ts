@@ -1,4 +1,6 @@
 import type { RepositoryApi } from '../repo-engine/types.js';
+import { describeDiskSeries } from './disk-series.js';
+import type { DiskSeriesStats } from './protocol.js';
 import { DISKVAULT_VERSION } from './version.js';
 
 /**
@@ -97,6 +99,34 @@ export class Metrics {
     metric('diskvault_stored_bytes', 'gauge', 'Bytes of chunk objects in storage.', [
       `diskvault_stored_bytes ${s.storedBytes}`,
     ]);
+    // Per disk, for alerts: a backup that stopped arriving, a disk that started losing sectors.
+    const disks = repo.diskSeries().map(describeDiskSeries);
+    const perDisk = (name: string, help: string, value: (d: DiskSeriesStats) => number) =>
+      metric(
+        name,
+        'gauge',
+        help,
+        disks.map(
+          (d) =>
+            `${name}{tenant="${escapeLabel(d.tenant)}",host="${escapeLabel(d.host)}",disk="${escapeLabel(d.disk)}"} ${value(d)}`,
+        ),
+      );
+    perDisk('diskvault_disk_snapshots', 'Snapshots of each disk.', (d) => d.snapshots);
+    perDisk(
+      'diskvault_disk_last_snapshot_timestamp_seconds',
+      'Time the newest snapshot of each disk represents, in Unix seconds.',
+      (d) => Date.parse(d.newest.time) / 1000,
+    );
+    perDisk(
+      'diskvault_disk_last_snapshot_size_bytes',
+      'Image size of the newest snapshot of each disk.',
+      (d) => d.newest.size,
+    );
+    perDisk(
+      'diskvault_disk_last_snapshot_unreadable_bytes',
+      'Bytes the newest snapshot of each disk could not read (stored as zeros).',
+      (d) => d.newest.unreadableBytes,
+    );
     return `${out.join('\n')}\n`;
   }
 }

@@ -118,6 +118,15 @@ export interface JobResponse {
   job: JobInfo;
 }
 
+/** One disk's snapshot series: what monitoring watches (is the newest recent, did it read every sector). */
+export interface DiskSeriesStats {
+  tenant: string;
+  host: string;
+  disk: string;
+  snapshots: number;
+  newest: { id: string; time: string; size: number; unreadableBytes: number };
+}
+
 /**
  * GET /v1/stats. A global admin sees the whole repository (scope 'repository', `repository` set); a tenant
  * admin its tenant (`tenant` set); an agent token the snapshots of its hosts.
@@ -127,6 +136,8 @@ export interface StatsResponse {
   snapshots: number;
   logicalBytes: number;
   perHost: { host: string; snapshots: number; logicalBytes: number }[];
+  /** Every disk in scope with its number of snapshots and its newest one, ordered by tenant, host, disk. */
+  disks: DiskSeriesStats[];
   repository?: RepoStats;
   tenant?: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number };
 }

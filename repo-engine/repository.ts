@@ -25,6 +25,7 @@ import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
 import type {
   ChunkLease,
+  DiskSeries,
   ForgetPlan,
   GcReport,
   RepoStats,
@@ -427,6 +428,10 @@ export class Repository implements RepositoryApi {
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[] {
     return this.index.listSnapshots(filter);
+  }
+
+  diskSeries(filter?: SnapshotFilter): DiskSeries[] {
+    return this.index.diskSeries(filter);
   }
 
   getSnapshot(id: string): SnapshotInfo | undefined {

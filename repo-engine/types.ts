@@ -22,6 +22,17 @@ export interface SnapshotInfo {
   tenant: string;
 }
 
+/** One disk of one host (in one tenant): the series its nightly snapshots form. */
+export interface DiskSeries {
+  tenant: string;
+  host: string;
+  disk: string;
+  /** Snapshots in the series. */
+  snapshots: number;
+  /** The one with the latest time. */
+  newest: SnapshotInfo;
+}
+
 export interface SnapshotFilter {
   host?: string;
   /** When set, only snapshots of these hosts (agent tokens' scope). */
@@ -159,6 +170,8 @@ export interface RepositoryApi {
   abort(sessionId: string): Promise<void>;
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[];
+  /** Each disk with snapshots: how many, and the newest (for freshness monitoring). */
+  diskSeries(filter?: SnapshotFilter): DiskSeries[];
   getSnapshot(id: string): SnapshotInfo | undefined;
   /** The stored binary manifest, streamed. */
   openManifest(id: string): Promise<Readable>;

@@ -240,7 +240,26 @@ async function stats(client: AdminClient, json: boolean): Promise<number> {
     );
   for (const h of s.perHost)
     process.stdout.write(`  ${h.host}: ${h.snapshots} snapshots, ${formatBytes(h.logicalBytes)}\n`);
+  if (s.disks.length > 0) process.stdout.write('newest snapshot of each disk:\n');
+  const now = Date.now();
+  for (const d of s.disks) {
+    const tenant = s.scope === 'repository' && d.tenant !== 'default' ? `${d.tenant}:` : '';
+    const unreadable = d.newest.unreadableBytes
+      ? `, ${formatBytes(d.newest.unreadableBytes)} UNREADABLE`
+      : '';
+    process.stdout.write(
+      `  ${tenant}${d.host}/${d.disk}: ${d.newest.time} (${formatAge(now - Date.parse(d.newest.time))}), ${formatBytes(d.newest.size)}, ${d.snapshots} snapshot${d.snapshots === 1 ? '' : 's'}${unreadable}\n`,
+    );
+  }
   return EXIT_OK;
+}
+
+/** How long ago, at the scale a nightly schedule is read in. */
+function formatAge(ms: number): string {
+  if (ms < 0) return 'in the future';
+  const hours = ms / 3_600_000;
+  if (hours < 1) return `${Math.round(ms / 60_000)} min ago`;
+  return hours < 48 ? `${hours.toFixed(1)} h ago` : `${(hours / 24).toFixed(1)} days ago`;
 }
 
 function formatBytes(n: number): string {

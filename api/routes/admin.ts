@@ -4,6 +4,7 @@ import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.
 import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
+import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
 import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
@@ -115,19 +116,20 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
           snapshots: s.snapshots,
           logicalBytes: s.logicalBytes,
           perHost: s.perHost,
+          disks: repo.diskSeries().map(describeDiskSeries),
           repository: s,
         };
         sendJson(res, 200, out);
         return;
       }
-      const snaps = repo
-        .listSnapshots({ tenant: p.tenant, ...(p.role === 'agent' ? { hosts: p.hosts } : {}) })
-        .filter((s) => maySeeSnapshot(p, s));
+      const scope = { tenant: p.tenant, ...(p.role === 'agent' ? { hosts: p.hosts } : {}) };
+      const snaps = repo.listSnapshots(scope).filter((s) => maySeeSnapshot(p, s));
       const out: StatsResponse = {
         scope: p.role === 'admin' ? 'tenant' : 'hosts',
         snapshots: snaps.length,
         logicalBytes: snaps.reduce((n, s) => n + s.size, 0),
         perHost: perHost(snaps),
+        disks: repo.diskSeries(scope).map(describeDiskSeries),
       };
       if (p.role === 'admin') {
         out.tenant = repo.stats().perTenant.find((t) => t.tenant === p.tenant) ?? {

@@ -120,14 +120,14 @@ export async function commit(url: string, token: string, session: string, manife
   });
 }
 
-/** The whole agent protocol: session, missing query, upload of what is missing, commit. */
+/** The whole agent protocol: session, missing query, upload of what is missing, commit (`header`: time, tags…). */
 export async function backup(
   url: string,
   token: string,
   host: string,
   disk: string,
   chunks: TestChunk[],
-  tags: string[] = [],
+  header: Partial<ManifestHeader> = {},
 ) {
   const opened = await call(url, token, 'POST', '/v1/sessions', { json: { host, disk } });
   if (opened.status !== 201) throw new Error(`open session: ${opened.status} ${opened.bytes.toString()}`);
@@ -146,7 +146,7 @@ export async function backup(
     url,
     token,
     session,
-    manifestFor(host, disk, chunks, { tags, chunker: opened.json.chunker }),
+    manifestFor(host, disk, chunks, { ...header, chunker: opened.json.chunker }),
   );
   if (done.status !== 201) throw new Error(`commit: ${done.status} ${done.bytes.toString()}`);
   return { session, uploaded: missing.json.missing.length as number, snapshot: done.json.snapshot };
