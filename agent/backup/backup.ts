@@ -18,7 +18,7 @@ import type { ImageSource } from '../source.js';
 import { IdSet } from './id-set.js';
 import { ManifestSpool } from './manifest-spool.js';
 import { PreviousManifest } from './previous-manifest.js';
-import { mergeRanges, readResilient } from './resilient-read.js';
+import { mergeRanges, readResilient, UnreadableBudget } from './resilient-read.js';
 import { Semaphore } from './semaphore.js';
 import { WorkerPool } from './worker-pool.js';
 
@@ -56,6 +56,8 @@ export interface BackupOptions {
   compressionLevel?: number;
   /** Commits tried when the server names chunks it lacks. Default 4. */
   commitAttempts?: number;
+  /** Unreadable bytes accepted before the backup stops and commits nothing (see UnreadableBudget). Default: no limit. */
+  maxUnreadable?: { bytes: number; asGiven: string };
   onProgress?: (p: BackupProgress) => void;
 }
 
@@ -149,6 +151,9 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   ticker?.unref();
   let unreadable: [number, number][] = [];
   let reusedBytes = 0;
+  const budget = o.maxUnreadable
+    ? new UnreadableBudget(o.maxUnreadable.bytes, o.maxUnreadable.asGiven)
+    : undefined;
 
   try {
     spool = await ManifestSpool.create();
@@ -181,7 +186,8 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       try {
         const want = source.size === null ? windowBytes : Math.min(windowBytes, source.size - offset);
         const view = slotBufs[slot].subarray(pad, pad + want);
-        const got = want > 0 ? await readResilient(source, view, offset) : { bytes: 0, unreadable: [] };
+        const got =
+          want > 0 ? await readResilient(source, view, offset, { budget }) : { bytes: 0, unreadable: [] };
         if (got.unreadable.length > 0) unreadable.push(...got.unreadable);
         const eof = got.bytes < windowBytes || (source.size !== null && offset + got.bytes >= source.size);
         return { index, slot, offset, bytes: got.bytes, eof, holds: 0 };

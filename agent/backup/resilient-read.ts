@@ -1,3 +1,4 @@
+import { DiskvaultError } from '../../storage-adapters/errors.js';
 import type { ImageSource } from '../source.js';
 
 /**
@@ -15,6 +16,42 @@ export interface ReadOutcome {
 export interface ResilientReadOptions {
   /** Reads of the same range before it is split. Default 3. */
   attempts?: number;
+  /** Shared by every read of one backup: how much may be unreadable before the backup gives up. */
+  budget?: UnreadableBudget;
+}
+
+/**
+ * How many unreadable bytes a backup accepts. A failing disk has some bad sectors; a source where nearly
+ * everything fails is gone (a disk that dropped off the bus, an LVM snapshot whose copy-on-write space ran
+ * out): storing it as zeros would commit a snapshot of nothing, exit 3 like a disk with a few bad sectors,
+ * and take days of sector-by-sector retries on the way. Past the limit the backup stops and commits nothing.
+ */
+export class UnreadableBudget {
+  private spent = 0;
+  private first: number | null = null;
+
+  constructor(
+    readonly limit: number,
+    /** The limit as the user gave it ('1%', '64M'), for the message. */
+    private readonly asGiven: string,
+  ) {}
+
+  spend(offset: number, bytes: number): void {
+    this.spent += bytes;
+    this.first = this.first === null ? offset : Math.min(this.first, offset);
+    if (this.spent > this.limit) throw new UnreadableLimitError(this.spent, this.asGiven, this.first);
+  }
+}
+
+export class UnreadableLimitError extends DiskvaultError {
+  constructor(spent: number, asGiven: string, first: number) {
+    super(
+      'Unavailable',
+      `more than ${asGiven} of the image could not be read (${spent} bytes so far, the first at byte ${first}): the disk is failing or the source went away (an LVM snapshot that ran out of space reads as errors). Nothing was committed. For a failing disk, copy it with ddrescue and back up the copy, or raise --max-unreadable to keep what can be read.`,
+      { unreadableBytes: spent, firstUnreadable: first },
+    );
+    this.name = 'UnreadableLimitError';
+  }
 }
 
 function isMediumError(err: unknown): boolean {
@@ -55,7 +92,7 @@ export async function readResilient(
   }
   const unreadable: [number, number][] = [];
   const end = source.size === null ? offset + buf.length : Math.min(offset + buf.length, source.size);
-  const bytes = await narrow(source, buf, offset, offset, end, attempts, unreadable);
+  const bytes = await narrow(source, buf, offset, offset, end, attempts, unreadable, opts.budget);
   return { bytes, unreadable: mergeRanges(unreadable) };
 }
 
@@ -68,12 +105,14 @@ async function narrow(
   to: number,
   attempts: number,
   unreadable: [number, number][],
+  budget: UnreadableBudget | undefined,
 ): Promise<number> {
   const view = buf.subarray(from - base, to - base);
   const got = await tryRead(source, view, from, attempts);
   if (got !== 'failed') return from - base + got;
   const sector = source.sectorSize;
   if (to - from <= sector) {
+    budget?.spend(from, to - from);
     view.fill(0);
     unreadable.push([from, to - from]);
     return to - base;
@@ -81,9 +120,9 @@ async function narrow(
   // Split on a sector boundary so each half is whole sectors (the last may be partial at the end of the image).
   const sectors = Math.ceil((to - from) / sector);
   const mid = from + Math.floor(sectors / 2) * sector;
-  const firstEnd = await narrow(source, buf, base, from, mid, attempts, unreadable);
+  const firstEnd = await narrow(source, buf, base, from, mid, attempts, unreadable, budget);
   if (firstEnd < mid - base) return firstEnd; // the image ended inside the first half
-  return await narrow(source, buf, base, mid, to, attempts, unreadable);
+  return await narrow(source, buf, base, mid, to, attempts, unreadable, budget);
 }
 
 export function mergeRanges(ranges: [number, number][]): [number, number][] {

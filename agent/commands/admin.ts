@@ -5,11 +5,13 @@ import type {
   JobInfo,
   JobResponse,
   RetentionPolicy,
+  SnapshotInfo,
   StatsResponse,
 } from '../../api/protocol.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 /**
  * The admin commands over HTTP: forget (restic's flags), gc, verify, stats. Thin: parse flags, one request
@@ -50,7 +52,10 @@ const USAGE: Record<string, string> = {
          [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--keep-within DURATION]
          [--keep-within-{hourly,daily,weekly,monthly,yearly} DURATION] [--keep-tag T]...
          [--dry-run] [--prune] [--json]
+       diskvault forget SNAPSHOT... [--host H --disk D] [--dry-run] [--prune] [--json]
   DURATION is restic's form: 1y2m3d4h (m = months). --prune runs gc afterwards.
+  SNAPSHOT is an id, a unique id prefix, or 'latest' (with --host and --disk); every one is found
+  before any is removed.
 `,
   gc: 'usage: diskvault gc [--json]\n',
   verify: 'usage: diskvault verify [--read-data] [--json]\n  exits 1 when a problem is found\n',
@@ -85,11 +90,12 @@ export async function run(argv: string[], command: string): Promise<number> {
         : COMMON;
   if (!USAGE[command]) throw new UsageError(`unknown admin command ${command}`);
   let values: Record<string, string | boolean | string[] | undefined>;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({
+    ({ values, positionals } = parseArgs({
       args: argv,
       options: options as typeof COMMON,
-      allowPositionals: false,
+      allowPositionals: command === 'forget',
       strict: true,
     }));
   } catch (err) {
@@ -104,7 +110,9 @@ export async function run(argv: string[], command: string): Promise<number> {
   try {
     switch (command) {
       case 'forget':
-        return await forget(client, values, json);
+        return positionals.length > 0
+          ? await forgetSnapshots(client, positionals, values, json)
+          : await forget(client, values, json);
       case 'gc':
         return await gc(client, json);
       case 'verify':
@@ -177,6 +185,55 @@ function printGc(r: GcResponse['report']): void {
   );
 }
 
+/**
+ * restic's `forget ID...`: the named snapshots, each resolved (id, unique prefix, or latest) before any is
+ * deleted, so a mistyped third id removes nothing.
+ */
+async function forgetSnapshots(
+  client: AdminClient,
+  specs: string[],
+  values: Record<string, unknown>,
+  json: boolean,
+): Promise<number> {
+  const policyFlags = [...Object.keys(COUNT_FLAGS), ...Object.keys(WITHIN_FLAGS), 'keep-tag'];
+  const mixed = policyFlags.find((f) => values[f] !== undefined);
+  if (mixed) throw new UsageError(`give snapshot ids or a policy (--${mixed}), not both`);
+  const filter = {
+    ...(typeof values.host === 'string' ? { host: values.host } : {}),
+    ...(typeof values.disk === 'string' ? { disk: values.disk } : {}),
+  };
+  const chosen: SnapshotInfo[] = [];
+  for (const spec of specs) {
+    const s = await selectSnapshot(client.client, spec, filter);
+    if (!chosen.some((c) => c.id === s.id)) chosen.push(s);
+  }
+  const dryRun = values['dry-run'] === true;
+  const removed: SnapshotInfo[] = [];
+  for (const s of dryRun ? [] : chosen) {
+    await client.call('DELETE', `/v1/snapshots/${s.id}`);
+    removed.push(s);
+    if (!json) process.stdout.write(`removed ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+  }
+  const report =
+    values.prune === true && !dryRun
+      ? (await client.call<GcResponse>('POST', '/v1/gc', {})).report
+      : undefined;
+  if (json) {
+    const out = dryRun
+      ? { dryRun, wouldRemove: chosen }
+      : { dryRun, removed, ...(report ? { gc: report } : {}) };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return EXIT_OK;
+  }
+  if (dryRun) {
+    for (const s of chosen)
+      process.stdout.write(`would remove ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+    process.stdout.write(`dry run: would remove ${chosen.length} snapshots\n`);
+  } else process.stdout.write(`removed ${removed.length} snapshots\n`);
+  if (report) printGc(report);
+  return EXIT_OK;
+}
+
 async function gc(client: AdminClient, json: boolean): Promise<number> {
   const out = await client.call<GcResponse>('POST', '/v1/gc', {});
   if (json) process.stdout.write(`${JSON.stringify(out.report, null, 2)}\n`);
@@ -190,13 +247,16 @@ async function verify(client: AdminClient, readData: boolean, json: boolean): Pr
   while (job.state === 'running') {
     await new Promise((r) => setTimeout(r, 500));
     job = (await client.call<JobResponse>('GET', `/v1/jobs/${job.id}`)).job;
-    if (tty && job.progress) {
-      const p = job.progress;
+    const p = job.progress;
+    if (!p) continue;
+    // As backup and restore do: JSON lines on stderr with --json (the last one too), a live line on a terminal.
+    if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
+    else if (tty) {
       const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
       process.stderr.write(`\rverify: ${p.phase} ${p.done}/${p.total}${pct}   `);
     }
   }
-  if (tty) process.stderr.write('\n');
+  if (tty && !json) process.stderr.write('\n');
   if (job.state === 'failed' || !job.result) {
     throw new DiskvaultError(
       (job.error?.code as ErrorCode) ?? 'Unavailable',
@@ -275,7 +335,7 @@ function formatBytes(n: number): string {
 
 /** The admin routes over the agent's client, so TLS trust (--cacert) and error handling are the same. */
 class AdminClient {
-  private readonly client: DiskvaultClient;
+  readonly client: DiskvaultClient;
 
   constructor(cfg: ClientConfig) {
     this.client = new DiskvaultClient(cfg);

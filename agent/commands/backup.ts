@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises';
+import { parseSize } from '../../api/config.js';
 import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
 import {
@@ -30,6 +31,8 @@ options:
   --concurrency N        chunk uploads in flight (default 8)
   --compression-level N  zstd level for uploads, -5..19 (default 1)
   --limit-upload RATE    cap upload bandwidth: KiB/s as in restic (2048), or 500K, 20M, 1G
+  --max-unreadable LIMIT unreadable bytes accepted as zeros before the backup stops and commits
+                         nothing: a size (0, 64M) or a share of the image (default 1%, at most 1G)
   --json                 progress as JSON lines on stderr, the summary as JSON on stdout
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some ranges could not be read (stored as zeros)
@@ -42,6 +45,7 @@ export async function run(argv: string[]): Promise<number> {
     format: { type: 'string' },
     concurrency: { type: 'string' },
     'compression-level': { type: 'string' },
+    'max-unreadable': { type: 'string' },
   });
   if (values.help) {
     process.stdout.write(HELP);
@@ -71,7 +75,10 @@ export async function run(argv: string[]): Promise<number> {
   }
   const cfg = resolveClientConfig(values);
 
+  const maxUnreadableFlag = values['max-unreadable'];
+  const maxUnreadableLimit = parseUnreadableLimit(maxUnreadableFlag ?? '1%');
   const source = await openSource(positionals[0], { format });
+  const maxUnreadable = unreadableBudgetFor(maxUnreadableLimit, maxUnreadableFlag, source.size);
   const warnings = await sourceWarnings(positionals[0]);
   for (const w of warnings) {
     process.stderr.write(
@@ -95,6 +102,7 @@ export async function run(argv: string[]): Promise<number> {
       time,
       concurrency,
       compressionLevel,
+      maxUnreadable,
       ...tuningFromEnv(),
       onProgress: (p: BackupProgress) =>
         reporter.update({
@@ -186,6 +194,39 @@ function printSummary(s: BackupSummary, warnings: Warning[], json: boolean): voi
 function required(v: string | undefined, flag: string): string {
   if (v === undefined || v === '') throw new UsageError(`${flag} is required`);
   return v;
+}
+
+/** --max-unreadable: a share of the image ('1%', '0.5%', '100%' for no limit) or a size ('0', '64M'). */
+function parseUnreadableLimit(text: string): { share: number } | { bytes: number } {
+  const percent = /^(\d+(?:\.\d+)?)%$/.exec(text.trim());
+  if (percent) {
+    const share = Number(percent[1]) / 100;
+    if (share > 1) throw new UsageError(`--max-unreadable ${text}: a share is at most 100%`);
+    return { share };
+  }
+  try {
+    return { bytes: parseSize(text) };
+  } catch {
+    throw new UsageError(
+      `--max-unreadable '${text}': expected a share of the image (1%) or a size (0, 64M, 1G)`,
+    );
+  }
+}
+
+/** The default, 1%, is capped at 1 GiB: past that a disk needs ddrescue, and narrowing more costs hours. */
+const DEFAULT_UNREADABLE_CAP = 1024 ** 3;
+
+function unreadableBudgetFor(
+  limit: { share: number } | { bytes: number },
+  flag: string | undefined,
+  size: number | null,
+): { bytes: number; asGiven: string } {
+  if ('bytes' in limit) return { bytes: limit.bytes, asGiven: flag ?? '' };
+  // A pipe's size is unknown, but a pipe cannot be read twice either: its first read error ends the backup.
+  const bytes = Math.floor(limit.share * (size ?? Number.POSITIVE_INFINITY));
+  if (flag === undefined && bytes > DEFAULT_UNREADABLE_CAP)
+    return { bytes: DEFAULT_UNREADABLE_CAP, asGiven: '1 GiB' };
+  return { bytes, asGiven: flag ?? '1%' };
 }
 
 function intFlag(v: string | undefined, flag: string, min: number, max: number): number | undefined {

@@ -116,6 +116,19 @@ test('the admin CLI runs forget, gc, verify and stats over HTTP', async (t) => {
     const verify = await cli(['verify', '--read-data'], env);
     t.is(verify.code, 0, verify.stderr);
     t.regex(verify.stdout, /no problems found/);
+    const verifyJson = await cli(['verify', '--read-data', '--json'], env);
+    t.is(verifyJson.code, 0, verifyJson.stderr);
+    t.true(JSON.parse(verifyJson.stdout).ok);
+    const progress = verifyJson.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
+    t.true(progress.length > 0, 'verify --json reports progress on stderr');
+    for (const p of progress) {
+      t.is(p.type, 'progress');
+      t.is(typeof p.phase, 'string');
+      t.true(p.done <= p.total);
+    }
     const stats = await cli(['stats', '--json'], env);
     t.is(JSON.parse(stats.stdout).snapshots, 2);
     // An agent token is refused with a one-line message and exit 1.

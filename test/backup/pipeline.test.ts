@@ -72,6 +72,35 @@ test('unreadable sectors become zeros, are recorded in the snapshot and reported
   });
 });
 
+test('a source unreadable past the limit stops the backup and commits nothing', async (t) => {
+  await withServer(async (server, token) => {
+    const data = diskLike(6 * MiB);
+    const client = new DiskvaultClient({ server: server.url, token });
+    try {
+      // From 2 MiB on the source fails everywhere: an LVM snapshot that ran out of space, a disk that left.
+      const source = new FailingSource(data, { bad: [[2 * MiB, 4 * MiB]] });
+      const err = await t.throwsAsync(
+        runBackup({
+          client,
+          source,
+          host: 'host1',
+          disk: 'sdb',
+          windowBytes: 1 * MiB,
+          maxUnreadable: { bytes: Math.floor(data.length / 100), asGiven: '1%' },
+        }),
+      );
+      t.regex(
+        err!.message,
+        /^more than 1% of the image could not be read \(\d+ bytes so far, the first at byte 2097152\)/,
+      );
+      t.deepEqual(server.repo.listSnapshots(), [], 'nothing was committed');
+      t.true(source.reads < 3000, `gave up after ${source.reads} reads`);
+    } finally {
+      client.close();
+    }
+  });
+});
+
 test('chunks the agent wrongly believes stored are named by the commit, read again and uploaded', async (t) => {
   await withServer(
     async (server, token) => {
@@ -231,4 +260,15 @@ test('the CLI refuses bad names and missing flags with exit code 2 before contac
   t.is(r3.code, 1);
   t.regex(r3.stderr, /does not exist|ENOENT/);
   t.notRegex(r3.stderr, /at .*\.js:\d+/); // no stack trace
+  for (const [limit, message] of [
+    ['lots', /--max-unreadable 'lots': expected a share of the image \(1%\) or a size/],
+    ['150%', /--max-unreadable 150%: a share is at most 100%/],
+  ] as const) {
+    const r = await runCli(
+      ['backup', '/dev/null', '--host', 'h', '--disk', 'sda', '--max-unreadable', limit],
+      env,
+    );
+    t.is(r.code, 2);
+    t.regex(r.stderr, message);
+  }
 });

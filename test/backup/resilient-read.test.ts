@@ -1,6 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import test from 'ava';
-import { mergeRanges, readResilient } from '../../agent/backup/resilient-read.js';
+import {
+  mergeRanges,
+  readResilient,
+  UnreadableBudget,
+  UnreadableLimitError,
+} from '../../agent/backup/resilient-read.js';
 import { FailingSource } from '../helpers/failing-source.js';
 
 const SECTOR = 512;
@@ -31,6 +36,29 @@ test('a read error is narrowed to the bad sectors, which alone become zeros and 
     [data.length - SECTOR, SECTOR],
   ]);
   t.true(buf.equals(expectedImage(data, bad)));
+});
+
+test('a budget shared by reads stops them once more than its limit is unreadable, naming the first bad byte', async (t) => {
+  const data = randomBytes(4 * 1024 * 1024);
+  const budget = new UnreadableBudget(SECTOR * 4, '2 KiB');
+  // Four bad sectors in the first read fit the budget exactly.
+  const first = new FailingSource(data, { bad: [[SECTOR * 10, SECTOR * 4]] });
+  const out = await readResilient(first, Buffer.alloc(1024 * 1024), 0, { budget });
+  t.deepEqual(out.unreadable, [[SECTOR * 10, SECTOR * 4]]);
+  // A source that fails everywhere (gone) is given up on at the fifth sector, not narrowed to the end.
+  const gone = new FailingSource(data, { bad: [[0, data.length]] });
+  const err = await t.throwsAsync(
+    readResilient(gone, Buffer.alloc(1024 * 1024), 2 * 1024 * 1024, { budget }),
+    {
+      instanceOf: UnreadableLimitError,
+    },
+  );
+  t.regex(
+    err!.message,
+    /^more than 2 KiB of the image could not be read \(2560 bytes so far, the first at byte 5120\)/,
+  );
+  t.regex(err!.message, /Nothing was committed/);
+  t.true(gone.reads < 100, `gave up after ${gone.reads} reads`);
 });
 
 test('narrowing works at an offset inside the image and with 4096-byte sectors', async (t) => {
