@@ -20,7 +20,7 @@ import {
 import { AGENT_USER_AGENT } from '../api/version.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
-import { paced, RateLimiter } from './rate-limit.js';
+import { paced, pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
 /**
@@ -340,9 +340,7 @@ export class DiskvaultClient {
         throw networkError(err, url);
       }
       if (res.status >= 200 && res.status < 300) {
-        // Readable.from ends the generator, and so destroys the socket's stream, when the caller destroys it.
-        if (this.downloadLimiter)
-          res.stream = Readable.from(paced(res.stream, this.downloadLimiter), { objectMode: false });
+        if (this.downloadLimiter) res.stream = pacedStream(res.stream, this.downloadLimiter);
         return res;
       }
       const error = await errorFrom(res);

@@ -1,3 +1,4 @@
+import { pipeline, type Readable, Transform } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
@@ -13,6 +14,8 @@ export class RateLimiter {
   private tokens: number;
   private last = performance.now();
   private queue: Promise<void> = Promise.resolve();
+  /** Takers queued behind an empty bucket; while there are none, a taker the bucket covers goes at once. */
+  private waiting = 0;
   readonly burst: number;
 
   constructor(readonly bytesPerSecond: number) {
@@ -21,9 +24,26 @@ export class RateLimiter {
     this.tokens = this.burst;
   }
 
-  /** Resolves when `bytes` may go; a taker larger than the bucket goes as soon as the bucket is full. */
-  take(bytes: number): Promise<void> {
-    const turn = this.queue.then(() => this.wait(Math.min(bytes, this.burst), bytes));
+  /**
+   * undefined when `bytes` may go now, else a promise that resolves when they may (a taker larger than the
+   * bucket goes as soon as the bucket is full). Going at once without a promise keeps a limit set far above
+   * what the link reaches nearly free.
+   */
+  take(bytes: number): Promise<void> | undefined {
+    const needed = Math.min(bytes, this.burst);
+    if (this.waiting === 0) {
+      this.refill();
+      if (this.tokens >= needed) {
+        this.tokens -= bytes;
+        return undefined;
+      }
+    }
+    this.waiting++;
+    const turn = this.queue
+      .then(() => this.wait(needed, bytes))
+      .finally(() => {
+        this.waiting--;
+      });
     this.queue = turn;
     return turn;
   }
@@ -57,10 +77,27 @@ export async function* paced(
   for await (const part of parts) {
     for (let at = 0; at < part.length; at += LIMITED_PIECE_BYTES) {
       const piece = part.subarray(at, at + LIMITED_PIECE_BYTES);
-      await limiter.take(piece.length);
+      const wait = limiter.take(piece.length);
+      if (wait) await wait;
       yield piece;
     }
   }
+}
+
+/**
+ * `source` passed through `limiter`: a response body read no faster than the limit, so the socket's buffer
+ * fills and TCP slows the server down. Destroying the result destroys the source; its errors come through.
+ */
+export function pacedStream(source: Readable, limiter: RateLimiter): Readable {
+  const out = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      const wait = limiter.take(chunk.length);
+      if (wait) wait.then(() => done(null, chunk), done);
+      else done(null, chunk);
+    },
+  });
+  pipeline(source, out, () => {});
+  return out;
 }
 
 /**
