@@ -20,10 +20,10 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
     module: './commands/nbd.js',
     summary: 'serve a snapshot read-only over NBD, to mount it without restoring',
   },
-  forget: { module: './commands/admin.js', summary: 'apply a retention policy (admin)' },
+  forget: { module: './commands/admin.js', summary: 'remove snapshots by retention policy or by id (admin)' },
   gc: { module: './commands/admin.js', summary: 'delete chunks no snapshot uses (admin)' },
   verify: { module: './commands/admin.js', summary: 'check the repository (admin)' },
-  stats: { module: './commands/admin.js', summary: 'repository statistics' },
+  stats: { module: './commands/admin.js', summary: 'repository statistics, newest snapshot of each disk' },
 };
 
 function usage(): string {
