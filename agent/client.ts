@@ -431,7 +431,7 @@ function tlsProblem(e: NodeJS.ErrnoException | undefined, url: URL): string | un
     return `${server} presented a TLS certificate for another name (it lists ${names}, not ${url.hostname}): connect by a name it lists, or give the server a certificate for this one`;
   }
   if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
-    return `${server} presented a TLS certificate that is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the server (then 'systemctl reload diskvault', or send SIGHUP)`;
+    return `${server} presented a TLS certificate that is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the server, then 'systemctl reload diskvault-server' (or send the server SIGHUP)`;
   if (code === 'EPROTO' && url.protocol === 'https:') {
     // OpenSSL's message is a multi-line record; its reason ('wrong version number') is what helps.
     const reason = /SSL routines:[^:]*:([^:]+)/.exec(e?.message ?? '')?.[1] ?? code;

@@ -31,6 +31,38 @@ async function makeServerCert(dir: string, ca: string, name: string, altNames: s
   );
 }
 
+/** A certificate signed by `ca` that expired in 2020 (`openssl ca` is the tool that takes explicit dates). */
+async function makeExpiredCert(dir: string, ca: string, name: string): Promise<void> {
+  openssl(dir, `req ${EC_KEY} -keyout ${name}.key -out ${name}.csr -subj /CN=${name}`);
+  await writeFile(join(dir, 'index.txt'), '');
+  await writeFile(join(dir, 'serial'), '01\n');
+  await writeFile(
+    join(dir, 'ca.cnf'),
+    [
+      '[ca]',
+      'default_ca = test',
+      '[test]',
+      'database = index.txt',
+      'new_certs_dir = .',
+      `certificate = ${ca}.pem`,
+      `private_key = ${ca}.key`,
+      'serial = serial',
+      'default_md = sha256',
+      'policy = any',
+      'x509_extensions = ext',
+      '[any]',
+      'commonName = supplied',
+      '[ext]',
+      'subjectAltName = IP:127.0.0.1',
+      '',
+    ].join('\n'),
+  );
+  openssl(
+    dir,
+    `ca -batch -config ca.cnf -startdate 20200101000000Z -enddate 20200102000000Z -in ${name}.csr -out ${name}.pem`,
+  );
+}
+
 async function waitFor(check: () => boolean, what: string, ms = 10_000): Promise<void> {
   const until = Date.now() + ms;
   while (!check()) {
@@ -123,7 +155,7 @@ test('an HTTPS server is reached through --cacert, DISKVAULT_CACERT or the confi
   }
 });
 
-test('TLS mistakes are one clear sentence each: wrong name, http against https either way, a key that does not fit, not a certificate', async (t) => {
+test('TLS mistakes are one clear sentence each: wrong name, expired, http against https either way, a key that does not fit, not a certificate', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dv-tls-'));
   try {
     makeCa(dir, 'ca');
@@ -155,6 +187,31 @@ test('TLS mistakes are one clear sentence each: wrong name, http against https e
       t.regex(plainToTls.stderr, /ECONNRESET \(if the server serves TLS, use https:\/\/\)/);
     } finally {
       await misnamed.kill();
+    }
+
+    await makeExpiredCert(dir, 'ca', 'expired');
+    const expired = await spawnServer({
+      dataDir: join(dir, 'data3'),
+      args: ['--tls-cert', join(dir, 'expired.pem'), '--tls-key', join(dir, 'expired.key')],
+    });
+    try {
+      // stderr is its own pipe: the warning may arrive after the listening line on stdout.
+      await waitFor(
+        () =>
+          /warning: the TLS certificate expired on 2020-01-02T00:00:00\.000Z/.test(expired.output().stderr),
+        'the expiry warning',
+      );
+      const r = await runCli(['snapshots', '--cacert', ca], {
+        DISKVAULT_SERVER: expired.url,
+        DISKVAULT_TOKEN: expired.adminToken,
+      });
+      t.is(r.code, 1);
+      t.regex(
+        r.stderr,
+        /presented a TLS certificate that is expired: renew it on the server, then 'systemctl reload/,
+      );
+    } finally {
+      await expired.kill();
     }
 
     const plain = await startTestServer({ storage: 'local' });
