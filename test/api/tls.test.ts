@@ -4,9 +4,9 @@ import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { runCli, sha256File } from '../helpers/backup-e2e.js';
+import { type CliRun, runCli, sha256File } from '../helpers/backup-e2e.js';
 import { hasStackTrace } from '../helpers/reliability-harness.js';
-import { spawnServer, startTestServer } from '../helpers/server.js';
+import { type SpawnedServer, spawnServer, startTestServer } from '../helpers/server.js';
 
 // The server on HTTPS with certificates from a private CA made by openssl, and the real agent trusting it
 // through --cacert, DISKVAULT_CACERT or the config file; a renewed certificate is picked up on SIGHUP.
@@ -61,6 +61,25 @@ async function makeExpiredCert(dir: string, ca: string, name: string): Promise<v
     dir,
     `ca -batch -config ca.cnf -startdate 20200101000000Z -enddate 20200102000000Z -in ${name}.csr -out ${name}.pem`,
   );
+}
+
+/** A server on `<name>.pem` and `<name>.key`, and `diskvault snapshots ARGS` run against it (or against `url`). */
+async function withTlsServer(
+  dir: string,
+  name: string,
+  fn: (server: SpawnedServer, snapshots: (args: string[], url?: string) => Promise<CliRun>) => Promise<void>,
+): Promise<void> {
+  const server = await spawnServer({
+    dataDir: join(dir, `data-${name}`),
+    args: ['--tls-cert', join(dir, `${name}.pem`), '--tls-key', join(dir, `${name}.key`)],
+  });
+  try {
+    await fn(server, (args, url = server.url) =>
+      runCli(['snapshots', ...args], { DISKVAULT_SERVER: url, DISKVAULT_TOKEN: server.adminToken }),
+    );
+  } finally {
+    await server.kill();
+  }
 }
 
 async function waitFor(check: () => boolean, what: string, ms = 10_000): Promise<void> {
@@ -163,15 +182,8 @@ test('TLS mistakes are one clear sentence each: wrong name, expired, http agains
     await makeServerCert(dir, 'ca', 'local', 'IP:127.0.0.1');
     const ca = join(dir, 'ca.pem');
 
-    const misnamed = await spawnServer({
-      dataDir: join(dir, 'data1'),
-      args: ['--tls-cert', join(dir, 'other.pem'), '--tls-key', join(dir, 'other.key')],
-    });
-    try {
-      const r = await runCli(['snapshots', '--cacert', ca], {
-        DISKVAULT_SERVER: misnamed.url,
-        DISKVAULT_TOKEN: misnamed.adminToken,
-      });
+    await withTlsServer(dir, 'other', async (server, snapshots) => {
+      const r = await snapshots(['--cacert', ca]);
       t.is(r.code, 1);
       t.regex(
         r.stderr,
@@ -179,40 +191,26 @@ test('TLS mistakes are one clear sentence each: wrong name, expired, http agains
       );
       t.false(hasStackTrace(r.stderr));
       // Plain http to the TLS port: the server cuts the connection (after the agent's retries, ~15 s).
-      const plainToTls = await runCli(['snapshots'], {
-        DISKVAULT_SERVER: misnamed.url.replace('https:', 'http:'),
-        DISKVAULT_TOKEN: misnamed.adminToken,
-      });
+      const plainToTls = await snapshots([], server.url.replace('https:', 'http:'));
       t.is(plainToTls.code, 1);
       t.regex(plainToTls.stderr, /ECONNRESET \(if the server serves TLS, use https:\/\/\)/);
-    } finally {
-      await misnamed.kill();
-    }
+    });
 
     await makeExpiredCert(dir, 'ca', 'expired');
-    const expired = await spawnServer({
-      dataDir: join(dir, 'data3'),
-      args: ['--tls-cert', join(dir, 'expired.pem'), '--tls-key', join(dir, 'expired.key')],
-    });
-    try {
+    await withTlsServer(dir, 'expired', async (server, snapshots) => {
       // stderr is its own pipe: the warning may arrive after the listening line on stdout.
       await waitFor(
         () =>
-          /warning: the TLS certificate expired on 2020-01-02T00:00:00\.000Z/.test(expired.output().stderr),
+          /warning: the TLS certificate expired on 2020-01-02T00:00:00\.000Z/.test(server.output().stderr),
         'the expiry warning',
       );
-      const r = await runCli(['snapshots', '--cacert', ca], {
-        DISKVAULT_SERVER: expired.url,
-        DISKVAULT_TOKEN: expired.adminToken,
-      });
+      const r = await snapshots(['--cacert', ca]);
       t.is(r.code, 1);
       t.regex(
         r.stderr,
         /presented a TLS certificate that is expired: renew it on the server, then 'systemctl reload/,
       );
-    } finally {
-      await expired.kill();
-    }
+    });
 
     const plain = await startTestServer({ storage: 'local' });
     try {
