@@ -171,15 +171,13 @@ function rateSetting(
   key: string,
   configPath: string,
 ): number | null {
-  const [text, where] =
-    flag !== undefined
-      ? [flag, flagName]
-      : typeof fromFile === 'string' || typeof fromFile === 'number'
-        ? [String(fromFile), `"${key}" in ${configPath}`]
-        : [undefined, ''];
-  if (fromFile !== undefined && fromFile !== null && flag === undefined && text === undefined)
-    throw new UsageError(`"${key}" in ${configPath} must be a string like "20M" or a number of KiB/s`);
-  if (text === undefined) return null;
+  let text: string;
+  let where: string;
+  if (flag !== undefined) [text, where] = [flag, flagName];
+  else if (fromFile === undefined || fromFile === null) return null;
+  else if (typeof fromFile === 'string' || typeof fromFile === 'number')
+    [text, where] = [String(fromFile), `"${key}" in ${configPath}`];
+  else throw new UsageError(`"${key}" in ${configPath} must be a string like "20M" or a number of KiB/s`);
   try {
     return parseRate(text);
   } catch (err) {

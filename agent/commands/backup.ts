@@ -75,10 +75,10 @@ export async function run(argv: string[]): Promise<number> {
   }
   const cfg = resolveClientConfig(values);
 
-  const maxUnreadableFlag = values['max-unreadable'];
-  const maxUnreadableLimit = parseUnreadableLimit(maxUnreadableFlag ?? '1%');
+  // Parsed before the source is opened, so a bad value is a usage error whatever the source.
+  const unreadableLimit = parseUnreadableLimit(values['max-unreadable']);
   const source = await openSource(positionals[0], { format });
-  const maxUnreadable = unreadableBudgetFor(maxUnreadableLimit, maxUnreadableFlag, source.size);
+  const maxUnreadable = unreadableBudgetFor(unreadableLimit, source.size);
   const warnings = await sourceWarnings(positionals[0]);
   for (const w of warnings) {
     process.stderr.write(
@@ -196,16 +196,21 @@ function required(v: string | undefined, flag: string): string {
   return v;
 }
 
+/** What --max-unreadable said (absent: the default), and the text it is named by in the message. */
+type UnreadableLimit = ({ share: number } | { bytes: number }) & { text: string; isDefault: boolean };
+
 /** --max-unreadable: a share of the image ('1%', '0.5%', '100%' for no limit) or a size ('0', '64M'). */
-function parseUnreadableLimit(text: string): { share: number } | { bytes: number } {
+function parseUnreadableLimit(flag: string | undefined): UnreadableLimit {
+  const text = flag ?? '1%';
+  const isDefault = flag === undefined;
   const percent = /^(\d+(?:\.\d+)?)%$/.exec(text.trim());
   if (percent) {
     const share = Number(percent[1]) / 100;
     if (share > 1) throw new UsageError(`--max-unreadable ${text}: a share is at most 100%`);
-    return { share };
+    return { share, text, isDefault };
   }
   try {
-    return { bytes: parseSize(text) };
+    return { bytes: parseSize(text), text, isDefault };
   } catch {
     throw new UsageError(
       `--max-unreadable '${text}': expected a share of the image (1%) or a size (0, 64M, 1G)`,
@@ -217,16 +222,15 @@ function parseUnreadableLimit(text: string): { share: number } | { bytes: number
 const DEFAULT_UNREADABLE_CAP = 1024 ** 3;
 
 function unreadableBudgetFor(
-  limit: { share: number } | { bytes: number },
-  flag: string | undefined,
+  limit: UnreadableLimit,
   size: number | null,
 ): { bytes: number; asGiven: string } {
-  if ('bytes' in limit) return { bytes: limit.bytes, asGiven: flag ?? '' };
+  if ('bytes' in limit) return { bytes: limit.bytes, asGiven: limit.text };
   // A pipe's size is unknown, but a pipe cannot be read twice either: its first read error ends the backup.
   const bytes = Math.floor(limit.share * (size ?? Number.POSITIVE_INFINITY));
-  if (flag === undefined && bytes > DEFAULT_UNREADABLE_CAP)
+  if (limit.isDefault && bytes > DEFAULT_UNREADABLE_CAP)
     return { bytes: DEFAULT_UNREADABLE_CAP, asGiven: '1 GiB' };
-  return { bytes, asGiven: flag ?? '1%' };
+  return { bytes, asGiven: limit.text };
 }
 
 function intFlag(v: string | undefined, flag: string, min: number, max: number): number | undefined {
