@@ -1,4 +1,3 @@
-import zstdBinding from 'zstd-napi/binding.js';
 import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import {
   CorruptError,
@@ -18,6 +17,7 @@ import {
   encodeStoredChunk,
   sha256Hex,
   TooLargeError,
+  zstdPayloadProblem,
 } from './chunk-format.js';
 import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
@@ -43,6 +43,13 @@ export function checkChunkId(id: string): string {
       `chunk id ${JSON.stringify(String(id).slice(0, 80))} is not 64 lowercase hex characters`,
     );
   return id;
+}
+
+/** A checked upload: its raw length, and whether its zstd payload is already the form the repository stores. */
+export interface VerifiedUpload {
+  rawLength: number;
+  /** A zstd payload that is exactly one frame declaring `rawLength` (zstdPayloadProblem): stored as sent. */
+  canonical: boolean;
 }
 
 /** What putChunk decided to store, after checking the upload. */
@@ -75,19 +82,15 @@ export class ChunkStore {
 
   /**
    * Checks an upload: a zstd payload is decompressed (never beyond the chunker's max, whatever the frame
-   * claims) and SHA-256 of the raw bytes must equal `id`. Returns the raw bytes; throws HashMismatch,
-   * TooLarge or InvalidInput before anything is stored.
+   * claims) and SHA-256 of the raw bytes must equal `id`. Throws HashMismatch, TooLarge or InvalidInput
+   * before anything is stored. Any zstd payload whose bytes check out is accepted, but only one in the
+   * canonical form (see zstdPayloadProblem) may be stored as sent: prepare() re-encodes the others.
    */
-  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): number {
+  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): VerifiedUpload {
     checkChunkId(id);
     if (encoding !== 'raw' && encoding !== 'zstd')
       throw new InvalidInputError(`unknown chunk encoding ${String(encoding)}`);
-    // The decompressed bytes live only until the hash below, synchronously: one scratch buffer serves all uploads.
-    this.uploadScratch ??= Buffer.allocUnsafe(this.maxRawBytes + 1);
-    const raw =
-      encoding === 'zstd'
-        ? decompressBounded(payload, this.maxRawBytes, `chunk ${id}`, this.uploadScratch)
-        : payload;
+    const raw = this.uploadedRaw(id, payload, encoding);
     if (raw.length === 0) throw new InvalidInputError(`chunk ${id} is empty`);
     if (raw.length > this.maxRawBytes)
       throw new TooLargeError(
@@ -97,15 +100,37 @@ export class ChunkStore {
     const actual = sha256Hex(raw);
     if (actual !== id)
       throw new HashMismatchError(`chunk ${id}: uploaded bytes hash to ${actual}`, { chunk: id, actual });
-    return raw.length;
+    return {
+      rawLength: raw.length,
+      canonical: encoding === 'zstd' && zstdPayloadProblem(payload, raw.length) === undefined,
+    };
   }
 
-  /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
-  prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
+  /**
+   * The raw bytes of an upload. A zstd payload is decompressed into one scratch buffer shared by all
+   * uploads: use the result synchronously, before any await.
+   */
+  private uploadedRaw(id: string, payload: Buffer, encoding: ChunkEncoding): Buffer {
+    if (encoding !== 'zstd') return payload;
+    this.uploadScratch ??= Buffer.allocUnsafe(this.maxRawBytes + 1);
+    return decompressBounded(payload, this.maxRawBytes, `chunk ${id}`, this.uploadScratch);
+  }
+
+  /**
+   * The object to store for a verified upload. A canonical zstd payload is kept as sent (the agent already
+   * paid for compression); a raw one is compressed here, and so is any other zstd payload (several frames,
+   * a frame without its size, skippable frames), after decompressing it again: what is stored must decode
+   * to exactly the verified bytes for every reader, whatever form the uploader chose.
+   */
+  prepare(id: string, upload: VerifiedUpload, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
     const alloc = (n: number) => this.objects.takeBuffer(n);
-    if (encoding === 'zstd')
+    const { rawLength } = upload;
+    if (encoding === 'zstd' && upload.canonical)
       return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload, alloc) };
-    return { id, rawLength, bytes: encodeRawChunkForStorage(payload, alloc) };
+    const raw = this.uploadedRaw(id, payload, encoding);
+    if (raw.length !== rawLength)
+      throw new Error(`chunk ${id} decompressed to another length the second time`);
+    return { id, rawLength, bytes: encodeRawChunkForStorage(raw, alloc) };
   }
 
   /**
@@ -114,6 +139,8 @@ export class ChunkStore {
    */
   async write(chunk: PreparedChunk): Promise<void> {
     await this.storage.put(chunkKey(chunk.id), chunk.bytes);
+    // A replaced copy (one found damaged) may still sit in the read cache.
+    this.forget(chunk.id);
     this.objects.giveBack(chunk.bytes);
   }
 
@@ -134,7 +161,7 @@ export class ChunkStore {
 
   /**
    * The stored payload as is, after structural checks only (header, raw length within the chunker max, a
-   * zstd frame's declared size): no decompression, no hash. For a reader that verifies SHA-256(raw) === id
+   * zstd payload being exactly one frame that declares the raw length): no decompression, no hash. For a reader that verifies SHA-256(raw) === id
    * itself before using the bytes (the agent's restore does), so checking here too would only double the
    * work; a corrupt object is then detected and named by that reader. See docs/restore.md.
    */
@@ -253,19 +280,7 @@ function checkStructure(chunk: ReturnType<typeof decodeStoredChunk>, maxRawBytes
   if (chunk.encoding === 'raw' && chunk.payload.length !== chunk.rawLength)
     throw new Error(`holds ${chunk.payload.length} raw bytes, its header says ${chunk.rawLength}`);
   if (chunk.encoding === 'zstd') {
-    const declared = zstdFrameContentSize(chunk.payload);
-    if (declared !== undefined && declared !== chunk.rawLength)
-      throw new Error(`its zstd frame declares ${declared} bytes, its header says ${chunk.rawLength}`);
+    const problem = zstdPayloadProblem(chunk.payload, chunk.rawLength);
+    if (problem) throw new Error(problem);
   }
-}
-
-/** A zstd frame's declared content size, undefined when it declares none; throws when it is not a frame. */
-function zstdFrameContentSize(payload: Buffer): number | undefined {
-  let declared: number | null;
-  try {
-    declared = zstdBinding.getFrameContentSize(payload);
-  } catch (err) {
-    throw new Error(`its payload is not a zstd frame (${(err as Error).message})`);
-  }
-  return declared ?? undefined;
 }

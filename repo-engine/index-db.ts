@@ -13,7 +13,7 @@ import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
  * Invariant: an ownership row exists only for a chunk row whose object is stored (stored_size > 0). gc
  * deletes ownership with the chunk row, and reindex drops ownership of chunks missing from storage.
  */
-export const INDEX_SCHEMA_VERSION = 1;
+export const INDEX_SCHEMA_VERSION = 2;
 /** Lookups go to SQLite in batches of this many ids: one statement per batch, not per id. */
 const LOOKUP_BATCH = 500;
 
@@ -44,6 +44,14 @@ CREATE TABLE snapshots (
   source_format TEXT NOT NULL
 );
 CREATE INDEX snapshots_by_group ON snapshots (tenant, host, disk, time_ms);
+-- Stored copies a read found damaged (corrupt, or absent from storage): not present for anyone until an
+-- upload replaces them. A replaced one keeps its row, healed_at set, until verify has reported it.
+CREATE TABLE damaged_chunks (
+  chunk BLOB PRIMARY KEY,
+  found_at INTEGER NOT NULL,
+  detail TEXT NOT NULL,
+  healed_at INTEGER
+) WITHOUT ROWID;
 CREATE TABLE sessions (
   id TEXT PRIMARY KEY,
   tenant TEXT NOT NULL,
@@ -229,16 +237,63 @@ export class IndexDb {
     ) as ChunkRow | undefined;
   }
 
-  /** Records a stored chunk (or repairs a row whose object was lost), owned by `tenant`, touched now. */
+  /**
+   * Records a stored chunk (or repairs a row whose object was lost or damaged: the damage is marked
+   * healed), owned by `tenant`, touched now. The raw size is the verified one.
+   */
   recordStoredChunk(id: string, rawSize: number, storedSize: number, tenant: string, now: number): void {
     const blob = Buffer.from(id, 'hex');
     this.transaction(() => {
       this.stmt(
         `INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 0, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET stored_size = excluded.stored_size, touched_at = excluded.touched_at`,
+         ON CONFLICT (id) DO UPDATE SET raw_size = excluded.raw_size, stored_size = excluded.stored_size,
+           touched_at = excluded.touched_at`,
       ).run(blob, rawSize, storedSize, now);
       this.stmt('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)').run(blob, tenant);
+      this.stmt('UPDATE damaged_chunks SET healed_at = ? WHERE chunk = ? AND healed_at IS NULL').run(
+        now,
+        blob,
+      );
     });
+  }
+
+  ownsChunk(id: string, tenant: string): boolean {
+    return (
+      this.stmt('SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?').get(Buffer.from(id, 'hex'), tenant) !==
+      undefined
+    );
+  }
+
+  // ---- damaged copies
+
+  /** A read found the stored copy damaged: nobody has the chunk until an upload replaces it. */
+  markDamaged(id: string, detail: string, now: number): void {
+    this.stmt(
+      `INSERT INTO damaged_chunks (chunk, found_at, detail, healed_at) VALUES (?, ?, ?, NULL)
+       ON CONFLICT (chunk) DO UPDATE SET found_at = excluded.found_at, detail = excluded.detail, healed_at = NULL`,
+    ).run(Buffer.from(id, 'hex'), now, detail.slice(0, 500));
+  }
+
+  isDamaged(id: string): boolean {
+    return (
+      this.stmt('SELECT 1 FROM damaged_chunks WHERE chunk = ? AND healed_at IS NULL').get(
+        Buffer.from(id, 'hex'),
+      ) !== undefined
+    );
+  }
+
+  /** Every damage record, healed or not (few: one per chunk a read found damaged since the last verify). */
+  damageRecords(): { chunk: string; foundAt: number; detail: string; healedAt: number | null }[] {
+    return (
+      this.stmt('SELECT chunk, found_at, detail, healed_at FROM damaged_chunks ORDER BY chunk')
+        .raw()
+        .all() as [Buffer, number, string, number | null][]
+    ).map(([chunk, foundAt, detail, healedAt]) => ({ chunk: hexOf(chunk), foundAt, detail, healedAt }));
+  }
+
+  /** Drops a damage record: verify has reported it healed, or found the copy good. */
+  forgetDamage(id: string): void {
+    this.stmt('DELETE FROM damaged_chunks WHERE chunk = ?').run(Buffer.from(id, 'hex'));
   }
 
   /** An upload of a chunk already stored: the uploader proved it holds the bytes, so it now owns them too. */
@@ -251,20 +306,37 @@ export class IndexDb {
   }
 
   /**
-   * Of `ids` (32-byte blobs), the ones present for `tenant`: the row exists, its object is stored, and the
-   * tenant owns it. Present ids are touched (gc protection for the session that asked). One transaction.
+   * Of `ids` (32-byte blobs), the ones present for `tenant`: the row exists, its object is stored and not
+   * known to be damaged (unless `damagedToo`: for reads, which then report the damage), and the tenant owns
+   * it. Present ids are touched (gc protection for the session that asked). One transaction.
    */
-  presentForTenant(tenant: string, ids: Buffer[], touchAt?: number): Set<string> {
+  presentForTenant(tenant: string, ids: Buffer[], touchAt?: number, damagedToo = false): Set<string> {
     const present = new Set<string>();
+    // A copy known to be damaged is missing for everyone, so the next backup that has it uploads it again.
+    const anyDamaged =
+      !damagedToo &&
+      this.stmt('SELECT 1 FROM damaged_chunks WHERE healed_at IS NULL LIMIT 1').get() !== undefined;
     this.transaction(() => {
       for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
         const batch = ids.slice(i, i + LOOKUP_BATCH);
         const marks = batch.map(() => '?').join(',');
         // The owners table alone answers: an ownership row exists only for a stored chunk (invariant kept
         // by every writer), and skipping the join halves the cost of a 100,000-id query.
-        const found = this.stmt(`SELECT chunk FROM owners WHERE tenant = ? AND chunk IN (${marks})`)
+        let found = this.stmt(`SELECT chunk FROM owners WHERE tenant = ? AND chunk IN (${marks})`)
           .raw()
           .all(tenant, ...batch) as [Buffer][];
+        if (anyDamaged && found.length > 0) {
+          const damaged = new Set(
+            (
+              this.stmt(
+                `SELECT chunk FROM damaged_chunks WHERE healed_at IS NULL AND chunk IN (${found.map(() => '?').join(',')})`,
+              )
+                .raw()
+                .all(...found.map((f) => f[0])) as [Buffer][]
+            ).map(([id]) => hexOf(id)),
+          );
+          if (damaged.size > 0) found = found.filter(([id]) => !damaged.has(hexOf(id)));
+        }
         if (found.length === 0) continue;
         for (const [id] of found) present.add(hexOf(id));
         if (touchAt !== undefined) {
@@ -372,11 +444,13 @@ export class IndexDb {
         .all(cutoff) as [Buffer, number][];
       const delChunk = this.stmt('DELETE FROM chunks WHERE id = ? AND refcount = 0');
       const delOwners = this.stmt('DELETE FROM owners WHERE chunk = ?');
+      const delDamage = this.stmt('DELETE FROM damaged_chunks WHERE chunk = ?');
       let bytes = 0;
       const ids: string[] = [];
       for (const [id, stored] of rows) {
         if (delChunk.run(id).changes !== 1) continue;
         delOwners.run(id);
+        delDamage.run(id);
         ids.push(hexOf(id));
         bytes += stored;
       }

@@ -15,6 +15,7 @@ import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow } from './index-
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
 import {
   type ChunkerParams,
+  HEX64,
   ID_BYTES,
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
@@ -289,6 +290,8 @@ export class Repository implements RepositoryApi {
     const present = this.index.presentForTenant(
       tenant,
       ids.map((id) => Buffer.from(checkChunkId(id), 'hex')),
+      undefined,
+      true,
     );
     return ids.filter((id) => present.has(id));
   }
@@ -298,25 +301,37 @@ export class Repository implements RepositoryApi {
     id: string,
     payload: Buffer,
     encoding: 'raw' | 'zstd',
-  ): Promise<{ stored: boolean }> {
+  ): Promise<{ stored: boolean; written: boolean }> {
     return this.mutation(async () => {
       const session = this.liveSession(sessionId);
       // The hash is checked before anything else, also for a chunk already stored: ownership is granted
       // only to a tenant that proved it holds the bytes.
-      const rawLength = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding);
+      const upload = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding);
+      // The answer says whether the tenant held a good copy before, never whether another tenant does:
+      // `stored` is true unless this tenant already owned the chunk and its copy is not known damaged.
+      let checkedGood = false;
       for (;;) {
         await this.deletions.settled(id);
         if (this.deletions.has(id)) continue;
         const row = this.index.getChunk(id);
-        if (row && row.stored_size > 0) {
+        if (!row || row.stored_size === 0 || this.index.isDamaged(id)) break;
+        if (this.index.ownsChunk(id, session.tenant)) {
           this.index.claimChunk(id, session.tenant, this.opts.now());
-          return { stored: false };
+          return { stored: false, written: false };
         }
-        break;
+        if (checkedGood) {
+          // Synchronously after the re-check above: gc cannot have removed the row in between.
+          this.index.claimChunk(id, session.tenant, this.opts.now());
+          return { stored: true, written: false };
+        }
+        // A new owner will reference the stored copy: it must be good (a copy written by an older server
+        // may not be), else this upload replaces it. The row is looked at again after the read.
+        if (!(await this.storedCopyIsGood(id))) break;
+        checkedGood = true;
       }
       // From here to the index row, gc's orphan sweep must leave this object alone: it is marked uploading
       // synchronously with the checks above, before the first await.
-      const prepared = this.chunks.prepare(id, rawLength, payload, encoding as ChunkEncoding);
+      const prepared = this.chunks.prepare(id, upload, payload, encoding as ChunkEncoding);
       this.uploads.set(id, (this.uploads.get(id) ?? 0) + 1);
       try {
         const storedSize = prepared.bytes.length;
@@ -327,8 +342,41 @@ export class Repository implements RepositoryApi {
         if (n > 0) this.uploads.set(id, n);
         else this.uploads.delete(id);
       }
-      return { stored: true };
+      return { stored: true, written: true };
     });
+  }
+
+  /** Reads the stored copy whole and checks it; a damaged one is marked so (and false). */
+  private async storedCopyIsGood(id: string): Promise<boolean> {
+    try {
+      await this.chunks.readRaw(id, { bypassCache: true });
+      return true;
+    } catch (err) {
+      if (!isDamage(err)) throw err;
+      this.noteDamage(id, err as Error);
+      return false;
+    }
+  }
+
+  /**
+   * A read found the stored copy of an indexed chunk corrupt or absent: it is marked damaged, so the missing
+   * query reports it to every tenant and the next upload of the chunk replaces it.
+   */
+  private noteDamage(id: string, err: Error): void {
+    const row = this.index.getChunk(id);
+    if (!row || row.stored_size === 0) return;
+    this.index.markDamaged(id, err.message, this.opts.now());
+    this.opts.log(`chunk ${id}: stored copy is damaged (${err.message}); the next upload of it replaces it`);
+  }
+
+  /** Runs a chunk read; a damaged copy found on the way is noted before the error goes on. */
+  private async damageNoted<T>(id: string, read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (err) {
+      if (isDamage(err) && typeof id === 'string' && HEX64.test(id)) this.noteDamage(id, err as Error);
+      throw err;
+    }
   }
 
   // ---- commit
@@ -449,19 +497,19 @@ export class Repository implements RepositoryApi {
   }
 
   async readChunk(id: string): Promise<Buffer> {
-    return this.chunks.readRaw(id);
+    return this.damageNoted(id, () => this.chunks.readRaw(id));
   }
 
   async readStoredChunk(id: string): Promise<StoredChunk> {
-    return this.chunks.readStored(id);
+    return this.damageNoted(id, () => this.chunks.readStored(id));
   }
 
   async readStoredChunkUnverified(id: string): Promise<StoredChunk> {
-    return this.chunks.readStoredUnverified(id);
+    return this.damageNoted(id, () => this.chunks.readStoredUnverified(id));
   }
 
   async leaseStoredChunkUnverified(id: string): Promise<ChunkLease> {
-    return this.chunks.leaseStoredUnverified(id);
+    return this.damageNoted(id, () => this.chunks.leaseStoredUnverified(id));
   }
 
   readBuffers(): { held: number; reused: number } {
@@ -635,6 +683,12 @@ export class Repository implements RepositoryApi {
   }
 }
 
+/** A read error that says the stored copy itself is bad (not that storage could not be reached). */
+function isDamage(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return err instanceof DiskvaultError && (code === 'Corrupt' || code === 'NotFound');
+}
+
 function checkName(what: string, value: string): void {
   if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
     throw new InvalidInputError(
@@ -652,7 +706,7 @@ function missingConflict(missing: string[]): ConflictError {
   );
 }
 
-/** What storage cannot tell a rebuilt index: open sessions, ownership of uncommitted uploads, touch times. */
+/** What storage cannot tell a rebuilt index: sessions, ownership of uncommitted uploads, touch times, damage. */
 function carryOver(fresh: IndexDb, oldPath: string): void {
   const db = fresh.db;
   db.prepare('ATTACH DATABASE ? AS old').run(oldPath);
@@ -666,6 +720,10 @@ function carryOver(fresh: IndexDb, oldPath: string): void {
       );
       db.exec(
         'UPDATE chunks SET touched_at = MAX(touched_at, COALESCE((SELECT t.touched_at FROM old.chunks t WHERE t.id = chunks.id), 0))',
+      );
+      // Storage cannot say which copies a read found damaged; without this they would count as present again.
+      db.exec(
+        'INSERT OR IGNORE INTO damaged_chunks SELECT d.chunk, d.found_at, d.detail, d.healed_at FROM old.damaged_chunks d WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.id = d.chunk AND c.stored_size > 0)',
       );
     });
   } finally {

@@ -98,6 +98,19 @@ export interface VerifyProblem {
   detail: string;
 }
 
+/** A chunk whose stored copy was found damaged before and is good now (replaced by an upload, or read good). */
+export interface HealedChunk {
+  chunk: string;
+  /** Every snapshot that names the chunk. */
+  snapshots: string[];
+  /** What was wrong with the copy. */
+  detail: string;
+  /** ISO 8601: when a read found the copy damaged. */
+  foundAt: string;
+  /** ISO 8601: when an upload replaced it; null when this verify read the stored copy good again. */
+  healedAt: string | null;
+}
+
 export interface VerifyReport {
   ok: boolean;
   snapshotsChecked: number;
@@ -108,6 +121,10 @@ export interface VerifyReport {
   badManifests: { snapshot: string; detail: string }[];
   /** Index rows whose refcount differs from a recount of the manifests. */
   refcountMismatches: number;
+  /** Chunks found damaged since the last verify that are good now; each is reported by one verify. */
+  healed: HealedChunk[];
+  /** Snapshots that named a healed chunk and have no problem left in this report: restorable again. */
+  healedSnapshots: string[];
   seconds: number;
 }
 
@@ -156,15 +173,18 @@ export interface RepositoryApi {
   /** filterMissing with ids as consecutive 32-byte binary records in and out: no hex either way. */
   filterMissingBinary(sessionId: string, ids: Buffer): Promise<Buffer>;
   /**
-   * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless present. `payload` is raw or
-   * zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash and stored as sent.
+   * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless a good copy is stored.
+   * `payload` is raw or zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash,
+   * and stored as sent only when it is one frame declaring the raw length (otherwise re-encoded).
+   * `stored`: the session's tenant did not hold a good copy before (it does now); it never depends on
+   * other tenants' data. `written`: a new copy went to storage (for metrics only: it does).
    */
   putChunk(
     sessionId: string,
     id: string,
     payload: Buffer,
     encoding: 'raw' | 'zstd',
-  ): Promise<{ stored: boolean }>;
+  ): Promise<{ stored: boolean; written: boolean }>;
   /** Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs. */
   commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;

@@ -3,7 +3,7 @@ import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js
 import type { IndexDb } from './index-db.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
-import type { VerifyProblem, VerifyProgress, VerifyReport } from './types.js';
+import type { HealedChunk, VerifyProblem, VerifyProgress, VerifyReport } from './types.js';
 
 export interface VerifyContext {
   index: IndexDb;
@@ -17,11 +17,15 @@ export interface VerifyContext {
 const READ_CONCURRENCY = 4;
 
 /**
- * Checks the repository without changing it:
+ * Checks the repository; it changes nothing in storage and in the index only the damage records:
  * 1. every snapshot (in the index or in storage) has a readable manifest, trailer included;
  * 2. every chunk a manifest names is in the index and in the storage listing;
  * 3. with readData, every stored chunk is read back (cache bypassed) and re-hashed;
- * 4. every index refcount equals a recount from the indexed snapshots' manifests.
+ * 4. every index refcount equals a recount from the indexed snapshots' manifests;
+ * 5. copies a read found damaged earlier and no upload has replaced yet are reported as corrupt.
+ * A stored copy found corrupt or absent is recorded as damaged, so the missing query reports the chunk and
+ * the next backup that has it uploads it again. Damaged copies replaced since (or read good again) are
+ * reported as healed, with the snapshots they make restorable again, and their records are dropped.
  * Each bad chunk is reported once, with every snapshot that names it (found by a second pass over the
  * manifests, only when there is something to report).
  */
@@ -105,8 +109,25 @@ export async function verifyRepository(
     chunksChecked = recount.size;
   }
 
-  const users = new Map<string, Set<string>>([...bad.keys()].map((c) => [c, new Set<string>()]));
-  if (bad.size > 0) {
+  const healed = new Map<string, { detail: string; foundAt: number; healedAt: number | null }>();
+  for (const d of ctx.index.damageRecords()) {
+    if (bad.has(d.chunk)) continue;
+    const readGood = opts.readData && stored.has(d.chunk);
+    if (d.healedAt !== null || readGood) healed.set(d.chunk, d);
+    else if (ctx.index.getChunk(d.chunk))
+      bad.set(d.chunk, { kind: 'corrupt', detail: `a read found its stored copy damaged: ${d.detail}` });
+  }
+  for (const chunk of healed.keys()) ctx.index.forgetDamage(chunk);
+  for (const [chunk, p] of bad) {
+    const row = ctx.index.getChunk(chunk);
+    if (row && row.stored_size > 0 && !ctx.index.isDamaged(chunk))
+      ctx.index.markDamaged(chunk, p.detail, ctx.now());
+  }
+
+  const users = new Map<string, Set<string>>(
+    [...bad.keys(), ...healed.keys()].map((c) => [c, new Set<string>()]),
+  );
+  if (users.size > 0) {
     for (const id of readable) {
       for await (const batch of ctx.manifests.entryBatches(id)) {
         for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
@@ -121,6 +142,20 @@ export async function verifyRepository(
     detail: p.detail,
   }));
   problems.sort((a, b) => (a.chunk < b.chunk ? -1 : 1));
+  const iso = (ms: number) => new Date(ms).toISOString();
+  const healedChunks: HealedChunk[] = [...healed].map(([chunk, h]) => ({
+    chunk,
+    snapshots: [...(users.get(chunk) ?? [])].sort(),
+    detail: h.detail,
+    foundAt: iso(h.foundAt),
+    healedAt: h.healedAt === null ? null : iso(h.healedAt),
+  }));
+  healedChunks.sort((a, b) => (a.chunk < b.chunk ? -1 : 1));
+  const stillBad = new Set(problems.flatMap((p) => p.snapshots));
+  for (const m of badManifests) stillBad.add(m.snapshot);
+  const healedSnapshots = [...new Set(healedChunks.flatMap((h) => h.snapshots))]
+    .filter((id) => !stillBad.has(id))
+    .sort();
 
   return {
     ok: problems.length === 0 && badManifests.length === 0 && refcountMismatches === 0,
@@ -130,6 +165,8 @@ export async function verifyRepository(
     problems,
     badManifests,
     refcountMismatches,
+    healed: healedChunks,
+    healedSnapshots,
     seconds: (ctx.now() - started) / 1000,
   };
 }

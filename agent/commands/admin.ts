@@ -276,6 +276,12 @@ async function verify(client: AdminClient, readData: boolean, json: boolean): Pr
       );
     if (r.refcountMismatches)
       process.stdout.write(`${r.refcountMismatches} refcounts differ from a recount\n`);
+    for (const h of r.healed ?? [])
+      process.stdout.write(
+        `healed chunk ${h.chunk} (was: ${h.detail}), used by ${h.snapshots.join(', ') || 'no snapshot'}\n`,
+      );
+    if (r.healedSnapshots?.length)
+      process.stdout.write(`snapshots restorable again: ${r.healedSnapshots.join(', ')}\n`);
     process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
   }
   return r.ok ? EXIT_OK : EXIT_FAILURE;

@@ -57,16 +57,18 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       sessions.require(sid, p);
       const payload = await readCapped(req, cap, 'chunk', takeBody);
       let stored: boolean;
+      let written: boolean;
       try {
         if (payload.length === 0) throw new InvalidInputError('empty chunk body');
         const info = repo.touchSession(sid);
         sessions.renewed(sid, info.expiresAt);
-        ({ stored } = await repo.putChunk(sid, id, payload, encoding));
+        ({ stored, written } = await repo.putChunk(sid, id, payload, encoding));
       } finally {
         bodies.giveBack(payload);
       }
-      if (stored) ctx.metrics.chunksStored++;
+      if (written) ctx.metrics.chunksStored++;
       else ctx.metrics.chunksDeduplicated++;
+      // 201 when the tenant did not hold the chunk before, 200 when it did: never what other tenants hold.
       const body: PutChunkResponse = { id, stored };
       const text = JSON.stringify(body);
       res.statusCode = stored ? 201 : 200;
