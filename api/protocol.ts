@@ -73,11 +73,12 @@ import type {
   GcReport,
   RepoStats,
   RetentionPolicy,
+  TenantStats,
   VerifyProgress,
   VerifyReport,
 } from '../repo-engine/types.js';
 
-export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport };
+export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, TenantStats, VerifyProgress, VerifyReport };
 
 /** POST /v1/forget (admin). Without dryRun the plan is applied; prune also runs gc (global admin). */
 export interface ForgetRequest {
@@ -139,5 +140,6 @@ export interface StatsResponse {
   /** Every disk in scope with its number of snapshots and its newest one, ordered by tenant, host, disk. */
   disks: DiskSeriesStats[];
   repository?: RepoStats;
-  tenant?: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number };
+  /** A tenant admin's own figures: never dependent on what other tenants hold. */
+  tenant?: TenantStats;
 }

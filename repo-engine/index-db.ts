@@ -559,6 +559,15 @@ export class IndexDb {
     return { snapshots: all.n, logicalBytes: all.bytes, perHost, perTenant };
   }
 
+  /** Each tenant's distinct chunks and their raw bytes, from its own ownership rows only. */
+  chunkTotalsPerTenant(tenant?: string): Map<string, { chunks: number; rawBytes: number }> {
+    const rows = this.stmt(
+      `SELECT o.tenant AS tenant, COUNT(*) AS n, COALESCE(SUM(c.raw_size), 0) AS raw
+       FROM owners o JOIN chunks c ON c.id = o.chunk WHERE (? IS NULL OR o.tenant = ?) GROUP BY o.tenant`,
+    ).all(tenant ?? null, tenant ?? null) as { tenant: string; n: number; raw: number }[];
+    return new Map(rows.map((r) => [r.tenant, { chunks: r.n, rawBytes: r.raw }]));
+  }
+
   /** Stored bytes of chunks that only this tenant owns: what deleting the tenant would free. */
   uniqueBytesPerTenant(): Map<string, number> {
     const rows = this.stmt(

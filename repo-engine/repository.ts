@@ -36,6 +36,7 @@ import type {
   SnapshotFilter,
   SnapshotInfo,
   StoredChunk,
+  TenantStats,
   VerifyProgress,
   VerifyReport,
 } from './types.js';
@@ -599,6 +600,7 @@ export class Repository implements RepositoryApi {
     const t = this.index.totals();
     const s = this.index.snapshotTotals();
     const unique = this.index.uniqueBytesPerTenant();
+    const held = this.index.chunkTotalsPerTenant();
     const tenants = [...new Set([...s.perTenant.keys(), ...unique.keys()])].sort();
     return {
       snapshots: s.snapshots,
@@ -613,8 +615,22 @@ export class Repository implements RepositoryApi {
         tenant,
         snapshots: s.perTenant.get(tenant)?.snapshots ?? 0,
         logicalBytes: s.perTenant.get(tenant)?.logicalBytes ?? 0,
+        chunks: held.get(tenant)?.chunks ?? 0,
+        rawBytes: held.get(tenant)?.rawBytes ?? 0,
         uniqueBytes: unique.get(tenant) ?? 0,
       })),
+    };
+  }
+
+  tenantStats(tenant: string): TenantStats {
+    const own = this.index.listSnapshots({ tenant });
+    const held = this.index.chunkTotalsPerTenant(tenant).get(tenant);
+    return {
+      tenant,
+      snapshots: own.length,
+      logicalBytes: own.reduce((n, snap) => n + snap.size, 0),
+      chunks: held?.chunks ?? 0,
+      rawBytes: held?.rawBytes ?? 0,
     };
   }
 

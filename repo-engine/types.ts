@@ -134,6 +134,20 @@ export interface VerifyProgress {
   total: number;
 }
 
+/**
+ * One tenant's figures, computed from its own snapshots and chunks alone: what other tenants store never
+ * changes them (a figure that did would tell a tenant what others hold).
+ */
+export interface TenantStats {
+  tenant: string;
+  snapshots: number;
+  logicalBytes: number;
+  /** Distinct chunks the tenant holds (uploaded, or named by its snapshots). */
+  chunks: number;
+  /** Their raw bytes, each chunk once: the tenant's deduplicated data. */
+  rawBytes: number;
+}
+
 export interface RepoStats {
   snapshots: number;
   logicalBytes: number;
@@ -143,7 +157,11 @@ export interface RepoStats {
   dedupRatio: number;
   compressionRatio: number;
   perHost: { host: string; snapshots: number; logicalBytes: number }[];
-  perTenant: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number }[];
+  /**
+   * Per tenant, for global admins: its own figures, and `uniqueBytes`, the stored bytes of chunks no other
+   * tenant holds (about what deleting the tenant would free), which depends on the other tenants.
+   */
+  perTenant: (TenantStats & { uniqueBytes: number })[];
 }
 
 /** How a chunk is handed out: its stored payload as is, so the server never recompresses. */
@@ -222,6 +240,8 @@ export interface RepositoryApi {
   gc(): Promise<GcReport>;
   verify(opts: { readData: boolean; onProgress?: (p: VerifyProgress) => void }): Promise<VerifyReport>;
   stats(): RepoStats;
+  /** One tenant's figures, independent of other tenants' data (for tenant admins). */
+  tenantStats(tenant: string): TenantStats;
   reindex(): Promise<{ snapshots: number; chunks: number; seconds: number }>;
   close(): Promise<void>;
 }

@@ -302,7 +302,7 @@ async function stats(client: AdminClient, json: boolean): Promise<number> {
   }
   if (s.tenant)
     process.stdout.write(
-      `tenant ${s.tenant.tenant}: ${formatBytes(s.tenant.uniqueBytes)} held by this tenant alone\n`,
+      `tenant ${s.tenant.tenant}: ${s.tenant.chunks} distinct chunks, ${formatBytes(s.tenant.rawBytes)} of deduplicated data\n`,
     );
   for (const h of s.perHost)
     process.stdout.write(`  ${h.host}: ${h.snapshots} snapshots, ${formatBytes(h.logicalBytes)}\n`);

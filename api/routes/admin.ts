@@ -131,14 +131,9 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
         perHost: perHost(snaps),
         disks: repo.diskSeries(scope).map(describeDiskSeries),
       };
-      if (p.role === 'admin') {
-        out.tenant = repo.stats().perTenant.find((t) => t.tenant === p.tenant) ?? {
-          tenant: p.tenant,
-          snapshots: 0,
-          logicalBytes: 0,
-          uniqueBytes: 0,
-        };
-      }
+      // Computed over the tenant's own snapshots and chunks only: another tenant storing one of its chunks
+      // must not change any figure here.
+      if (p.role === 'admin') out.tenant = repo.tenantStats(p.tenant);
       sendJson(res, 200, out);
     }),
   );

@@ -485,9 +485,11 @@ export function apiSuite(storage: 'local' | 's3'): void {
       // Nor see A's snapshots.
       t.is((await call(srv.url, b, 'GET', `/v1/snapshots/${first.snapshot.id}`)).status, 404);
 
-      // Once B uploads the same bytes, it may reference and read them; storage still holds one copy.
+      // Once B uploads the same bytes, it may reference and read them; storage still holds one copy. The
+      // answer is the one for a chunk nobody had: it must not tell B that A holds it.
       const stored = await putChunk(srv.url, b, sb, secret, true);
-      t.true(stored.status === 200 || stored.status === 201);
+      t.is(stored.status, 201);
+      t.deepEqual(stored.json, { id: secret.id, stored: true });
       t.is((await commit(srv.url, b, sb, manifestFor('tb-web1', 'sda', [secret]))).status, 201);
       const got = await call(srv.url, b, 'GET', `/v1/chunks/${secret.id}`);
       t.true(got.bytes.equals(secret.data));
