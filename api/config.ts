@@ -17,6 +17,8 @@ export interface ServerConfig {
   cacheBytes?: number;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  /** How far a snapshot's time may lie ahead of the server's clock (repo-engine/snapshot-time.ts). */
+  clockSkewMs?: number;
   /** HTTP deadlines (api/server.ts): a request head, a whole request, a silent socket. */
   server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
@@ -44,6 +46,7 @@ export const SERVER_OPTIONS = {
   'cache-size': { type: 'string' },
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
+  'clock-skew': { type: 'string' },
   'chunk-avg': { type: 'string' },
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
@@ -146,6 +149,8 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
   const lease = str('session-lease');
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  const skew = str('clock-skew');
+  if (skew !== undefined) config.clockSkewMs = parseDuration(skew, '--clock-skew');
   const deadlines: NonNullable<ServerConfig['server']> = {};
   const headers = str('headers-timeout');
   if (headers !== undefined) deadlines.headersTimeoutMs = parseDuration(headers, '--headers-timeout');
@@ -180,6 +185,7 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
   --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+  --clock-skew DURATION  a snapshot time this far ahead of the server's clock is accepted (default 5m)
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)

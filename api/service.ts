@@ -68,6 +68,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.clockSkewMs !== undefined ? { clockSkewMs: opts.clockSkewMs } : {}),
       ...(opts.chunker ? { chunker: opts.chunker } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       log: (msg: string) => log(JSON.stringify({ level: 'info', msg })),

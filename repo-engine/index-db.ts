@@ -2,6 +2,7 @@ import { existsSync, renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ManifestHeader } from './manifest-codec.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
+import { effectiveTimeMs } from './snapshot-time.js';
 import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
 
 /**
@@ -34,8 +35,10 @@ CREATE TABLE snapshots (
   tenant TEXT NOT NULL,
   host TEXT NOT NULL,
   disk TEXT NOT NULL,
+  -- The effective time (snapshot-time.ts): the agent's time, never later than received_at.
   time TEXT NOT NULL,
   time_ms INTEGER NOT NULL,
+  received_at TEXT NOT NULL,
   size INTEGER NOT NULL,
   sha256 TEXT NOT NULL,
   chunk_count INTEGER NOT NULL,
@@ -77,6 +80,7 @@ interface SnapshotRow {
   host: string;
   disk: string;
   time: string;
+  received_at: string;
   size: number;
   sha256: string;
   chunk_count: number;
@@ -91,6 +95,9 @@ export interface ChunkRow {
   stored_size: number;
   touched_at: number;
 }
+
+/** A manifest header as the repository stores it: id, tenant and receipt time set. */
+export type StoredHeader = ManifestHeader & { id: string; tenant: string; receivedAt: string };
 
 /** Why an existing index file cannot be used; the repository rebuilds it from storage. */
 export class IndexUnusable extends Error {}
@@ -120,6 +127,7 @@ function toInfo(r: SnapshotRow): SnapshotInfo {
     host: r.host,
     disk: r.disk,
     time: r.time,
+    receivedAt: r.received_at,
     size: r.size,
     sha256: r.sha256,
     chunkCount: r.chunk_count,
@@ -358,11 +366,7 @@ export class IndexDb {
    * check), inserts the snapshot row and closes the session. Returns the missing ids instead when any
    * entry fails the re-check; then nothing at all was changed.
    */
-  commitSnapshot(
-    header: ManifestHeader & { id: string; tenant: string },
-    entries: Buffer,
-    sessionId: string,
-  ): string[] {
+  commitSnapshot(header: StoredHeader, entries: Buffer, sessionId: string): string[] {
     const missing: string[] = [];
     const bump = this.stmt(
       'UPDATE chunks SET refcount = refcount + 1 WHERE id = ? AND stored_size > 0 AND EXISTS (SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?)',
@@ -387,17 +391,19 @@ export class IndexDb {
     return missing;
   }
 
-  insertSnapshotRow(h: ManifestHeader & { id: string; tenant: string }): void {
+  insertSnapshotRow(h: StoredHeader): void {
+    const timeMs = effectiveTimeMs(h.time, h.receivedAt);
     this.stmt(
-      `INSERT INTO snapshots (id, tenant, host, disk, time, time_ms, size, sha256, chunk_count, tags, unreadable, source_format)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO snapshots (id, tenant, host, disk, time, time_ms, received_at, size, sha256, chunk_count, tags, unreadable, source_format)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       h.id,
       h.tenant,
       h.host,
       h.disk,
-      h.time,
-      Date.parse(h.time),
+      new Date(timeMs).toISOString(),
+      timeMs,
+      h.receivedAt,
       h.size,
       h.sha256,
       h.chunkCount,

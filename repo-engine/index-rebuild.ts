@@ -38,7 +38,7 @@ export async function rebuildIndex(opts: {
     const own = db.prepare('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)');
     const unreadableManifests: string[] = [];
     let snapshots = 0;
-    for await (const { id } of opts.manifests.listIds()) {
+    for await (const { id, mtimeMs } of opts.manifests.listIds()) {
       // A manifest is read whole before anything of it is indexed: a corrupt trailer must not leave half
       // its references counted.
       let header: ManifestHeader;
@@ -58,7 +58,9 @@ export async function rebuildIndex(opts: {
       }
       const tenant = header.tenant ?? DEFAULT_TENANT;
       index.transaction(() => {
-        index.insertSnapshotRow({ ...header, id, tenant });
+        // A manifest stored before receipt times were recorded: its object was written when it was received.
+        const receivedAt = header.receivedAt ?? new Date(mtimeMs).toISOString();
+        index.insertSnapshotRow({ ...header, id, tenant, receivedAt });
         for (const b of batches) {
           for (let at = 0; at < b.length; at += MANIFEST_ENTRY_BYTES) {
             const chunk = b.subarray(at, at + 32);

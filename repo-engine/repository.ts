@@ -11,7 +11,7 @@ import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
-import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow } from './index-db.js';
+import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow, type StoredHeader } from './index-db.js';
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
 import {
   type ChunkerParams,
@@ -24,8 +24,10 @@ import {
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
+import { checkCommitTime, DEFAULT_CLOCK_SKEW_MS } from './snapshot-time.js';
 import type {
   ChunkLease,
+  CommitOptions,
   DiskSeries,
   ForgetPlan,
   GcReport,
@@ -59,6 +61,8 @@ export interface RepositoryOptions {
   chunker?: ChunkerParams;
   now?: () => number;
   log?: (msg: string) => void;
+  /** How far a snapshot's time may lie ahead of the server's clock (or before its session). Default 5 min. */
+  clockSkewMs?: number;
 }
 
 const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
@@ -104,6 +108,7 @@ export class Repository implements RepositoryApi {
       cacheBytes: number;
       graceMs: number;
       leaseMs: number;
+      clockSkewMs: number;
       now: () => number;
       log: (m: string) => void;
     },
@@ -129,6 +134,7 @@ export class Repository implements RepositoryApi {
       cacheBytes: o.cacheBytes ?? DEFAULT_CACHE_BYTES,
       graceMs: o.gcGraceMs ?? DEFAULT_GRACE_MS,
       leaseMs: o.sessionLeaseMs ?? DEFAULT_LEASE_MS,
+      clockSkewMs: o.clockSkewMs ?? DEFAULT_CLOCK_SKEW_MS,
       now,
       log,
     };
@@ -382,14 +388,18 @@ export class Repository implements RepositoryApi {
 
   // ---- commit
 
-  async commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo> {
+  async commit(
+    sessionId: string,
+    body: AsyncIterable<Buffer | Uint8Array | string>,
+    opts: CommitOptions = {},
+  ): Promise<SnapshotInfo> {
     return this.mutation(async () => {
       const session = this.liveSession(sessionId);
       if (this.committing.has(sessionId))
         throw new ConflictError(`session ${sessionId} is already committing`);
       this.committing.add(sessionId);
       try {
-        return await this.commitLocked(session, body);
+        return await this.commitLocked(session, body, opts.mayBackdate ?? true);
       } finally {
         this.committing.delete(sessionId);
       }
@@ -399,6 +409,7 @@ export class Repository implements RepositoryApi {
   private async commitLocked(
     session: SessionRow,
     body: AsyncIterable<Buffer | Uint8Array | string>,
+    mayBackdate: boolean,
   ): Promise<SnapshotInfo> {
     const reader = await ManifestReader.open(body, 'wire');
     const h = reader.header;
@@ -413,6 +424,13 @@ export class Repository implements RepositoryApi {
         `manifest chunker parameters ${JSON.stringify(h.chunker)} differ from the repository's ${JSON.stringify(c)}`,
       );
     }
+    const receivedMs = this.opts.now();
+    checkCommitTime(h.time, {
+      receivedMs,
+      sessionStartedMs: session.started_at,
+      clockSkewMs: this.opts.clockSkewMs,
+      mayBackdate,
+    });
     // The entries are held in memory (36 bytes a chunk: 72 MB for a 2 TiB disk at 1 MiB chunks) because
     // the reference counting must happen in one synchronous transaction after the manifest is stored.
     const batches: Buffer[] = [];
@@ -424,10 +442,11 @@ export class Repository implements RepositoryApi {
     const missing = this.missingForTenant(session.tenant, entries);
     if (missing.length > 0) throw missingConflict(missing);
 
-    const header: ManifestHeader & { id: string; tenant: string } = {
+    const header: StoredHeader = {
       ...h,
       id: randomBytes(32).toString('hex'),
       tenant: session.tenant,
+      receivedAt: new Date(receivedMs).toISOString(),
     };
     await this.manifests.write(header, entries);
     let stillMissing: string[];

@@ -10,8 +10,13 @@ export interface SnapshotInfo {
   id: string;
   host: string;
   disk: string;
-  /** ISO 8601 UTC: the time the snapshot represents (the agent's --time, or its start). */
+  /**
+   * ISO 8601 UTC: the time the snapshot represents (the agent's --time, or its start), never later than
+   * `receivedAt` (repo-engine/snapshot-time.ts). Retention, "newest" and the freshness gauges use it.
+   */
   time: string;
+  /** ISO 8601 UTC: when the server received the commit, by its own clock (kept in the stored manifest). */
+  receivedAt: string;
   size: number;
   sha256: string;
   chunkCount: number;
@@ -180,6 +185,14 @@ export interface ChunkLease extends StoredChunk {
   release(reusable: boolean): void;
 }
 
+export interface CommitOptions {
+  /**
+   * The committer may give a time earlier than its session's start (an admin importing old images).
+   * Default true: the engine trusts an in-process caller; the API server sets it from the token's role.
+   */
+  mayBackdate?: boolean;
+}
+
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
@@ -203,8 +216,15 @@ export interface RepositoryApi {
     payload: Buffer,
     encoding: 'raw' | 'zstd',
   ): Promise<{ stored: boolean; written: boolean }>;
-  /** Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs. */
-  commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo>;
+  /**
+   * Reads the whole binary manifest from `body`, checks every chunk is present and the snapshot's time is
+   * plausible (snapshot-time.ts), stores it with the server's receipt time, counts refs.
+   */
+  commit(
+    sessionId: string,
+    body: AsyncIterable<Buffer | Uint8Array | string>,
+    opts?: CommitOptions,
+  ): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[];

@@ -89,7 +89,10 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       }
       refuseDeclaredOver(req, ctx.maxManifestBytes, 'manifest');
       touch(sid);
-      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'));
+      // Only an admin may commit a time from before the backup (an import); see repo-engine/snapshot-time.ts.
+      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
+        mayBackdate: p.role === 'admin',
+      });
       sessions.forget(sid);
       ctx.metrics.commits++;
       const out: CommitResponse = { snapshot };

@@ -67,8 +67,8 @@ export async function sha256File(path: string): Promise<string> {
 
 /** The header and chunk list of a stored snapshot, read over HTTP. */
 /**
- * Backs up `files` in order as successive nights (1, 2, … January 2026) of one host and disk with the real
- * CLI, and returns their snapshot ids; a backup that fails throws with its stderr.
+ * Backs up `files` in order as successive snapshots of one host and disk with the real CLI (each dated when
+ * it ran, so later files are newer), and returns their snapshot ids; a backup that fails throws with its stderr.
  */
 export async function backupNights(
   env: Record<string, string>,
@@ -77,9 +77,8 @@ export async function backupNights(
   disk: string,
 ): Promise<string[]> {
   const ids: string[] = [];
-  for (const [n, file] of files.entries()) {
-    const time = `2026-01-${String(n + 1).padStart(2, '0')}T00:00:00Z`;
-    const b = await runCli(['backup', file, '--host', host, '--disk', disk, '--time', time, '--json'], env);
+  for (const file of files) {
+    const b = await runCli(['backup', file, '--host', host, '--disk', disk, '--json'], env);
     if (b.code !== 0 || !b.summary) throw new Error(`backup of ${file} failed (${b.code}): ${b.stderr}`);
     ids.push(b.summary.snapshot);
   }
