@@ -17,6 +17,10 @@ export interface ServerConfig {
   cacheBytes?: number;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  /** An upload session ends this long after it began, however busy (default 24 h). */
+  sessionMaxAgeMs?: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold (default 16). */
+  maxSessionsPerToken?: number;
   /** HTTP deadlines (api/server.ts): a request head, a whole request, a silent socket. */
   server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
@@ -44,6 +48,8 @@ export const SERVER_OPTIONS = {
   'cache-size': { type: 'string' },
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
+  'session-max-age': { type: 'string' },
+  'max-sessions-per-token': { type: 'string' },
   'chunk-avg': { type: 'string' },
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
@@ -146,6 +152,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
   const lease = str('session-lease');
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  const maxAge = str('session-max-age');
+  if (maxAge !== undefined) config.sessionMaxAgeMs = parseDuration(maxAge, '--session-max-age');
+  const perToken = str('max-sessions-per-token');
+  if (perToken !== undefined) {
+    if (!/^\d+$/.test(perToken) || Number(perToken) < 1 || Number(perToken) > 100_000)
+      throw new ConfigError(`--max-sessions-per-token ${perToken}: a whole number from 1 to 100000`);
+    config.maxSessionsPerToken = Number(perToken);
+  }
   const deadlines: NonNullable<ServerConfig['server']> = {};
   const headers = str('headers-timeout');
   if (headers !== undefined) deadlines.headersTimeoutMs = parseDuration(headers, '--headers-timeout');
@@ -179,7 +193,9 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --tls-key FILE         PEM private key
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
-  --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+  --session-lease DURATION  an idle upload session or unrenewed snapshot lease expires after this (15m)
+  --session-max-age DURATION  an upload session ends this long after it began, however busy (24h)
+  --max-sessions-per-token N  open upload sessions, and separately snapshot leases, per token (16)
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)

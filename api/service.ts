@@ -68,6 +68,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),
       ...(opts.chunker ? { chunker: opts.chunker } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       log: (msg: string) => log(JSON.stringify({ level: 'info', msg })),
@@ -85,6 +86,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       port: opts.port,
       log,
       ...(opts.tls ? { tls: opts.tls } : {}),
+      ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...opts.server,
     });
   } catch (err) {

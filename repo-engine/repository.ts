@@ -531,10 +531,16 @@ export class Repository implements RepositoryApi {
     return planRetention(this.index.listSnapshots(filter), policy);
   }
 
-  async applyForget(plan: ForgetPlan): Promise<{ removed: number }> {
+  async applyForget(
+    plan: ForgetPlan,
+    opts: { onProgress?: (p: VerifyProgress) => void } = {},
+  ): Promise<{ removed: number }> {
     let removed = 0;
+    const total = plan.groups.reduce((n, g) => n + g.remove.length, 0);
+    let done = 0;
     for (const group of plan.groups) {
       for (const snap of group.remove) {
+        opts.onProgress?.({ phase: 'forget', done: done++, total });
         if (!this.index.getSnapshot(snap.id)) continue; // already gone: forget is idempotent
         try {
           await this.deleteSnapshot(snap.id);
@@ -767,6 +773,7 @@ function leaseInfo(r: LeaseRow): SnapshotLeaseInfo {
     tenant: r.tenant,
     host: r.host,
     disk: r.disk,
+    owner: r.owner,
     expiresAt: new Date(r.expires_at).toISOString(),
   };
 }

@@ -117,6 +117,8 @@ export interface SnapshotLeaseInfo {
   tenant: string;
   host: string;
   disk: string;
+  /** Who took it (opaque to the engine: the API's token id). */
+  owner: string;
   /** ISO 8601: the lease ends here unless renewed. */
   expiresAt: string;
 }
@@ -241,7 +243,10 @@ export interface RepositoryApi {
   chunksReadableBy(tenant: string, ids: string[]): string[];
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
-  applyForget(plan: ForgetPlan): Promise<{ removed: number }>;
+  applyForget(
+    plan: ForgetPlan,
+    opts?: { onProgress?: (p: VerifyProgress) => void },
+  ): Promise<{ removed: number }>;
   gc(opts?: { onProgress?: (p: VerifyProgress) => void }): Promise<GcReport>;
   verify(opts: { readData: boolean; onProgress?: (p: VerifyProgress) => void }): Promise<VerifyReport>;
   stats(): RepoStats;

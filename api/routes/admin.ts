@@ -6,7 +6,7 @@ import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
-import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import type { ForgetResponse, JobInfo, StatsResponse } from '../protocol.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
 
 function optionalBool(v: unknown, what: string): boolean {
@@ -64,10 +64,24 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
         }
       }
       const out: ForgetResponse = { plan, dryRun, removed: 0 };
+      if (!dryRun && prune) {
+        // Removing many snapshots and collecting their chunks can take long: a job, polled like verify.
+        const job = ctx.jobs.start(
+          'forget',
+          p.tokenId,
+          async (onProgress) => {
+            out.removed = (await repo.applyForget(plan, { onProgress })).removed;
+            out.gc = await repo.gc({ onProgress });
+            return out;
+          },
+          { shared: false },
+        );
+        sendJson(res, 202, { job: jobInfo(job) });
+        return;
+      }
       if (!dryRun) {
         req.socket.setTimeout(0);
         out.removed = (await repo.applyForget(plan)).removed;
-        if (prune) out.gc = await repo.gc();
       }
       sendJson(res, 200, out);
     }),
@@ -75,12 +89,10 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
 
   server.post(
     '/v1/gc',
-    route(ctx, async (req, res, p) => {
+    route(ctx, async (_req, res, p) => {
       requireGlobalAdmin(p);
-      // gc can outlast the idle timeout on a large repository; the request itself is already complete.
-      req.socket.setTimeout(0);
-      const out: GcResponse = { report: await repo.gc() };
-      sendJson(res, 200, out);
+      const job = ctx.jobs.start('gc', p.tokenId, (onProgress) => repo.gc({ onProgress }));
+      sendJson(res, 202, { job: jobInfo(job) });
     }),
   );
 
