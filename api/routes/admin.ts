@@ -1,6 +1,7 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
-import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
@@ -18,6 +19,22 @@ function optionalBool(v: unknown, what: string): boolean {
 function jobInfo(j: JobStatus): JobInfo {
   const { tokenId: _owner, ...rest } = j;
   return rest as JobInfo;
+}
+
+/**
+ * Runs gc once the one running (a forget's prune, another admin's gc) has finished: what this request
+ * freed must be considered by a run that starts after it.
+ */
+async function gcWhenFree(repo: RepositoryApi, onProgress: (p: VerifyProgress) => void): Promise<GcReport> {
+  for (;;) {
+    try {
+      return await repo.gc({ onProgress });
+    } catch (err) {
+      if (!(isDiskvaultError(err) && err.code === 'Conflict')) throw err;
+      onProgress({ phase: 'waiting for the running gc', done: 0, total: 0 });
+      await sleep(250);
+    }
+  }
 }
 
 function perHost(snaps: SnapshotInfo[]): StatsResponse['perHost'] {
@@ -71,7 +88,7 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
           p.tokenId,
           async (onProgress) => {
             out.removed = (await repo.applyForget(plan, { onProgress })).removed;
-            out.gc = await repo.gc({ onProgress });
+            out.gc = await gcWhenFree(repo, onProgress);
             return out;
           },
           { shared: false },
@@ -91,7 +108,7 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
     '/v1/gc',
     route(ctx, async (_req, res, p) => {
       requireGlobalAdmin(p);
-      const job = ctx.jobs.start('gc', p.tokenId, (onProgress) => repo.gc({ onProgress }));
+      const job = ctx.jobs.start('gc', p.tokenId, (onProgress) => gcWhenFree(repo, onProgress));
       sendJson(res, 202, { job: jobInfo(job) });
     }),
   );
