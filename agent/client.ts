@@ -16,6 +16,7 @@ import {
   type PutChunkResponse,
   RAW_LENGTH_HEADER,
   type SnapshotInfo,
+  type SnapshotLeaseResponse,
 } from '../api/protocol.js';
 import { AGENT_USER_AGENT } from '../api/version.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
@@ -71,6 +72,7 @@ const KNOWN_CODES = new Set<ErrorCode>([
   'TooLarge',
   'Corrupt',
   'Unavailable',
+  'TooManyRequests',
 ]);
 
 /**
@@ -210,6 +212,20 @@ export class DiskvaultClient {
   }
 
   // ---- read side (restore uses these) ----
+
+  /** Holds the snapshot's chunks until `expiresAt` (renew before), even if it is forgotten meanwhile. */
+  async takeLease(snapshotId: string): Promise<SnapshotLeaseResponse> {
+    return await this.json<SnapshotLeaseResponse>('POST', `v1/snapshots/${enc(snapshotId)}/lease`, {});
+  }
+
+  async renewLease(leaseId: string): Promise<SnapshotLeaseResponse> {
+    return await this.json<SnapshotLeaseResponse>('POST', `v1/leases/${enc(leaseId)}`, {});
+  }
+
+  async releaseLease(leaseId: string): Promise<void> {
+    const res = await this.send('DELETE', `v1/leases/${enc(leaseId)}`);
+    res.stream.resume();
+  }
 
   async listSnapshots(filter: { host?: string; disk?: string } = {}): Promise<SnapshotInfo[]> {
     const q = new URLSearchParams();
@@ -548,6 +564,8 @@ function statusCode(status: number): ErrorCode {
       return 'TooLarge';
     case 422:
       return 'HashMismatch';
+    case 429:
+      return 'TooManyRequests';
     case 507:
       return 'StorageFull';
     default:

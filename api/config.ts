@@ -19,6 +19,10 @@ export interface ServerConfig {
   sessionLeaseMs?: number;
   /** How far a snapshot's time may lie ahead of the server's clock (repo-engine/snapshot-time.ts). */
   clockSkewMs?: number;
+  /** An upload session ends this long after it began, however busy (default 24 h). */
+  sessionMaxAgeMs?: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold (default 16). */
+  maxSessionsPerToken?: number;
   /** HTTP deadlines (api/server.ts): a request head, a whole request, a silent socket. */
   server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
@@ -47,6 +51,8 @@ export const SERVER_OPTIONS = {
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
   'clock-skew': { type: 'string' },
+  'session-max-age': { type: 'string' },
+  'max-sessions-per-token': { type: 'string' },
   'chunk-avg': { type: 'string' },
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
@@ -151,6 +157,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
   const skew = str('clock-skew');
   if (skew !== undefined) config.clockSkewMs = parseDuration(skew, '--clock-skew');
+  const maxAge = str('session-max-age');
+  if (maxAge !== undefined) config.sessionMaxAgeMs = parseDuration(maxAge, '--session-max-age');
+  const perToken = str('max-sessions-per-token');
+  if (perToken !== undefined) {
+    if (!/^\d+$/.test(perToken) || Number(perToken) < 1 || Number(perToken) > 100_000)
+      throw new ConfigError(`--max-sessions-per-token ${perToken}: a whole number from 1 to 100000`);
+    config.maxSessionsPerToken = Number(perToken);
+  }
   const deadlines: NonNullable<ServerConfig['server']> = {};
   const headers = str('headers-timeout');
   if (headers !== undefined) deadlines.headersTimeoutMs = parseDuration(headers, '--headers-timeout');
@@ -184,8 +198,10 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --tls-key FILE         PEM private key
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
-  --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
   --clock-skew DURATION  a snapshot time this far ahead of the server's clock is accepted (default 5m)
+  --session-lease DURATION  an idle upload session or unrenewed snapshot lease expires after this (15m)
+  --session-max-age DURATION  an upload session ends this long after it began, however busy (24h)
+  --max-sessions-per-token N  open upload sessions, and separately snapshot leases, per token (16)
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)

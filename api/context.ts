@@ -18,6 +18,8 @@ export interface ApiContext {
   metrics: Metrics;
   log: (line: string) => void;
   maxManifestBytes: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold. */
+  maxSessionsPerToken: number;
 }
 
 /** The token id of each request, for the request log (never the token itself). */

@@ -80,7 +80,10 @@ import type {
 
 export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, TenantStats, VerifyProgress, VerifyReport };
 
-/** POST /v1/forget (admin). Without dryRun the plan is applied; prune also runs gc (global admin). */
+/**
+ * POST /v1/forget (admin). Without dryRun the plan is applied: 200 ForgetResponse. With prune (global admin)
+ * it runs as a job, 202 { job }, whose result is the ForgetResponse including gc's report.
+ */
 export interface ForgetRequest {
   policy: RetentionPolicy;
   host?: string;
@@ -95,7 +98,7 @@ export interface ForgetResponse {
   gc?: GcReport;
 }
 
-/** POST /v1/gc (global admin) -> 200 { report }. */
+/** POST /v1/gc (global admin) -> 202 { job }; the finished job's result is a GcReport. */
 export interface GcResponse {
   report: GcReport;
 }
@@ -104,19 +107,29 @@ export interface GcResponse {
 export interface VerifyRequest {
   readData?: boolean;
 }
-export interface JobInfo {
+export interface JobInfo<R = VerifyReport | GcReport | ForgetResponse> {
   id: string;
-  kind: 'verify';
+  kind: 'verify' | 'gc' | 'forget';
   state: 'running' | 'done' | 'failed';
   startedAt: string;
   finishedAt?: string;
   progress?: VerifyProgress;
-  /** For verify: a VerifyReport. */
-  result?: VerifyReport;
+  /** verify: a VerifyReport; gc: a GcReport; forget: a ForgetResponse. */
+  result?: R;
   error?: { code: string; message: string };
 }
-export interface JobResponse {
-  job: JobInfo;
+export interface JobResponse<R = VerifyReport | GcReport | ForgetResponse> {
+  job: JobInfo<R>;
+}
+
+/**
+ * POST /v1/snapshots/:id/lease -> 201, POST /v1/leases/:leaseId (renew) -> 200: the snapshot's chunks are
+ * kept until expiresAt, even if the snapshot is forgotten meanwhile. DELETE /v1/leases/:leaseId -> 204.
+ */
+export interface SnapshotLeaseResponse {
+  leaseId: string;
+  snapshot: string;
+  expiresAt: string;
 }
 
 /** One disk's snapshot series: what monitoring watches (is the newest recent, did it read every sector). */

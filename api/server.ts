@@ -12,6 +12,7 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerLeaseRoutes } from './routes/leases.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { SessionRegistry } from './session-registry.js';
@@ -34,7 +35,11 @@ export interface ServerOptions {
   /** A socket with no traffic for this long is closed (a stalled body). */
   idleTimeoutMs?: number;
   maxManifestBytes?: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold. */
+  maxSessionsPerToken?: number;
 }
+
+export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
 
 /** 2 GiB: a 64 TiB image at 1 MiB average chunks is ~2.3 GB of entries, beyond what one agent backs up. */
 export const DEFAULT_MAX_MANIFEST_BYTES = 2 * 1024 * 1024 * 1024;
@@ -61,6 +66,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     metrics: new Metrics(),
     log,
     maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
+    maxSessionsPerToken: opts.maxSessionsPerToken ?? DEFAULT_MAX_SESSIONS_PER_TOKEN,
   };
   const server = restify.createServer({
     name: 'diskvault',
@@ -78,6 +84,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerChunkRoutes(server, ctx);
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
+  registerLeaseRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

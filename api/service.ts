@@ -69,6 +69,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
       ...(opts.clockSkewMs !== undefined ? { clockSkewMs: opts.clockSkewMs } : {}),
+      ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),
       ...(opts.chunker ? { chunker: opts.chunker } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       log: (msg: string) => log(JSON.stringify({ level: 'info', msg })),
@@ -86,6 +87,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       port: opts.port,
       log,
       ...(opts.tls ? { tls: opts.tls } : {}),
+      ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...opts.server,
     });
   } catch (err) {

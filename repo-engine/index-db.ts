@@ -7,8 +7,8 @@ import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
 
 /**
  * The index: everything the engine must answer without reading storage. It is a cache of what storage
- * says (reindex rebuilds it from storage alone), except open sessions and the touch times that protect
- * just-uploaded chunks from gc.
+ * says (reindex rebuilds it from storage alone), except open sessions, snapshot leases (with the chunks of
+ * held snapshots forgotten meanwhile) and the touch times that protect just-uploaded chunks from gc.
  *
  * Chunk ids are 32-byte BLOBs, not hex: half the bytes, and the primary-key B-tree stays shallow.
  * Invariant: an ownership row exists only for a chunk row whose object is stored (stored_size > 0). gc
@@ -61,8 +61,26 @@ CREATE TABLE sessions (
   host TEXT NOT NULL,
   disk TEXT NOT NULL,
   started_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  -- The snapshot offered as the agent's known-set: the commit may name its chunks without asking.
+  base_snapshot TEXT
+);
+CREATE TABLE leases (
+  id TEXT PRIMARY KEY,
+  snapshot TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  host TEXT NOT NULL,
+  disk TEXT NOT NULL,
+  owner TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
   expires_at INTEGER NOT NULL
 );
+CREATE INDEX leases_by_snapshot ON leases (snapshot);
+CREATE INDEX leases_by_owner ON leases (owner);
+-- The chunks of a held snapshot that was forgotten while held: kept until the holder (a lease or a
+-- session's base snapshot) ends. Written only when a held snapshot is removed.
+CREATE TABLE held_chunks (holder TEXT NOT NULL, chunk BLOB NOT NULL, PRIMARY KEY (holder, chunk)) WITHOUT ROWID;
+CREATE INDEX held_chunks_by_chunk ON held_chunks (chunk);
 `;
 
 export interface SessionRow {
@@ -70,6 +88,19 @@ export interface SessionRow {
   tenant: string;
   host: string;
   disk: string;
+  started_at: number;
+  expires_at: number;
+  base_snapshot: string | null;
+}
+
+export interface LeaseRow {
+  id: string;
+  snapshot: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  /** Who took it (the API's token id), so a per-token limit can be counted. */
+  owner: string;
   started_at: number;
   expires_at: number;
 }
@@ -217,24 +248,86 @@ export class IndexDb {
 
   insertSession(s: SessionRow): void {
     this.stmt(
-      'INSERT INTO sessions (id, tenant, host, disk, started_at, expires_at) VALUES (@id, @tenant, @host, @disk, @started_at, @expires_at)',
+      'INSERT INTO sessions (id, tenant, host, disk, started_at, expires_at, base_snapshot) VALUES (@id, @tenant, @host, @disk, @started_at, @expires_at, @base_snapshot)',
     ).run(s);
   }
   getSession(id: string): SessionRow | undefined {
     return this.stmt('SELECT * FROM sessions WHERE id = ?').get(id) as SessionRow | undefined;
   }
+  listSessions(): SessionRow[] {
+    return this.stmt('SELECT * FROM sessions ORDER BY started_at, id').all() as SessionRow[];
+  }
   extendSession(id: string, expiresAt: number): void {
     this.stmt('UPDATE sessions SET expires_at = ? WHERE id = ?').run(expiresAt, id);
   }
+  /** Ends a session and whatever it held. */
   deleteSession(id: string): void {
-    this.stmt('DELETE FROM sessions WHERE id = ?').run(id);
+    this.transaction(() => {
+      this.stmt('DELETE FROM sessions WHERE id = ?').run(id);
+      this.stmt('DELETE FROM held_chunks WHERE holder = ?').run(id);
+    });
   }
-  reapExpiredSessions(now: number): number {
-    return this.stmt('DELETE FROM sessions WHERE expires_at <= ?').run(now).changes;
+  /** Ends every session whose lease ended by `now` (every session when `now` is Infinity); their ids. */
+  reapExpiredSessions(now: number): string[] {
+    return this.transaction(() => {
+      const ids = (
+        this.stmt('SELECT id FROM sessions WHERE expires_at <= ?')
+          .raw()
+          .all(Number.isFinite(now) ? now : Number.MAX_SAFE_INTEGER) as [string][]
+      ).map((r) => r[0]);
+      for (const id of ids) this.deleteSession(id);
+      return ids;
+    });
   }
-  oldestSessionStart(): number | undefined {
-    const r = this.stmt('SELECT MIN(started_at) AS t FROM sessions').get() as { t: number | null };
-    return r.t ?? undefined;
+
+  // ---- snapshot leases
+
+  insertLease(l: LeaseRow): void {
+    this.stmt(
+      'INSERT INTO leases (id, snapshot, tenant, host, disk, owner, started_at, expires_at) VALUES (@id, @snapshot, @tenant, @host, @disk, @owner, @started_at, @expires_at)',
+    ).run(l);
+  }
+  getLease(id: string): LeaseRow | undefined {
+    return this.stmt('SELECT * FROM leases WHERE id = ?').get(id) as LeaseRow | undefined;
+  }
+  listLeases(): LeaseRow[] {
+    return this.stmt('SELECT * FROM leases ORDER BY started_at, id').all() as LeaseRow[];
+  }
+  extendLease(id: string, expiresAt: number): void {
+    this.stmt('UPDATE leases SET expires_at = ? WHERE id = ?').run(expiresAt, id);
+  }
+  /** Live leases `owner` holds at `now`. */
+  countLeases(owner: string, now: number): number {
+    return (
+      this.stmt('SELECT COUNT(*) AS n FROM leases WHERE owner = ? AND expires_at > ?').get(owner, now) as {
+        n: number;
+      }
+    ).n;
+  }
+  /** Ends a lease and the chunks it kept. */
+  deleteLease(id: string): boolean {
+    return this.transaction(() => {
+      const gone = this.stmt('DELETE FROM leases WHERE id = ?').run(id).changes === 1;
+      this.stmt('DELETE FROM held_chunks WHERE holder = ?').run(id);
+      return gone;
+    });
+  }
+  reapExpiredLeases(now: number): string[] {
+    return this.transaction(() => {
+      const ids = (this.stmt('SELECT id FROM leases WHERE expires_at <= ?').raw().all(now) as [string][]).map(
+        (r) => r[0],
+      );
+      for (const id of ids) this.deleteLease(id);
+      return ids;
+    });
+  }
+  /** Chunks kept for each holder of a forgotten snapshot. */
+  heldChunkCounts(): Map<string, number> {
+    const rows = this.stmt('SELECT holder, COUNT(*) AS n FROM held_chunks GROUP BY holder').all() as {
+      holder: string;
+      n: number;
+    }[];
+    return new Map(rows.map((r) => [r.holder, r.n]));
   }
 
   // ---- chunks
@@ -348,8 +441,8 @@ export class IndexDb {
         if (found.length === 0) continue;
         for (const [id] of found) present.add(hexOf(id));
         if (touchAt !== undefined) {
-          // Only unreferenced rows need the touch (a referenced chunk is protected by its count, and
-          // removeSnapshot touches what drops to zero while sessions are open). Touching every present row
+          // Only unreferenced rows need the touch (a referenced chunk is protected by its count, and the
+          // asking session's touched set keeps it once the count drops to zero). Touching every present row
           // would dirty a random page per id: 100,000 ids cost seconds of WAL writes instead of milliseconds.
           this.stmt(
             `UPDATE chunks SET touched_at = ? WHERE refcount = 0 AND id IN (${found.map(() => '?').join(',')})`,
@@ -418,18 +511,25 @@ export class IndexDb {
    * row was already gone (a concurrent delete): then nothing is lowered twice.
    */
   removeSnapshot(id: string, entries: Buffer, log: (m: string) => void, now: number): boolean {
-    // While any session is open, a chunk whose count drops to zero is touched: a session may have been told
-    // it is present (filterMissing only touches unreferenced rows), and the touch keeps gc off it until that
-    // session ends. With no session open nothing can rely on it, and gc may free it at once.
-    const touchAt = this.oldestSessionStart() === undefined ? -1 : now;
-    const lower = this.stmt(
-      'UPDATE chunks SET refcount = refcount - 1, touched_at = CASE WHEN refcount = 1 AND ? >= 0 THEN ? ELSE touched_at END WHERE id = ? AND refcount > 0',
-    );
+    const lower = this.stmt('UPDATE chunks SET refcount = refcount - 1 WHERE id = ? AND refcount > 0');
     return this.transaction(() => {
       if (this.stmt('DELETE FROM snapshots WHERE id = ?').run(id).changes !== 1) return false;
+      // A reader holding this snapshot (a lease, or a session offered it as its base) may still fetch or
+      // name any of its chunks: they are kept for that holder until it ends. Other snapshots' references
+      // protect a chunk only while they exist, so every entry is recorded, not only those dropping to zero.
+      const holders = (
+        this.stmt(
+          'SELECT id FROM leases WHERE snapshot = ? AND expires_at > ? UNION SELECT id FROM sessions WHERE base_snapshot = ? AND expires_at > ?',
+        )
+          .raw()
+          .all(id, now, id, now) as [string][]
+      ).map((r) => r[0]);
+      const hold = this.stmt('INSERT OR IGNORE INTO held_chunks (holder, chunk) VALUES (?, ?)');
       let underflow = 0;
       for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
-        if (lower.run(touchAt, touchAt, entries.subarray(at, at + 32)).changes !== 1) underflow++;
+        const chunk = entries.subarray(at, at + 32);
+        for (const holder of holders) hold.run(holder, chunk);
+        if (lower.run(chunk).changes !== 1) underflow++;
       }
       if (underflow > 0)
         log(
@@ -440,28 +540,47 @@ export class IndexDb {
   }
 
   /**
-   * gc's first phase: removes rows of chunks no snapshot uses and nobody touched since `cutoff`, with their
-   * ownership, and returns them. The refcount = 0 condition is evaluated inside the same transaction.
+   * gc's first phase: removes rows of chunks no snapshot uses, nobody touched since `cutoff` and no holder
+   * keeps, with their ownership, and returns them. A chunk in held_chunks is kept; `heldBy` names the
+   * sessions that may still reference any other candidate (empty when none). Every holder that keeps a
+   * chunk is counted in `kept`. One transaction: the refcount = 0 condition is evaluated inside it.
    */
-  removeGarbage(cutoff: number): { ids: string[]; bytes: number } {
+  removeGarbage(
+    cutoff: number,
+    heldBy: (id: Buffer) => string[],
+  ): { ids: string[]; bytes: number; held: number; kept: Map<string, number> } {
     return this.transaction(() => {
       const rows = this.stmt('SELECT id, stored_size FROM chunks WHERE refcount = 0 AND touched_at < ?')
         .raw()
         .all(cutoff) as [Buffer, number][];
+      const holdersOf = this.stmt('SELECT holder FROM held_chunks WHERE chunk = ?').raw();
       const delChunk = this.stmt('DELETE FROM chunks WHERE id = ? AND refcount = 0');
       const delOwners = this.stmt('DELETE FROM owners WHERE chunk = ?');
       const delDamage = this.stmt('DELETE FROM damaged_chunks WHERE chunk = ?');
+      const kept = new Map<string, number>();
       let bytes = 0;
+      let held = 0;
       const ids: string[] = [];
       for (const [id, stored] of rows) {
+        const holders = [...(holdersOf.all(id) as [string][]).map((r) => r[0]), ...heldBy(id)];
+        if (holders.length > 0) {
+          held++;
+          for (const h of new Set(holders)) kept.set(h, (kept.get(h) ?? 0) + 1);
+          continue;
+        }
         if (delChunk.run(id).changes !== 1) continue;
         delOwners.run(id);
         delDamage.run(id);
         ids.push(hexOf(id));
         bytes += stored;
       }
-      return { ids, bytes };
+      return { ids, bytes, held, kept };
     });
+  }
+
+  /** Whether `tenant` owns the chunk (a saturated session holds every chunk its tenant owns). */
+  ownedBy(id: Buffer, tenant: string): boolean {
+    return this.stmt('SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?').get(id, tenant) !== undefined;
   }
 
   countUnreferenced(): number {

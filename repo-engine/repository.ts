@@ -11,7 +11,14 @@ import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
-import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow, type StoredHeader } from './index-db.js';
+import {
+  IndexDb,
+  IndexUnusable,
+  type LeaseRow,
+  replaceDbFile,
+  type SessionRow,
+  type StoredHeader,
+} from './index-db.js';
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
 import {
   type ChunkerParams,
@@ -25,6 +32,7 @@ import {
 import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
 import { checkCommitTime, DEFAULT_CLOCK_SKEW_MS } from './snapshot-time.js';
+import { TouchedSet } from './touched-set.js';
 import type {
   ChunkLease,
   CommitOptions,
@@ -37,6 +45,7 @@ import type {
   SessionInfo,
   SnapshotFilter,
   SnapshotInfo,
+  SnapshotLeaseInfo,
   StoredChunk,
   TenantStats,
   VerifyProgress,
@@ -53,8 +62,10 @@ export interface RepositoryOptions {
   cacheBytes?: number;
   /** Unreferenced chunks younger than this are never collected. Default 24 h. */
   gcGraceMs?: number;
-  /** A session unused for this long expires. Default 15 min. */
+  /** A session unused for this long expires, and so does a snapshot lease not renewed. Default 15 min. */
   sessionLeaseMs?: number;
+  /** A session expires this long after it began, however busy. Default 24 h. */
+  sessionMaxAgeMs?: number;
   /** Create the repository when storage holds none. Default true. */
   create?: boolean;
   /** Only used at creation; an existing repository keeps its own. */
@@ -68,6 +79,7 @@ export interface RepositoryOptions {
 const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
 const DEFAULT_GRACE_MS = 24 * 3_600_000;
 const DEFAULT_LEASE_MS = 15 * 60_000;
+const DEFAULT_SESSION_MAX_AGE_MS = 24 * 3_600_000;
 /** Commit checks presence in slices of this many entries, so no per-entry objects pile up. */
 const PRESENCE_SLICE = 10_000;
 const MAX_MISSING_REPORTED = 1000;
@@ -92,6 +104,8 @@ export class Repository implements RepositoryApi {
   private readonly deletions = new DeletionsInFlight();
   private readonly uploads = new Map<string, number>();
   private readonly committing = new Set<string>();
+  /** What each open session was told is present or uploaded: what gc keeps for it. */
+  private readonly touched = new Map<string, TouchedSet>();
   /** Mutations running now; reindex waits for them before it swaps the index. */
   private activeMutations = 0;
   private idle: (() => void)[] = [];
@@ -109,6 +123,7 @@ export class Repository implements RepositoryApi {
       graceMs: number;
       leaseMs: number;
       clockSkewMs: number;
+      maxAgeMs: number;
       now: () => number;
       log: (m: string) => void;
     },
@@ -135,6 +150,7 @@ export class Repository implements RepositoryApi {
       graceMs: o.gcGraceMs ?? DEFAULT_GRACE_MS,
       leaseMs: o.sessionLeaseMs ?? DEFAULT_LEASE_MS,
       clockSkewMs: o.clockSkewMs ?? DEFAULT_CLOCK_SKEW_MS,
+      maxAgeMs: o.sessionMaxAgeMs ?? DEFAULT_SESSION_MAX_AGE_MS,
       now,
       log,
     };
@@ -160,11 +176,18 @@ export class Repository implements RepositoryApi {
         fresh.close();
         replaceDbFile(tmp, o.indexPath);
         index = IndexDb.openExisting(o.indexPath, config.id);
+        // Snapshot leases lived only in the lost index: a restore running now may read a snapshot forgotten
+        // meanwhile. Every unreferenced chunk counts as touched now, so the grace period covers such readers.
+        index.db.prepare('UPDATE chunks SET touched_at = ? WHERE refcount = 0').run(now());
         log(
           `index rebuilt: ${result.snapshots} snapshots, ${result.chunks} chunks in ${((now() - started) / 1000).toFixed(1)} s`,
         );
       }
     }
+    // The API binds sessions to tokens in memory, so a session of an earlier process cannot be used again,
+    // and what it was told is present was known only to that process: it is closed.
+    const stale = index.reapExpiredSessions(Number.POSITIVE_INFINITY);
+    if (stale.length > 0) log(`${stale.length} upload session(s) of an earlier run closed`);
     const repo = new Repository(o.storage, index, config, o.indexPath, settings);
     await repo.adoptUnindexedManifests();
     return repo;
@@ -204,15 +227,18 @@ export class Repository implements RepositoryApi {
     checkName('tenant', tenant);
     return this.mutation(() => {
       const now = this.opts.now();
+      const previous = this.index.newestSnapshot(tenant, host, disk);
       const row: SessionRow = {
         id: randomBytes(16).toString('hex'),
         tenant,
         host,
         disk,
         started_at: now,
-        expires_at: now + this.opts.leaseMs,
+        expires_at: Math.min(now + this.opts.leaseMs, now + this.opts.maxAgeMs),
+        base_snapshot: previous?.id ?? null,
       };
       this.index.insertSession(row);
+      this.touched.set(row.id, new TouchedSet());
       return this.sessionInfo(row);
     });
   }
@@ -223,21 +249,29 @@ export class Repository implements RepositoryApi {
 
   async abort(sessionId: string): Promise<void> {
     this.liveSession(sessionId);
-    this.index.deleteSession(sessionId);
+    this.endSession(sessionId);
   }
 
-  /** The session, its lease renewed; NotFound when unknown or expired (an expired one is removed). */
+  private endSession(sessionId: string): void {
+    this.index.deleteSession(sessionId);
+    this.touched.delete(sessionId);
+  }
+
+  /**
+   * The session, its lease renewed up to its maximum age; NotFound when unknown or expired (an expired one
+   * is removed).
+   */
   private liveSession(sessionId: string): SessionRow {
     const row = typeof sessionId === 'string' ? this.index.getSession(sessionId) : undefined;
     const now = this.opts.now();
     if (!row || row.expires_at <= now) {
-      if (row) this.index.deleteSession(row.id);
+      if (row) this.endSession(row.id);
       throw new NotFoundError(
         `session ${String(sessionId).slice(0, 64)} is unknown or has expired; start a new one`,
         { session: sessionId },
       );
     }
-    row.expires_at = now + this.opts.leaseMs;
+    row.expires_at = Math.min(now + this.opts.leaseMs, row.started_at + this.opts.maxAgeMs);
     this.index.extendSession(row.id, row.expires_at);
     return row;
   }
@@ -283,10 +317,16 @@ export class Repository implements RepositoryApi {
   private missingOf(sessionId: string, blobs: Buffer[], hex: string[]): number[] {
     const session = this.liveSession(sessionId);
     const present = this.index.presentForTenant(session.tenant, blobs, this.opts.now());
+    const touched = this.touchedSet(session.id);
     const seen = new Set<string>();
     const missing: number[] = [];
     hex.forEach((id, i) => {
-      if (present.has(id) || seen.has(id)) return;
+      if (present.has(id)) {
+        // Synchronously with the answer: gc cannot run between "present" and the record of it.
+        touched.add(blobs[i] as Buffer);
+        return;
+      }
+      if (seen.has(id)) return;
       seen.add(id);
       missing.push(i);
     });
@@ -324,11 +364,13 @@ export class Repository implements RepositoryApi {
         if (!row || row.stored_size === 0 || this.index.isDamaged(id)) break;
         if (this.index.ownsChunk(id, session.tenant)) {
           this.index.claimChunk(id, session.tenant, this.opts.now());
+          this.touchedSet(session.id).add(Buffer.from(id, 'hex'));
           return { stored: false, written: false };
         }
         if (checkedGood) {
           // Synchronously after the re-check above: gc cannot have removed the row in between.
           this.index.claimChunk(id, session.tenant, this.opts.now());
+          this.touchedSet(session.id).add(Buffer.from(id, 'hex'));
           return { stored: true, written: false };
         }
         // A new owner will reference the stored copy: it must be good (a copy written by an older server
@@ -344,6 +386,7 @@ export class Repository implements RepositoryApi {
         const storedSize = prepared.bytes.length;
         await this.chunks.write(prepared);
         this.index.recordStoredChunk(id, prepared.rawLength, storedSize, session.tenant, this.opts.now());
+        this.touchedSet(session.id).add(Buffer.from(id, 'hex'));
       } finally {
         const n = (this.uploads.get(id) ?? 1) - 1;
         if (n > 0) this.uploads.set(id, n);
@@ -461,6 +504,7 @@ export class Repository implements RepositoryApi {
       await this.manifests.delete(header.id);
       throw missingConflict(stillMissing);
     }
+    this.touched.delete(session.id);
     const info = this.index.getSnapshot(header.id);
     if (!info) throw new Error(`snapshot ${header.id} vanished right after its commit`);
     this.opts.log(
@@ -563,10 +607,16 @@ export class Repository implements RepositoryApi {
     return planRetention(this.index.listSnapshots(filter), policy);
   }
 
-  async applyForget(plan: ForgetPlan): Promise<{ removed: number }> {
+  async applyForget(
+    plan: ForgetPlan,
+    opts: { onProgress?: (p: VerifyProgress) => void } = {},
+  ): Promise<{ removed: number }> {
     let removed = 0;
+    const total = plan.groups.reduce((n, g) => n + g.remove.length, 0);
+    let done = 0;
     for (const group of plan.groups) {
       for (const snap of group.remove) {
+        opts.onProgress?.({ phase: 'forget', done: done++, total });
         if (!this.index.getSnapshot(snap.id)) continue; // already gone: forget is idempotent
         try {
           await this.deleteSnapshot(snap.id);
@@ -579,25 +629,106 @@ export class Repository implements RepositoryApi {
     return { removed };
   }
 
-  async gc(): Promise<GcReport> {
+  async gc(opts: { onProgress?: (p: VerifyProgress) => void } = {}): Promise<GcReport> {
     if (this.gcRunning) throw new ConflictError('gc is already running');
     this.gcRunning = true;
     try {
-      return await this.mutation(() =>
-        collectGarbage({
+      return await this.mutation(() => {
+        const now = this.opts.now();
+        const reaped = this.index.reapExpiredSessions(now);
+        for (const id of reaped) this.touched.delete(id);
+        const ended = this.index.reapExpiredLeases(now);
+        if (reaped.length + ended.length > 0)
+          this.opts.log(`gc: ${reaped.length} expired sessions and ${ended.length} expired leases closed`);
+        return collectGarbage({
           index: this.index,
           chunks: this.chunks,
           storage: this.storage,
           deletions: this.deletions,
           uploading: (id) => this.uploads.has(id),
+          sessions: () =>
+            this.index.listSessions().map((r) => ({
+              id: r.id,
+              tenant: r.tenant,
+              host: r.host,
+              disk: r.disk,
+              expiresAt: r.expires_at,
+              touched: this.touched.get(r.id),
+            })),
           now: this.opts.now,
           graceMs: this.opts.graceMs,
           log: this.opts.log,
-        }),
-      );
+          ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+        });
+      });
     } finally {
       this.gcRunning = false;
     }
+  }
+
+  // ---- snapshot leases
+
+  async takeLease(snapshotId: string, owner: string): Promise<SnapshotLeaseInfo> {
+    return this.mutation(() => {
+      // Checked and recorded in one synchronous step: a forget either sees the lease or ran before it.
+      const snap = this.requireSnapshot(snapshotId);
+      const now = this.opts.now();
+      const row: LeaseRow = {
+        id: randomBytes(32).toString('hex'),
+        snapshot: snap.id,
+        tenant: snap.tenant,
+        host: snap.host,
+        disk: snap.disk,
+        owner: String(owner),
+        started_at: now,
+        expires_at: now + this.opts.leaseMs,
+      };
+      this.index.insertLease(row);
+      return leaseInfo(row);
+    });
+  }
+
+  renewLease(leaseId: string): SnapshotLeaseInfo {
+    const row = this.liveLease(leaseId);
+    row.expires_at = this.opts.now() + this.opts.leaseMs;
+    this.index.extendLease(row.id, row.expires_at);
+    return leaseInfo(row);
+  }
+
+  async releaseLease(leaseId: string): Promise<void> {
+    this.liveLease(leaseId);
+    this.index.deleteLease(leaseId);
+  }
+
+  getLease(leaseId: string): SnapshotLeaseInfo | undefined {
+    const row = typeof leaseId === 'string' ? this.index.getLease(leaseId) : undefined;
+    return row && row.expires_at > this.opts.now() ? leaseInfo(row) : undefined;
+  }
+
+  countLeases(owner: string): number {
+    return this.index.countLeases(owner, this.opts.now());
+  }
+
+  /** The lease; NotFound when unknown or ended (an ended one is removed with what it held). */
+  private liveLease(leaseId: string): LeaseRow {
+    const row = typeof leaseId === 'string' ? this.index.getLease(leaseId) : undefined;
+    if (!row || row.expires_at <= this.opts.now()) {
+      if (row) this.index.deleteLease(row.id);
+      throw new NotFoundError(`lease ${String(leaseId).slice(0, 64)} is unknown or has ended`, {
+        lease: leaseId,
+      });
+    }
+    return row;
+  }
+
+  /** The session's touched set (a session this process did not open gets an empty one). */
+  private touchedSet(sessionId: string): TouchedSet {
+    let t = this.touched.get(sessionId);
+    if (!t) {
+      t = new TouchedSet();
+      this.touched.set(sessionId, t);
+    }
+    return t;
   }
 
   // ---- checking
@@ -732,6 +863,18 @@ function checkName(what: string, value: string): void {
   }
 }
 
+function leaseInfo(r: LeaseRow): SnapshotLeaseInfo {
+  return {
+    id: r.id,
+    snapshot: r.snapshot,
+    tenant: r.tenant,
+    host: r.host,
+    disk: r.disk,
+    owner: r.owner,
+    expiresAt: new Date(r.expires_at).toISOString(),
+  };
+}
+
 function missingConflict(missing: string[]): ConflictError {
   return new ConflictError(
     `${missing.length}${missing.length >= MAX_MISSING_REPORTED ? '+' : ''} chunks are missing; upload them and commit again`,
@@ -741,15 +884,20 @@ function missingConflict(missing: string[]): ConflictError {
   );
 }
 
-/** What storage cannot tell a rebuilt index: sessions, ownership of uncommitted uploads, touch times, damage. */
+/**
+ * What storage cannot tell a rebuilt index: open sessions, snapshot leases and the chunks they hold,
+ * ownership of uncommitted uploads, touch times, damage.
+ */
 function carryOver(fresh: IndexDb, oldPath: string): void {
   const db = fresh.db;
   db.prepare('ATTACH DATABASE ? AS old').run(oldPath);
   try {
     fresh.transaction(() => {
       db.exec(
-        'INSERT OR IGNORE INTO sessions SELECT id, tenant, host, disk, started_at, expires_at FROM old.sessions',
+        'INSERT OR IGNORE INTO sessions SELECT id, tenant, host, disk, started_at, expires_at, base_snapshot FROM old.sessions',
       );
+      db.exec('INSERT OR IGNORE INTO leases SELECT * FROM old.leases');
+      db.exec('INSERT OR IGNORE INTO held_chunks SELECT holder, chunk FROM old.held_chunks');
       db.exec(
         'INSERT OR IGNORE INTO owners (chunk, tenant) SELECT o.chunk, o.tenant FROM old.owners o WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.id = o.chunk AND c.stored_size > 0)',
       );

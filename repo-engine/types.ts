@@ -90,9 +90,42 @@ export interface GcReport {
   chunksDeleted: number;
   bytesFreed: number;
   orphansDeleted: number;
-  /** Chunks with refcount 0 kept because a session may still reference them. */
+  /** Chunks with refcount 0 left after this run: within the grace period, or held (`chunksHeld`). */
   chunksProtected: number;
+  /** Of those, the chunks kept because an open session or a snapshot lease may still need them. */
+  chunksHeld: number;
+  openSessions: number;
+  openLeases: number;
+  /** Each session or lease that kept at least one chunk (a chunk kept by two counts for both). */
+  holders: GcHolder[];
   seconds: number;
+}
+
+/** What held gc back: an upload session (its touched chunks) or a snapshot lease (a forgotten snapshot). */
+export interface GcHolder {
+  kind: 'session' | 'lease';
+  /** The first 8 characters of the session or lease id. */
+  id: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  /** For a lease: the snapshot it holds. */
+  snapshot?: string;
+  expiresAt: string;
+  chunks: number;
+}
+
+/** A hold on one snapshot's chunks for a reader (restore, NBD export); see docs/api.md, "Snapshot leases". */
+export interface SnapshotLeaseInfo {
+  id: string;
+  snapshot: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  /** Who took it (opaque to the engine: the API's token id). */
+  owner: string;
+  /** ISO 8601: the lease ends here unless renewed. */
+  expiresAt: string;
 }
 
 export interface VerifyProblem {
@@ -226,6 +259,18 @@ export interface RepositoryApi {
     opts?: CommitOptions,
   ): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;
+  /**
+   * Holds snapshot `snapshotId`'s chunks until the lease ends (renewed or not), even if the snapshot is
+   * forgotten meanwhile. `owner` is opaque (the API's token id), for `countLeases`. NotFound without it.
+   */
+  takeLease(snapshotId: string, owner: string): Promise<SnapshotLeaseInfo>;
+  /** Extends the lease; NotFound when unknown or ended. */
+  renewLease(leaseId: string): SnapshotLeaseInfo;
+  /** Ends the lease; NotFound when unknown or ended. */
+  releaseLease(leaseId: string): Promise<void>;
+  getLease(leaseId: string): SnapshotLeaseInfo | undefined;
+  /** Live leases taken by `owner`. */
+  countLeases(owner: string): number;
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[];
   /** Each disk with snapshots: how many, and the newest (for freshness monitoring). */
@@ -256,8 +301,11 @@ export interface RepositoryApi {
   chunksReadableBy(tenant: string, ids: string[]): string[];
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
-  applyForget(plan: ForgetPlan): Promise<{ removed: number }>;
-  gc(): Promise<GcReport>;
+  applyForget(
+    plan: ForgetPlan,
+    opts?: { onProgress?: (p: VerifyProgress) => void },
+  ): Promise<{ removed: number }>;
+  gc(opts?: { onProgress?: (p: VerifyProgress) => void }): Promise<GcReport>;
   verify(opts: { readData: boolean; onProgress?: (p: VerifyProgress) => void }): Promise<VerifyReport>;
   stats(): RepoStats;
   /** One tenant's figures, independent of other tenants' data (for tenant admins). */

@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'Forbidden'
   | 'TooLarge'
   | 'Corrupt'
-  | 'Unavailable';
+  | 'Unavailable'
+  | 'TooManyRequests';
 
 export class DiskvaultError extends Error {
   readonly code: ErrorCode;

@@ -1,12 +1,13 @@
 import { parseArgs } from 'node:util';
 import type {
   ForgetResponse,
-  GcResponse,
+  GcReport,
   JobInfo,
   JobResponse,
   RetentionPolicy,
   SnapshotInfo,
   StatsResponse,
+  VerifyReport,
 } from '../../api/protocol.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
@@ -15,7 +16,8 @@ import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 /**
  * The admin commands over HTTP: forget (restic's flags), gc, verify, stats. Thin: parse flags, one request
- * (verify: start a job and poll it), print a human summary or, with --json, the server's answer.
+ * (verify, gc and forget --prune: start a job and poll it), print a human summary or, with --json, the
+ * server's answer.
  */
 const COMMON = {
   server: { type: 'string' },
@@ -158,7 +160,10 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
     ...(typeof values.host === 'string' ? { host: values.host } : {}),
     ...(typeof values.disk === 'string' ? { disk: values.disk } : {}),
   };
-  const out = await client.call<ForgetResponse>('POST', '/v1/forget', body);
+  const out =
+    body.prune && !dryRun
+      ? await runJob<ForgetResponse>(client, 'forget', () => client.call('POST', '/v1/forget', body), json)
+      : await client.call<ForgetResponse>('POST', '/v1/forget', body);
   if (json) {
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
@@ -179,10 +184,47 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
   return EXIT_OK;
 }
 
-function printGc(r: GcResponse['report']): void {
+function printGc(r: GcReport): void {
   process.stdout.write(
-    `gc: deleted ${r.chunksDeleted} chunks (${formatBytes(r.bytesFreed)}) and ${r.orphansDeleted} orphans, kept ${r.chunksProtected} for open sessions, ${r.seconds.toFixed(1)} s\n`,
+    `gc: deleted ${r.chunksDeleted} chunks (${formatBytes(r.bytesFreed)}) and ${r.orphansDeleted} orphans, kept ${r.chunksProtected} unreferenced (${r.chunksHeld} held by open sessions and snapshot leases), ${r.seconds.toFixed(1)} s\n`,
   );
+  for (const h of r.holders)
+    process.stdout.write(
+      `  kept ${h.chunks} for ${h.kind} ${h.id} (${h.tenant === 'default' ? '' : `${h.tenant}:`}${h.host}/${h.disk}${h.snapshot ? `, snapshot ${h.snapshot.slice(0, 12)}` : ''}), until ${h.expiresAt}\n`,
+    );
+}
+
+/**
+ * Starts a job with `start` and polls it to its end. As backup and restore do: JSON lines on stderr with
+ * --json (the last one too), a live line on a terminal. A failed job becomes its error.
+ */
+async function runJob<R>(
+  client: AdminClient,
+  label: string,
+  start: () => Promise<JobResponse<R>>,
+  json: boolean,
+): Promise<R> {
+  let job: JobInfo<R> = (await start()).job;
+  const tty = process.stderr.isTTY === true;
+  while (job.state === 'running') {
+    await new Promise((r) => setTimeout(r, 500));
+    job = (await client.call<JobResponse<R>>('GET', `/v1/jobs/${job.id}`)).job;
+    const p = job.progress;
+    if (!p) continue;
+    if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
+    else if (tty) {
+      const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
+      process.stderr.write(`\r${label}: ${p.phase} ${p.done}${p.total > 0 ? `/${p.total}` : ''}${pct}   `);
+    }
+  }
+  if (tty && !json) process.stderr.write('\n');
+  if (job.state === 'failed' || !job.result) {
+    throw new DiskvaultError(
+      (job.error?.code as ErrorCode) ?? 'Unavailable',
+      `${label} failed: ${job.error?.message ?? 'no result'}`,
+    );
+  }
+  return job.result;
 }
 
 /**
@@ -216,7 +258,7 @@ async function forgetSnapshots(
   }
   const report =
     values.prune === true && !dryRun
-      ? (await client.call<GcResponse>('POST', '/v1/gc', {})).report
+      ? await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json)
       : undefined;
   if (json) {
     const out = dryRun
@@ -235,35 +277,19 @@ async function forgetSnapshots(
 }
 
 async function gc(client: AdminClient, json: boolean): Promise<number> {
-  const out = await client.call<GcResponse>('POST', '/v1/gc', {});
-  if (json) process.stdout.write(`${JSON.stringify(out.report, null, 2)}\n`);
-  else printGc(out.report);
+  const report = await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json);
+  if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  else printGc(report);
   return EXIT_OK;
 }
 
 async function verify(client: AdminClient, readData: boolean, json: boolean): Promise<number> {
-  let job: JobInfo = (await client.call<JobResponse>('POST', '/v1/verify', { readData })).job;
-  const tty = process.stderr.isTTY === true;
-  while (job.state === 'running') {
-    await new Promise((r) => setTimeout(r, 500));
-    job = (await client.call<JobResponse>('GET', `/v1/jobs/${job.id}`)).job;
-    const p = job.progress;
-    if (!p) continue;
-    // As backup and restore do: JSON lines on stderr with --json (the last one too), a live line on a terminal.
-    if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
-    else if (tty) {
-      const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
-      process.stderr.write(`\rverify: ${p.phase} ${p.done}/${p.total}${pct}   `);
-    }
-  }
-  if (tty && !json) process.stderr.write('\n');
-  if (job.state === 'failed' || !job.result) {
-    throw new DiskvaultError(
-      (job.error?.code as ErrorCode) ?? 'Unavailable',
-      `verify failed: ${job.error?.message ?? 'no result'}`,
-    );
-  }
-  const r = job.result;
+  const r = await runJob<VerifyReport>(
+    client,
+    'verify',
+    () => client.call('POST', '/v1/verify', { readData }),
+    json,
+  );
   if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
   else {
     process.stdout.write(

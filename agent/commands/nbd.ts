@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { parseListen, parseSize } from '../../api/config.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { type ChunkHold, holdChunks } from '../chunk-hold.js';
+import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { EXIT_OK, parseCommandArgs, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { NbdServer } from '../nbd/nbd-server.js';
@@ -66,7 +66,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   try {
     const snapshot = await selectSnapshot(client, positionals[0], { host: values.host, disk: values.disk });
     // Held for as long as we serve: a snapshot forgotten meanwhile stays readable until we stop.
-    hold = await holdChunks(client, snapshot.host, snapshot.disk, (m) =>
+    hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');

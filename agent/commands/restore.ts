@@ -1,5 +1,5 @@
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { type ChunkHold, holdChunks } from '../chunk-hold.js';
+import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import {
   EXIT_FAILURE,
   EXIT_OK,
@@ -76,7 +76,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
     // Before the manifest is read: a snapshot forgotten from here on stays readable until we are done.
-    hold = await holdChunks(client, snapshot.host, snapshot.disk, (m) =>
+    hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');

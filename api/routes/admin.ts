@@ -1,12 +1,13 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
-import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
-import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import type { ForgetResponse, JobInfo, StatsResponse } from '../protocol.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
 
 function optionalBool(v: unknown, what: string): boolean {
@@ -18,6 +19,22 @@ function optionalBool(v: unknown, what: string): boolean {
 function jobInfo(j: JobStatus): JobInfo {
   const { tokenId: _owner, ...rest } = j;
   return rest as JobInfo;
+}
+
+/**
+ * Runs gc once the one running (a forget's prune, another admin's gc) has finished: what this request
+ * freed must be considered by a run that starts after it.
+ */
+async function gcWhenFree(repo: RepositoryApi, onProgress: (p: VerifyProgress) => void): Promise<GcReport> {
+  for (;;) {
+    try {
+      return await repo.gc({ onProgress });
+    } catch (err) {
+      if (!(isDiskvaultError(err) && err.code === 'Conflict')) throw err;
+      onProgress({ phase: 'waiting for the running gc', done: 0, total: 0 });
+      await sleep(250);
+    }
+  }
 }
 
 function perHost(snaps: SnapshotInfo[]): StatsResponse['perHost'] {
@@ -64,10 +81,24 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
         }
       }
       const out: ForgetResponse = { plan, dryRun, removed: 0 };
+      if (!dryRun && prune) {
+        // Removing many snapshots and collecting their chunks can take long: a job, polled like verify.
+        const job = ctx.jobs.start(
+          'forget',
+          p.tokenId,
+          async (onProgress) => {
+            out.removed = (await repo.applyForget(plan, { onProgress })).removed;
+            out.gc = await gcWhenFree(repo, onProgress);
+            return out;
+          },
+          { shared: false },
+        );
+        sendJson(res, 202, { job: jobInfo(job) });
+        return;
+      }
       if (!dryRun) {
         req.socket.setTimeout(0);
         out.removed = (await repo.applyForget(plan)).removed;
-        if (prune) out.gc = await repo.gc();
       }
       sendJson(res, 200, out);
     }),
@@ -75,12 +106,10 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
 
   server.post(
     '/v1/gc',
-    route(ctx, async (req, res, p) => {
+    route(ctx, async (_req, res, p) => {
       requireGlobalAdmin(p);
-      // gc can outlast the idle timeout on a large repository; the request itself is already complete.
-      req.socket.setTimeout(0);
-      const out: GcResponse = { report: await repo.gc() };
-      sendJson(res, 200, out);
+      const job = ctx.jobs.start('gc', p.tokenId, (onProgress) => gcWhenFree(repo, onProgress));
+      sendJson(res, 202, { job: jobInfo(job) });
     }),
   );
 

@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import { mayUseHost, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';
@@ -39,8 +39,22 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       const disk = checkName(body.disk, 'disk');
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
       const tenant = sessionTenant(p);
-      const info = await repo.beginSession(host, disk, tenant);
-      sessions.bind(info.id, p, info);
+      const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, Date.now());
+      if ('retryAfterS' in place) {
+        res.setHeader('retry-after', String(place.retryAfterS));
+        throw new DiskvaultError(
+          'TooManyRequests',
+          `this token already has ${ctx.maxSessionsPerToken} open upload sessions (the server's --max-sessions-per-token); finish or abort one, or wait for one to expire`,
+          { limit: ctx.maxSessionsPerToken },
+        );
+      }
+      let info: Awaited<ReturnType<typeof repo.beginSession>>;
+      try {
+        info = await repo.beginSession(host, disk, tenant);
+        sessions.bind(info.id, p, info);
+      } finally {
+        place.release();
+      }
       // The previous snapshot seeds the agent's known-set; one from another tenant would only cause uploads
       // it cannot skip, and would reveal that tenant's data.
       const previous = info.previous && info.previous.tenant === tenant ? info.previous : null;

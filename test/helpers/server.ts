@@ -24,6 +24,8 @@ export interface TestServerOptions {
   chunker?: ChunkerParams;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  sessionMaxAgeMs?: number;
+  maxSessionsPerToken?: number;
   cacheBytes?: number;
   now?: () => number;
   /** Wrap storage in the fault injector (storage-adapters/fault-injecting.ts), exposed as `faults`. */
@@ -84,6 +86,8 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
         : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),
+      ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       log: (line) => logs.push(line),
