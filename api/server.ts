@@ -13,6 +13,7 @@ import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
 import { registerLeaseRoutes } from './routes/leases.js';
+import { registerImageRoutes } from './routes/image.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { SessionRegistry } from './session-registry.js';
@@ -85,6 +86,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
   registerLeaseRoutes(server, ctx);
+  registerImageRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(
@@ -153,8 +155,14 @@ function enforceDeadlines(http: HttpServer, headersTimeout: number, requestTimeo
       req.method === 'PUT' && req.url?.startsWith('/v1/chunks/')
         ? Math.min(requestTimeout, CHUNK_UPLOAD_DEADLINE_MS)
         : requestTimeout;
-    const deadline = setTimeout(() => socket.destroy(), limit);
-    deadline.unref();
+    // A GET or HEAD without a body has arrived with its head: what follows is the answer, which may be a
+    // whole disk image sent for hours; a client that stops reading it is cut by the idle timeout instead.
+    const bodiless =
+      (req.method === 'GET' || req.method === 'HEAD') &&
+      req.headers['content-length'] === undefined &&
+      req.headers['transfer-encoding'] === undefined;
+    const deadline = bodiless ? undefined : setTimeout(() => socket.destroy(), limit);
+    deadline?.unref();
     res.once('close', () => {
       clearTimeout(deadline);
       if (!socket.destroyed) armHeads(socket);
