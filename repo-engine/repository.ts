@@ -25,6 +25,7 @@ import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
 import type {
   ChunkLease,
+  CommitOptions,
   DiskSeries,
   ForgetPlan,
   GcReport,
@@ -86,6 +87,8 @@ export class Repository implements RepositoryApi {
   private readonly deletions = new DeletionsInFlight();
   private readonly uploads = new Map<string, number>();
   private readonly committing = new Set<string>();
+  /** Snapshot ids a commit with a given id holds from its check to its index row. */
+  private readonly claimedIds = new Set<string>();
   /** Mutations running now; reindex waits for them before it swaps the index. */
   private activeMutations = 0;
   private idle: (() => void)[] = [];
@@ -333,23 +336,48 @@ export class Repository implements RepositoryApi {
 
   // ---- commit
 
-  async commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo> {
+  async commit(
+    sessionId: string,
+    body: AsyncIterable<Buffer | Uint8Array | string>,
+    opts: CommitOptions = {},
+  ): Promise<SnapshotInfo> {
+    if (opts.id !== undefined) checkChunkId(opts.id);
     return this.mutation(async () => {
       const session = this.liveSession(sessionId);
       if (this.committing.has(sessionId))
         throw new ConflictError(`session ${sessionId} is already committing`);
+      if (opts.id !== undefined) await this.claimSnapshotId(opts.id);
       this.committing.add(sessionId);
       try {
-        return await this.commitLocked(session, body);
+        return await this.commitLocked(session, body, opts.id);
       } finally {
         this.committing.delete(sessionId);
+        if (opts.id !== undefined) this.claimedIds.delete(opts.id);
       }
     });
+  }
+
+  /**
+   * Holds a given snapshot id for one commit. It must be free in the index and in storage (a manifest the
+   * index does not know yet is still taken): a failed commit deletes the manifest it wrote under the id,
+   * which must never be another snapshot's.
+   */
+  private async claimSnapshotId(id: string): Promise<void> {
+    const taken = () => new ConflictError(`snapshot ${id} already exists`, { snapshot: id });
+    if (this.claimedIds.has(id) || this.index.getSnapshot(id)) throw taken();
+    this.claimedIds.add(id);
+    try {
+      if (await this.manifests.exists(id)) throw taken();
+    } catch (err) {
+      this.claimedIds.delete(id);
+      throw err;
+    }
   }
 
   private async commitLocked(
     session: SessionRow,
     body: AsyncIterable<Buffer | Uint8Array | string>,
+    givenId?: string,
   ): Promise<SnapshotInfo> {
     const reader = await ManifestReader.open(body, 'wire');
     const h = reader.header;
@@ -377,7 +405,7 @@ export class Repository implements RepositoryApi {
 
     const header: ManifestHeader & { id: string; tenant: string } = {
       ...h,
-      id: randomBytes(32).toString('hex'),
+      id: givenId ?? randomBytes(32).toString('hex'),
       tenant: session.tenant,
     };
     await this.manifests.write(header, entries);

@@ -145,6 +145,11 @@ export interface ChunkLease extends StoredChunk {
   release(reusable: boolean): void;
 }
 
+export interface CommitOptions {
+  /** 64 hex: the snapshot's id, instead of a new random one. */
+  id?: string;
+}
+
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
@@ -165,8 +170,15 @@ export interface RepositoryApi {
     payload: Buffer,
     encoding: 'raw' | 'zstd',
   ): Promise<{ stored: boolean }>;
-  /** Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs. */
-  commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo>;
+  /**
+   * Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs.
+   * `opts.id` keeps an id another repository gave the snapshot (a copy): Conflict when it is already taken.
+   */
+  commit(
+    sessionId: string,
+    body: AsyncIterable<Buffer | Uint8Array | string>,
+    opts?: CommitOptions,
+  ): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[];
