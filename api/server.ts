@@ -12,6 +12,7 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerProtectRoutes } from './routes/protect.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { SessionRegistry } from './session-registry.js';
@@ -78,6 +79,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerChunkRoutes(server, ctx);
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
+  registerProtectRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

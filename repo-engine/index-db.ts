@@ -13,7 +13,7 @@ import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
  * Invariant: an ownership row exists only for a chunk row whose object is stored (stored_size > 0). gc
  * deletes ownership with the chunk row, and reindex drops ownership of chunks missing from storage.
  */
-export const INDEX_SCHEMA_VERSION = 1;
+export const INDEX_SCHEMA_VERSION = 2;
 /** Lookups go to SQLite in batches of this many ids: one statement per batch, not per id. */
 const LOOKUP_BATCH = 500;
 
@@ -41,7 +41,9 @@ CREATE TABLE snapshots (
   chunk_count INTEGER NOT NULL,
   tags TEXT NOT NULL,
   unreadable TEXT NOT NULL,
-  source_format TEXT NOT NULL
+  source_format TEXT NOT NULL,
+  -- 1: forget, delete and gc never remove it (a copy of the protected/<id> marker in storage).
+  protected INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX snapshots_by_group ON snapshots (tenant, host, disk, time_ms);
 CREATE TABLE sessions (
@@ -75,6 +77,7 @@ interface SnapshotRow {
   tags: string;
   unreadable: string;
   source_format: string;
+  protected: number;
 }
 
 export interface ChunkRow {
@@ -119,6 +122,7 @@ function toInfo(r: SnapshotRow): SnapshotInfo {
     unreadable: JSON.parse(r.unreadable) as [number, number][],
     sourceFormat: r.source_format,
     tenant: r.tenant,
+    protected: r.protected === 1,
   };
 }
 
@@ -335,9 +339,20 @@ export class IndexDb {
     );
   }
 
+  /** Sets or clears a snapshot's protected flag; false when there is no such snapshot. */
+  setProtected(id: string, on: boolean): boolean {
+    return this.stmt('UPDATE snapshots SET protected = ? WHERE id = ?').run(on ? 1 : 0, id).changes === 1;
+  }
+
+  protectedIds(): string[] {
+    return (this.stmt('SELECT id FROM snapshots WHERE protected = 1').raw().all() as [string][]).map(
+      (r) => r[0],
+    );
+  }
+
   /**
    * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
-   * row was already gone (a concurrent delete): then nothing is lowered twice.
+   * row was already gone (a concurrent delete) or is protected: then nothing is lowered.
    */
   removeSnapshot(id: string, entries: Buffer, log: (m: string) => void, now: number): boolean {
     // While any session is open, a chunk whose count drops to zero is touched: a session may have been told
@@ -348,7 +363,9 @@ export class IndexDb {
       'UPDATE chunks SET refcount = refcount - 1, touched_at = CASE WHEN refcount = 1 AND ? >= 0 THEN ? ELSE touched_at END WHERE id = ? AND refcount > 0',
     );
     return this.transaction(() => {
-      if (this.stmt('DELETE FROM snapshots WHERE id = ?').run(id).changes !== 1) return false;
+      // A protected row is never removed, whatever the caller checked before.
+      if (this.stmt('DELETE FROM snapshots WHERE id = ? AND protected = 0').run(id).changes !== 1)
+        return false;
       let underflow = 0;
       for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
         if (lower.run(touchAt, touchAt, entries.subarray(at, at + 32)).changes !== 1) underflow++;

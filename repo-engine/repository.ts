@@ -22,6 +22,7 @@ import {
   NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
+import { isProtectedRefusal, ProtectionStore, SnapshotProtectedError } from './protection.js';
 import { planRetention } from './retention.js';
 import type {
   ChunkLease,
@@ -84,6 +85,7 @@ class UnavailableError extends DiskvaultError {
 export class Repository implements RepositoryApi {
   private readonly chunks: ChunkStore;
   private readonly manifests: ManifestStore;
+  private readonly protection: ProtectionStore;
   private readonly deletions = new DeletionsInFlight();
   private readonly uploads = new Map<string, number>();
   private readonly committing = new Set<string>();
@@ -111,6 +113,7 @@ export class Repository implements RepositoryApi {
   ) {
     this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes);
     this.manifests = new ManifestStore(storage);
+    this.protection = new ProtectionStore(storage);
   }
 
   static async open(o: RepositoryOptions): Promise<Repository> {
@@ -162,6 +165,7 @@ export class Repository implements RepositoryApi {
     }
     const repo = new Repository(o.storage, index, config, o.indexPath, settings);
     await repo.adoptUnindexedManifests();
+    await repo.reconcileProtection();
     return repo;
   }
 
@@ -181,6 +185,27 @@ export class Repository implements RepositoryApi {
       `${unknown.length} manifest(s) in storage are not in the index (interrupted commit or delete: ${unknown.slice(0, 3).join(', ')}); rebuilding the index from storage`,
     );
     await this.reindex();
+  }
+
+  /**
+   * The index's protected flags follow the markers in storage: a protect or unprotect interrupted between
+   * its storage write and its index update is finished (or undone) here as storage says.
+   */
+  private async reconcileProtection(): Promise<void> {
+    const marked = await this.protection.markedIds();
+    for (const id of marked) {
+      const s = this.index.getSnapshot(id);
+      if (s && !s.protected) {
+        this.index.setProtected(id, true);
+        this.opts.log(`snapshot ${id} is protected in storage; the index now says so too`);
+      }
+    }
+    for (const id of this.index.protectedIds()) {
+      if (!marked.has(id)) {
+        this.index.setProtected(id, false);
+        this.opts.log(`snapshot ${id} has no protection marker in storage; the index no longer protects it`);
+      }
+    }
   }
 
   get chunker(): ChunkerParams {
@@ -506,12 +531,17 @@ export class Repository implements RepositoryApi {
 
   async deleteSnapshot(id: string): Promise<void> {
     await this.mutation(async () => {
-      this.requireSnapshot(id);
+      // The index flag answers fast; the marker is the truth (a protect may have stored it a moment ago).
+      if (this.requireSnapshot(id).protected || (await this.protection.isMarked(id)))
+        throw new SnapshotProtectedError(id);
       // Read whole before lowering anything: a manifest that fails half way must not lower half its counts.
       const batches: Buffer[] = [];
       for await (const b of this.manifests.entryBatches(id)) batches.push(b);
       const removed = this.index.removeSnapshot(id, Buffer.concat(batches), this.opts.log, this.opts.now());
-      if (!removed) throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+      if (!removed) {
+        if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
+        throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+      }
       // After the counts: a crash here leaves a manifest without a row, which reindex would adopt again
       // (keeping data), never a row whose manifest is gone.
       await this.manifests.delete(id);
@@ -519,24 +549,60 @@ export class Repository implements RepositoryApi {
     });
   }
 
+  /** The policy's plan, with every protected snapshot kept (reason "protected"), whatever the rules say. */
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan {
-    return planRetention(this.index.listSnapshots(filter), policy);
+    const plan = planRetention(this.index.listSnapshots(filter), policy);
+    for (const group of plan.groups) {
+      for (const k of group.keep) if (k.snapshot.protected) k.reasons.push('protected');
+      const spared = group.remove.filter((s) => s.protected);
+      if (spared.length === 0) continue;
+      group.remove = group.remove.filter((s) => !s.protected);
+      group.keep.push(...spared.map((snapshot) => ({ snapshot, reasons: ['protected'] })));
+      group.keep.sort((a, b) => Date.parse(b.snapshot.time) - Date.parse(a.snapshot.time));
+    }
+    return plan;
   }
 
   async applyForget(plan: ForgetPlan): Promise<{ removed: number }> {
     let removed = 0;
     for (const group of plan.groups) {
       for (const snap of group.remove) {
-        if (!this.index.getSnapshot(snap.id)) continue; // already gone: forget is idempotent
+        const now = this.index.getSnapshot(snap.id);
+        // Already gone: forget is idempotent. Protected since the plan was made: kept.
+        if (!now || now.protected) continue;
         try {
           await this.deleteSnapshot(snap.id);
           removed++;
         } catch (err) {
-          if (!(err instanceof NotFoundError)) throw err;
+          if (!(err instanceof NotFoundError) && !isProtectedRefusal(err)) throw err;
         }
       }
     }
     return { removed };
+  }
+
+  /**
+   * Protect: the marker is stored first, then the flag; unprotect: the marker goes first. Either way a
+   * crash in between leaves storage saying what the caller asked for last, and the next start (or a
+   * rebuild) brings the index in line. A delete racing a protect either removes the snapshot first (then the
+   * protect finds no row, takes its marker back and answers NotFound) or is refused.
+   */
+  async setProtected(id: string, protect: boolean): Promise<SnapshotInfo> {
+    return this.mutation(async () => {
+      this.requireSnapshot(id);
+      if (protect) {
+        await this.protection.mark(id, new Date(this.opts.now()).toISOString());
+        if (!this.index.setProtected(id, true)) {
+          await this.protection.unmark(id);
+          throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+        }
+      } else {
+        await this.protection.unmark(id);
+        this.index.setProtected(id, false);
+      }
+      this.opts.log(`snapshot ${id} ${protect ? 'protected' : 'no longer protected'}`);
+      return this.requireSnapshot(id);
+    });
   }
 
   async gc(): Promise<GcReport> {

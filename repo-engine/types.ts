@@ -20,6 +20,8 @@ export interface SnapshotInfo {
   sourceFormat: string;
   /** The dedup domain the snapshot's host belongs to ('default' on a single-organisation server). */
   tenant: string;
+  /** Forget, delete and gc never remove a protected snapshot. The server always sets it. */
+  protected?: boolean;
 }
 
 /** One disk of one host (in one tenant): the series its nightly snapshots form. */
@@ -202,7 +204,10 @@ export interface RepositoryApi {
   leaseStoredChunkUnverified(id: string): Promise<ChunkLease>;
   /** The chunk read buffers: held now (by the cache or by leases), and reused instead of allocated. */
   readBuffers(): { held: number; reused: number };
+  /** Conflict (details.reason 'protected') for a protected snapshot. */
   deleteSnapshot(id: string): Promise<void>;
+  /** Protects a snapshot (or lifts the protection); the snapshot as it is afterwards. */
+  setProtected(id: string, protect: boolean): Promise<SnapshotInfo>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can
    * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.

@@ -71,6 +71,8 @@ for (const storage of ['local', 's3'] as const) {
           ['POST', '/v1/forget', { json: { policy: { last: 1 }, dryRun: true } }],
           ['POST', '/v1/gc', { json: {} }],
           ['POST', '/v1/verify', { json: { readData: true } }],
+          ['PUT', `/v1/snapshots/${s1.id}/protection`, {}],
+          ['DELETE', `/v1/snapshots/${s1.id}/protection`, {}],
         ];
         for (const [method, path, opts] of attempts) {
           const r = await call(srv.url, reader, method, path, opts);
