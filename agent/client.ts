@@ -137,8 +137,13 @@ export class DiskvaultClient {
 
   // ---- backup side ----
 
-  async createSession(host: string, disk: string): Promise<CreateSessionResponse> {
-    return await this.json<CreateSessionResponse>('POST', 'v1/sessions', { host, disk });
+  /** `tenant`: only a global admin may name one (an offsite copy keeping each snapshot's tenant). */
+  async createSession(host: string, disk: string, tenant?: string): Promise<CreateSessionResponse> {
+    return await this.json<CreateSessionResponse>('POST', 'v1/sessions', {
+      host,
+      disk,
+      ...(tenant !== undefined ? { tenant } : {}),
+    });
   }
 
   /** Ids the server wants uploaded, from `ids` (at most MAX_MISSING_IDS per call; the caller batches). */
@@ -197,10 +202,17 @@ export class DiskvaultClient {
   /**
    * Sends the binary manifest. A Buffer body is retried like any request; a stream can only be sent once,
    * so pass a function returning a fresh iterable when the body is large and should survive a retry.
-   * A 409 surfaces as a DiskvaultError with code 'Conflict' and details.missing.
+   * A 409 surfaces as a DiskvaultError with code 'Conflict' and details.missing (or details.snapshot when a
+   * given snapshotId is taken).
    */
-  async commit(sessionId: string, body: Body | (() => Body)): Promise<SnapshotInfo> {
-    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/commit`, body, {
+  async commit(
+    sessionId: string,
+    body: Body | (() => Body),
+    opts: { snapshotId?: string } = {},
+  ): Promise<SnapshotInfo> {
+    // snapshotId (admin only) keeps the id a copied snapshot has in its source repository.
+    const keep = opts.snapshotId !== undefined ? `?id=${enc(opts.snapshotId)}` : '';
+    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/commit${keep}`, body, {
       'content-type': MANIFEST_CONTENT_TYPE,
     });
     return ((await readJson(res)) as CommitResponse).snapshot;

@@ -61,6 +61,15 @@ export interface CommitResponse {
   snapshot: SnapshotInfo;
 }
 
+/**
+ * GET /v1/snapshots/:id, and PUT / DELETE /v1/snapshots/:id/protection (admin): the snapshot; `protected`
+ * says whether forget, delete and gc leave it alone. DELETE /v1/snapshots/:id of a protected snapshot is
+ * 409 Conflict with details.reason 'protected'.
+ */
+export interface SnapshotResponse {
+  snapshot: SnapshotInfo;
+}
+
 export interface ErrorBody {
   code: string;
   message: string;

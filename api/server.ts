@@ -12,8 +12,9 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
-import { registerLeaseRoutes } from './routes/leases.js';
 import { registerImageRoutes } from './routes/image.js';
+import { registerLeaseRoutes } from './routes/leases.js';
+import { registerProtectRoutes } from './routes/protect.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { SessionRegistry } from './session-registry.js';
@@ -87,6 +88,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerAdminRoutes(server, ctx);
   registerLeaseRoutes(server, ctx);
   registerImageRoutes(server, ctx);
+  registerProtectRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

@@ -44,7 +44,9 @@ CREATE TABLE snapshots (
   chunk_count INTEGER NOT NULL,
   tags TEXT NOT NULL,
   unreadable TEXT NOT NULL,
-  source_format TEXT NOT NULL
+  source_format TEXT NOT NULL,
+  -- 1: forget, delete and gc never remove it (a copy of the protected/<id> marker in storage).
+  protected INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX snapshots_by_group ON snapshots (tenant, host, disk, time_ms);
 -- Stored copies a read found damaged (corrupt, or absent from storage): not present for anyone until an
@@ -118,6 +120,7 @@ interface SnapshotRow {
   tags: string;
   unreadable: string;
   source_format: string;
+  protected: number;
 }
 
 export interface ChunkRow {
@@ -166,6 +169,7 @@ function toInfo(r: SnapshotRow): SnapshotInfo {
     unreadable: JSON.parse(r.unreadable) as [number, number][],
     sourceFormat: r.source_format,
     tenant: r.tenant,
+    protected: r.protected === 1,
   };
 }
 
@@ -506,14 +510,27 @@ export class IndexDb {
     );
   }
 
+  /** Sets or clears a snapshot's protected flag; false when there is no such snapshot. */
+  setProtected(id: string, on: boolean): boolean {
+    return this.stmt('UPDATE snapshots SET protected = ? WHERE id = ?').run(on ? 1 : 0, id).changes === 1;
+  }
+
+  protectedIds(): string[] {
+    return (this.stmt('SELECT id FROM snapshots WHERE protected = 1').raw().all() as [string][]).map(
+      (r) => r[0],
+    );
+  }
+
   /**
    * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
-   * row was already gone (a concurrent delete): then nothing is lowered twice.
+   * row was already gone (a concurrent delete) or is protected: then nothing is lowered.
    */
   removeSnapshot(id: string, entries: Buffer, log: (m: string) => void, now: number): boolean {
     const lower = this.stmt('UPDATE chunks SET refcount = refcount - 1 WHERE id = ? AND refcount > 0');
     return this.transaction(() => {
-      if (this.stmt('DELETE FROM snapshots WHERE id = ?').run(id).changes !== 1) return false;
+      // A protected row is never removed, whatever the caller checked before.
+      if (this.stmt('DELETE FROM snapshots WHERE id = ? AND protected = 0').run(id).changes !== 1)
+        return false;
       // A reader holding this snapshot (a lease, or a session offered it as its base) may still fetch or
       // name any of its chunks: they are kept for that holder until it ends. Other snapshots' references
       // protect a chunk only while they exist, so every entry is recorded, not only those dropping to zero.

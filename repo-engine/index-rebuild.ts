@@ -3,6 +3,7 @@ import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js
 import { IndexDb } from './index-db.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
+import { ProtectionStore } from './protection.js';
 
 export const DEFAULT_TENANT = 'default';
 
@@ -16,8 +17,9 @@ export interface RebuildResult {
 /**
  * Builds a complete index at `path` from storage alone: one snapshot row and one reference per manifest
  * entry (so refcounts equal the live index's, which counts a chunk named twice twice), ownership from the
- * manifests' tenant, stored sizes from the chunk listing. Chunks in storage that no manifest names get
- * refcount 0 and their mtime as touch time: gc collects them after the grace period, as it would orphans.
+ * manifests' tenant, stored sizes from the chunk listing, protected flags from the protected/ markers.
+ * Chunks in storage that no manifest names get refcount 0 and their mtime as touch time: gc collects them
+ * after the grace period, as it would orphans.
  * The new index is built beside the live one and only swapped in by the caller, so a failed rebuild
  * leaves the old index untouched.
  */
@@ -70,6 +72,12 @@ export async function rebuildIndex(opts: {
         }
       });
       snapshots++;
+    }
+
+    // Protection markers: the flag follows storage. A marker of a snapshot that is gone protects nothing.
+    for (const id of await new ProtectionStore(opts.storage).markedIds()) {
+      if (!index.setProtected(id, true))
+        opts.log(`reindex: protection marker of snapshot ${id}, which has no manifest, was ignored`);
     }
 
     const setStored = db.prepare('UPDATE chunks SET stored_size = ?, touched_at = ? WHERE id = ?');

@@ -67,6 +67,10 @@ export class ManifestStore {
     }
   }
 
+  async exists(id: string): Promise<boolean> {
+    return (await this.storage.stat(snapshotKey(id))) !== undefined;
+  }
+
   async delete(id: string): Promise<void> {
     await this.storage.delete(snapshotKey(id));
   }

@@ -30,6 +30,7 @@ import {
   NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
+import { isProtectedRefusal, ProtectionStore, SnapshotProtectedError } from './protection.js';
 import { planRetention } from './retention.js';
 import { checkCommitTime, DEFAULT_CLOCK_SKEW_MS } from './snapshot-time.js';
 import { TouchedSet } from './touched-set.js';
@@ -101,11 +102,14 @@ class UnavailableError extends DiskvaultError {
 export class Repository implements RepositoryApi {
   private readonly chunks: ChunkStore;
   private readonly manifests: ManifestStore;
+  private readonly protection: ProtectionStore;
   private readonly deletions = new DeletionsInFlight();
   private readonly uploads = new Map<string, number>();
   private readonly committing = new Set<string>();
   /** What each open session was told is present or uploaded: what gc keeps for it. */
   private readonly touched = new Map<string, TouchedSet>();
+  /** Snapshot ids a commit with a given id holds from its check to its index row. */
+  private readonly claimedIds = new Set<string>();
   /** Mutations running now; reindex waits for them before it swaps the index. */
   private activeMutations = 0;
   private idle: (() => void)[] = [];
@@ -130,6 +134,7 @@ export class Repository implements RepositoryApi {
   ) {
     this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes);
     this.manifests = new ManifestStore(storage);
+    this.protection = new ProtectionStore(storage);
   }
 
   static async open(o: RepositoryOptions): Promise<Repository> {
@@ -190,6 +195,7 @@ export class Repository implements RepositoryApi {
     if (stale.length > 0) log(`${stale.length} upload session(s) of an earlier run closed`);
     const repo = new Repository(o.storage, index, config, o.indexPath, settings);
     await repo.adoptUnindexedManifests();
+    await repo.reconcileProtection();
     return repo;
   }
 
@@ -209,6 +215,27 @@ export class Repository implements RepositoryApi {
       `${unknown.length} manifest(s) in storage are not in the index (interrupted commit or delete: ${unknown.slice(0, 3).join(', ')}); rebuilding the index from storage`,
     );
     await this.reindex();
+  }
+
+  /**
+   * The index's protected flags follow the markers in storage: a protect or unprotect interrupted between
+   * its storage write and its index update is finished (or undone) here as storage says.
+   */
+  private async reconcileProtection(): Promise<void> {
+    const marked = await this.protection.markedIds();
+    for (const id of marked) {
+      const s = this.index.getSnapshot(id);
+      if (s && !s.protected) {
+        this.index.setProtected(id, true);
+        this.opts.log(`snapshot ${id} is protected in storage; the index now says so too`);
+      }
+    }
+    for (const id of this.index.protectedIds()) {
+      if (!marked.has(id)) {
+        this.index.setProtected(id, false);
+        this.opts.log(`snapshot ${id} has no protection marker in storage; the index no longer protects it`);
+      }
+    }
   }
 
   get chunker(): ChunkerParams {
@@ -436,23 +463,44 @@ export class Repository implements RepositoryApi {
     body: AsyncIterable<Buffer | Uint8Array | string>,
     opts: CommitOptions = {},
   ): Promise<SnapshotInfo> {
+    if (opts.id !== undefined) checkChunkId(opts.id);
     return this.mutation(async () => {
       const session = this.liveSession(sessionId);
       if (this.committing.has(sessionId))
         throw new ConflictError(`session ${sessionId} is already committing`);
+      if (opts.id !== undefined) await this.claimSnapshotId(opts.id);
       this.committing.add(sessionId);
       try {
-        return await this.commitLocked(session, body, opts.mayBackdate ?? true);
+        return await this.commitLocked(session, body, opts.mayBackdate ?? true, opts.id);
       } finally {
         this.committing.delete(sessionId);
+        if (opts.id !== undefined) this.claimedIds.delete(opts.id);
       }
     });
+  }
+
+  /**
+   * Holds a given snapshot id for one commit. It must be free in the index and in storage (a manifest the
+   * index does not know yet is still taken): a failed commit deletes the manifest it wrote under the id,
+   * which must never be another snapshot's.
+   */
+  private async claimSnapshotId(id: string): Promise<void> {
+    const taken = () => new ConflictError(`snapshot ${id} already exists`, { snapshot: id });
+    if (this.claimedIds.has(id) || this.index.getSnapshot(id)) throw taken();
+    this.claimedIds.add(id);
+    try {
+      if (await this.manifests.exists(id)) throw taken();
+    } catch (err) {
+      this.claimedIds.delete(id);
+      throw err;
+    }
   }
 
   private async commitLocked(
     session: SessionRow,
     body: AsyncIterable<Buffer | Uint8Array | string>,
     mayBackdate: boolean,
+    givenId?: string,
   ): Promise<SnapshotInfo> {
     const reader = await ManifestReader.open(body, 'wire');
     const h = reader.header;
@@ -487,7 +535,7 @@ export class Repository implements RepositoryApi {
 
     const header: StoredHeader = {
       ...h,
-      id: randomBytes(32).toString('hex'),
+      id: givenId ?? randomBytes(32).toString('hex'),
       tenant: session.tenant,
       receivedAt: new Date(receivedMs).toISOString(),
     };
@@ -590,12 +638,17 @@ export class Repository implements RepositoryApi {
 
   async deleteSnapshot(id: string): Promise<void> {
     await this.mutation(async () => {
-      this.requireSnapshot(id);
+      // The index flag answers fast; the marker is the truth (a protect may have stored it a moment ago).
+      if (this.requireSnapshot(id).protected || (await this.protection.isMarked(id)))
+        throw new SnapshotProtectedError(id);
       // Read whole before lowering anything: a manifest that fails half way must not lower half its counts.
       const batches: Buffer[] = [];
       for await (const b of this.manifests.entryBatches(id)) batches.push(b);
       const removed = this.index.removeSnapshot(id, Buffer.concat(batches), this.opts.log, this.opts.now());
-      if (!removed) throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+      if (!removed) {
+        if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
+        throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+      }
       // After the counts: a crash here leaves a manifest without a row, which reindex would adopt again
       // (keeping data), never a row whose manifest is gone.
       await this.manifests.delete(id);
@@ -603,8 +656,18 @@ export class Repository implements RepositoryApi {
     });
   }
 
+  /** The policy's plan, with every protected snapshot kept (reason "protected"), whatever the rules say. */
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan {
-    return planRetention(this.index.listSnapshots(filter), policy);
+    const plan = planRetention(this.index.listSnapshots(filter), policy);
+    for (const group of plan.groups) {
+      for (const k of group.keep) if (k.snapshot.protected) k.reasons.push('protected');
+      const spared = group.remove.filter((s) => s.protected);
+      if (spared.length === 0) continue;
+      group.remove = group.remove.filter((s) => !s.protected);
+      group.keep.push(...spared.map((snapshot) => ({ snapshot, reasons: ['protected'] })));
+      group.keep.sort((a, b) => Date.parse(b.snapshot.time) - Date.parse(a.snapshot.time));
+    }
+    return plan;
   }
 
   async applyForget(
@@ -617,16 +680,42 @@ export class Repository implements RepositoryApi {
     for (const group of plan.groups) {
       for (const snap of group.remove) {
         opts.onProgress?.({ phase: 'forget', done: done++, total });
-        if (!this.index.getSnapshot(snap.id)) continue; // already gone: forget is idempotent
+        const now = this.index.getSnapshot(snap.id);
+        // Already gone: forget is idempotent. Protected since the plan was made: kept.
+        if (!now || now.protected) continue;
         try {
           await this.deleteSnapshot(snap.id);
           removed++;
         } catch (err) {
-          if (!(err instanceof NotFoundError)) throw err;
+          if (!(err instanceof NotFoundError) && !isProtectedRefusal(err)) throw err;
         }
       }
     }
     return { removed };
+  }
+
+  /**
+   * Protect: the marker is stored first, then the flag; unprotect: the marker goes first. Either way a
+   * crash in between leaves storage saying what the caller asked for last, and the next start (or a
+   * rebuild) brings the index in line. A delete racing a protect either removes the snapshot first (then the
+   * protect finds no row, takes its marker back and answers NotFound) or is refused.
+   */
+  async setProtected(id: string, protect: boolean): Promise<SnapshotInfo> {
+    return this.mutation(async () => {
+      this.requireSnapshot(id);
+      if (protect) {
+        await this.protection.mark(id, new Date(this.opts.now()).toISOString());
+        if (!this.index.setProtected(id, true)) {
+          await this.protection.unmark(id);
+          throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+        }
+      } else {
+        await this.protection.unmark(id);
+        this.index.setProtected(id, false);
+      }
+      this.opts.log(`snapshot ${id} ${protect ? 'protected' : 'no longer protected'}`);
+      return this.requireSnapshot(id);
+    });
   }
 
   async gc(opts: { onProgress?: (p: VerifyProgress) => void } = {}): Promise<GcReport> {

@@ -25,6 +25,8 @@ export interface SnapshotInfo {
   sourceFormat: string;
   /** The dedup domain the snapshot's host belongs to ('default' on a single-organisation server). */
   tenant: string;
+  /** Forget, delete and gc never remove a protected snapshot. The server always sets it. */
+  protected?: boolean;
 }
 
 /** One disk of one host (in one tenant): the series its nightly snapshots form. */
@@ -224,6 +226,8 @@ export interface CommitOptions {
    * Default true: the engine trusts an in-process caller; the API server sets it from the token's role.
    */
   mayBackdate?: boolean;
+  /** 64 hex: the snapshot's id, instead of a new random one. */
+  id?: string;
 }
 
 export interface RepositoryApi {
@@ -252,6 +256,7 @@ export interface RepositoryApi {
   /**
    * Reads the whole binary manifest from `body`, checks every chunk is present and the snapshot's time is
    * plausible (snapshot-time.ts), stores it with the server's receipt time, counts refs.
+   * `opts.id` keeps an id another repository gave the snapshot (a copy): Conflict when it is already taken.
    */
   commit(
     sessionId: string,
@@ -293,7 +298,10 @@ export interface RepositoryApi {
   leaseStoredChunkUnverified(id: string): Promise<ChunkLease>;
   /** The chunk read buffers: held now (by the cache or by leases), and reused instead of allocated. */
   readBuffers(): { held: number; reused: number };
+  /** Conflict (details.reason 'protected') for a protected snapshot. */
   deleteSnapshot(id: string): Promise<void>;
+  /** Protects a snapshot (or lifts the protection); the snapshot as it is afterwards. */
+  setProtected(id: string, protect: boolean): Promise<SnapshotInfo>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can
    * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.

@@ -9,6 +9,7 @@ import type {
   StatsResponse,
   VerifyReport,
 } from '../../api/protocol.js';
+import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
@@ -251,26 +252,44 @@ async function forgetSnapshots(
   }
   const dryRun = values['dry-run'] === true;
   const removed: SnapshotInfo[] = [];
-  for (const s of dryRun ? [] : chosen) {
-    await client.call('DELETE', `/v1/snapshots/${s.id}`);
-    removed.push(s);
-    if (!json) process.stdout.write(`removed ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+  // A protected snapshot is kept and said so; the server would refuse its removal anyway (409, 'protected').
+  const kept: { snapshot: SnapshotInfo; reasons: string[] }[] = [];
+  const keep = (s: SnapshotInfo) => {
+    kept.push({ snapshot: s, reasons: ['protected'] });
+    if (!json)
+      process.stdout.write(`kept    ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}  protected\n`);
+  };
+  for (const s of chosen) {
+    if (s.protected) keep(s);
+    else if (dryRun) continue;
+    else {
+      try {
+        await client.call('DELETE', `/v1/snapshots/${s.id}`);
+      } catch (err) {
+        if (!isProtectedRefusal(err)) throw err;
+        keep(s);
+        continue;
+      }
+      removed.push(s);
+      if (!json) process.stdout.write(`removed ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+    }
   }
+  const removable = chosen.filter((s) => !kept.some((k) => k.snapshot.id === s.id));
   const report =
     values.prune === true && !dryRun
       ? await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json)
       : undefined;
   if (json) {
     const out = dryRun
-      ? { dryRun, wouldRemove: chosen }
-      : { dryRun, removed, ...(report ? { gc: report } : {}) };
+      ? { dryRun, wouldRemove: removable, kept }
+      : { dryRun, removed, kept, ...(report ? { gc: report } : {}) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
   }
   if (dryRun) {
-    for (const s of chosen)
+    for (const s of removable)
       process.stdout.write(`would remove ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
-    process.stdout.write(`dry run: would remove ${chosen.length} snapshots\n`);
+    process.stdout.write(`dry run: would remove ${removable.length} snapshots\n`);
   } else process.stdout.write(`removed ${removed.length} snapshots\n`);
   if (report) printGc(report);
   return EXIT_OK;

@@ -6,7 +6,7 @@ import { DiskvaultClient } from '../client.js';
 const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T] [--cacert FILE]
 
 Lists snapshots, oldest first. --json prints an array of objects (id, host, disk, time, size, sha256,
-chunkCount, tags, unreadable, sourceFormat).
+chunkCount, tags, unreadable, sourceFormat, protected).
 `;
 
 export async function run(argv: string[], command: string): Promise<number> {
@@ -59,6 +59,7 @@ function publicFields(s: SnapshotInfo) {
     tags: s.tags,
     unreadable: s.unreadable,
     sourceFormat: s.sourceFormat,
+    protected: s.protected === true,
   };
 }
 
@@ -74,7 +75,9 @@ export function formatTable(list: SnapshotInfo[]): string {
     s.host,
     s.disk,
     humanSize(s.size),
-    s.unreadable.length > 0 ? `${s.unreadable.length} unreadable` : '',
+    [s.protected ? 'protected' : '', s.unreadable.length > 0 ? `${s.unreadable.length} unreadable` : '']
+      .filter((n) => n !== '')
+      .join(', '),
     s.tags.join(','),
   ]);
   const head = ['ID', 'TIME (UTC)', 'HOST', 'DISK', 'SIZE', 'NOTES', 'TAGS'];

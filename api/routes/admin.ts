@@ -2,12 +2,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
 import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
-import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
+import {
+  isGlobalAdmin,
+  isReader,
+  maySeeSnapshot,
+  requireAdmin,
+  requireGlobalAdmin,
+  tenantScope,
+} from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
-import type { ForgetResponse, JobInfo, StatsResponse } from '../protocol.js';
+import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import { ALL_TENANTS } from '../token-store.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
 
 function optionalBool(v: unknown, what: string): boolean {
@@ -138,7 +146,8 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
   server.get(
     '/v1/stats',
     route(ctx, async (_req, res, p) => {
-      if (isGlobalAdmin(p)) {
+      // A global reader sees what a global admin sees: statistics change nothing.
+      if (isGlobalAdmin(p) || (isReader(p) && p.tenant === ALL_TENANTS)) {
         const s = repo.stats();
         const out: StatsResponse = {
           scope: 'repository',
@@ -154,7 +163,7 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
       const scope = { tenant: p.tenant, ...(p.role === 'agent' ? { hosts: p.hosts } : {}) };
       const snaps = repo.listSnapshots(scope).filter((s) => maySeeSnapshot(p, s));
       const out: StatsResponse = {
-        scope: p.role === 'admin' ? 'tenant' : 'hosts',
+        scope: p.role === 'agent' ? 'hosts' : 'tenant',
         snapshots: snaps.length,
         logicalBytes: snaps.reduce((n, s) => n + s.size, 0),
         perHost: perHost(snaps),
@@ -162,7 +171,7 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
       };
       // Computed over the tenant's own snapshots and chunks only: another tenant storing one of its chunks
       // must not change any figure here.
-      if (p.role === 'admin') out.tenant = repo.tenantStats(p.tenant);
+      if (p.role !== 'agent') out.tenant = repo.tenantStats(p.tenant);
       sendJson(res, 200, out);
     }),
   );

@@ -4,7 +4,7 @@ import { decompress } from 'zstd-napi';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import type { ChunkLease } from '../../repo-engine/types.js';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
-import { tenantScope } from '../auth.js';
+import { requireWriter, tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
 import { type ApiContext, param, query, route } from '../context.js';
 import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
@@ -48,6 +48,7 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
   server.put(
     '/v1/chunks/:id',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const id = checkId(param(req, 'id'), 'chunk id');
       const sid = checkSessionId(query(req).get('session') ?? undefined);
       const encoding = requestEncoding(req);

@@ -1,8 +1,8 @@
 import type { Server } from 'restify';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
-import { mayUseHost, sessionTenant } from '../auth.js';
+import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
-import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';
+import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
 import {
   type CommitResponse,
@@ -13,7 +13,7 @@ import {
   MAX_MISSING_IDS,
   type MissingResponse,
 } from '../protocol.js';
-import { asObject, checkIdList, checkName, checkSessionId } from '../validation.js';
+import { asObject, checkId, checkIdList, checkName, checkSessionId, optionalName } from '../validation.js';
 
 /** Upload sessions: open, ask which chunks are missing, commit the manifest, or abort. */
 export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
@@ -34,11 +34,12 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const body = asObject(await readJson(req));
       const host = checkName(body.host, 'host');
       const disk = checkName(body.disk, 'disk');
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
-      const tenant = sessionTenant(p);
+      const tenant = sessionTenant(p, optionalName(body.tenant, 'tenant'));
       const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, Date.now());
       if ('retryAfterS' in place) {
         res.setHeader('retry-after', String(place.retryAfterS));
@@ -71,6 +72,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions/:id/missing',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
       sessions.require(sid, p);
       if (isIdsBody(req.headers['content-type'])) {
@@ -95,7 +97,15 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions/:id/commit',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
+      // ?id= keeps a snapshot's id (and the manifest's time) as another repository gave it: only an admin
+      // may choose an id, since an agent could otherwise squat on ids another repository will bring.
+      const keepId = query(req).get('id') ?? undefined;
+      if (keepId !== undefined) {
+        requireAdmin(p);
+        checkId(keepId, 'snapshot id');
+      }
       sessions.require(sid, p);
       const type = req.headers['content-type'];
       if (!type || type.split(';')[0].trim().toLowerCase() !== MANIFEST_CONTENT_TYPE) {
@@ -106,6 +116,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       // Only an admin may commit a time from before the backup (an import); see repo-engine/snapshot-time.ts.
       const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
         mayBackdate: p.role === 'admin',
+        ...(keepId !== undefined ? { id: keepId } : {}),
       });
       sessions.forget(sid);
       ctx.metrics.commits++;
@@ -117,6 +128,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.del(
     '/v1/sessions/:id',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
       sessions.require(sid, p);
       await repo.abort(sid);
