@@ -14,7 +14,7 @@ import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
-import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import type { ForgetResponse, JobInfo, StatsResponse } from '../protocol.js';
 import { ALL_TENANTS } from '../token-store.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
 
