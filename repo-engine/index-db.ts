@@ -362,6 +362,26 @@ export class IndexDb {
     });
   }
 
+  /** The raw size the index records for each of `ids` (32-byte blobs) that has a row. */
+  rawSizes(ids: Buffer[]): Map<string, number> {
+    const out = new Map<string, number>();
+    for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
+      const batch = ids.slice(i, i + LOOKUP_BATCH);
+      const rows = this.stmt(
+        `SELECT id, raw_size FROM chunks WHERE id IN (${batch.map(() => '?').join(',')})`,
+      )
+        .raw()
+        .all(...batch) as [Buffer, number][];
+      for (const [id, size] of rows) out.set(hexOf(id), size);
+    }
+    return out;
+  }
+
+  /** Corrects a raw size a rebuilt index took from a manifest, once the stored chunk's header settled it. */
+  setRawSize(id: string, rawSize: number): void {
+    this.stmt('UPDATE chunks SET raw_size = ? WHERE id = ?').run(rawSize, Buffer.from(id, 'hex'));
+  }
+
   ownsChunk(id: string, tenant: string): boolean {
     return (
       this.stmt('SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?').get(Buffer.from(id, 'hex'), tenant) !==

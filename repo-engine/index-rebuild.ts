@@ -34,9 +34,14 @@ export async function rebuildIndex(opts: {
   const index = IndexDb.create(opts.path, opts.repositoryId);
   try {
     const db = index.db;
-    const addRef = db.prepare(
-      'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 1, ?, 0, 0) ON CONFLICT (id) DO UPDATE SET refcount = refcount + 1',
-    );
+    const addRef = db
+      .prepare(
+        'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 1, ?, 0, 0) ON CONFLICT (id) DO UPDATE SET refcount = refcount + 1 RETURNING raw_size',
+      )
+      .pluck();
+    // Chunks whose manifests disagree on their length: the stored chunk's header settles it below (a
+    // manifest committed by an older server may give a wrong one).
+    const disputed = new Set<string>();
     const own = db.prepare('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)');
     const unreadableManifests: string[] = [];
     let snapshots = 0;
@@ -66,7 +71,8 @@ export async function rebuildIndex(opts: {
         for (const b of batches) {
           for (let at = 0; at < b.length; at += MANIFEST_ENTRY_BYTES) {
             const chunk = b.subarray(at, at + 32);
-            addRef.run(chunk, b.readUInt32BE(at + 32));
+            const length = b.readUInt32BE(at + 32);
+            if (addRef.get(chunk, length) !== length) disputed.add(chunk.toString('hex'));
             own.run(chunk, tenant);
           }
         }
@@ -111,6 +117,16 @@ export async function rebuildIndex(opts: {
       if (pending.length >= 5000) await flush();
     }
     await flush();
+    const setRawSize = db.prepare('UPDATE chunks SET raw_size = ? WHERE id = ? AND stored_size > 0');
+    for (const id of disputed) {
+      try {
+        setRawSize.run((await opts.chunks.readHeader(id)).rawLength, Buffer.from(id, 'hex'));
+      } catch (err) {
+        opts.log(
+          `reindex: manifests disagree on chunk ${id}'s length and its header is unreadable: ${(err as Error).message}`,
+        );
+      }
+    }
     // Nobody owns a chunk that is not stored: uploads then see it missing and repair it.
     db.prepare('DELETE FROM owners WHERE chunk IN (SELECT id FROM chunks WHERE stored_size = 0)').run();
     const missingChunks = (

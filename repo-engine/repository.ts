@@ -20,6 +20,7 @@ import {
   type StoredHeader,
 } from './index-db.js';
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
+import { checkUnreadableRanges, describeMismatch, entryLengthMismatches } from './manifest-checks.js';
 import {
   type ChunkerParams,
   HEX64,
@@ -528,10 +529,15 @@ export class Repository implements RepositoryApi {
     for await (const b of reader.entryBatches()) batches.push(b);
     const entries = batches.length === 1 ? (batches[0] as Buffer) : Buffer.concat(batches);
 
+    checkUnreadableRanges(h);
     // Not owned by the tenant counts as missing: another tenant's chunk must be uploaded (proving the
     // bytes are held) before it can be referenced, so commit is no oracle for other tenants' data.
     const missing = this.missingForTenant(session.tenant, entries);
     if (missing.length > 0) throw missingConflict(missing);
+    for (let from = 0; from < entries.length; from += PRESENCE_SLICE * MANIFEST_ENTRY_BYTES) {
+      const slice = entries.subarray(from, from + PRESENCE_SLICE * MANIFEST_ENTRY_BYTES);
+      await this.checkEntryLengths(slice, from / MANIFEST_ENTRY_BYTES);
+    }
 
     const header: StoredHeader = {
       ...h,
@@ -559,6 +565,34 @@ export class Repository implements RepositoryApi {
       `snapshot ${info.id} committed: ${info.host}/${info.disk}, ${info.chunkCount} chunks, tenant ${info.tenant}`,
     );
     return info;
+  }
+
+  /**
+   * Each entry's length must be its chunk's real length (a snapshot naming a 1000-byte chunk as 4 GiB
+   * cannot be restored) and within the chunker's maximum. The real length is the one the index recorded
+   * from the verified upload; where they differ, the stored chunk's header decides, since an index rebuilt
+   * from storage takes lengths from the manifests (and is corrected here).
+   */
+  private async checkEntryLengths(batch: Buffer, first: number): Promise<void> {
+    const ids: Buffer[] = [];
+    for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
+      ids.push(batch.subarray(at, at + ID_BYTES));
+    const sizes = this.index.rawSizes(ids);
+    const max = this.config.chunker.max;
+    for (const m of entryLengthMismatches(batch, first, max, (c) => sizes.get(c))) {
+      if (m.claimed <= max && m.actual !== undefined) {
+        const head = await this.chunks.readHeader(m.chunk).catch(() => undefined);
+        if (head?.rawLength === m.claimed) {
+          this.index.setRawSize(m.chunk, m.claimed);
+          sizes.set(m.chunk, m.claimed);
+          continue;
+        }
+      }
+      throw new InvalidInputError(`bad manifest: ${describeMismatch(m, max)}`, {
+        entry: m.entry,
+        chunk: m.chunk,
+      });
+    }
   }
 
   private missingForTenant(tenant: string, entries: Buffer): string[] {
@@ -830,6 +864,7 @@ export class Repository implements RepositoryApi {
         manifests: this.manifests,
         storage: this.storage,
         now: this.opts.now,
+        maxChunkBytes: this.config.chunker.max,
       },
       opts,
     );

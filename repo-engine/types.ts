@@ -157,7 +157,7 @@ export interface VerifyReport {
   chunksChecked: number;
   bytesRead: number;
   problems: VerifyProblem[];
-  /** Manifests that could not be read at all. */
+  /** Manifests that could not be read, or that give a chunk a length other than its real one. */
   badManifests: { snapshot: string; detail: string }[];
   /** Index rows whose refcount differs from a recount of the manifests. */
   refcountMismatches: number;

@@ -1,6 +1,7 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
 import type { IndexDb } from './index-db.js';
+import { describeMismatch, entryLengthMismatches } from './manifest-checks.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
 import type { HealedChunk, VerifyProblem, VerifyProgress, VerifyReport } from './types.js';
@@ -11,6 +12,8 @@ export interface VerifyContext {
   manifests: ManifestStore;
   storage: StorageAdapter;
   now: () => number;
+  /** The chunker's maximum: no entry may be longer. */
+  maxChunkBytes: number;
 }
 
 /** How many chunks verify reads at once with readData: enough to hide storage latency, bounded. */
@@ -49,16 +52,35 @@ export async function verifyRepository(
   const recount = new Map<string, number>();
   const badManifests: VerifyReport['badManifests'] = [];
   const readable: string[] = [];
+  // Entry lengths are compared with the length the index recorded from each chunk's verified upload.
+  const lengths = new Map<string, number | undefined>();
+  const realLength = (chunk: string) => {
+    if (!lengths.has(chunk)) lengths.set(chunk, ctx.index.getChunk(chunk)?.raw_size);
+    return lengths.get(chunk);
+  };
+  const maxLength = ctx.maxChunkBytes;
   let done = 0;
   for (const id of snapshotIds) {
     const counts = new Map<string, number>();
+    let wrongLengths = 0;
+    let firstWrong = '';
     try {
+      let entry = 0;
       for await (const batch of ctx.manifests.entryBatches(id)) {
         for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES) {
           const chunk = batch.toString('hex', at, at + 32);
           counts.set(chunk, (counts.get(chunk) ?? 0) + 1);
         }
+        const wrong = entryLengthMismatches(batch, entry, maxLength, realLength);
+        if (wrong.length > 0 && wrongLengths === 0) firstWrong = describeMismatch(wrong[0], maxLength);
+        wrongLengths += wrong.length;
+        entry += batch.length / MANIFEST_ENTRY_BYTES;
       }
+      if (wrongLengths > 0)
+        badManifests.push({
+          snapshot: id,
+          detail: `${wrongLengths} entries give a chunk a wrong length (the snapshot cannot be restored): ${firstWrong}`,
+        });
       if (!indexed.has(id))
         badManifests.push({
           snapshot: id,
