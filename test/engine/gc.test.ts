@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import test from 'ava';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
 import { chunkKey } from '../../repo-engine/chunk-store.js';
+import { TouchedSet } from '../../repo-engine/touched-set.js';
 import {
   Backends,
   backup,
@@ -91,6 +93,32 @@ for (const name of backends.names) {
     }
   });
 
+  test(`${name}: a session keeps its base snapshot's chunks when that snapshot is forgotten, since it may name them without asking`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
+    try {
+      const kept = Buffer.alloc(4000, 9);
+      const old = await backup(fx.repo, kept);
+      fx.clock.advance(HOUR);
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      t.is(s.previous?.id, old.id);
+      await fx.repo.deleteSnapshot(old.id);
+      fx.clock.advance(HOUR);
+      const report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 0);
+      t.is(report.chunksHeld, 1);
+      t.deepEqual(
+        report.holders.map((h) => [h.kind, h.id, h.chunks]),
+        [['session', s.id.slice(0, 8), 1]],
+      );
+      // The agent's known-set came from the base: it names the chunk without asking, and the commit holds.
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [kept])));
+      t.true((await restore(fx.repo, snap.id)).equals(kept));
+      t.deepEqual((await fx.repo.gc()).holders, []);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
   test(`${name}: an upload racing gc's deletion of the same chunk waits and stores it anew`, async (t) => {
     const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
     try {
@@ -147,4 +175,19 @@ test('gc reaps expired sessions so their protection ends', async (t) => {
   } finally {
     await fx.cleanup();
   }
+});
+
+test('a touched set never forgets an id, rarely claims one, and once saturated claims every one', (t) => {
+  const set = new TouchedSet(100_000);
+  const ids = Array.from({ length: 100_000 }, (_, i) => createHash('sha256').update(`in ${i}`).digest());
+  for (const id of ids) set.add(id);
+  t.true(ids.every((id) => set.has(id)));
+  let false_ = 0;
+  for (let i = 0; i < 100_000; i++) if (set.has(createHash('sha256').update(`out ${i}`).digest())) false_++;
+  t.true(false_ < 3000, `${false_} of 100,000 absent ids claimed`);
+  t.true(set.bytes < 300_000, `${set.bytes} bytes`);
+  t.false(set.saturated);
+  set.add(createHash('sha256').update('one more').digest());
+  t.true(set.saturated);
+  t.true(set.has(createHash('sha256').update('never added').digest()));
 });
