@@ -3,7 +3,8 @@
  * raw image itself, on the same disk. Each container is made from RAW_IMAGE with qemu-img (cached next to
  * it under os.tmpdir()), then read start to end in 32 MiB windows, (a) read only and (b) read + FastCDC
  * (256 KiB/1 MiB/4 MiB) + SHA-256 per chunk on one thread — the agent's per-byte work — best of 3 runs.
- * Default image: /tmp/dv-2g/night0.img (2 GiB ext4 workload), else the 64 MiB formats test image.
+ * Default image: night0 of the benchmark's 2 GiB workload if `npm run bench` built it (under DV_BENCH_WORK,
+ * default bench/.work), else the 64 MiB formats test image.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -11,16 +12,23 @@ import { existsSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fastcdc from 'fastcdc-wasm';
 import { openContainer } from '../agent/formats/index.js';
 import type { ImageSource } from '../agent/source.js';
+import { workloadName } from '../workloads/cache.js';
+import { benchWorkload } from './lib/workload.js';
 
 const WINDOW = 32 * 1024 * 1024;
+const benchWork = process.env.DV_BENCH_WORK ?? fileURLToPath(new URL('../../bench/.work', import.meta.url));
 const raw =
   process.argv[2] ??
-  ['/tmp/dv-2g/night0.img', join(tmpdir(), 'diskvault-formats-base-v3.raw')].find(existsSync);
+  [
+    join(benchWork, workloadName(benchWorkload(3, '2G')), 'night0.img'),
+    join(tmpdir(), 'diskvault-formats-base-v3.raw'),
+  ].find(existsSync);
 if (!raw) {
-  process.stderr.write('no image: give a raw image path (e.g. /tmp/dv-2g/night0.img)\n');
+  process.stderr.write('no image: give a raw image path (e.g. a night0.img the benchmark built)\n');
   process.exit(2);
 }
 

@@ -212,7 +212,7 @@ function printTable(): string {
 
 async function main(): Promise<void> {
   ensurePeerTools();
-  const images = ensureWorkload(join(work, 'workload-2G'), 3, '2G');
+  const images = await ensureWorkload(work, 3, '2G');
   const original3 = await sha256File(images[3]);
   process.stderr.write('floor\n');
   await floor(images[0]);
@@ -278,7 +278,7 @@ async function main(): Promise<void> {
   }
 
   if (!skip.has('large')) {
-    const large = ensureWorkload(join(work, 'workload-8G'), 1, '8G');
+    const large = await ensureWorkload(work, 1, '8G');
     process.stderr.write('diskvault 8 GiB\n');
     const dir = join(work, 'diskvault-8g');
     const big = diskvault(dir, { name: 'diskvault 8G' });

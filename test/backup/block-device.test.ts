@@ -8,7 +8,7 @@ import { splitDeviceNumber } from '../../agent/sources/block-device.js';
 import { parseMountInfo } from '../../agent/sources/mounts.js';
 import { openSource } from '../../agent/sources/open.js';
 import { runCli } from '../helpers/backup-e2e.js';
-import { attachLoop, canMakeLoopDevices, detachLoop } from '../helpers/loop-device.js';
+import { attachLoop, canMakeLoopDevices, detachLoop, loopTitle } from '../helpers/loop-device.js';
 import { startTestServer } from '../helpers/server.js';
 
 test('device numbers split as glibc does, including majors and minors beyond 8 bits', (t) => {
@@ -21,7 +21,7 @@ test('device numbers split as glibc does, including majors and minors beyond 8 b
 });
 
 (canMakeLoopDevices() ? test : test.skip)(
-  'a block device is opened raw with its size and sector size from sysfs',
+  loopTitle('a block device is opened raw with its size and sector size from sysfs'),
   async (t) => {
     const dir = await mkdtemp(join(tmpdir(), 'dv-blockdev-'));
     let loop = '';
@@ -67,7 +67,9 @@ test('mountinfo lines are matched by device number, with octal-escaped mount poi
 });
 
 (canMakeLoopDevices() ? test : test.skip)(
-  'a backup of a device mounted read-write warns, in words and in --json; mounted read-only, it does not',
+  loopTitle(
+    'a backup of a device mounted read-write warns, in words and in --json; mounted read-only, it does not',
+  ),
   async (t) => {
     const dir = await mkdtemp(join(tmpdir(), 'dv-mounted-'));
     const server = await startTestServer();

@@ -221,9 +221,10 @@ for (const name of backends.names) {
       await t.throwsAsync(fx.repo.openManifest(drop.id), { instanceOf: Error, message: /no snapshot/ });
       t.deepEqual(referenced(indexRefcounts(fx.indexPath)), referenced(await recount(fx.repo)));
       fx.clock.advance(1000);
+      const stored = await fx.storage.stat(chunkKey(sha256(palette[2] as Buffer)));
       const report = await fx.repo.gc();
       t.is(report.chunksDeleted, 1);
-      t.true(report.bytesFreed > 0);
+      t.is(report.bytesFreed, stored!.size);
       t.is(await fx.storage.stat(chunkKey(sha256(palette[2] as Buffer))), undefined);
       t.true((await restore(fx.repo, keep.id)).equals(Buffer.concat([palette[0], palette[1]] as Buffer[])));
       t.true((await fx.repo.verify({ readData: true })).ok);

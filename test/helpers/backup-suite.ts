@@ -70,9 +70,8 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
       const summaries = [];
       // What each night must send is worked out here, independently of the agent: the chunks of one fastcdc
       // pass over its image that no earlier night (nor an earlier place in the same image) already holds.
-      // How much that is varies with each build of the workload: it writes this machine's binaries into the
-      // image, over files picked in an order that differs with each mke2fs. Five builds here changed
-      // 0-42 % of a night's image, so the check is exact rather than a share of the image.
+      // How much that is follows from what the workload's generator changes each night, so the check is
+      // exact rather than a share of the image.
       const held = new Set<string>();
       let params: ChunkerParams | undefined;
       for (let n = 0; n < 4; n++) {
@@ -171,8 +170,7 @@ export function backupSuite(test: TestFn, storage: 'local' | 's3', opts: BackupS
       });
       t.is(offset, original.length);
       if (opts.readBack === 'new') {
-        // The chunks the later nights added, not only night3's: a night that changed nothing (a build of
-        // the workload whose disk filled up) adds none.
+        // The chunks the later nights added, not only night3's.
         const [first] = (await client.listSnapshots({ host: 'web1', disk: 'sda' })).filter((s) =>
           s.tags.includes('night0'),
         );

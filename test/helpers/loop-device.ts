@@ -5,12 +5,24 @@ import { execFileSync } from 'node:child_process';
  * neither, the tests that use them show as skipped.
  */
 export function canMakeLoopDevices(): boolean {
+  return loopDevicesMissing() === undefined;
+}
+
+/** Why loop devices cannot be made here, for the title of a skipped test; undefined when they can. */
+export function loopDevicesMissing(): string | undefined {
+  if (process.getuid?.() !== 0) return 'loop devices need root';
   try {
     execFileSync('losetup', ['-f'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
+    return undefined;
   } catch {
-    return false;
+    return 'losetup -f finds no free loop device';
   }
+}
+
+/** `title`, marked with the reason when the test is skipped for want of loop devices. */
+export function loopTitle(title: string): string {
+  const missing = loopDevicesMissing();
+  return missing ? `${title} (skipped: ${missing})` : title;
 }
 
 /**

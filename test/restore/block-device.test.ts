@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import test from 'ava';
 import { runCli } from '../helpers/backup-e2e.js';
-import { attachLoop, canMakeLoopDevices, detachLoop } from '../helpers/loop-device.js';
+import { attachLoop, canMakeLoopDevices, detachLoop, loopTitle } from '../helpers/loop-device.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -110,7 +110,7 @@ const restore = (device: string, ...extra: string[]) =>
   runCli(['restore', 'latest', device, '--host', 'dev1', '--disk', 'sda', '--json', ...extra], env);
 
 loopTest(
-  'a restore onto a device writes every byte, zero chunks too, and nothing past the image',
+  loopTitle('a restore onto a device writes every byte, zero chunks too, and nothing past the image'),
   async (t) => {
     const device = await loopDevice('big.dev', 20 * MiB, 0xa5);
     const r = await restore(device);
@@ -143,7 +143,9 @@ loopTest(
 );
 
 loopTest(
-  'after a whole disk is restored onto a device, the kernel is made to read its partition table again',
+  loopTitle(
+    'after a whole disk is restored onto a device, the kernel is made to read its partition table again',
+  ),
   async (t) => {
     // A disk with two partitions, restored over a device whose table describes one.
     const disk = Buffer.concat([
@@ -204,7 +206,7 @@ loopTest(
   },
 );
 
-loopTest('a device smaller than the image is refused before anything is written', async (t) => {
+loopTest(loopTitle('a device smaller than the image is refused before anything is written'), async (t) => {
   const device = await loopDevice('small.dev', 8 * MiB, 0x5a);
   const r = await restore(device);
   t.is(r.code, 1);
@@ -213,7 +215,7 @@ loopTest('a device smaller than the image is refused before anything is written'
   t.true((await readDevice(device, 0, 8 * MiB)).equals(Buffer.alloc(8 * MiB, 0x5a)));
 });
 
-loopTest('a mounted device is refused, and its filesystem is left intact', async (t) => {
+loopTest(loopTitle('a mounted device is refused, and its filesystem is left intact'), async (t) => {
   const device = await loopDevice('mounted.dev', 32 * MiB, 0);
   execFileSync('mkfs.ext4', ['-q', '-F', device]);
   const mountpoint = join(dir, 'mnt');
