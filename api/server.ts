@@ -12,8 +12,13 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerJobListRoute } from './routes/jobs-list.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerTimelineRoute } from './routes/timeline.js';
+import { registerTokenRoutes } from './routes/tokens.js';
+import { registerUiRoutes } from './routes/ui.js';
+import { registerWhoamiRoute } from './routes/whoami.js';
 import { SessionRegistry } from './session-registry.js';
 import { TokenStore } from './token-store.js';
 
@@ -78,6 +83,11 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerChunkRoutes(server, ctx);
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
+  registerWhoamiRoute(server, ctx);
+  registerJobListRoute(server, ctx);
+  registerTimelineRoute(server, ctx);
+  registerTokenRoutes(server, ctx);
+  registerUiRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(
