@@ -12,10 +12,10 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerDiskViewRoutes } from './routes/disk-views.js';
 import { registerJobListRoute } from './routes/jobs-list.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
-import { registerTimelineRoute } from './routes/timeline.js';
 import { registerTokenRoutes } from './routes/tokens.js';
 import { registerUiRoutes } from './routes/ui.js';
 import { registerWhoamiRoute } from './routes/whoami.js';
@@ -85,7 +85,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerAdminRoutes(server, ctx);
   registerWhoamiRoute(server, ctx);
   registerJobListRoute(server, ctx);
-  registerTimelineRoute(server, ctx);
+  registerDiskViewRoutes(server, ctx);
   registerTokenRoutes(server, ctx);
   registerUiRoutes(server, ctx);
 
