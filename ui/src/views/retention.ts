@@ -29,8 +29,8 @@ const PRESETS: { label: string; policy: RetentionPolicy }[] = [
  * confirmation, with an optional prune.
  */
 export const retentionView: View = (ctx, main) => {
-  const hostSel = h('select', null, h('option', { value: '' }, 'Every host'));
-  const diskSel = h('select', null, h('option', { value: '' }, 'Every disk'));
+  const hostSel = h('select', { name: 'host' }, h('option', { value: '' }, 'Every host'));
+  const diskSel = h('select', { name: 'disk' }, h('option', { value: '' }, 'Every disk'));
   const counts = Object.fromEntries(
     COUNT_RULES.map(([key]) => [
       key,
@@ -47,7 +47,7 @@ export const retentionView: View = (ctx, main) => {
   const tags = h('input', { type: 'text', name: 'tags', placeholder: 'tag, tag', autocomplete: 'off' });
   const preset = h(
     'select',
-    null,
+    { name: 'preset' },
     h('option', { value: '' }, 'Choose a preset…'),
     PRESETS.map((p, i) => h('option', { value: String(i) }, p.label)),
   );
