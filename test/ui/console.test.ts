@@ -133,12 +133,10 @@ browserTest('a tenant admin sees only its own tenant', async (t) => {
     // The retention scope offers its hosts only, and the token list its tokens only.
     await page.goto(`${srv.url}/ui/#/retention`);
     await page.waitForSelector('select option[value="shop"]');
-    t.deepEqual(
-      await page.$$eval('select[name=host] option', (o) =>
-        o.map((x) => x.getAttribute('value')),
-      ),
-      ['', 'shop'],
-    );
+    t.deepEqual(await page.$$eval('select[name=host] option', (o) => o.map((x) => x.getAttribute('value'))), [
+      '',
+      'shop',
+    ]);
     await page.goto(`${srv.url}/ui/#/tokens`);
     await settled(page);
     const tenants = await page.$$eval('table.tokens tbody tr td:nth-child(3)', (tds) =>
