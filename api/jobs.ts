@@ -81,6 +81,11 @@ export class JobRegistry {
     return this.jobs.get(id);
   }
 
+  /** Every remembered job, newest first. */
+  list(): JobStatus[] {
+    return [...this.jobs.values()].reverse();
+  }
+
   running(): number {
     let n = 0;
     for (const j of this.jobs.values()) if (j.state === 'running') n++;

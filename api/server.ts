@@ -15,8 +15,13 @@ import { registerChunkRoutes } from './routes/chunks.js';
 import { registerImageRoutes } from './routes/image.js';
 import { registerLeaseRoutes } from './routes/leases.js';
 import { registerProtectRoutes } from './routes/protect.js';
+import { registerDiskViewRoutes } from './routes/disk-views.js';
+import { registerJobListRoute } from './routes/jobs-list.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerTokenRoutes } from './routes/tokens.js';
+import { registerUiRoutes } from './routes/ui.js';
+import { registerWhoamiRoute } from './routes/whoami.js';
 import { SessionRegistry } from './session-registry.js';
 import { TokenStore } from './token-store.js';
 
@@ -89,6 +94,11 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerLeaseRoutes(server, ctx);
   registerImageRoutes(server, ctx);
   registerProtectRoutes(server, ctx);
+  registerWhoamiRoute(server, ctx);
+  registerJobListRoute(server, ctx);
+  registerDiskViewRoutes(server, ctx);
+  registerTokenRoutes(server, ctx);
+  registerUiRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

@@ -149,6 +149,7 @@ const snap = (id: string, tenant: string, time: string): SnapshotInfo => ({
   host: 'h',
   disk: 'd',
   time,
+  receivedAt: time,
   size: 1,
   sha256: '',
   chunkCount: 1,
