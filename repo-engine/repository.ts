@@ -9,7 +9,7 @@ import {
 } from '../storage-adapters/errors.js';
 import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
-import { loadOrCreateConfig, type RepositoryConfig } from './config.js';
+import { type EncryptionChoice, loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
 import { IndexDb, IndexUnusable, replaceDbFile, type SessionRow } from './index-db.js';
 import { DEFAULT_TENANT, rebuildIndex } from './index-rebuild.js';
@@ -22,7 +22,9 @@ import {
   NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
+import type { RepositoryKeyStore } from './repository-key.js';
 import { planRetention } from './retention.js';
+import { type ObjectCodec, objectCodec } from './stored-objects.js';
 import type {
   ChunkLease,
   DiskSeries,
@@ -55,6 +57,10 @@ export interface RepositoryOptions {
   create?: boolean;
   /** Only used at creation; an existing repository keeps its own. */
   chunker?: ChunkerParams;
+  /** Holds the key of an encrypted repository (and receives a new one at creation). */
+  keyStore?: RepositoryKeyStore;
+  /** At creation: 'aes-256-gcm' (the default when a keyStore is given) or 'none' (format 1, plaintext). */
+  encryption?: EncryptionChoice;
   now?: () => number;
   log?: (msg: string) => void;
 }
@@ -98,6 +104,7 @@ export class Repository implements RepositoryApi {
     private index: IndexDb,
     private readonly config: RepositoryConfig,
     private readonly indexPath: string,
+    private readonly codec: ObjectCodec,
     private readonly opts: {
       cacheBytes: number;
       graceMs: number;
@@ -106,18 +113,28 @@ export class Repository implements RepositoryApi {
       log: (m: string) => void;
     },
   ) {
-    this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes);
-    this.manifests = new ManifestStore(storage);
+    this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes, codec);
+    this.manifests = new ManifestStore(storage, codec);
   }
 
   static async open(o: RepositoryOptions): Promise<Repository> {
     const log = o.log ?? (() => {});
     const now = o.now ?? Date.now;
-    const { config, created } = await loadOrCreateConfig(o.storage, {
+    const { config, created, keys } = await loadOrCreateConfig(o.storage, {
       create: o.create ?? true,
       chunker: o.chunker,
+      ...(o.encryption ? { encryption: o.encryption } : {}),
+      ...(o.keyStore ? { keyStore: o.keyStore } : {}),
     });
-    if (created) log(`created repository ${config.id} on ${o.storage.description}`);
+    const codec = objectCodec(keys);
+    if (created)
+      log(
+        `created ${keys ? 'encrypted' : 'plaintext'} repository ${config.id} on ${o.storage.description}${keys && o.keyStore ? `; its key is in ${o.keyStore.location}: keep a copy, the data cannot be read without it` : ''}`,
+      );
+    else if (!keys)
+      log(
+        `repository ${config.id} is not encrypted (format 1); docs/repository-format.md says how to move to an encrypted one`,
+      );
     if (!created && o.chunker && JSON.stringify(o.chunker) !== JSON.stringify(config.chunker)) {
       log(
         `chunker parameters given at open are ignored: the repository keeps ${JSON.stringify(config.chunker)}`,
@@ -143,8 +160,8 @@ export class Repository implements RepositoryApi {
         const tmp = `${o.indexPath}.rebuild-${randomBytes(4).toString('hex')}`;
         const { index: fresh, result } = await rebuildIndex({
           storage: o.storage,
-          manifests: new ManifestStore(o.storage),
-          chunks: new ChunkStore(o.storage, config.chunker.max, 0),
+          manifests: new ManifestStore(o.storage, codec),
+          chunks: new ChunkStore(o.storage, config.chunker.max, 0, codec),
           path: tmp,
           repositoryId: config.id,
           log,
@@ -157,7 +174,7 @@ export class Repository implements RepositoryApi {
         );
       }
     }
-    const repo = new Repository(o.storage, index, config, o.indexPath, settings);
+    const repo = new Repository(o.storage, index, config, o.indexPath, codec, settings);
     await repo.adoptUnindexedManifests();
     return repo;
   }
@@ -186,6 +203,11 @@ export class Repository implements RepositoryApi {
 
   get repositoryId(): string {
     return this.config.id;
+  }
+
+  /** How this repository names and seals its objects (tests and tools that look at storage directly). */
+  get storedObjects(): ObjectCodec {
+    return this.codec;
   }
 
   // ---- sessions
