@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { CorruptError, InvalidInputError, NotFoundError } from '../storage-adapters/errors.js';
 import { type ChunkerParams, HEX64 } from './manifest-codec.js';
@@ -35,8 +35,29 @@ export interface RepositoryConfig {
   id: string;
   chunker: ChunkerParams;
   compression: 'zstd-1';
-  /** Format 2 only: how objects are sealed, and HMAC of a fixed label under the key's check subkey. */
-  encryption?: { scheme: typeof ENCRYPTION_SCHEME; keyCheck: string };
+  /**
+   * Format 2 only: how objects are sealed; HMAC of a fixed label under the key's check subkey (recognises
+   * the key); HMAC of the other fields under the same subkey (the plaintext config cannot be changed).
+   */
+  encryption?: { scheme: typeof ENCRYPTION_SCHEME; keyCheck: string; configMac: string };
+}
+
+/** HMAC-SHA256 under the check subkey of every field but the MAC itself, in a fixed order. */
+function configMac(config: RepositoryConfig, keys: RepositorySubkeys): string {
+  const fields = JSON.stringify([
+    config.formatVersion,
+    config.id,
+    config.chunker.min,
+    config.chunker.avg,
+    config.chunker.max,
+    config.compression,
+    config.encryption?.scheme,
+    config.encryption?.keyCheck,
+  ]);
+  return createHmac('sha256', keys.check)
+    .update('diskvault repository config v1\n')
+    .update(fields)
+    .digest('hex');
 }
 
 export function checkChunkerParams(c: ChunkerParams): ChunkerParams {
@@ -83,7 +104,9 @@ export function parseConfig(bytes: Buffer): RepositoryConfig {
       throw new CorruptError(`unknown encryption scheme ${String(e?.scheme)} in repository config`);
     if (typeof e.keyCheck !== 'string' || !HEX64.test(e.keyCheck))
       throw new CorruptError('repository config has no valid key check value');
-    config.encryption = { scheme: ENCRYPTION_SCHEME, keyCheck: e.keyCheck };
+    if (typeof e.configMac !== 'string' || !HEX64.test(e.configMac))
+      throw new CorruptError('repository config has no valid MAC');
+    config.encryption = { scheme: ENCRYPTION_SCHEME, keyCheck: e.keyCheck, configMac: e.configMac };
   }
   return config;
 }
@@ -116,6 +139,10 @@ export async function loadOrCreateConfig(
     const keys = deriveSubkeys(key, config.id);
     if (!keyCheckMatches(keys, config.encryption.keyCheck))
       throw new WrongKeyError(storage.description, keyStore.location);
+    if (configMac(config, keys) !== config.encryption.configMac)
+      throw new CorruptError(
+        `the repository config on ${storage.description} has been changed: its MAC does not match`,
+      );
     return { config, created: false, keys };
   }
   if (!opts.create) throw new NotFoundError(`no repository at ${storage.description} (no config)`);
@@ -136,7 +163,8 @@ export async function loadOrCreateConfig(
       await opts.keyStore.save(key);
     }
     keys = deriveSubkeys(key, config.id);
-    config.encryption = { scheme: ENCRYPTION_SCHEME, keyCheck: keyCheckValue(keys) };
+    config.encryption = { scheme: ENCRYPTION_SCHEME, keyCheck: keyCheckValue(keys), configMac: '' };
+    config.encryption.configMac = configMac(config, keys);
   }
   await storage.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
   return { config, created: true, ...(keys ? { keys } : {}) };

@@ -39,7 +39,7 @@ export class ManifestStore {
   async open(id: string): Promise<Readable> {
     try {
       const key = snapshotKey(id);
-      return this.codec.openManifest(key, id, await this.storage.get(key));
+      return await this.codec.openManifest(key, id, await this.storage.get(key));
     } catch (err) {
       if (isDiskvaultError(err) && err.code === 'NotFound')
         throw new NotFoundError(`snapshot ${id} has no manifest in storage`, { snapshot: id });

@@ -173,19 +173,32 @@ export class ObjectSealer {
    */
   openStream(storageKey: string, name: (err: SealedObjectError) => Error = (e) => e): Transform {
     let opener: SegmentOpener | undefined;
+    // Pieces wait in a list and are joined once a whole segment is there: joining on every piece would
+    // copy a large single-segment object over and over.
+    let pieces: Buffer[] = [];
+    let length = 0;
     let buffered: Buffer = Buffer.alloc(0);
+    const take = (n: number): boolean => {
+      if (buffered.length >= n) return true;
+      if (buffered.length + length < n) return false;
+      buffered = Buffer.concat([buffered, ...pieces]);
+      pieces = [];
+      length = 0;
+      return true;
+    };
     return new Transform({
       transform: (piece: Buffer, _enc, done: TransformCallback) => {
-        buffered = buffered.length === 0 ? piece : Buffer.concat([buffered, piece]);
+        pieces.push(piece);
+        length += piece.length;
         try {
           if (!opener) {
-            if (buffered.length < SEALED_HEADER_BYTES) return done();
+            if (!take(SEALED_HEADER_BYTES)) return done();
             opener = new SegmentOpener(this, storageKey, buffered.subarray(0, SEALED_HEADER_BYTES));
             buffered = buffered.subarray(SEALED_HEADER_BYTES);
           }
           const step = opener.segmentSize + TAG_BYTES;
           const out: Buffer[] = [];
-          while (buffered.length > step) {
+          while (take(step + 1)) {
             out.push(opener.open(buffered.subarray(0, step), false));
             buffered = buffered.subarray(step);
           }
@@ -196,6 +209,7 @@ export class ObjectSealer {
       },
       flush: (done: TransformCallback) => {
         try {
+          take(buffered.length + length);
           if (!opener) throw new SealedObjectError('truncated before its encryption header');
           done(null, opener.open(buffered, true));
         } catch (err) {

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { CorruptError } from '../storage-adapters/errors.js';
 import { keyedName, ObjectSealer, type RepositorySubkeys, SealedObjectError } from './object-crypto.js';
 
@@ -41,8 +41,12 @@ export interface ObjectCodec {
    */
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer };
   sealManifest(key: string, bytes: Buffer): Buffer;
-  /** The manifest's bytes as they stream from storage; the stream fails with CorruptError naming it. */
-  openManifest(key: string, snapshot: string, stream: Readable): Readable;
+  /**
+   * The manifest's bytes as they stream from storage; the stream fails with CorruptError naming it. An
+   * encrypted one resolves once its first segment is authenticated, so damage there (all of a manifest
+   * sealed in one piece) is an error before any byte is handed on, not a cut stream.
+   */
+  openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable>;
 }
 
 export const PLAINTEXT_OBJECTS: ObjectCodec = {
@@ -57,7 +61,7 @@ export const PLAINTEXT_OBJECTS: ObjectCodec = {
     return { id, stored: object };
   },
   sealManifest: (_key, bytes) => bytes,
-  openManifest: (_key, _snapshot, stream) => stream,
+  openManifest: async (_key, _snapshot, stream) => stream,
 };
 
 const ID_BYTES = 32;
@@ -110,15 +114,37 @@ export class EncryptedObjects implements ObjectCodec {
     return this.sealer.seal(key, [bytes]);
   }
 
-  openManifest(key: string, snapshot: string, stream: Readable): Readable {
+  async openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable> {
     const opened = this.sealer.openStream(
       key,
       (err) => new CorruptError(`manifest of snapshot ${snapshot} is corrupt: ${err.message}`, { snapshot }),
     );
     stream.on('error', (err) => opened.destroy(err));
     opened.on('close', () => stream.destroy());
-    return stream.pipe(opened);
+    return primed(stream.pipe(opened));
   }
+}
+
+/** `stream` after its first piece (or its end) has arrived: an early error rejects instead. */
+async function primed(stream: Readable): Promise<Readable> {
+  const it = stream[Symbol.asyncIterator]();
+  let first: IteratorResult<Buffer>;
+  try {
+    first = await it.next();
+  } catch (err) {
+    stream.destroy();
+    throw err;
+  }
+  async function* rest(): AsyncGenerator<Buffer> {
+    try {
+      if (first.done) return;
+      yield first.value;
+      for (let n = await it.next(); !n.done; n = await it.next()) yield n.value;
+    } finally {
+      stream.destroy();
+    }
+  }
+  return Readable.from(rest(), { objectMode: false });
 }
 
 function chunkDetails(id: string | undefined, key: string): Record<string, unknown> {
