@@ -27,6 +27,10 @@ export interface ServerConfig {
   server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
   chunker?: { min: number; avg: number; max: number };
+  /** The repository key's file when not <data>/repository.key (also $DISKVAULT_REPOSITORY_KEY_FILE). */
+  repositoryKeyFile?: string;
+  /** Encryption of a repository created by this start (default aes-256-gcm); an existing one keeps its own. */
+  encryption?: 'aes-256-gcm' | 'none';
 }
 
 export class ConfigError extends Error {
@@ -54,6 +58,8 @@ export const SERVER_OPTIONS = {
   'session-max-age': { type: 'string' },
   'max-sessions-per-token': { type: 'string' },
   'chunk-avg': { type: 'string' },
+  'repository-key-file': { type: 'string' },
+  encryption: { type: 'string' },
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
@@ -173,6 +179,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   const idle = str('idle-timeout');
   if (idle !== undefined) deadlines.idleTimeoutMs = parseDuration(idle, '--idle-timeout');
   if (Object.keys(deadlines).length > 0) config.server = deadlines;
+  const keyFile = str('repository-key-file');
+  if (keyFile !== undefined) config.repositoryKeyFile = resolve(keyFile);
+  const encryption = str('encryption');
+  if (encryption !== undefined) {
+    if (encryption !== 'aes-256-gcm' && encryption !== 'none')
+      throw new ConfigError(`--encryption ${encryption}: aes-256-gcm or none`);
+    config.encryption = encryption;
+  }
   const avg = str('chunk-avg');
   if (avg !== undefined) {
     const n = parseSize(avg);
@@ -207,6 +221,14 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)
   --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
                          fixed at creation, since changing it would break dedup
+  --repository-key-file FILE  the repository key (default DIR/repository.key, made with a new
+                         repository; also $DISKVAULT_REPOSITORY_KEY_FILE). Without it an encrypted
+                         repository cannot be read: keep a copy ('diskvault server key show')
+  --encryption aes-256-gcm|none  encryption of a NEW repository (default aes-256-gcm); none makes a
+                         plaintext (format 1) repository
 
 S3 credentials come from the standard AWS environment variables or profile.
+
+       diskvault server key show [--data DIR] [--repository-key-file FILE]
+prints the repository key, for safekeeping away from the storage.
 `;

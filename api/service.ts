@@ -7,6 +7,7 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { openStorage } from '../storage-adapters/index.js';
 import { writeFileAtomic } from './atomic-file.js';
 import type { ServerConfig } from './config.js';
+import { RepositoryKeyFile, repositoryKeyPath } from './repository-key-file.js';
 import { type RunningServer, type ServerOptions, startServer } from './server.js';
 import { createToken, readTokens } from './token-store.js';
 
@@ -60,10 +61,13 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
   if (opts.wrapStorage) storage = opts.wrapStorage(storage);
+  const keyPath = repositoryKeyPath(opts.dataDir, opts.repositoryKeyFile);
   let repo: Repository;
   try {
     repo = await Repository.open({
       storage,
+      keyStore: new RepositoryKeyFile(keyPath.path, keyPath.given),
+      encryption: opts.encryption ?? 'aes-256-gcm',
       indexPath: join(opts.dataDir, 'index.sqlite'),
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),

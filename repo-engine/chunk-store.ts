@@ -21,20 +21,19 @@ import {
 } from './chunk-format.js';
 import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
+import { chunkKeyOfName, chunkNameFromKey, type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 import type { ChunkLease, StoredChunk } from './types.js';
 
-export const CHUNKS_PREFIX = 'chunks/';
+export { CHUNKS_PREFIX } from './stored-objects.js';
 
-/** `chunks/ab/cd/abcd…`: two levels of fan-out keep any one directory (or S3 listing page run) small. */
+/** A chunk's key in a plaintext repository (an encrypted one names it through its ObjectCodec). */
 export function chunkKey(id: string): string {
-  return `${CHUNKS_PREFIX}${id.slice(0, 2)}/${id.slice(2, 4)}/${id}`;
+  return chunkKeyOfName(id);
 }
 
-/** The id a listed key names, or undefined for anything that is not a well-formed chunk key. */
+/** The id a listed key of a plaintext repository names, or undefined for anything else. */
 export function chunkIdFromKey(key: string): string | undefined {
-  const m = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(key);
-  const id = m?.[3];
-  return id?.startsWith(`${m?.[1]}${m?.[2]}`) ? id : undefined;
+  return chunkNameFromKey(key);
 }
 
 export function checkChunkId(id: string): string {
@@ -76,6 +75,8 @@ export class ChunkStore {
     private readonly storage: StorageAdapter,
     private readonly maxRawBytes: number,
     cacheBytes: number,
+    /** Names and seals chunk objects: plaintext or encrypted (stored-objects.ts). */
+    readonly codec: ObjectCodec = PLAINTEXT_OBJECTS,
   ) {
     this.reads = new ChunkReadCache(cacheBytes);
   }
@@ -138,7 +139,7 @@ export class ChunkStore {
    * left to the garbage collector, since a storage client that gave up may not be done reading it.
    */
   async write(chunk: PreparedChunk): Promise<void> {
-    await this.storage.put(chunkKey(chunk.id), chunk.bytes);
+    await this.storage.put(this.codec.chunkKey(chunk.id), this.codec.sealChunk(chunk.id, chunk.bytes));
     // A replaced copy (one found damaged) may still sit in the read cache.
     this.forget(chunk.id);
     this.objects.giveBack(chunk.bytes);
@@ -213,10 +214,42 @@ export class ChunkStore {
     return { encoding: chunk.encoding, rawLength: chunk.rawLength, payload: chunk.payload };
   }
 
-  /** The 9-byte header only: reindex learns raw sizes of unreferenced chunks from it. */
+  /**
+   * The 9-byte header only: reindex learns raw sizes of unreferenced chunks from it. An encrypted object
+   * only opens whole, so it is read whole.
+   */
   async readHeader(id: string): Promise<{ encoding: ChunkEncoding; rawLength: number }> {
-    const head = await this.storage.getBytes(chunkKey(id), { start: 0, end: CHUNK_HEADER_BYTES - 1 });
-    return decodeStoredChunkHeader(head, id);
+    return (await this.identify(this.codec.chunkKey(id), id)).header;
+  }
+
+  /** The id and header of the chunk object at a listed key (reindex and gc meet keyed names this way). */
+  async identify(
+    key: string,
+    expectId?: string,
+  ): Promise<{ id: string; header: { encoding: ChunkEncoding; rawLength: number } }> {
+    const id = expectId ?? this.codec.chunkIdFromKey(key);
+    if (!this.codec.encrypted && id) {
+      const head = await this.storage.getBytes(key, { start: 0, end: CHUNK_HEADER_BYTES - 1 });
+      return { id, header: decodeStoredChunkHeader(head, id) };
+    }
+    const opened = this.codec.openChunk(key, await this.storage.getBytes(key), expectId);
+    return { id: opened.id, header: decodeStoredChunkHeader(opened.stored, opened.id) };
+  }
+
+  /** The storage key of chunk `id`. */
+  keyOf(id: string): string {
+    return this.codec.chunkKey(id);
+  }
+
+  /**
+   * Raw bytes of the chunk object at a listed key, checked against the id it holds, cache bypassed: verify
+   * reads objects whose id a keyed name does not tell.
+   */
+  async readRawByKey(key: string): Promise<{ id: string; raw: Buffer }> {
+    const known = this.codec.chunkIdFromKey(key);
+    if (known) return { id: known, raw: await this.readRaw(known, { bypassCache: true }) };
+    const { id, stored } = this.codec.openChunk(key, await this.storage.getBytes(key));
+    return { id, raw: this.decodeAndCheck(id, stored).raw };
   }
 
   forget(id: string): void {
@@ -226,7 +259,7 @@ export class ChunkStore {
   async deleteMany(ids: string[]): Promise<void> {
     for (const id of ids) this.forget(id);
     for (let i = 0; i < ids.length; i += 1000)
-      await this.storage.deleteMany(ids.slice(i, i + 1000).map(chunkKey));
+      await this.storage.deleteMany(ids.slice(i, i + 1000).map((id) => this.codec.chunkKey(id)));
   }
 
   /**
@@ -236,8 +269,9 @@ export class ChunkStore {
    */
   private async readStoredBytes(id: string, hold: ReadHold | 'bypass'): Promise<Buffer> {
     const fetch = async (alloc?: BufferAllocator) => {
+      const key = this.codec.chunkKey(id);
       try {
-        return await this.storage.getBytes(chunkKey(id), undefined, alloc);
+        return this.codec.openChunk(key, await this.storage.getBytes(key, undefined, alloc), id).stored;
       } catch (err) {
         if (isDiskvaultError(err) && err.code === 'NotFound')
           throw new NotFoundError(`chunk ${id} is missing from storage`, { chunk: id });

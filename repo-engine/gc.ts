@@ -1,6 +1,8 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey, chunkKey } from './chunk-store.js';
+import { ChunkNameSet } from './chunk-names.js';
+import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import type { IndexDb } from './index-db.js';
+import { chunkNameFromKey } from './stored-objects.js';
 import type { TouchedSet } from './touched-set.js';
 import type { GcHolder, GcReport, VerifyProgress } from './types.js';
 
@@ -104,32 +106,57 @@ export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
 
   // Orphans: objects the index does not know (a crash between gc's phases, an upload whose row was never
   // written, an index rebuilt from older storage). Only old ones: a fresh object may be an upload whose
-  // row is about to be written.
+  // row is about to be written. An encrypted repository's names do not show ids: a name is compared with
+  // the names of the indexed chunks, and a candidate is opened to learn its id before the checks below.
   const orphanCutoff = started - ctx.graceMs;
+  const codec = ctx.chunks.codec;
+  const indexedNames = codec.encrypted
+    ? new ChunkNameSet(
+        (function* () {
+          for (const row of ctx.index.iterateChunks()) yield chunkNameFromKey(codec.chunkKey(row.id)) ?? '';
+        })(),
+      )
+    : undefined;
   let orphansDeleted = 0;
   let orphanBytes = 0;
-  let batch: string[] = [];
+  let batch: { key: string; id?: string; size: number }[] = [];
   const flush = async () => {
+    const candidates: { key: string; id?: string; size: number }[] = [];
+    for (const c of batch) {
+      if (c.id) candidates.push(c);
+      else {
+        try {
+          candidates.push({ ...c, id: (await ctx.chunks.identify(c.key)).id });
+        } catch (err) {
+          // Not a chunk this repository can open, under a name no indexed chunk has: nothing can use it.
+          ctx.log(`gc: orphan object ${c.key} does not open (${(err as Error).message}); deleting it`);
+          candidates.push(c);
+        }
+      }
+    }
     // Re-checked right before deleting: the listing is a moment old.
-    const doomed = batch.filter(
-      (id) => !ctx.index.hasChunk(id) && !ctx.deletions.has(id) && !ctx.uploading(id),
+    const doomed = candidates.filter(
+      (c) => !c.id || (!ctx.index.hasChunk(c.id) && !ctx.deletions.has(c.id) && !ctx.uploading(c.id)),
     );
-    const release = ctx.deletions.track(doomed);
+    const ids = doomed.flatMap((c) => (c.id ? [c.id] : []));
+    const release = ctx.deletions.track(ids);
     try {
-      await ctx.storage.deleteMany(doomed.map(chunkKey));
+      await ctx.storage.deleteMany(doomed.map((c) => c.key));
     } finally {
       release();
     }
-    for (const id of doomed) ctx.chunks.forget(id);
+    for (const id of ids) ctx.chunks.forget(id);
     orphansDeleted += doomed.length;
+    for (const c of doomed) orphanBytes += c.size;
     batch = [];
     progress({ phase: 'orphans', done: orphansDeleted, total: 0 });
   };
   for await (const e of ctx.storage.list(CHUNKS_PREFIX)) {
-    const id = chunkIdFromKey(e.key);
-    if (!id || e.mtimeMs >= orphanCutoff || ctx.index.hasChunk(id)) continue;
-    batch.push(id);
-    orphanBytes += e.size;
+    const name = chunkNameFromKey(e.key);
+    if (!name || e.mtimeMs >= orphanCutoff) continue;
+    const id = codec.chunkIdFromKey(e.key);
+    if (id ? ctx.index.hasChunk(id) : indexedNames?.has(name)) continue;
+    batch.push({ key: e.key, ...(id ? { id } : {}), size: e.size });
     if (batch.length >= 1000) await flush();
   }
   if (batch.length > 0) await flush();

@@ -1,5 +1,5 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
+import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import { IndexDb } from './index-db.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
@@ -90,30 +90,45 @@ export async function rebuildIndex(opts: {
     const addUnreferenced = db.prepare(
       'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 0, ?, ?, ?)',
     );
-    let pending: { id: string; size: number; mtimeMs: number }[] = [];
+    // An encrypted repository's chunk names are keyed hashes: the referenced chunks' names are computed
+    // from the ids the manifests gave, and any other object is opened to learn the id it holds.
+    // The names wait in a temporary table rather than in memory: millions of chunks would take gigabytes.
+    const codec = opts.chunks.codec;
+    db.exec('CREATE TEMP TABLE chunk_names (name TEXT PRIMARY KEY, id BLOB NOT NULL) WITHOUT ROWID');
+    if (codec.encrypted) {
+      db.function('diskvault_chunk_key', { deterministic: true }, (id: unknown) =>
+        codec.chunkKey((id as Buffer).toString('hex')),
+      );
+      db.exec('INSERT INTO chunk_names (name, id) SELECT diskvault_chunk_key(id), id FROM chunks');
+    }
+    const idOfName = db.prepare('SELECT id FROM chunk_names WHERE name = ?').raw();
+    const idByKey = (key: string): string | undefined =>
+      (idOfName.get(key) as [Buffer] | undefined)?.[0].toString('hex');
+    type Listed = { key: string; id: string | undefined; size: number; mtimeMs: number };
+    let pending: Listed[] = [];
     const flush = async () => {
-      const unknown: { id: string; size: number; mtimeMs: number }[] = [];
+      const unknown: Listed[] = [];
       index.transaction(() => {
         for (const p of pending)
-          if (setStored.run(p.size, Math.floor(p.mtimeMs), Buffer.from(p.id, 'hex')).changes === 0)
+          if (!p.id || setStored.run(p.size, Math.floor(p.mtimeMs), Buffer.from(p.id, 'hex')).changes === 0)
             unknown.push(p);
       });
       for (const u of unknown) {
         try {
-          const head = await opts.chunks.readHeader(u.id);
-          addUnreferenced.run(Buffer.from(u.id, 'hex'), head.rawLength, u.size, Math.floor(u.mtimeMs));
+          const { id, header } = await opts.chunks.identify(u.key, u.id);
+          addUnreferenced.run(Buffer.from(id, 'hex'), header.rawLength, u.size, Math.floor(u.mtimeMs));
         } catch (err) {
           opts.log(
-            `reindex: chunk object ${u.id} has no readable header and was left out: ${(err as Error).message}`,
+            `reindex: chunk object ${u.id ?? u.key} has no readable header and was left out: ${(err as Error).message}`,
           );
         }
       }
       pending = [];
     };
     for await (const e of opts.storage.list(CHUNKS_PREFIX)) {
-      const id = chunkIdFromKey(e.key);
-      if (!id) continue;
-      pending.push({ id, size: e.size, mtimeMs: e.mtimeMs });
+      if (!codec.isChunkKey(e.key)) continue;
+      const id = codec.chunkIdFromKey(e.key) ?? (codec.encrypted ? idByKey(e.key) : undefined);
+      pending.push({ key: e.key, id, size: e.size, mtimeMs: e.mtimeMs });
       if (pending.length >= 5000) await flush();
     }
     await flush();
@@ -136,6 +151,7 @@ export async function rebuildIndex(opts: {
       opts.log(
         `reindex: ${missingChunks} chunks named by manifests are missing from storage; run verify to see which snapshots are damaged`,
       );
+    db.exec('DROP TABLE chunk_names');
     const chunks = (db.prepare('SELECT COUNT(*) AS n FROM chunks').get() as { n: number }).n;
     return { index, result: { snapshots, chunks, unreadableManifests, missingChunks } };
   } catch (err) {

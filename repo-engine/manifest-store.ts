@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { isDiskvaultError, NotFoundError } from '../storage-adapters/errors.js';
 import { encodeManifestHead, HEX64, type ManifestHeader, ManifestReader } from './manifest-codec.js';
+import { type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 
 export const SNAPSHOTS_PREFIX = 'snapshots/';
 
@@ -20,19 +21,25 @@ export function snapshotIdFromKey(key: string): string | undefined {
  * set in the header. A manifest is written once, whole, by one atomic put, and never modified.
  */
 export class ManifestStore {
-  constructor(private readonly storage: StorageAdapter) {}
+  constructor(
+    private readonly storage: StorageAdapter,
+    /** Plaintext or sealed manifests (stored-objects.ts); names stay the random snapshot id either way. */
+    private readonly codec: ObjectCodec = PLAINTEXT_OBJECTS,
+  ) {}
 
   /** `entries` is the concatenated 36-byte entries exactly as they arrived in the commit body. */
   async write(header: ManifestHeader, entries: Buffer): Promise<void> {
     if (!header.id) throw new Error('a stored manifest needs an id');
     const head = encodeManifestHead(header);
     const trailer = createHash('sha256').update(head).update(entries).digest();
-    await this.storage.put(snapshotKey(header.id), Buffer.concat([head, entries, trailer]));
+    const key = snapshotKey(header.id);
+    await this.storage.put(key, this.codec.sealManifest(key, Buffer.concat([head, entries, trailer])));
   }
 
   async open(id: string): Promise<Readable> {
     try {
-      return await this.storage.get(snapshotKey(id));
+      const key = snapshotKey(id);
+      return await this.codec.openManifest(key, id, await this.storage.get(key));
     } catch (err) {
       if (isDiskvaultError(err) && err.code === 'NotFound')
         throw new NotFoundError(`snapshot ${id} has no manifest in storage`, { snapshot: id });

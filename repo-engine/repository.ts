@@ -9,7 +9,7 @@ import {
 } from '../storage-adapters/errors.js';
 import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
-import { loadOrCreateConfig, type RepositoryConfig } from './config.js';
+import { type EncryptionChoice, loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
 import {
   IndexDb,
@@ -32,8 +32,10 @@ import {
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
 import { isProtectedRefusal, ProtectionStore, SnapshotProtectedError } from './protection.js';
+import type { RepositoryKeyStore } from './repository-key.js';
 import { planRetention } from './retention.js';
 import { checkCommitTime, DEFAULT_CLOCK_SKEW_MS } from './snapshot-time.js';
+import { type ObjectCodec, objectCodec } from './stored-objects.js';
 import { TouchedSet } from './touched-set.js';
 import type {
   ChunkLease,
@@ -72,6 +74,10 @@ export interface RepositoryOptions {
   create?: boolean;
   /** Only used at creation; an existing repository keeps its own. */
   chunker?: ChunkerParams;
+  /** Holds the key of an encrypted repository (and receives a new one at creation). */
+  keyStore?: RepositoryKeyStore;
+  /** At creation: 'aes-256-gcm' (the default when a keyStore is given) or 'none' (format 1, plaintext). */
+  encryption?: EncryptionChoice;
   now?: () => number;
   log?: (msg: string) => void;
   /** How far a snapshot's time may lie ahead of the server's clock (or before its session). Default 5 min. */
@@ -123,6 +129,7 @@ export class Repository implements RepositoryApi {
     private index: IndexDb,
     private readonly config: RepositoryConfig,
     private readonly indexPath: string,
+    private readonly codec: ObjectCodec,
     private readonly opts: {
       cacheBytes: number;
       graceMs: number;
@@ -133,19 +140,29 @@ export class Repository implements RepositoryApi {
       log: (m: string) => void;
     },
   ) {
-    this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes);
-    this.manifests = new ManifestStore(storage);
+    this.chunks = new ChunkStore(storage, config.chunker.max, opts.cacheBytes, codec);
+    this.manifests = new ManifestStore(storage, codec);
     this.protection = new ProtectionStore(storage);
   }
 
   static async open(o: RepositoryOptions): Promise<Repository> {
     const log = o.log ?? (() => {});
     const now = o.now ?? Date.now;
-    const { config, created } = await loadOrCreateConfig(o.storage, {
+    const { config, created, keys } = await loadOrCreateConfig(o.storage, {
       create: o.create ?? true,
       chunker: o.chunker,
+      ...(o.encryption ? { encryption: o.encryption } : {}),
+      ...(o.keyStore ? { keyStore: o.keyStore } : {}),
     });
-    if (created) log(`created repository ${config.id} on ${o.storage.description}`);
+    const codec = objectCodec(keys);
+    if (created)
+      log(
+        `created ${keys ? 'encrypted' : 'plaintext'} repository ${config.id} on ${o.storage.description}${keys && o.keyStore ? `; its key is in ${o.keyStore.location}: keep a copy, the data cannot be read without it` : ''}`,
+      );
+    else if (!keys)
+      log(
+        `repository ${config.id} is not encrypted (format 1); docs/repository-format.md says how to move to an encrypted one`,
+      );
     if (!created && o.chunker && JSON.stringify(o.chunker) !== JSON.stringify(config.chunker)) {
       log(
         `chunker parameters given at open are ignored: the repository keeps ${JSON.stringify(config.chunker)}`,
@@ -173,8 +190,8 @@ export class Repository implements RepositoryApi {
         const tmp = `${o.indexPath}.rebuild-${randomBytes(4).toString('hex')}`;
         const { index: fresh, result } = await rebuildIndex({
           storage: o.storage,
-          manifests: new ManifestStore(o.storage),
-          chunks: new ChunkStore(o.storage, config.chunker.max, 0),
+          manifests: new ManifestStore(o.storage, codec),
+          chunks: new ChunkStore(o.storage, config.chunker.max, 0, codec),
           path: tmp,
           repositoryId: config.id,
           log,
@@ -194,7 +211,7 @@ export class Repository implements RepositoryApi {
     // and what it was told is present was known only to that process: it is closed.
     const stale = index.reapExpiredSessions(Number.POSITIVE_INFINITY);
     if (stale.length > 0) log(`${stale.length} upload session(s) of an earlier run closed`);
-    const repo = new Repository(o.storage, index, config, o.indexPath, settings);
+    const repo = new Repository(o.storage, index, config, o.indexPath, codec, settings);
     await repo.adoptUnindexedManifests();
     await repo.reconcileProtection();
     return repo;
@@ -245,6 +262,11 @@ export class Repository implements RepositoryApi {
 
   get repositoryId(): string {
     return this.config.id;
+  }
+
+  /** How this repository names and seals its objects (tests and tools that look at storage directly). */
+  get storedObjects(): ObjectCodec {
+    return this.codec;
   }
 
   // ---- sessions

@@ -1,5 +1,5 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
+import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import type { IndexDb } from './index-db.js';
 import { describeMismatch, entryLengthMismatches } from './manifest-checks.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
@@ -39,11 +39,10 @@ export async function verifyRepository(
   const started = ctx.now();
   const progress = opts.onProgress ?? (() => {});
 
+  // Storage keys, not ids: an encrypted repository's names are keyed hashes of the ids.
+  const codec = ctx.chunks.codec;
   const stored = new Set<string>();
-  for await (const e of ctx.storage.list(CHUNKS_PREFIX)) {
-    const id = chunkIdFromKey(e.key);
-    if (id) stored.add(id);
-  }
+  for await (const e of ctx.storage.list(CHUNKS_PREFIX)) if (codec.isChunkKey(e.key)) stored.add(e.key);
 
   const indexed = new Set(ctx.index.listSnapshots().map((s) => s.id));
   const snapshotIds = new Set(indexed);
@@ -99,7 +98,8 @@ export async function verifyRepository(
   const bad = new Map<string, { kind: 'missing' | 'corrupt'; detail: string }>();
   for (const chunk of recount.keys()) {
     const row = ctx.index.getChunk(chunk);
-    if (!stored.has(chunk)) bad.set(chunk, { kind: 'missing', detail: 'absent from storage' });
+    if (!stored.has(codec.chunkKey(chunk)))
+      bad.set(chunk, { kind: 'missing', detail: 'absent from storage' });
     else if (!row) bad.set(chunk, { kind: 'missing', detail: 'absent from the index' });
   }
 
@@ -112,15 +112,29 @@ export async function verifyRepository(
   let chunksChecked = 0;
   let bytesRead = 0;
   if (opts.readData) {
+    // The chunk each key holds, where a keyed name hides it: every chunk a manifest or the index names.
+    const idByKey = new Map<string, string>();
+    if (codec.encrypted) {
+      for (const chunk of recount.keys()) idByKey.set(codec.chunkKey(chunk), chunk);
+      for (const row of ctx.index.iterateChunks()) idByKey.set(codec.chunkKey(row.id), row.id);
+    }
     const queue = [...stored];
     const total = queue.length;
     const worker = async () => {
-      for (let id = queue.pop(); id !== undefined; id = queue.pop()) {
+      for (let key = queue.pop(); key !== undefined; key = queue.pop()) {
+        const known = codec.chunkIdFromKey(key) ?? idByKey.get(key);
         try {
-          bytesRead += (await ctx.chunks.readRaw(id, { bypassCache: true })).length;
+          const raw = known
+            ? await ctx.chunks.readRaw(known, { bypassCache: true })
+            : (await ctx.chunks.readRawByKey(key)).raw;
+          bytesRead += raw.length;
         } catch (err) {
           const code = (err as { code?: string }).code;
-          bad.set(id, { kind: code === 'NotFound' ? 'missing' : 'corrupt', detail: (err as Error).message });
+          // An object no manifest or index row names is reported under its storage key.
+          bad.set(known ?? key, {
+            kind: code === 'NotFound' ? 'missing' : 'corrupt',
+            detail: (err as Error).message,
+          });
         }
         chunksChecked++;
         progress({ phase: 'chunks', done: chunksChecked, total });

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import test from 'ava';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
-import { chunkKey } from '../../repo-engine/chunk-store.js';
 import { TouchedSet } from '../../repo-engine/touched-set.js';
 import {
   Backends,
@@ -38,7 +37,7 @@ for (const name of backends.names) {
       await fx.repo.deleteSnapshot(snap.id);
       report = await fx.repo.gc();
       t.is(report.chunksDeleted, 1);
-      t.is(await fx.storage.stat(chunkKey(sha256(data))), undefined);
+      t.is(await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(data))), undefined);
     } finally {
       await fx.cleanup();
     }
@@ -133,7 +132,7 @@ for (const name of backends.names) {
       const [report, stored] = await Promise.all([gc, put]);
       t.is(report.chunksDeleted, 1);
       t.true(stored.stored);
-      t.truthy(await fx.storage.stat(chunkKey(sha256(data))));
+      t.truthy(await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(data))));
       const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
       t.true((await restore(fx.repo, snap.id)).equals(data));
     } finally {
@@ -148,14 +147,21 @@ test('gc deletes orphan chunk objects unknown to the index only once they are ol
     const storage = fx.storage as MemoryStorage;
     storage.clock = fx.clock.now;
     const orphan = Buffer.alloc(3000, 1);
-    await storage.put(chunkKey(sha256(orphan)), encodeStoredChunk('raw', orphan.length, orphan));
+    const key = fx.repo.storedObjects.chunkKey(sha256(orphan));
+    const object = fx.repo.storedObjects.sealChunk(
+      sha256(orphan),
+      encodeStoredChunk('raw', orphan.length, orphan),
+    );
+    // Sealed: 24-byte header, the 32-byte id, the 9-byte chunk header and the bytes, a 16-byte tag.
+    t.is(object.length, 24 + 32 + 9 + orphan.length + 16);
+    await storage.put(key, object);
     fx.clock.advance(HOUR - 1);
     t.is((await fx.repo.gc()).orphansDeleted, 0);
     fx.clock.advance(2);
     const report = await fx.repo.gc();
     t.is(report.orphansDeleted, 1);
-    t.is(report.bytesFreed, orphan.length + 9);
-    t.is(await storage.stat(chunkKey(sha256(orphan))), undefined);
+    t.is(report.bytesFreed, object.length);
+    t.is(await storage.stat(fx.repo.storedObjects.chunkKey(sha256(orphan))), undefined);
   } finally {
     await fx.cleanup();
   }

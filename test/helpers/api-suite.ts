@@ -4,6 +4,7 @@ import test from 'ava';
 import { decompress } from 'zstd-napi';
 import { revokeToken } from '../../api/token-store.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
+import type { Repository } from '../../repo-engine/repository.js';
 import {
   backup,
   call,
@@ -504,8 +505,9 @@ export function apiSuite(storage: 'local' | 's3'): void {
       const got = await call(srv.url, b, 'GET', `/v1/chunks/${secret.id}`);
       t.true(got.bytes.equals(secret.data));
       let copies = 0;
+      const secretKey = (srv.repo as Repository).storedObjects.chunkKey(secret.id);
       for await (const e of srv.storage.list('chunks/')) {
-        if (e.key.endsWith(secret.id)) copies++;
+        if (e.key === secretKey) copies++;
       }
       t.is(copies, 1);
       const all = await call(srv.url, admin, 'GET', '/v1/stats');

@@ -34,6 +34,8 @@ export interface TestServerOptions {
   dataDir?: string;
   maxManifestBytes?: number;
   idleTimeoutMs?: number;
+  /** Encryption of a repository this start creates (the server's default: aes-256-gcm). */
+  encryption?: 'aes-256-gcm' | 'none';
 }
 
 export interface TestServer {
@@ -90,6 +92,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
       ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.now ? { now: opts.now } : {}),
+      ...(opts.encryption ? { encryption: opts.encryption } : {}),
       log: (line) => logs.push(line),
       server: {
         ...(opts.maxManifestBytes !== undefined ? { maxManifestBytes: opts.maxManifestBytes } : {}),

@@ -2,7 +2,7 @@ import test from 'ava';
 import zstdBinding from 'zstd-napi/binding.js';
 import { DiskvaultClient } from '../../agent/client.js';
 import { decodeStoredChunk, encodeStoredChunk } from '../../repo-engine/chunk-format.js';
-import { chunkKey } from '../../repo-engine/chunk-store.js';
+import type { Repository } from '../../repo-engine/repository.js';
 import type { VerifyReport } from '../../repo-engine/types.js';
 import { backup, call, chunkOf, openSession, type TestChunk, zstd } from '../helpers/api-client.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -64,7 +64,12 @@ async function putForm(token: string, session: string, c: TestChunk, body: Buffe
 
 /** The stored object must be raw, or one frame declaring the chunk's length, decoding to the chunk. */
 async function assertStoredCanonically(t: import('ava').ExecutionContext, c: TestChunk, what: string) {
-  const stored = decodeStoredChunk(await srv.storage.getBytes(chunkKey(c.id)), c.id);
+  const objects = (srv.repo as Repository).storedObjects;
+  const key = objects.chunkKey(c.id);
+  const stored = decodeStoredChunk(
+    objects.openChunk(key, await srv.storage.getBytes(key), c.id).stored,
+    c.id,
+  );
   t.is(stored.rawLength, c.data.length, what);
   if (stored.encoding === 'zstd') {
     t.is(stored.payload.readUInt32LE(0), 0xfd2fb528, `${what}: a zstd frame`);
@@ -104,7 +109,11 @@ async function runVerify(readData: boolean): Promise<VerifyReport> {
 
 /** Overwrites a stored chunk directly in storage with two frames and a header claiming the full length. */
 async function poisonInStorage(c: TestChunk): Promise<void> {
-  await srv.storage.put(chunkKey(c.id), encodeStoredChunk('zstd', c.data.length, twoFrames(c.data)));
+  const objects = (srv.repo as Repository).storedObjects;
+  await srv.storage.put(
+    objects.chunkKey(c.id),
+    objects.sealChunk(c.id, encodeStoredChunk('zstd', c.data.length, twoFrames(c.data))),
+  );
 }
 
 test.serial(
