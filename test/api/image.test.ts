@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
-import { corruptStoredChunk } from '../helpers/backup-e2e.js';
+import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
 import { curl, fileSize, imageFixture, sha256 } from '../helpers/image-fixture.js';
 
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
@@ -157,7 +157,7 @@ test('zero chunks are sent without reading storage', async (t) => {
   const zeroId = sha256(Buffer.alloc(256 * 1024));
   // Seven or eight of them: where the random data before the run ends decides where the first cut falls.
   t.true([7, 8].includes(f.entries.filter((e) => e.id === zeroId).length));
-  await unlink(join(f.server.dataDir, 'storage', 'chunks', zeroId.slice(0, 2), zeroId.slice(2, 4), zeroId));
+  await unlink(await storedChunkFile(f.server.dataDir, zeroId));
   const out = join(f.dir, 'zeros.img');
   const got = await curl(['-f', '-o', out, '-H', `Authorization: Bearer ${f.server.adminToken}`, f.url]);
   t.is(got.code, 0, got.stderr);
