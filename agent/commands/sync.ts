@@ -251,7 +251,7 @@ async function sync(
         );
       } catch (err) {
         const code = isDiskvaultError(err) ? err.code : 'Internal';
-        if (code === 'NotFound') {
+        if (code === 'NotFound' && !(await stillOnSource(source, snap.id))) {
           // Forgotten on the source since it was listed: nothing to copy, and nothing was committed.
           say(`gone    ${snap.id.slice(0, 12)}  forgotten on the source meanwhile`, {
             type: 'snapshot',
@@ -319,6 +319,20 @@ async function sync(
     );
   }
   return summary.snapshotsFailed > 0 ? EXIT_FAILURE : EXIT_OK;
+}
+
+/**
+ * NotFound may be the source's (the snapshot, or a chunk of it, forgotten and collected meanwhile) or the
+ * destination's (an upload session that expired while the source stalled): only the first means "gone".
+ */
+async function stillOnSource(source: DiskvaultClient, id: string): Promise<boolean> {
+  try {
+    await source.getSnapshot(id);
+    return true;
+  } catch (err) {
+    if (isDiskvaultError(err) && err.code === 'NotFound') return false;
+    throw err;
+  }
 }
 
 function describe(s: SnapshotInfo) {

@@ -99,8 +99,8 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
-      // ?id= keeps a snapshot's id (and the manifest's time) as another repository gave it: only an admin
-      // may choose an id, since an agent could otherwise squat on ids another repository will bring.
+      // ?id= keeps the id another repository gave a snapshot (a copy). Only an admin may choose an id: an
+      // agent could otherwise squat on ids a copy will bring.
       const keepId = query(req).get('id') ?? undefined;
       if (keepId !== undefined) {
         requireAdmin(p);

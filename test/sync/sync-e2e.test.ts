@@ -163,7 +163,7 @@ for (const storage of ['local', 's3'] as const) {
   test.serial(
     `[${storage}] a destination pulls every snapshot with a reader token; a second pull copies nothing`,
     async (t) => {
-      t.timeout(10 * 60_000);
+      t.timeout(20 * 60_000);
       const p = await primary(storage);
       const dst = await startTestServer({ storage });
       try {
@@ -183,7 +183,7 @@ for (const storage of ['local', 's3'] as const) {
         t.is(s1.chunksCopied, source.uniqueChunks);
         t.is(s1.rawBytesCopied, source.rawBytes);
         t.is(dst.repo.stats().uniqueChunks, source.uniqueChunks);
-        t.log(`sync 1: ${s1.chunksCopied} chunks, ${s1.bytesCopied} bytes sent, ${s1.rawBytesCopied} raw`);
+        t.log(`sync 1: ${JSON.stringify(s1)}`);
 
         // Snapshot lines: oldest first, the clone's copy cost a sliver of the golden night's.
         const events = first.stdout
@@ -211,6 +211,7 @@ for (const storage of ['local', 's3'] as const) {
         t.is(s2.snapshotsPresent, 5);
         t.is(s2.chunksCopied, 0);
         t.is(s2.bytesCopied, 0);
+        t.log(`sync 2: ${JSON.stringify(s2)}`);
 
         // Restores from the copy are bit-exact; verify --read-data is clean on both sides.
         for (const i of [3, 4]) t.is(await restoredHash(dst, p.ids[i], p.dir), await sha256File(p.images[i]));
@@ -252,7 +253,7 @@ for (const storage of ['local', 's3'] as const) {
   test.serial(
     `[${storage}] a sync killed with SIGKILL midway finishes when run again, copying nothing twice`,
     async (t) => {
-      t.timeout(10 * 60_000);
+      t.timeout(20 * 60_000);
       const p = await primary(storage);
       const dst = await startTestServer({ storage });
       try {

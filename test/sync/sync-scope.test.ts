@@ -18,7 +18,14 @@ test('a global destination admin keeps each tenant; a tenant admin takes every c
   try {
     const a = await src.makeToken('agent', ['web1'], 'acme');
     const b = await src.makeToken('agent', ['web9'], 'zeta');
-    const sa = (await backup(src.url, a, 'web1', 'sda', [chunkOf('acme-1'), chunkOf('both')])).snapshot;
+    const sa = (
+      await backup(src.url, a, 'web1', 'sda', [chunkOf('acme-1'), chunkOf('both')], {
+        time: '2019-07-01T03:04:05.678Z',
+        tags: ['before-upgrade', 'weekly'],
+        unreadable: [[4096, 512]],
+        sourceFormat: 'qcow2',
+      })
+    ).snapshot;
     const sb = (await backup(src.url, b, 'web9', 'sda', [chunkOf('zeta-1'), chunkOf('both')])).snapshot;
     const reader = await src.makeToken('reader');
 
@@ -31,6 +38,12 @@ test('a global destination admin keeps each tenant; a tenant admin takes every c
     // The chunk both tenants hold is stored once but copied for each tenant (ownership is proven by upload).
     t.is(summaryOf(global.stdout).chunksCopied, 4);
     t.is(dst.repo.getSnapshot(sa.id)?.tenant, 'acme');
+    // Everything the snapshot says about itself is kept, its id first.
+    const { protected: _p, ...copied } = dst.repo.getSnapshot(sa.id) as SnapshotInfo;
+    const { protected: _q, ...original } = src.repo.getSnapshot(sa.id) as SnapshotInfo;
+    t.deepEqual(copied, original);
+    t.deepEqual(copied.unreadable, [[4096, 512]]);
+    t.is(copied.time, '2019-07-01T03:04:05.678Z');
     t.is(dst.repo.getSnapshot(sb.id)?.tenant, 'zeta');
 
     // A tenant-scoped destination admin, and a reader of one source tenant: copies land in the admin's tenant.
