@@ -7,6 +7,7 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { openStorage } from '../storage-adapters/index.js';
 import { writeFileAtomic } from './atomic-file.js';
 import type { ServerConfig } from './config.js';
+import { restrictFolder } from './data-permissions.js';
 import { type RunningServer, type ServerOptions, startServer } from './server.js';
 import { createToken, readTokens } from './token-store.js';
 
@@ -53,12 +54,15 @@ export async function readAdminTokenFile(dataDir: string): Promise<string> {
 export async function startService(opts: ServiceOptions): Promise<RunningService> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  const warn = (msg: string) => log(JSON.stringify({ level: 'warn', msg }));
+  await restrictFolder(opts.dataDir, 'data folder', warn);
   const createdAdminToken = await ensureAdminToken(opts.dataDir);
   let storage =
     opts.storage ??
     (await openStorage(
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
+  if (!opts.storage && !opts.s3) await restrictFolder(join(opts.dataDir, 'storage'), 'storage folder', warn);
   if (opts.wrapStorage) storage = opts.wrapStorage(storage);
   let repo: Repository;
   try {
