@@ -8,6 +8,7 @@ import { openStorage } from '../storage-adapters/index.js';
 import { writeFileAtomic } from './atomic-file.js';
 import type { ServerConfig } from './config.js';
 import { restrictFolder } from './data-permissions.js';
+import { isLoopbackHost } from './protocol.js';
 import { type RunningServer, type ServerOptions, startServer } from './server.js';
 import { createToken, readTokens } from './token-store.js';
 
@@ -97,6 +98,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     await storage.close().catch(() => {});
     throw err;
   }
+  // Tokens are bearer credentials: beyond loopback, plain http hands them to anyone on the network path.
+  if (!opts.tls && !isLoopbackHost(opts.host ?? '127.0.0.1'))
+    warn(
+      `listening on ${running.url} without TLS: tokens and backups cross the network readable by anyone on the path; give --tls-cert and --tls-key, or listen on 127.0.0.1 behind a TLS proxy`,
+    );
   let stopping: Promise<void> | undefined;
   const stop = (graceMs?: number) => {
     stopping ??= (async () => {

@@ -10,6 +10,7 @@ import {
   UsageError,
 } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter, formatBytes } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
@@ -87,6 +88,7 @@ export async function run(argv: string[]): Promise<number> {
         : `diskvault backup: warning: ${w.message}\n`,
     );
   }
+  warnIfPlainHttp(cfg.server, 'backup', values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency });
   const reporter = createProgressReporter({
     json: values.json === true,
