@@ -1,4 +1,4 @@
-import { existsSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ManifestHeader } from './manifest-codec.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
@@ -186,6 +186,9 @@ export class IndexDb {
   /** A new, empty index at `path` (any file there is replaced). */
   static create(path: string, repositoryId: string): IndexDb {
     removeDbFiles(path);
+    // Created here with mode 0600 rather than by SQLite (0644 less the umask): SQLite gives the -wal and
+    // -shm files the mode of the database file, so all three are readable by the server's user only.
+    closeSync(openSync(path, 'wx', DB_FILE_MODE));
     const db = new Database(path);
     configure(db);
     db.exec(SCHEMA);
@@ -200,6 +203,7 @@ export class IndexDb {
     if (!existsSync(path)) throw new IndexUnusable('the index file is missing');
     let db: Database.Database | undefined;
     try {
+      restrictDbFiles(path);
       db = new Database(path, { fileMustExist: true });
       configure(db);
       const check = db.pragma('integrity_check') as { integrity_check: string }[];
@@ -751,6 +755,23 @@ function configure(db: Database.Database): void {
   db.pragma('cache_size = -65536');
   // Memory-mapped reads skip a pread() per page on cold lookups (the OS page cache serves them directly).
   db.pragma('mmap_size = 268435456');
+}
+
+/** The index holds every snapshot's name and every chunk's hash: for the server's user only. */
+const DB_FILE_MODE = 0o600;
+
+/**
+ * An index written by a version that left it 0644 is made 0600, with its -wal and -shm. Best effort: a file
+ * this user cannot change is still usable, and the server warns about its data folder's mode at start.
+ */
+function restrictDbFiles(path: string): void {
+  for (const suffix of ['', '-wal', '-shm']) {
+    try {
+      chmodSync(`${path}${suffix}`, DB_FILE_MODE);
+    } catch {
+      // absent (no -wal yet) or not ours: nothing to do here
+    }
+  }
 }
 
 export function removeDbFiles(path: string): void {

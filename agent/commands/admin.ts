@@ -13,6 +13,7 @@ import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 /**
@@ -108,8 +109,10 @@ export async function run(argv: string[], command: string): Promise<number> {
     process.stdout.write(USAGE[command] + CONNECTION_HELP);
     return EXIT_OK;
   }
-  const client = new AdminClient(resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]));
+  const cfg = resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]);
   const json = values.json === true;
+  warnIfPlainHttp(cfg.server, command, json);
+  const client = new AdminClient(cfg);
   try {
     switch (command) {
       case 'forget':

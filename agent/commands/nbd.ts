@@ -6,6 +6,7 @@ import { EXIT_OK, parseCommandArgs, resolveClientConfig, UsageError } from '../c
 import { DiskvaultClient } from '../client.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { formatBytes } from '../progress.js';
 import { decodeChunk } from '../restore/chunk-decoder.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
@@ -58,6 +59,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
   const fetcher = clientChunkFetcher(client);
   const decoders = new DecodePool();

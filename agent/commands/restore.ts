@@ -9,6 +9,7 @@ import {
   UsageError,
 } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
@@ -71,6 +72,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const report = targetPath === '-' ? process.stderr : process.stdout;
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, json);
   const client = new DiskvaultClient({ ...cfg, concurrency });
   let hold: ChunkHold | undefined;
   try {

@@ -4,6 +4,7 @@ import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
+import { readJsonMissingQuery } from '../missing-query.js';
 import {
   type CommitResponse,
   type CreateSessionResponse,
@@ -13,7 +14,7 @@ import {
   MAX_MISSING_IDS,
   type MissingResponse,
 } from '../protocol.js';
-import { asObject, checkId, checkIdList, checkName, checkSessionId, optionalName } from '../validation.js';
+import { asObject, checkId, checkName, checkSessionId, optionalName } from '../validation.js';
 
 /** Upload sessions: open, ask which chunks are missing, commit the manifest, or abort. */
 export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
@@ -87,9 +88,12 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         res.end(missing);
         return;
       }
-      const ids = checkIdList(asObject(await readJson(req)).ids);
+      const ids = await readJsonMissingQuery(req);
       touch(sid);
-      const out: MissingResponse = { missing: await repo.filterMissing(sid, ids) };
+      const missing = await repo.filterMissingBinary(sid, ids);
+      const out: MissingResponse = { missing: [] };
+      for (let at = 0; at < missing.length; at += ID_BYTES)
+        out.missing.push(missing.toString('hex', at, at + ID_BYTES));
       sendJson(res, 200, out);
     }),
   );
