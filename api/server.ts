@@ -14,6 +14,7 @@ import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
 import { registerImageRoutes } from './routes/image.js';
 import { registerSessionRoutes } from './routes/sessions.js';
+import { registerShareRoutes } from './routes/share.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { SessionRegistry } from './session-registry.js';
 import { TokenStore } from './token-store.js';
@@ -80,6 +81,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
   registerImageRoutes(server, ctx);
+  registerShareRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(
