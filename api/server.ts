@@ -12,6 +12,7 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerClientDownloadRoutes } from './routes/client-download.js';
 import { registerImageRoutes } from './routes/image.js';
 import { registerSessionRoutes } from './routes/sessions.js';
 import { registerShareRoutes } from './routes/share.js';
@@ -82,6 +83,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerAdminRoutes(server, ctx);
   registerImageRoutes(server, ctx);
   registerShareRoutes(server, ctx);
+  registerClientDownloadRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(
