@@ -7,7 +7,16 @@
 // both). Uses Node's SEA support (node --experimental-sea-config) and postject, as the Node docs describe.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
@@ -109,8 +118,12 @@ const seaPlugin = {
     build.onLoad({ filter: /node_modules[\\/]fastcdc-wasm[\\/]fastcdc_wasm\.js$/ }, (args) => {
       const text = readFileSync(args.path, 'utf8');
       const from = "require('path').join(__dirname, 'fastcdc_wasm_bg.wasm')";
-      if (!text.includes(from)) throw new Error('fastcdc-wasm changed: its .wasm is no longer loaded as expected');
-      return { contents: text.replace(from, "require('path').join(__dvSeaDir, 'fastcdc_wasm_bg.wasm')"), loader: 'js' };
+      if (!text.includes(from))
+        throw new Error('fastcdc-wasm changed: its .wasm is no longer loaded as expected');
+      return {
+        contents: text.replace(from, "require('path').join(__dvSeaDir, 'fastcdc_wasm_bg.wasm')"),
+        loader: 'js',
+      };
     });
     build.onLoad({ filter: /[\\/]dist[\\/].*\.js$/ }, (args) => {
       let text = readFileSync(args.path, 'utf8');
@@ -118,12 +131,18 @@ const seaPlugin = {
       if (rel === 'dist/agent/cli.js') {
         // The dispatcher imports commands by a computed name: give esbuild every name literally.
         const from = 'await import(command.module)';
-        if (!text.includes(from)) throw new Error('agent/cli.js changed: its command import is not as expected');
+        if (!text.includes(from))
+          throw new Error('agent/cli.js changed: its command import is not as expected');
         const table = [...text.matchAll(/module: '([^']+)'/g)].map((m) => m[1]);
-        const cases = [...new Set(table)].map((m) => `${JSON.stringify(m)}: () => import(${JSON.stringify(m)})`);
+        const cases = [...new Set(table)].map(
+          (m) => `${JSON.stringify(m)}: () => import(${JSON.stringify(m)})`,
+        );
         text = text.replace(from, `await ({ ${cases.join(', ')} })[command.module]()`);
       }
-      return { contents: text.replaceAll('import.meta.url', `__dvMetaUrl(${JSON.stringify(rel)})`), loader: 'js' };
+      return {
+        contents: text.replaceAll('import.meta.url', `__dvMetaUrl(${JSON.stringify(rel)})`),
+        loader: 'js',
+      };
     });
   },
 };
@@ -140,7 +159,11 @@ const common = {
   logLevel: 'warning',
   legalComments: 'none',
 };
-await esbuild.build({ ...common, entryPoints: [join(dist, 'agent', 'cli.js')], outfile: join(work, 'main.cjs') });
+await esbuild.build({
+  ...common,
+  entryPoints: [join(dist, 'agent', 'cli.js')],
+  outfile: join(work, 'main.cjs'),
+});
 const assets = {};
 for (const w of WORKERS) {
   const out = join(work, w);
@@ -169,14 +192,16 @@ writeFileSync(
   JSON.stringify({ main: join(work, 'main.cjs'), output: blob, disableExperimentalSEAWarning: true, assets }),
 );
 execFileSync(process.execPath, ['--experimental-sea-config', config], { stdio: 'inherit' });
-rmSync(output, { force: true });
-copyFileSync(process.execPath, output);
-chmodSync(output, 0o755);
+// Built beside the output and renamed over it: a reader sees the old binary or the new one, never half.
+const building = `${output}.tmp-${process.pid}`;
+rmSync(building, { force: true });
+copyFileSync(process.execPath, building);
+chmodSync(building, 0o755);
 execFileSync(
   process.execPath,
   [
     join(root, 'node_modules', 'postject', 'dist', 'cli.js'),
-    output,
+    building,
     'NODE_SEA_BLOB',
     blob,
     '--sentinel-fuse',
@@ -184,6 +209,7 @@ execFileSync(
   ],
   { stdio: ['ignore', 'ignore', 'inherit'] },
 );
+renameSync(building, output);
 const bytes = readFileSync(output);
 const sha = createHash('sha256').update(bytes).digest('hex');
 writeFileSync(`${output}.sha256`, `${sha}  diskvault-linux-x64\n`);

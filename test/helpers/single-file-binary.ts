@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -40,6 +40,30 @@ export function ensureBinary(): Promise<{ path: string; buildSeconds: number }> 
 let building: Promise<{ path: string; buildSeconds: number }> | undefined;
 
 async function buildUnlessCurrent(): Promise<{ path: string; buildSeconds: number }> {
+  // Test files run in separate processes: one builds while the others wait for it and then reuse its build.
+  const lock = `${BINARY}.lock`;
+  const deadline = Date.now() + 10 * 60_000;
+  for (;;) {
+    try {
+      await (await open(lock, 'wx')).close();
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const st = await stat(lock).catch(() => undefined);
+      // A lock older than any build is a killed run's.
+      if (st && Date.now() - st.mtimeMs > 10 * 60_000) await rm(lock, { force: true });
+      else if (Date.now() > deadline) throw new Error(`${lock} is held by another test run`);
+      else await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  try {
+    return await buildLocked();
+  } finally {
+    await rm(lock, { force: true });
+  }
+}
+
+async function buildLocked(): Promise<{ path: string; buildSeconds: number }> {
   const want = await inputsHash();
   const have = await readFile(STAMP, 'utf8').catch(() => '');
   if (have.trim() === want && (await stat(BINARY).catch(() => undefined)))
