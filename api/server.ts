@@ -12,12 +12,14 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerClientDownloadRoutes } from './routes/client-download.js';
 import { registerDiskViewRoutes } from './routes/disk-views.js';
 import { registerImageRoutes } from './routes/image.js';
 import { registerJobListRoute } from './routes/jobs-list.js';
 import { registerLeaseRoutes } from './routes/leases.js';
 import { registerProtectRoutes } from './routes/protect.js';
 import { registerSessionRoutes } from './routes/sessions.js';
+import { registerShareRoutes } from './routes/share.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTokenRoutes } from './routes/tokens.js';
 import { registerUiRoutes } from './routes/ui.js';
@@ -99,6 +101,8 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerDiskViewRoutes(server, ctx);
   registerTokenRoutes(server, ctx);
   registerUiRoutes(server, ctx);
+  registerShareRoutes(server, ctx);
+  registerClientDownloadRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

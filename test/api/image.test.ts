@@ -164,3 +164,17 @@ test('zero chunks are sent without reading storage', async (t) => {
   t.true((await readFile(out)).equals(f.image));
   await writeFile(out, '');
 });
+
+test('on S3 storage too, the image and a range of it are bit-identical to the source', async (t) => {
+  const f = await imageFixture({ storage: 's3' });
+  t.teardown(() => f.close());
+  const out = join(f.dir, 's3.img');
+  const got = await curl(['-f', '-o', out, '-H', `Authorization: Bearer ${f.server.adminToken}`, f.url]);
+  t.is(got.code, 0, got.stderr);
+  t.true((await readFile(out)).equals(f.image));
+  const res = await fetch(f.url, {
+    headers: { ...auth(f.server.adminToken), range: 'bytes=100000-3500000' },
+  });
+  t.is(res.status, 206);
+  t.true(Buffer.from(await res.arrayBuffer()).equals(f.image.subarray(100000, 3500001)));
+});
