@@ -1,4 +1,4 @@
-import { del, get, post } from '../api.js';
+import { ApiError, del, get, post } from '../api.js';
 import type { View } from '../context.js';
 import { copyable, field, h, notice, replace, skeletonRows } from '../dom.js';
 import { localTime, utcTitle } from '../format.js';
@@ -34,7 +34,12 @@ export const tokensView: View = (ctx, main) => {
     } catch (err) {
       tbody.replaceChildren();
       table.removeAttribute('aria-busy');
-      replace(listStatus, notice('error', `Tokens could not be loaded: ${(err as Error).message}`));
+      replace(
+        listStatus,
+        err instanceof ApiError && err.status === 403
+          ? notice('info', 'Listing tokens needs an admin token.')
+          : notice('error', `Tokens could not be loaded: ${(err as Error).message}`),
+      );
     }
   };
 
