@@ -6,9 +6,9 @@ import type { RepositoryApi } from '../repo-engine/types.js';
  * that the previous manifest does not, and their raw bytes. That is what an incremental backup uploads
  * (the agent's known-set is the previous snapshot), so it is the "new data that night" an admin watches.
  *
- * Chunks are compared by the first 8 bytes of their SHA-256 ids, held in typed arrays: 16 bytes an entry
- * however large the disk (a 2 TiB disk's two million chunks in 32 MiB), where a Set of hex strings would
- * take ~150. Two different chunks sharing 64 bits is a 1-in-2^64 event that would only shift a displayed
+ * Chunks are compared by the first 8 bytes of their SHA-256 ids, held in typed arrays: about 30 bytes an
+ * entry at the peak however large the disk (a 2 TiB disk's two million chunks in some 60 MiB), where a Set
+ * of hex strings would take ~150. Two different chunks sharing 64 bits is a 1-in-2^64 event that would only shift a displayed
  * figure by one chunk.
  */
 export interface NewData {

@@ -5,7 +5,7 @@ import { chromiumPath, launchChromium, signIn, watchPage } from '../dist/test/he
 import { seedConsoleFleet } from '../dist/test/helpers/console-fleet.js';
 import { startTestServer } from '../dist/test/helpers/server.js';
 
-const out = process.argv[2] ?? new URL('../docs/images/', import.meta.url).pathname;
+const out = process.argv[2] ?? new URL('../docs/images', import.meta.url).pathname;
 const chromium = chromiumPath();
 if (!chromium) {
   console.error('no chromium found (install Debian package chromium, or set CHROMIUM_PATH)');
