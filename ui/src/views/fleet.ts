@@ -49,7 +49,7 @@ export const fleetView: View = (ctx, main) => {
   const thead = h('thead');
   const table = h(
     'table',
-    { class: 'data fleet', 'aria-busy': 'true' },
+    { class: 'data fleet phone-cards', 'aria-busy': 'true' },
     h('caption', { class: 'sr-only' }, 'Disks'),
     thead,
   );
@@ -116,7 +116,7 @@ export const fleetView: View = (ctx, main) => {
         tenantCol ? h('td', { 'data-label': 'Tenant' }, d.tenant) : null,
         h(
           'th',
-          { scope: 'row', 'data-label': 'Disk' },
+          { scope: 'row', class: 'lead' },
           h('a', { href: diskRoute(d.tenant, d.host, d.disk) }, `${d.host} / ${d.disk}`),
         ),
         h(

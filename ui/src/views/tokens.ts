@@ -107,7 +107,7 @@ export const tokensView: View = (ctx, main) => {
   const tenant = h('input', {
     type: 'text',
     name: 'tenant',
-    placeholder: ctx.isGlobal ? 'default (agent) / all (admin)' : ctx.me.tenant,
+    placeholder: ctx.isGlobal ? 'default' : ctx.me.tenant,
     autocomplete: 'off',
     disabled: !ctx.isGlobal,
   });
@@ -170,7 +170,11 @@ export const tokensView: View = (ctx, main) => {
       { class: 'grid-3' },
       field('Role', role),
       field('Hosts', hosts, 'Agent tokens: the hosts it may back up'),
-      field('Tenant', tenant, ctx.isGlobal ? 'Empty: default' : 'Your tenant'),
+      field(
+        'Tenant',
+        tenant,
+        ctx.isGlobal ? 'Empty: default for an agent, every tenant for an admin' : 'Your tenant',
+      ),
     ),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Create token')),
     formStatus,
