@@ -1,9 +1,9 @@
 import { ApiError, get, post } from '../api.js';
+import { card, cardSkeletons } from '../cards.js';
 import type { View } from '../context.js';
 import { h, notice, replace } from '../dom.js';
 import { bytes, count, localTime, ratio, shortId, utcTitle } from '../format.js';
 import type { GcReport, Job, Stats } from '../types.js';
-import { card, cardSkeletons } from './fleet.js';
 
 /**
  * Storage (logical, unique and stored bytes, dedup and compression ratios, per tenant) and the repository's
