@@ -1,9 +1,9 @@
-import { get, post } from '../api.js';
+import { ApiError, get, post } from '../api.js';
+import { card, cardSkeletons } from '../cards.js';
 import type { View } from '../context.js';
 import { h, notice, replace } from '../dom.js';
 import { bytes, count, localTime, ratio, shortId, utcTitle } from '../format.js';
 import type { GcReport, Job, Stats } from '../types.js';
-import { card, cardSkeletons } from './fleet.js';
 
 /**
  * Storage (logical, unique and stored bytes, dedup and compression ratios, per tenant) and the repository's
@@ -270,7 +270,12 @@ export const storageView: View = (ctx, main) => {
       if (running) follow(running);
     })
     .catch((err) =>
-      replace(lastVerify, notice('error', `Jobs could not be loaded: ${(err as Error).message}`)),
+      replace(
+        lastVerify,
+        err instanceof ApiError && err.status === 403
+          ? notice('info', 'Jobs are shown to admin tokens.')
+          : notice('error', `Jobs could not be loaded: ${(err as Error).message}`),
+      ),
     );
 
   return () => {
