@@ -48,7 +48,7 @@ export function checkChunkId(id: string): string {
 export interface PreparedChunk {
   id: string;
   rawLength: number;
-  /** The whole stored object: header + payload. */
+  /** The whole object as stored: header + payload, sealed in an encrypted repository (so its length is the stored size). */
   bytes: Buffer;
 }
 
@@ -105,8 +105,16 @@ export class ChunkStore {
   prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
     const alloc = (n: number) => this.objects.takeBuffer(n);
     if (encoding === 'zstd')
-      return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload, alloc) };
-    return { id, rawLength, bytes: encodeRawChunkForStorage(payload, alloc) };
+      return { id, rawLength, bytes: this.sealed(id, encodeStoredChunk('zstd', rawLength, payload, alloc)) };
+    return { id, rawLength, bytes: this.sealed(id, encodeRawChunkForStorage(payload, alloc)) };
+  }
+
+  /** The object to store: `stored` itself in a plaintext repository; else sealed, and `stored` recycled. */
+  private sealed(id: string, stored: Buffer): Buffer {
+    if (!this.codec.encrypted) return stored;
+    const sealed = this.codec.sealChunk(id, stored);
+    this.objects.giveBack(stored);
+    return sealed;
   }
 
   /**
@@ -114,7 +122,7 @@ export class ChunkStore {
    * left to the garbage collector, since a storage client that gave up may not be done reading it.
    */
   async write(chunk: PreparedChunk): Promise<void> {
-    await this.storage.put(this.codec.chunkKey(chunk.id), this.codec.sealChunk(chunk.id, chunk.bytes));
+    await this.storage.put(this.codec.chunkKey(chunk.id), chunk.bytes);
     this.objects.giveBack(chunk.bytes);
   }
 
