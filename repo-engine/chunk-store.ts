@@ -217,11 +217,6 @@ export class ChunkStore {
     return { id: opened.id, header: decodeStoredChunkHeader(opened.stored, opened.id) };
   }
 
-  /** The storage key of chunk `id`. */
-  keyOf(id: string): string {
-    return this.codec.chunkKey(id);
-  }
-
   /**
    * Raw bytes of the chunk object at a listed key, checked against the id it holds, cache bypassed: verify
    * reads objects whose id a keyed name does not tell.
