@@ -5,6 +5,7 @@ import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
 import type { RepositoryApi } from '../repo-engine/types.js';
 import { DiskvaultError } from '../storage-adapters/errors.js';
+import { CommitGate } from './commit-gate.js';
 import { type ApiContext, closeIfBodyUnread } from './context.js';
 import { errorResponse } from './errors.js';
 import { JobRegistry } from './jobs.js';
@@ -34,6 +35,12 @@ export interface ServerOptions {
   /** A socket with no traffic for this long is closed (a stalled body). */
   idleTimeoutMs?: number;
   maxManifestBytes?: number;
+  /** Commits running at once; more wait (see api/commit-gate.ts). Default 2. */
+  maxConcurrentCommits?: number;
+  /** Commits waiting for a turn before more are refused with 503. Default 16. */
+  maxWaitingCommits?: number;
+  /** How long a commit waits for its turn before it is refused with 503. Default 60 s. */
+  commitWaitMs?: number;
 }
 
 /** 2 GiB: a 64 TiB image at 1 MiB average chunks is ~2.3 GB of entries, beyond what one agent backs up. */
@@ -61,6 +68,11 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     metrics: new Metrics(),
     log,
     maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
+    commits: new CommitGate(
+      opts.maxConcurrentCommits ?? 2,
+      opts.maxWaitingCommits ?? 16,
+      opts.commitWaitMs ?? 60_000,
+    ),
   };
   const server = restify.createServer({
     name: 'diskvault',

@@ -89,7 +89,13 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       }
       refuseDeclaredOver(req, ctx.maxManifestBytes, 'manifest');
       touch(sid);
-      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'));
+      const snapshot = await ctx.commits
+        .run(() => repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest')))
+        .catch((err: unknown) => {
+          const retry = (err as { details?: { retryAfterSeconds?: unknown } }).details?.retryAfterSeconds;
+          if (typeof retry === 'number') res.setHeader('retry-after', String(retry));
+          throw err;
+        });
       sessions.forget(sid);
       ctx.metrics.commits++;
       const out: CommitResponse = { snapshot };
