@@ -5,6 +5,7 @@ import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
 import type { RepositoryApi } from '../repo-engine/types.js';
 import { DiskvaultError } from '../storage-adapters/errors.js';
+import { CommitGate } from './commit-gate.js';
 import { type ApiContext, closeIfBodyUnread } from './context.js';
 import { errorResponse } from './errors.js';
 import { JobRegistry } from './jobs.js';
@@ -46,6 +47,12 @@ export interface ServerOptions {
   maxManifestBytes?: number;
   /** Open upload sessions, and separately snapshot leases, one token may hold. */
   maxSessionsPerToken?: number;
+  /** Commits running at once; more wait (see api/commit-gate.ts). Default 2. */
+  maxConcurrentCommits?: number;
+  /** Commits waiting for a turn before more are refused with 503. Default 16. */
+  maxWaitingCommits?: number;
+  /** How long a commit waits for its turn before it is refused with 503. Default 60 s. */
+  commitWaitMs?: number;
 }
 
 export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
@@ -76,6 +83,11 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     log,
     maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
     maxSessionsPerToken: opts.maxSessionsPerToken ?? DEFAULT_MAX_SESSIONS_PER_TOKEN,
+    commits: new CommitGate(
+      opts.maxConcurrentCommits ?? 2,
+      opts.maxWaitingCommits ?? 16,
+      opts.commitWaitMs ?? 60_000,
+    ),
   };
   const server = restify.createServer({
     name: 'diskvault',

@@ -118,10 +118,18 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       refuseDeclaredOver(req, ctx.maxManifestBytes, 'manifest');
       touch(sid);
       // Only an admin may commit a time from before the backup (an import); see repo-engine/snapshot-time.ts.
-      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
-        mayBackdate: p.role === 'admin',
-        ...(keepId !== undefined ? { id: keepId } : {}),
-      });
+      const snapshot = await ctx.commits
+        .run(() =>
+          repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
+            mayBackdate: p.role === 'admin',
+            ...(keepId !== undefined ? { id: keepId } : {}),
+          }),
+        )
+        .catch((err: unknown) => {
+          const retry = (err as { details?: { retryAfterSeconds?: unknown } }).details?.retryAfterSeconds;
+          if (typeof retry === 'number') res.setHeader('retry-after', String(retry));
+          throw err;
+        });
       sessions.forget(sid);
       ctx.metrics.commits++;
       const out: CommitResponse = { snapshot };
