@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { isDiskvaultError, NotFoundError } from '../storage-adapters/errors.js';
 import { encodeManifestHead, HEX64, type ManifestHeader, ManifestReader } from './manifest-codec.js';
@@ -59,9 +59,10 @@ export class ManifestStore {
     );
     const key = snapshotKey(header.id);
     const sealing = this.codec.sealManifestStream(key);
-    if (sealing) source.on('error', (err) => sealing.destroy(err));
+    // pipeline passes a failed check on to the sealing stream, so the put sees it and stores nothing.
+    const body = sealing ? pipeline(source, sealing, () => {}) : source;
     try {
-      await this.storage.put(key, sealing ? source.pipe(sealing) : source);
+      await this.storage.put(key, body);
     } catch (err) {
       // The check's own error, not the adapter's wrapping of it.
       throw failure ?? err;
