@@ -1,4 +1,4 @@
-import { get, post } from '../api.js';
+import { get, post, runJob } from '../api.js';
 import type { View } from '../context.js';
 import { field, h, notice, replace } from '../dom.js';
 import { bytes, count, localTime, plural, shortId, utcTitle } from '../format.js';
@@ -266,7 +266,7 @@ export const retentionView: View = (ctx, main) => {
               notice('info', prune.checked ? 'Removing, then collecting garbage…' : 'Removing…'),
             );
             try {
-              const out = await post<ForgetResponse>('/v1/forget', {
+              const out = await runJob<ForgetResponse>('/v1/forget', {
                 policy: p.policy,
                 host: p.host,
                 disk: p.disk,

@@ -1,4 +1,4 @@
-import { ApiError, get, post } from '../api.js';
+import { ApiError, get, post, runJob } from '../api.js';
 import { card, cardSkeletons } from '../cards.js';
 import type { View } from '../context.js';
 import { h, notice, replace } from '../dom.js';
@@ -239,12 +239,15 @@ export const storageView: View = (ctx, main) => {
       1000,
     );
     try {
-      const { report } = await post<{ report: GcReport }>('/v1/gc', {});
+      const report = await runJob<GcReport>('/v1/gc', {}, (job) => {
+        if (job.progress?.total) progress.max = job.progress.total;
+        if (job.progress?.total) progress.value = job.progress.done;
+      });
       replace(
         gcBox,
         notice(
           'ok',
-          `Done in ${report.seconds.toFixed(1)} s: deleted ${count(report.chunksDeleted)} chunks (${bytes(report.bytesFreed)}) and ${count(report.orphansDeleted)} orphans; kept ${count(report.chunksProtected)} for open sessions.`,
+          `Done in ${report.seconds.toFixed(1)} s: deleted ${count(report.chunksDeleted)} chunks (${bytes(report.bytesFreed)}) and ${count(report.orphansDeleted)} orphans; kept ${count(report.chunksProtected)} (${count(report.chunksHeld)} for open backups and restores, the rest within the grace period).`,
         ),
       );
       void loadStats();
