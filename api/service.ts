@@ -18,7 +18,6 @@ export interface ServiceOptions extends Omit<ServerConfig, 'tls'> {
   tls?: { cert: Buffer | string; key: Buffer | string };
   /** Tests wrap storage (fault injection) or pass it ready-made (S3 with explicit credentials). */
   storage?: StorageAdapter;
-  wrapStorage?: (s: StorageAdapter) => StorageAdapter;
   chunker?: ChunkerParams;
   now?: () => number;
   log?: (line: string) => void;
@@ -54,12 +53,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const createdAdminToken = await ensureAdminToken(opts.dataDir);
-  let storage =
+  const storage =
     opts.storage ??
     (await openStorage(
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
-  if (opts.wrapStorage) storage = opts.wrapStorage(storage);
   let repo: Repository;
   try {
     repo = await Repository.open({

@@ -7,8 +7,8 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { ConflictError, InvalidInputError, StorageFullError } from '../../storage-adapters/errors.js';
-import { withFaults } from '../../storage-adapters/fault-injecting.js';
 import { openLocalStorage } from '../../storage-adapters/local.js';
+import { withFaults } from '../helpers/fault-injecting-storage.js';
 import { keysOf, storageContract } from '../helpers/storage-contract.js';
 
 storageContract('local', async () => {
