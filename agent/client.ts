@@ -23,12 +23,7 @@ import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-ad
 import { paced, pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
-/**
- * The agent's one door to the server: every request goes through `request()`, which keeps connections alive,
- * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
- * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
- * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
- */
+/** Where the server is, how to reach it, and how hard to try. */
 export interface ClientOptions {
   server: string;
   token: string;
@@ -98,6 +93,12 @@ function isRetryableNetError(err: unknown): boolean {
   return typeof code === 'string' && RETRYABLE_NET_CODES.has(code);
 }
 
+/**
+ * The agent's one door to the server: every request goes through `send()`, which keeps connections alive,
+ * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
+ * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
+ * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
+ */
 export class DiskvaultClient {
   private readonly base: URL;
   private readonly agent: http.Agent;

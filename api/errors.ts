@@ -40,7 +40,6 @@ export function errorResponse(err: unknown): HttpError {
   return { status: 500, body: { code: 'Internal', message: 'internal server error' }, internal: true };
 }
 
-/** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
 /** The client went away mid-request: nothing failed on our side, and nobody is left to answer. */
 function isClientAbort(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -52,6 +51,7 @@ function isClientAbort(err: unknown): boolean {
   );
 }
 
+/** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
 export function sendError(res: ServerResponse, err: unknown, log: (line: string) => void): void {
   if (isClientAbort(err)) {
     log(JSON.stringify({ level: 'info', msg: 'client closed the connection mid-request', status: 499 }));

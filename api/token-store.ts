@@ -126,7 +126,6 @@ export interface NewToken {
   tenant?: string;
 }
 
-/** Creates a token and returns its record and the bearer string, which exists nowhere else afterwards. */
 /**
  * Serialises read-modify-write of tokens.json across processes (two `diskvault token create` at once must
  * not lose one): an exclusive lock file, retried briefly; a lock older than a minute is a crashed writer's.
@@ -154,6 +153,7 @@ async function withTokensLock<T>(dataDir: string, fn: () => Promise<T>): Promise
   }
 }
 
+/** Creates a token and returns its record and the bearer string, which exists nowhere else afterwards. */
 export async function createToken(
   dataDir: string,
   spec: NewToken,

@@ -91,8 +91,7 @@ export class TooLargeError extends DiskvaultError {
 /**
  * Decompresses `payload` into at most `maxBytes`. One extra byte of room tells "exactly max" apart from
  * "more than max" (zstd fails with dstSize_tooSmall once the room is used up, so nothing beyond is written).
- */
-/**
+ *
  * `into` (at least maxBytes + 1 bytes) lets a caller that only needs the bytes for a moment reuse one buffer:
  * a fresh 4 MiB buffer per uploaded chunk cost the server more in garbage collection than in decompression.
  */

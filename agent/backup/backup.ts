@@ -24,18 +24,7 @@ import { WorkerPool } from './worker-pool.js';
 
 /** How often the live counters are reported between window boundaries. */
 const PROGRESS_TICK_MS = 250;
-/**
- * One backup, from an open ImageSource to a committed snapshot.
- *
- * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
- * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
- * cut (the cut of one window needs the previous window's carry, so cuts form a chain; where the disk is
- * unchanged since the previous snapshot the cut is proven by hashing last night's chunks instead of running
- * fastcdc, see window-cutter.ts), then its chunks not hashed by the cut are hashed, filtered against what
- * the repository already holds, and the missing ones compressed and uploaded, while later windows are
- * already being read and cut. A window's slot is reused only when all of that is done, so memory is
- * windows x window size whatever the disk size.
- */
+/** What runBackup needs: the source, where it goes, and its tunables. */
 export interface BackupOptions {
   client: DiskvaultClient;
   source: ImageSource;
@@ -108,6 +97,18 @@ interface Window {
 
 const MiB = 1024 * 1024;
 
+/**
+ * One backup, from an open ImageSource to a committed snapshot.
+ *
+ * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
+ * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
+ * cut (the cut of one window needs the previous window's carry, so cuts form a chain; where the disk is
+ * unchanged since the previous snapshot the cut is proven by hashing last night's chunks instead of running
+ * fastcdc, see window-cutter.ts), then its chunks not hashed by the cut are hashed, filtered against what
+ * the repository already holds, and the missing ones compressed and uploaded, while later windows are
+ * already being read and cut. A window's slot is reused only when all of that is done, so memory is
+ * windows x window size whatever the disk size.
+ */
 export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   const started = performance.now();
   const time = o.time ?? new Date().toISOString();
