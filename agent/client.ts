@@ -18,8 +18,9 @@ import {
   type SnapshotInfo,
 } from '../api/protocol.js';
 import { AGENT_USER_AGENT } from '../api/version.js';
+import { codeForStatus, DiskvaultError, HashMismatchError, isErrorCode } from '../common/errors.js';
+import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
 import { paced, pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
@@ -54,19 +55,6 @@ interface Response {
   /** The body; paced by the download limit once the status is 2xx. */
   stream: Readable;
 }
-
-const KNOWN_CODES = new Set<ErrorCode>([
-  'NotFound',
-  'HashMismatch',
-  'StorageFull',
-  'Conflict',
-  'InvalidInput',
-  'Unauthorized',
-  'Forbidden',
-  'TooLarge',
-  'Corrupt',
-  'Unavailable',
-]);
 
 /**
  * Statuses that mean "try again later": the server or something in between is overloaded or restarting.
@@ -441,14 +429,6 @@ function tlsProblem(e: NodeJS.ErrnoException | undefined, url: URL): string | un
   return undefined;
 }
 
-/** No repository's chunker may cut a chunk larger than this, so no chunk download needs more room. */
-const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
-
-/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
-function zstdBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
-}
-
 /**
  * A response body of at most `cap` bytes, read into one buffer sized by Content-Length when the server sent
  * one (no concatenation copy); refused as Corrupt as soon as it would exceed `cap` or its announced length.
@@ -527,31 +507,8 @@ async function errorFrom(res: Response): Promise<DiskvaultError> {
   } catch {
     body = {};
   }
-  const code = KNOWN_CODES.has(body.code as ErrorCode) ? (body.code as ErrorCode) : statusCode(res.status);
+  const code = isErrorCode(body.code) ? body.code : codeForStatus(res.status);
   const message =
     typeof body.message === 'string' && body.message ? body.message : `server answered HTTP ${res.status}`;
   return new DiskvaultError(code, message, { status: res.status, ...(body.details ?? {}) });
-}
-
-function statusCode(status: number): ErrorCode {
-  switch (status) {
-    case 400:
-      return 'InvalidInput';
-    case 401:
-      return 'Unauthorized';
-    case 403:
-      return 'Forbidden';
-    case 404:
-      return 'NotFound';
-    case 409:
-      return 'Conflict';
-    case 413:
-      return 'TooLarge';
-    case 422:
-      return 'HashMismatch';
-    case 507:
-      return 'StorageFull';
-    default:
-      return 'Unavailable';
-  }
 }

@@ -1,25 +1,14 @@
 import type { ServerResponse } from 'node:http';
-import { DiskvaultError, type ErrorCode, isDiskvaultError } from '../storage-adapters/errors.js';
+import { DiskvaultError, ERROR_STATUS, type ErrorCode, isDiskvaultError } from '../common/errors.js';
 import type { ErrorBody } from './protocol.js';
 
-/**
- * The one place where error codes become HTTP statuses. Everything the server answers with an error goes
- * through `errorResponse`, so a client sees `{code, message, details?}` and never a stack trace.
- */
-const STATUS: Record<ErrorCode, number> = {
-  InvalidInput: 400,
-  Unauthorized: 401,
-  Forbidden: 403,
-  NotFound: 404,
-  Conflict: 409,
-  TooLarge: 413,
-  HashMismatch: 422,
-  // Corrupt names the damaged chunk or manifest: the operator needs that, and it reveals nothing internal.
-  Corrupt: 500,
-  Unavailable: 503,
-  StorageFull: 507,
-};
+const STATUS: Record<ErrorCode, number> = ERROR_STATUS;
 
+/**
+ * Where error codes become HTTP statuses (common/errors.ts holds the table). Everything the server answers
+ * with an error goes through `errorResponse`, so a client sees `{code, message, details?}` and never a
+ * stack trace.
+ */
 export function statusFor(code: ErrorCode): number {
   return STATUS[code] ?? 500;
 }

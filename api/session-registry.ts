@@ -1,4 +1,4 @@
-import { NotFoundError } from '../storage-adapters/errors.js';
+import { NotFoundError } from '../common/errors.js';
 import type { Principal } from './auth.js';
 
 interface Binding {

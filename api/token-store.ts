@@ -2,8 +2,8 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NAME_PATTERN } from '../repo-engine/manifest-codec.js';
-import { DiskvaultError, InvalidInputError, NotFoundError } from '../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { checkName } from '../common/names.js';
 import { writeFileAtomic } from './atomic-file.js';
 
 /**
@@ -48,8 +48,7 @@ function hashSecret(secret: string): string {
 
 export function validateTenant(tenant: string, allowAll: boolean): void {
   if (tenant === ALL_TENANTS && allowAll) return;
-  if (!NAME_PATTERN.test(tenant))
-    throw new InvalidInputError(`invalid tenant name ${JSON.stringify(tenant)}`);
+  checkName('tenant name', tenant);
 }
 
 function parseFile(text: string, path: string): TokenFile {
@@ -160,7 +159,7 @@ export async function createToken(
 ): Promise<{ record: TokenRecord; token: string }> {
   const hosts = [...new Set(spec.hosts ?? [])];
   for (const h of hosts) {
-    if (!NAME_PATTERN.test(h)) throw new InvalidInputError(`invalid host name ${JSON.stringify(h)}`);
+    checkName('host name', h);
   }
   if (spec.role === 'agent' && hosts.length === 0)
     throw new InvalidInputError('an agent token needs at least one --host');

@@ -1,7 +1,8 @@
+import { InvalidInputError } from '../common/errors.js';
+import { checkName as checkNameAs, TAG_PATTERN } from '../common/names.js';
 import { parseRetentionDuration } from '../repo-engine/durations.js';
-import { HEX64, NAME_PATTERN, TAG_PATTERN } from '../repo-engine/manifest-codec.js';
+import { HEX64 } from '../repo-engine/manifest-codec.js';
 import type { RetentionPolicy } from '../repo-engine/types.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 import { MAX_MISSING_IDS } from './protocol.js';
 
 /**
@@ -23,10 +24,7 @@ export function checkSessionId(value: unknown): string {
 }
 
 export function checkName(value: unknown, what: string): string {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(`${what} must match ${NAME_PATTERN.source}`);
-  }
-  return value;
+  return checkNameAs(what, value);
 }
 
 export function optionalName(value: unknown, what: string): string | undefined {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { isDiskvaultError, NotFoundError } from '../common/errors.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { isDiskvaultError, NotFoundError } from '../storage-adapters/errors.js';
 import { encodeManifestHead, HEX64, type ManifestHeader, ManifestReader } from './manifest-codec.js';
 
 export const SNAPSHOTS_PREFIX = 'snapshots/';

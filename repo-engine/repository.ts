@@ -1,12 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { ConflictError, DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { checkName } from '../common/names.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import {
-  ConflictError,
-  DiskvaultError,
-  InvalidInputError,
-  NotFoundError,
-} from '../storage-adapters/errors.js';
 import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { loadOrCreateConfig, type RepositoryConfig } from './config.js';
@@ -19,7 +15,6 @@ import {
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
-  NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
 import { planRetention } from './retention.js';
@@ -191,9 +186,9 @@ export class Repository implements RepositoryApi {
   // ---- sessions
 
   async beginSession(host: string, disk: string, tenant: string = DEFAULT_TENANT): Promise<SessionInfo> {
-    checkName('host', host);
-    checkName('disk', disk);
-    checkName('tenant', tenant);
+    checkName('host name', host);
+    checkName('disk name', disk);
+    checkName('tenant name', tenant);
     return this.mutation(() => {
       const now = this.opts.now();
       const row: SessionRow = {
@@ -632,14 +627,6 @@ export class Repository implements RepositoryApi {
   private drained(): Promise<void> {
     if (this.activeMutations === 0) return Promise.resolve();
     return new Promise((resolve) => this.idle.push(resolve));
-  }
-}
-
-function checkName(what: string, value: string): void {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(
-      `${what} name ${JSON.stringify(String(value).slice(0, 80))} is invalid: letters, digits, '.', '_', '-', up to 128`,
-    );
   }
 }
 

@@ -67,7 +67,7 @@ export function validateKey(key: string): void {
   }
 }
 
-import { InvalidInputError } from './errors.js';
+import { InvalidInputError } from '../common/errors.js';
 
 class InvalidKey extends InvalidInputError {
   constructor(key: unknown) {

@@ -1,6 +1,6 @@
 import type { Server } from 'restify';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
 import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';

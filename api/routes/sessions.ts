@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
+import { InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { mayUseHost, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';

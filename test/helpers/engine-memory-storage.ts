@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { NotFoundError } from '../../common/errors.js';
 import {
   type BufferAllocator,
   type ByteRange,
@@ -7,7 +8,6 @@ import {
   validateKey,
 } from '../../storage-adapters/adapter.js';
 import { checkRange, clampRange, validateListPrefix } from '../../storage-adapters/adapter-support.js';
-import { NotFoundError } from '../../storage-adapters/errors.js';
 
 /**
  * A StorageAdapter held in a Map: fast enough for randomized engine tests with thousands of operations.

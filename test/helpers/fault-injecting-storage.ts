@@ -1,12 +1,12 @@
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { DiskvaultError, StorageFullError } from '../../common/errors.js';
 import type {
   BufferAllocator,
   ByteRange,
   ListEntry,
   StorageAdapter,
 } from '../../storage-adapters/adapter.js';
-import { DiskvaultError, StorageFullError } from '../../storage-adapters/errors.js';
 
 /**
  * A wrapper for fault tests: it forwards to a real adapter and injects the failures a real store shows

@@ -4,7 +4,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { isDiskvaultError } from '../../storage-adapters/errors.js';
+import { isDiskvaultError } from '../../common/errors.js';
 import { corruptStoredChunk } from '../helpers/backup-e2e.js';
 import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';

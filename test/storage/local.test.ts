@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { ConflictError, InvalidInputError, StorageFullError } from '../../storage-adapters/errors.js';
+import { ConflictError, InvalidInputError, StorageFullError } from '../../common/errors.js';
 import { openLocalStorage } from '../../storage-adapters/local.js';
 import { withFaults } from '../helpers/fault-injecting-storage.js';
 import { keysOf, storageContract } from '../helpers/storage-contract.js';

@@ -1,21 +1,46 @@
 /**
- * The one family of typed errors diskvault raises. It lives in the lowest layer so that no import points
- * upward: storage, engine, API and agent all throw these. Every layer throws these; `api/` maps `code` to an HTTP
- * status in one place and the CLI maps it to an exit code in one place. "Not found" for a single lookup is
- * usually a value (undefined), but where an operation cannot continue it is this NotFound error.
+ * The error codes of diskvault's one family of typed errors, each with the HTTP status the server answers
+ * it with. The server maps a code to its status here and the agent maps a status back to a code here, so
+ * the two cannot drift apart.
  */
-export type ErrorCode =
-  | 'NotFound'
-  | 'HashMismatch'
-  | 'StorageFull'
-  | 'Conflict'
-  | 'InvalidInput'
-  | 'Unauthorized'
-  | 'Forbidden'
-  | 'TooLarge'
-  | 'Corrupt'
-  | 'Unavailable';
+export const ERROR_STATUS = {
+  InvalidInput: 400,
+  Unauthorized: 401,
+  Forbidden: 403,
+  NotFound: 404,
+  Conflict: 409,
+  TooLarge: 413,
+  HashMismatch: 422,
+  // Corrupt names the damaged chunk or manifest: the operator needs that, and it reveals nothing internal.
+  Corrupt: 500,
+  Unavailable: 503,
+  StorageFull: 507,
+} as const;
 
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+export const ERROR_CODES = Object.keys(ERROR_STATUS) as ErrorCode[];
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_STATUS, value);
+}
+
+/**
+ * The code a client assumes for an error answer without a known code in its body (a proxy's page, an older
+ * server): the code whose status it is, and Unavailable for any other status (500 included: retrying or
+ * reporting it as the server's trouble is right, calling it Corrupt is not).
+ */
+export function codeForStatus(status: number): ErrorCode {
+  const code = ERROR_CODES.find((c) => ERROR_STATUS[c] === status);
+  return code && code !== 'Corrupt' ? code : 'Unavailable';
+}
+
+/**
+ * The one family of typed errors diskvault raises. It lives in the neutral layer so that no import points
+ * upward: storage, engine, API and agent all throw these; `api/` maps `code` to an HTTP status through
+ * ERROR_STATUS and the CLI maps it to an exit code in one place. "Not found" for a single lookup is usually
+ * a value (undefined), but where an operation cannot continue it is this NotFound error.
+ */
 export class DiskvaultError extends Error {
   readonly code: ErrorCode;
   /** Extra machine-readable facts (for example the ids a commit found missing). */
