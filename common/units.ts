@@ -22,7 +22,7 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] || m[2] || '127.0.0.1', port };
 }
 
-/** Bytes for people, in binary units: "512 B", "1.50 MiB", "78.1 KiB" (three significant digits from 1 KiB on). */
+/** Bytes for people, in binary units with one decimal: "512 B", "1.5 MiB", "78.1 KiB". */
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let v = n;
@@ -31,5 +31,5 @@ export function formatBytes(n: number): string {
     v /= 1024;
     u++;
   }
-  return `${u === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
+  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
 }
