@@ -6,10 +6,9 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { UsageError } from '../common/cli.js';
 import { parseRate } from './rate-limit.js';
 
-/**
- * What every client command shares: its flags, how they parse, and where the server address and token come
- * from. Exit codes, usage errors and the error-to-exit-code mapping are in common/cli.ts.
- */
+// What every client command shares: its flags, how they parse, and where the server address and token come
+// from. Exit codes, usage errors and the error-to-exit-code mapping are in common/cli.ts.
+
 /**
  * A command's flags (CLIENT_OPTIONS plus its own) and positionals; an unknown or malformed flag is a usage
  * error (exit 2), not a stack trace.
