@@ -1,4 +1,4 @@
-/** Sizes and thresholds every layer must agree on. */
+// Sizes and thresholds every layer must agree on.
 
 /**
  * No repository's chunker may cut a chunk larger than this, so no chunk upload or download needs more room.

@@ -1,6 +1,6 @@
 import { ConfigError } from './cli.js';
 
-/** Sizes and addresses as people write them on command lines and in config files. */
+// Sizes and addresses as people write them on command lines and in config files.
 
 const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
 
