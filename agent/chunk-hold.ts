@@ -1,42 +1,57 @@
 import type { DiskvaultClient } from './client.js';
 
 export interface ChunkHold {
-  /** Ends the hold; never throws (an expired or unreachable session ends by itself at its lease). */
+  /** Ends the hold; never throws (a lease that cannot be released ends by itself when it expires). */
   release(): Promise<void>;
 }
 
+type LeaseClient = Pick<DiskvaultClient, 'takeLease' | 'renewLease' | 'releaseLease'>;
+
 /**
- * Keeps the repository from collecting chunks while this process still reads them (a restore, an NBD
- * export). The server's gc keeps every chunk freed after the oldest open session began
- * (docs/repository-format.md, "gc"), so an open session of our own makes a snapshot that an admin forgets
- * meanwhile stay readable until we release it. The session is renewed at a third of its lease with an empty
- * missing query; a process that dies leaves it to expire. Taking the hold is best effort: a server or token
- * that refuses it gets a warning, and the read goes on unprotected, as before.
+ * Keeps the repository from collecting one snapshot's chunks while this process still reads them (a
+ * restore, an NBD export): a snapshot lease (docs/api.md, "Snapshot leases"). The server records which
+ * snapshot is held and until when, and gc spares that snapshot's chunks even if it is forgotten meanwhile;
+ * nothing else is held back. It needs only the right to read the snapshot. The lease is renewed once per
+ * third of its length, not per chunk; a renewal the server no longer knows (its lease ended while this
+ * process was stalled) takes a new lease if the snapshot still exists. A process that dies leaves the lease
+ * to expire. Taking it is best effort: a server or token that refuses it gets a warning, and the read goes
+ * on unprotected.
  */
-export async function holdChunks(
-  client: Pick<DiskvaultClient, 'createSession' | 'missing' | 'abort'>,
-  host: string,
-  disk: string,
+export async function holdSnapshot(
+  client: LeaseClient,
+  snapshotId: string,
   warn: (message: string) => void,
 ): Promise<ChunkHold> {
-  let session: { id: string; expiresAt: string };
+  let lease: { leaseId: string; expiresAt: string };
   try {
-    session = await client.createSession(host, disk);
+    lease = await client.takeLease(snapshotId);
   } catch (err) {
     warn(
       `could not keep gc from collecting this snapshot's chunks while it is read: ${(err as Error).message}`,
     );
     return { release: async () => {} };
   }
-  const leaseMs = Date.parse(session.expiresAt) - Date.now();
+  const leaseMs = Date.parse(lease.expiresAt) - Date.now();
   let warned = false;
-  const timer = setInterval(
-    () => {
-      client.missing(session.id, []).catch((err: Error) => {
+  let renewing: Promise<void> = Promise.resolve();
+  const renew = async () => {
+    try {
+      lease = await client.renewLease(lease.leaseId);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      try {
+        if (code !== 'NotFound') throw err;
+        lease = await client.takeLease(snapshotId);
+      } catch (again) {
         if (warned) return;
         warned = true;
-        warn(`renewing the hold on this snapshot's chunks failed: ${err.message}`);
-      });
+        warn(`renewing the hold on this snapshot's chunks failed: ${(again as Error).message}`);
+      }
+    }
+  };
+  const timer = setInterval(
+    () => {
+      renewing = renewing.then(renew);
     },
     Math.max(1000, Number.isFinite(leaseMs) ? leaseMs / 3 : 60_000),
   );
@@ -44,7 +59,8 @@ export async function holdChunks(
   return {
     release: async () => {
       clearInterval(timer);
-      await client.abort(session.id).catch(() => {});
+      await renewing;
+      await client.releaseLease(lease.leaseId).catch(() => {});
     },
   };
 }

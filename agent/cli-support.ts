@@ -107,7 +107,11 @@ export function resolveClientConfig(flags: {
 }
 
 /** The certificates named by --cacert, else DISKVAULT_CACERT, else the config file's "cacert", read and checked. */
-function trustedCertificates(flags: string[] | undefined, fromFile: unknown, configPath: string): Buffer[] {
+export function trustedCertificates(
+  flags: string[] | undefined,
+  fromFile: unknown,
+  configPath: string,
+): Buffer[] {
   let files: string[];
   if (flags?.length) files = flags;
   else if (process.env.DISKVAULT_CACERT) files = [process.env.DISKVAULT_CACERT];

@@ -20,8 +20,12 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
     module: './commands/nbd.js',
     summary: 'serve a snapshot read-only over NBD, to mount it without restoring',
   },
+  share: { module: './commands/share.js', summary: "print a URL serving a snapshot's image without a token" },
   forget: { module: './commands/admin.js', summary: 'remove snapshots by retention policy or by id (admin)' },
   gc: { module: './commands/admin.js', summary: 'delete chunks no snapshot uses (admin)' },
+  sync: { module: './commands/sync.js', summary: 'pull snapshots from another server (an offsite copy)' },
+  protect: { module: './commands/protect.js', summary: 'keep snapshots from forget, delete and gc (admin)' },
+  unprotect: { module: './commands/protect.js', summary: 'lift the protection of snapshots (admin)' },
   verify: { module: './commands/admin.js', summary: 'check the repository (admin)' },
   stats: { module: './commands/admin.js', summary: 'repository statistics, newest snapshot of each disk' },
 };

@@ -16,6 +16,7 @@ import {
   type PutChunkResponse,
   RAW_LENGTH_HEADER,
   type SnapshotInfo,
+  type SnapshotLeaseResponse,
 } from '../api/protocol.js';
 import { AGENT_USER_AGENT } from '../api/version.js';
 import { codeForStatus, DiskvaultError, HashMismatchError, isErrorCode } from '../common/errors.js';
@@ -124,8 +125,13 @@ export class DiskvaultClient {
 
   // ---- backup side ----
 
-  async createSession(host: string, disk: string): Promise<CreateSessionResponse> {
-    return await this.json<CreateSessionResponse>('POST', 'v1/sessions', { host, disk });
+  /** `tenant`: only a global admin may name one (an offsite copy keeping each snapshot's tenant). */
+  async createSession(host: string, disk: string, tenant?: string): Promise<CreateSessionResponse> {
+    return await this.json<CreateSessionResponse>('POST', 'v1/sessions', {
+      host,
+      disk,
+      ...(tenant !== undefined ? { tenant } : {}),
+    });
   }
 
   /** Ids the server wants uploaded, from `ids` (at most MAX_MISSING_IDS per call; the caller batches). */
@@ -184,10 +190,17 @@ export class DiskvaultClient {
   /**
    * Sends the binary manifest. A Buffer body is retried like any request; a stream can only be sent once,
    * so pass a function returning a fresh iterable when the body is large and should survive a retry.
-   * A 409 surfaces as a DiskvaultError with code 'Conflict' and details.missing.
+   * A 409 surfaces as a DiskvaultError with code 'Conflict' and details.missing (or details.snapshot when a
+   * given snapshotId is taken).
    */
-  async commit(sessionId: string, body: Body | (() => Body)): Promise<SnapshotInfo> {
-    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/commit`, body, {
+  async commit(
+    sessionId: string,
+    body: Body | (() => Body),
+    opts: { snapshotId?: string } = {},
+  ): Promise<SnapshotInfo> {
+    // snapshotId (admin only) keeps the id a copied snapshot has in its source repository.
+    const keep = opts.snapshotId !== undefined ? `?id=${enc(opts.snapshotId)}` : '';
+    const res = await this.send('POST', `v1/sessions/${enc(sessionId)}/commit${keep}`, body, {
       'content-type': MANIFEST_CONTENT_TYPE,
     });
     return ((await readJson(res)) as CommitResponse).snapshot;
@@ -199,6 +212,20 @@ export class DiskvaultClient {
   }
 
   // ---- read side (restore uses these) ----
+
+  /** Holds the snapshot's chunks until `expiresAt` (renew before), even if it is forgotten meanwhile. */
+  async takeLease(snapshotId: string): Promise<SnapshotLeaseResponse> {
+    return await this.json<SnapshotLeaseResponse>('POST', `v1/snapshots/${enc(snapshotId)}/lease`, {});
+  }
+
+  async renewLease(leaseId: string): Promise<SnapshotLeaseResponse> {
+    return await this.json<SnapshotLeaseResponse>('POST', `v1/leases/${enc(leaseId)}`, {});
+  }
+
+  async releaseLease(leaseId: string): Promise<void> {
+    const res = await this.send('DELETE', `v1/leases/${enc(leaseId)}`);
+    res.stream.resume();
+  }
 
   async listSnapshots(filter: { host?: string; disk?: string } = {}): Promise<SnapshotInfo[]> {
     const q = new URLSearchParams();

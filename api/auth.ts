@@ -27,6 +27,17 @@ export function authenticate(req: IncomingMessage, tokens: TokenStore): Principa
 
 export const isGlobalAdmin = (p: Principal) => p.role === 'admin' && p.tenant === ALL_TENANTS;
 
+/** A reader sees what an admin of its tenant (or, global, of every tenant) sees, and changes nothing. */
+export const isReader = (p: Principal) => p.role === 'reader';
+
+/** Sees every host's snapshots of its tenant (or of every tenant): an admin or a reader, not an agent. */
+export const seesAllHosts = (p: Principal) => p.role === 'admin' || p.role === 'reader';
+
+/** Backing up (sessions, uploads, commits) is for agents and admins; a reader token never writes. */
+export function requireWriter(p: Principal): void {
+  if (p.role === 'reader') throw forbidden('a reader token cannot write to the repository');
+}
+
 export function requireAdmin(p: Principal): void {
   if (p.role !== 'admin') throw forbidden('this needs an admin token');
 }
@@ -35,14 +46,20 @@ export function requireGlobalAdmin(p: Principal): void {
   if (!isGlobalAdmin(p)) throw forbidden('this needs a global admin token (tenant *)');
 }
 
-/** Hosts: agents only their own; admins any. */
+/** Hosts to back up: agents only their own; admins any; readers none. */
 export function mayUseHost(p: Principal, host: string): boolean {
-  return p.role === 'admin' || p.hosts.includes(host);
+  return p.role === 'admin' || (p.role === 'agent' && p.hosts.includes(host));
 }
 
-/** The tenant a new session belongs to: a global admin backs up into the default tenant. */
-export function sessionTenant(p: Principal): string {
-  return p.tenant === ALL_TENANTS ? DEFAULT_TENANT : p.tenant;
+/**
+ * The tenant a new session belongs to: a global admin backs up into the default tenant, or into the one it
+ * asks for (an offsite copy keeps each snapshot's tenant); every other token into its own.
+ */
+export function sessionTenant(p: Principal, requested?: string): string {
+  const own = p.tenant === ALL_TENANTS ? DEFAULT_TENANT : p.tenant;
+  if (requested === undefined || requested === own) return own;
+  if (isGlobalAdmin(p)) return requested;
+  throw forbidden(`this token may not write into tenant ${requested}`);
 }
 
 /** The tenant whose data a principal may read; undefined means every tenant. */
@@ -51,7 +68,7 @@ export function tenantScope(p: Principal): string | undefined {
 }
 
 export function maySeeSnapshot(p: Principal, s: SnapshotInfo): boolean {
-  if (isGlobalAdmin(p)) return true;
+  if (seesAllHosts(p) && p.tenant === ALL_TENANTS) return true;
   if (s.tenant !== p.tenant) return false;
-  return p.role === 'admin' || p.hosts.includes(s.host);
+  return seesAllHosts(p) || p.hosts.includes(s.host);
 }

@@ -19,10 +19,20 @@ export interface ServerConfig {
   cacheBytes?: number;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  /** How far a snapshot's time may lie ahead of the server's clock (repo-engine/snapshot-time.ts). */
+  clockSkewMs?: number;
+  /** An upload session ends this long after it began, however busy (default 24 h). */
+  sessionMaxAgeMs?: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold (default 16). */
+  maxSessionsPerToken?: number;
   /** HTTP deadlines (api/server.ts): a request head, a whole request, a silent socket. */
   server?: { headersTimeoutMs?: number; requestTimeoutMs?: number; idleTimeoutMs?: number };
   /** Chunker of a repository created by this start; an existing repository keeps its own. */
   chunker?: { min: number; avg: number; max: number };
+  /** The repository key's file when not <data>/repository.key (also $DISKVAULT_REPOSITORY_KEY_FILE). */
+  repositoryKeyFile?: string;
+  /** Encryption of a repository created by this start (default aes-256-gcm); an existing one keeps its own. */
+  encryption?: 'aes-256-gcm' | 'none';
 }
 
 export const SERVER_OPTIONS = {
@@ -39,7 +49,12 @@ export const SERVER_OPTIONS = {
   'cache-size': { type: 'string' },
   'gc-grace': { type: 'string' },
   'session-lease': { type: 'string' },
+  'clock-skew': { type: 'string' },
+  'session-max-age': { type: 'string' },
+  'max-sessions-per-token': { type: 'string' },
   'chunk-avg': { type: 'string' },
+  'repository-key-file': { type: 'string' },
+  encryption: { type: 'string' },
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
@@ -122,6 +137,16 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   if (grace !== undefined) config.gcGraceMs = parseDuration(grace, '--gc-grace');
   const lease = str('session-lease');
   if (lease !== undefined) config.sessionLeaseMs = parseDuration(lease, '--session-lease');
+  const skew = str('clock-skew');
+  if (skew !== undefined) config.clockSkewMs = parseDuration(skew, '--clock-skew');
+  const maxAge = str('session-max-age');
+  if (maxAge !== undefined) config.sessionMaxAgeMs = parseDuration(maxAge, '--session-max-age');
+  const perToken = str('max-sessions-per-token');
+  if (perToken !== undefined) {
+    if (!/^\d+$/.test(perToken) || Number(perToken) < 1 || Number(perToken) > 100_000)
+      throw new ConfigError(`--max-sessions-per-token ${perToken}: a whole number from 1 to 100000`);
+    config.maxSessionsPerToken = Number(perToken);
+  }
   const deadlines: NonNullable<ServerConfig['server']> = {};
   const headers = str('headers-timeout');
   if (headers !== undefined) deadlines.headersTimeoutMs = parseDuration(headers, '--headers-timeout');
@@ -130,6 +155,14 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
   const idle = str('idle-timeout');
   if (idle !== undefined) deadlines.idleTimeoutMs = parseDuration(idle, '--idle-timeout');
   if (Object.keys(deadlines).length > 0) config.server = deadlines;
+  const keyFile = str('repository-key-file');
+  if (keyFile !== undefined) config.repositoryKeyFile = resolve(keyFile);
+  const encryption = str('encryption');
+  if (encryption !== undefined) {
+    if (encryption !== 'aes-256-gcm' && encryption !== 'none')
+      throw new ConfigError(`--encryption ${encryption}: aes-256-gcm or none`);
+    config.encryption = encryption;
+  }
   const avg = str('chunk-avg');
   if (avg !== undefined) {
     const n = parseSize(avg);
@@ -155,12 +188,23 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --tls-key FILE         PEM private key
   --cache-size BYTES     chunk read cache (e.g. 256M, 1G)
   --gc-grace DURATION    unreferenced chunks younger than this survive gc (e.g. 24h, 2d)
-  --session-lease DURATION  an idle upload session expires after this (e.g. 15m)
+  --clock-skew DURATION  a snapshot time this far ahead of the server's clock is accepted (default 5m)
+  --session-lease DURATION  an idle upload session or unrenewed snapshot lease expires after this (15m)
+  --session-max-age DURATION  an upload session ends this long after it began, however busy (24h)
+  --max-sessions-per-token N  open upload sessions, and separately snapshot leases, per token (16)
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)
   --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
                          fixed at creation, since changing it would break dedup
+  --repository-key-file FILE  the repository key (default DIR/repository.key, made with a new
+                         repository; also $DISKVAULT_REPOSITORY_KEY_FILE). Without it an encrypted
+                         repository cannot be read: keep a copy ('diskvault server key show')
+  --encryption aes-256-gcm|none  encryption of a NEW repository (default aes-256-gcm); none makes a
+                         plaintext (format 1) repository
 
 S3 credentials come from the standard AWS environment variables or profile.
+
+       diskvault server key show [--data DIR] [--repository-key-file FILE]
+prints the repository key, for safekeeping away from the storage.
 `;

@@ -3,6 +3,7 @@ import type { Next, Request, Response } from 'restify';
 import { InvalidInputError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
 import { authenticate, type Principal } from './auth.js';
+import type { CommitGate } from './commit-gate.js';
 import { sendError } from './errors.js';
 import type { JobRegistry } from './jobs.js';
 import type { Metrics } from './metrics.js';
@@ -18,6 +19,10 @@ export interface ApiContext {
   metrics: Metrics;
   log: (line: string) => void;
   maxManifestBytes: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold. */
+  maxSessionsPerToken: number;
+  /** Bounds concurrent commits (api/commit-gate.ts). */
+  commits: CommitGate;
 }
 
 /** The token id of each request, for the request log (never the token itself). */

@@ -3,8 +3,8 @@ import type { VerifyProgress } from '../repo-engine/types.js';
 import { errorResponse } from './errors.js';
 
 /**
- * Long operations (verify) run as jobs: the request returns a job id at once and the client polls
- * GET /v1/jobs/:id. Jobs live in memory; the newest `keep` finished ones are remembered.
+ * Long operations (verify, gc, forget with prune) run as jobs: the request returns a job id at once and the
+ * client polls GET /v1/jobs/:id. Jobs live in memory; the newest `keep` finished ones are remembered.
  */
 export type JobState = 'running' | 'done' | 'failed';
 
@@ -29,13 +29,17 @@ export class JobRegistry {
     private readonly keep = 100,
   ) {}
 
-  /** Starts `work`, or returns the job of the same kind already running: two verifies only slow each other. */
+  /**
+   * Starts `work`, or, when `shared` (the default), returns the job of the same kind already running: two
+   * verifies or two gcs only slow each other. Work that differs per request (a forget) is not shared.
+   */
   start(
     kind: string,
     tokenId: string,
     work: (progress: (p: VerifyProgress) => void) => Promise<unknown>,
+    { shared = true }: { shared?: boolean } = {},
   ): JobStatus {
-    for (const j of this.jobs.values()) if (j.kind === kind && j.state === 'running') return j;
+    if (shared) for (const j of this.jobs.values()) if (j.kind === kind && j.state === 'running') return j;
     const job: JobStatus = {
       id: randomBytes(32).toString('hex'),
       kind,
@@ -75,6 +79,11 @@ export class JobRegistry {
 
   get(id: string): JobStatus | undefined {
     return this.jobs.get(id);
+  }
+
+  /** Every remembered job, newest first. */
+  list(): JobStatus[] {
+    return [...this.jobs.values()].reverse();
   }
 
   running(): number {

@@ -61,6 +61,15 @@ export interface CommitResponse {
   snapshot: SnapshotInfo;
 }
 
+/**
+ * GET /v1/snapshots/:id, and PUT / DELETE /v1/snapshots/:id/protection (admin): the snapshot; `protected`
+ * says whether forget, delete and gc leave it alone. DELETE /v1/snapshots/:id of a protected snapshot is
+ * 409 Conflict with details.reason 'protected'.
+ */
+export interface SnapshotResponse {
+  snapshot: SnapshotInfo;
+}
+
 export interface ErrorBody {
   code: string;
   message: string;
@@ -73,13 +82,17 @@ import type {
   GcReport,
   RepoStats,
   RetentionPolicy,
+  TenantStats,
   VerifyProgress,
   VerifyReport,
 } from '../repo-engine/types.js';
 
-export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, VerifyProgress, VerifyReport };
+export type { ForgetPlan, GcReport, RepoStats, RetentionPolicy, TenantStats, VerifyProgress, VerifyReport };
 
-/** POST /v1/forget (admin). Without dryRun the plan is applied; prune also runs gc (global admin). */
+/**
+ * POST /v1/forget (admin). Without dryRun the plan is applied: 200 ForgetResponse. With prune (global admin)
+ * it runs as a job, 202 { job }, whose result is the ForgetResponse including gc's report.
+ */
 export interface ForgetRequest {
   policy: RetentionPolicy;
   host?: string;
@@ -94,7 +107,7 @@ export interface ForgetResponse {
   gc?: GcReport;
 }
 
-/** POST /v1/gc (global admin) -> 200 { report }. */
+/** POST /v1/gc (global admin) -> 202 { job }; the finished job's result is a GcReport. */
 export interface GcResponse {
   report: GcReport;
 }
@@ -103,19 +116,29 @@ export interface GcResponse {
 export interface VerifyRequest {
   readData?: boolean;
 }
-export interface JobInfo {
+export interface JobInfo<R = VerifyReport | GcReport | ForgetResponse> {
   id: string;
-  kind: 'verify';
+  kind: 'verify' | 'gc' | 'forget';
   state: 'running' | 'done' | 'failed';
   startedAt: string;
   finishedAt?: string;
   progress?: VerifyProgress;
-  /** For verify: a VerifyReport. */
-  result?: VerifyReport;
+  /** verify: a VerifyReport; gc: a GcReport; forget: a ForgetResponse. */
+  result?: R;
   error?: { code: string; message: string };
 }
-export interface JobResponse {
-  job: JobInfo;
+export interface JobResponse<R = VerifyReport | GcReport | ForgetResponse> {
+  job: JobInfo<R>;
+}
+
+/**
+ * POST /v1/snapshots/:id/lease -> 201, POST /v1/leases/:leaseId (renew) -> 200: the snapshot's chunks are
+ * kept until expiresAt, even if the snapshot is forgotten meanwhile. DELETE /v1/leases/:leaseId -> 204.
+ */
+export interface SnapshotLeaseResponse {
+  leaseId: string;
+  snapshot: string;
+  expiresAt: string;
 }
 
 /** One disk's snapshot series: what monitoring watches (is the newest recent, did it read every sector). */
@@ -139,5 +162,19 @@ export interface StatsResponse {
   /** Every disk in scope with its number of snapshots and its newest one, ordered by tenant, host, disk. */
   disks: DiskSeriesStats[];
   repository?: RepoStats;
-  tenant?: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number };
+  /** A tenant admin's own figures: never dependent on what other tenants hold. */
+  tenant?: TenantStats;
+}
+
+/**
+ * Whether a URL's or a listen address's host is this machine's loopback (127.0.0.0/8, ::1, localhost):
+ * traffic to it never leaves the machine, so plain http there exposes no token. Anything else, names
+ * included (they are not resolved), counts as the network.
+ */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (h === 'localhost' || h.endsWith('.localhost')) return true;
+  if (h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4);
 }

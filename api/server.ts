@@ -5,6 +5,7 @@ import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
 import { DiskvaultError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
+import { CommitGate } from './commit-gate.js';
 import { type ApiContext, closeIfBodyUnread } from './context.js';
 import { errorResponse } from './errors.js';
 import { JobRegistry } from './jobs.js';
@@ -12,8 +13,18 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerClientDownloadRoutes } from './routes/client-download.js';
+import { registerDiskViewRoutes } from './routes/disk-views.js';
+import { registerImageRoutes } from './routes/image.js';
+import { registerJobListRoute } from './routes/jobs-list.js';
+import { registerLeaseRoutes } from './routes/leases.js';
+import { registerProtectRoutes } from './routes/protect.js';
 import { registerSessionRoutes } from './routes/sessions.js';
+import { registerShareRoutes } from './routes/share.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerTokenRoutes } from './routes/tokens.js';
+import { registerUiRoutes } from './routes/ui.js';
+import { registerWhoamiRoute } from './routes/whoami.js';
 import { SessionRegistry } from './session-registry.js';
 import { TokenStore } from './token-store.js';
 
@@ -34,7 +45,17 @@ export interface ServerOptions {
   /** A socket with no traffic for this long is closed (a stalled body). */
   idleTimeoutMs?: number;
   maxManifestBytes?: number;
+  /** Open upload sessions, and separately snapshot leases, one token may hold. */
+  maxSessionsPerToken?: number;
+  /** Commits running at once; more wait (see api/commit-gate.ts). Default 2. */
+  maxConcurrentCommits?: number;
+  /** Commits waiting for a turn before more are refused with 503. Default 16. */
+  maxWaitingCommits?: number;
+  /** How long a commit waits for its turn before it is refused with 503. Default 60 s. */
+  commitWaitMs?: number;
 }
+
+export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
 
 /** 2 GiB: a 64 TiB image at 1 MiB average chunks is ~2.3 GB of entries, beyond what one agent backs up. */
 export const DEFAULT_MAX_MANIFEST_BYTES = 2 * 1024 * 1024 * 1024;
@@ -61,6 +82,12 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     metrics: new Metrics(),
     log,
     maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
+    maxSessionsPerToken: opts.maxSessionsPerToken ?? DEFAULT_MAX_SESSIONS_PER_TOKEN,
+    commits: new CommitGate(
+      opts.maxConcurrentCommits ?? 2,
+      opts.maxWaitingCommits ?? 16,
+      opts.commitWaitMs ?? 60_000,
+    ),
   };
   const server = restify.createServer({
     name: 'diskvault',
@@ -78,6 +105,16 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerChunkRoutes(server, ctx);
   registerSnapshotRoutes(server, ctx);
   registerAdminRoutes(server, ctx);
+  registerLeaseRoutes(server, ctx);
+  registerImageRoutes(server, ctx);
+  registerProtectRoutes(server, ctx);
+  registerWhoamiRoute(server, ctx);
+  registerJobListRoute(server, ctx);
+  registerDiskViewRoutes(server, ctx);
+  registerTokenRoutes(server, ctx);
+  registerUiRoutes(server, ctx);
+  registerShareRoutes(server, ctx);
+  registerClientDownloadRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(
@@ -146,8 +183,14 @@ function enforceDeadlines(http: HttpServer, headersTimeout: number, requestTimeo
       req.method === 'PUT' && req.url?.startsWith('/v1/chunks/')
         ? Math.min(requestTimeout, CHUNK_UPLOAD_DEADLINE_MS)
         : requestTimeout;
-    const deadline = setTimeout(() => socket.destroy(), limit);
-    deadline.unref();
+    // A GET or HEAD without a body has arrived with its head: what follows is the answer, which may be a
+    // whole disk image sent for hours; a client that stops reading it is cut by the idle timeout instead.
+    const bodiless =
+      (req.method === 'GET' || req.method === 'HEAD') &&
+      req.headers['content-length'] === undefined &&
+      req.headers['transfer-encoding'] === undefined;
+    const deadline = bodiless ? undefined : setTimeout(() => socket.destroy(), limit);
+    deadline?.unref();
     res.once('close', () => {
       clearTimeout(deadline);
       if (!socket.destroyed) armHeads(socket);

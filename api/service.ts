@@ -7,6 +7,9 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { openStorage } from '../storage-adapters/index.js';
 import { writeFileAtomic } from './atomic-file.js';
 import type { ServerConfig } from './config.js';
+import { restrictFolder } from './data-permissions.js';
+import { isLoopbackHost } from './protocol.js';
+import { RepositoryKeyFile, repositoryKeyPath } from './repository-key-file.js';
 import { type RunningServer, type ServerOptions, startServer } from './server.js';
 import { createToken, readTokens } from './token-store.js';
 
@@ -52,20 +55,28 @@ export async function readAdminTokenFile(dataDir: string): Promise<string> {
 export async function startService(opts: ServiceOptions): Promise<RunningService> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  const warn = (msg: string) => log(JSON.stringify({ level: 'warn', msg }));
+  await restrictFolder(opts.dataDir, 'data folder', warn);
   const createdAdminToken = await ensureAdminToken(opts.dataDir);
   const storage =
     opts.storage ??
     (await openStorage(
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
+  if (!opts.storage && !opts.s3) await restrictFolder(join(opts.dataDir, 'storage'), 'storage folder', warn);
+  const keyPath = repositoryKeyPath(opts.dataDir, opts.repositoryKeyFile);
   let repo: Repository;
   try {
     repo = await Repository.open({
       storage,
+      keyStore: new RepositoryKeyFile(keyPath.path, keyPath.given),
+      encryption: opts.encryption ?? 'aes-256-gcm',
       indexPath: join(opts.dataDir, 'index.sqlite'),
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.clockSkewMs !== undefined ? { clockSkewMs: opts.clockSkewMs } : {}),
+      ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),
       ...(opts.chunker ? { chunker: opts.chunker } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       log: (msg: string) => log(JSON.stringify({ level: 'info', msg })),
@@ -83,6 +94,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       port: opts.port,
       log,
       ...(opts.tls ? { tls: opts.tls } : {}),
+      ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...opts.server,
     });
   } catch (err) {
@@ -90,6 +102,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     await storage.close().catch(() => {});
     throw err;
   }
+  // Tokens are bearer credentials: beyond loopback, plain http hands them to anyone on the network path.
+  if (!opts.tls && !isLoopbackHost(opts.host ?? '127.0.0.1'))
+    warn(
+      `listening on ${running.url} without TLS: tokens and backups cross the network readable by anyone on the path; give --tls-cert and --tls-key, or listen on 127.0.0.1 behind a TLS proxy`,
+    );
   let stopping: Promise<void> | undefined;
   const stop = (graceMs?: number) => {
     stopping ??= (async () => {

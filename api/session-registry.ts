@@ -17,6 +17,38 @@ interface Binding {
  */
 export class SessionRegistry {
   private readonly sessions = new Map<string, Binding>();
+  /** Sessions being opened now, per token: counted against the limit before the engine answers. */
+  private readonly opening = new Map<string, number>();
+
+  /**
+   * Reserves a place for a new session of `tokenId` when it holds fewer than `limit` (live or being
+   * opened); call the returned release once the session is bound or failed. Otherwise the time in seconds
+   * until its soonest session's lease ends, for Retry-After.
+   */
+  reserve(tokenId: string, limit: number, nowMs: number): { release: () => void } | { retryAfterS: number } {
+    let open = this.opening.get(tokenId) ?? 0;
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const b of this.sessions.values()) {
+      if (b.tokenId !== tokenId || b.expiresAtMs <= nowMs) continue;
+      open++;
+      soonest = Math.min(soonest, b.expiresAtMs);
+    }
+    if (open >= limit) {
+      const wait = Number.isFinite(soonest) ? Math.ceil((soonest - nowMs) / 1000) : 1;
+      return { retryAfterS: Math.max(1, wait) };
+    }
+    this.opening.set(tokenId, (this.opening.get(tokenId) ?? 0) + 1);
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        const n = (this.opening.get(tokenId) ?? 1) - 1;
+        if (n > 0) this.opening.set(tokenId, n);
+        else this.opening.delete(tokenId);
+      },
+    };
+  }
 
   bind(
     sessionId: string,

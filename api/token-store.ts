@@ -13,7 +13,9 @@ import { writeFileAtomic } from './atomic-file.js';
  *
  * A bearer token reads `dv_<id>_<secret>`: id 16 hex (public, logged), secret 64 hex (never logged).
  */
-export type Role = 'agent' | 'admin';
+export type Role = 'agent' | 'admin' | 'reader';
+/** Every role, as `diskvault token create --role` accepts them. */
+export const ROLES: readonly Role[] = ['agent', 'admin', 'reader'];
 /** The tenant of a global admin: every tenant. */
 export const ALL_TENANTS = '*';
 export const DEFAULT_TENANT = 'default';
@@ -21,9 +23,9 @@ export const DEFAULT_TENANT = 'default';
 export interface TokenRecord {
   id: string;
   role: Role;
-  /** Hosts an agent token may back up and restore; empty for admins. */
+  /** Hosts an agent token may back up and restore; empty for admins and readers. */
   hosts: string[];
-  /** The dedup domain; '*' only for a global admin. */
+  /** The dedup domain; '*' only for a global admin or a global reader. */
   tenant: string;
   /** ISO 8601. */
   created: string;
@@ -163,10 +165,14 @@ export async function createToken(
   }
   if (spec.role === 'agent' && hosts.length === 0)
     throw new InvalidInputError('an agent token needs at least one --host');
-  if (spec.role === 'admin' && hosts.length > 0)
-    throw new InvalidInputError('an admin token is not scoped to hosts');
-  const tenant = spec.tenant ?? (spec.role === 'admin' ? ALL_TENANTS : DEFAULT_TENANT);
-  validateTenant(tenant, spec.role === 'admin');
+  if (!ROLES.includes(spec.role)) throw new InvalidInputError(`unknown role ${JSON.stringify(spec.role)}`);
+  if (spec.role !== 'agent' && hosts.length > 0)
+    throw new InvalidInputError(
+      `${spec.role === 'admin' ? 'an admin' : 'a reader'} token is not scoped to hosts`,
+    );
+  // Admins and readers see every tenant unless given one; an agent belongs to one tenant.
+  const tenant = spec.tenant ?? (spec.role === 'agent' ? DEFAULT_TENANT : ALL_TENANTS);
+  validateTenant(tenant, spec.role !== 'agent');
   const id = randomBytes(8).toString('hex');
   const secret = randomBytes(32).toString('hex');
   const record: TokenRecord = {

@@ -14,6 +14,8 @@ export const ERROR_STATUS = {
   // Corrupt names the damaged chunk or manifest: the operator needs that, and it reveals nothing internal.
   Corrupt: 500,
   Unavailable: 503,
+  // A per-token limit (open sessions, snapshot leases); the answer carries Retry-After.
+  TooManyRequests: 429,
   StorageFull: 507,
 } as const;
 

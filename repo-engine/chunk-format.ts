@@ -11,7 +11,7 @@ import type { BufferAllocator } from '../storage-adapters/adapter.js';
  *   version      1 byte   1
  *   compression  1 byte   0 raw, 1 zstd
  *   rawLength    u32 BE   length of the chunk's raw bytes (what its SHA-256 id covers)
- *   payload      the raw bytes, or one or more zstd frames
+ *   payload      the raw bytes, or exactly one zstd frame that declares its content size (= rawLength)
  *
  * The header makes a stored object self-describing, so reindex can learn a chunk's raw size from 9 bytes and
  * the server can hand out a zstd payload without recompressing it.
@@ -75,10 +75,42 @@ export function sha256Hex(data: Uint8Array): string {
 // trusts the frame's claimed content size and would allocate whatever a hostile frame asks for.
 interface ZstdBinding {
   DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  getFrameContentSize(frame: Uint8Array): number | null;
+  findFrameCompressedSize(frame: Uint8Array): number;
   CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
 }
 const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as ZstdBinding;
 let dctx: InstanceType<ZstdBinding['DCtx']> | undefined;
+
+/** The little-endian magic number every zstd frame starts with (skippable frames have others). */
+const ZSTD_FRAME_MAGIC = 0xfd2fb528;
+
+/**
+ * Why a zstd payload is not the one form the repository stores for a chunk of `rawLength` bytes, or
+ * undefined when it is: exactly one zstd frame, declaring its content size, equal to `rawLength`, with
+ * nothing after it. The decoder checks a frame's blocks against its declared size, so every reader that
+ * decodes such a payload within `rawLength` gets the whole chunk or an error; concatenated frames,
+ * skippable frames or a missing size would let a reader that trusts the first frame's header stop early.
+ * Looks at frame headers only: whether the frame decodes to the right bytes is checked by decompressing.
+ */
+export function zstdPayloadProblem(payload: Buffer, rawLength: number): string | undefined {
+  if (payload.length < 4 || payload.readUInt32LE(0) !== ZSTD_FRAME_MAGIC)
+    return 'its payload does not start with a zstd frame';
+  let declared: number | null;
+  let frameBytes: number;
+  try {
+    declared = binding.getFrameContentSize(payload);
+    frameBytes = binding.findFrameCompressedSize(payload);
+  } catch (err) {
+    return `its payload is not a zstd frame (${(err as Error).message})`;
+  }
+  if (declared === null || declared === undefined) return 'its zstd frame does not declare its size';
+  if (declared !== rawLength)
+    return `its zstd frame declares ${declared} bytes, its header says ${rawLength}`;
+  if (frameBytes !== payload.length)
+    return `${payload.length - frameBytes} bytes follow its zstd frame (one frame is allowed)`;
+  return undefined;
+}
 
 /** Thrown when a payload would decompress beyond the bound: a decompression bomb or an oversized chunk. */
 export class TooLargeError extends DiskvaultError {

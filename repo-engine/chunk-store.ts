@@ -1,4 +1,3 @@
-import zstdBinding from 'zstd-napi/binding.js';
 import {
   CorruptError,
   HashMismatchError,
@@ -18,23 +17,23 @@ import {
   encodeStoredChunk,
   sha256Hex,
   TooLargeError,
+  zstdPayloadProblem,
 } from './chunk-format.js';
 import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
+import { chunkKeyOfName, chunkNameFromKey, type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 import type { ChunkLease, StoredChunk } from './types.js';
 
-export const CHUNKS_PREFIX = 'chunks/';
+export { CHUNKS_PREFIX } from './stored-objects.js';
 
-/** `chunks/ab/cd/abcd…`: two levels of fan-out keep any one directory (or S3 listing page run) small. */
+/** A chunk's key in a plaintext repository (an encrypted one names it through its ObjectCodec). */
 export function chunkKey(id: string): string {
-  return `${CHUNKS_PREFIX}${id.slice(0, 2)}/${id.slice(2, 4)}/${id}`;
+  return chunkKeyOfName(id);
 }
 
-/** The id a listed key names, or undefined for anything that is not a well-formed chunk key. */
+/** The id a listed key of a plaintext repository names, or undefined for anything else. */
 export function chunkIdFromKey(key: string): string | undefined {
-  const m = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(key);
-  const id = m?.[3];
-  return id?.startsWith(`${m?.[1]}${m?.[2]}`) ? id : undefined;
+  return chunkNameFromKey(key);
 }
 
 export function checkChunkId(id: string): string {
@@ -45,11 +44,18 @@ export function checkChunkId(id: string): string {
   return id;
 }
 
+/** A checked upload: its raw length, and whether its zstd payload is already the form the repository stores. */
+export interface VerifiedUpload {
+  rawLength: number;
+  /** A zstd payload that is exactly one frame declaring `rawLength` (zstdPayloadProblem): stored as sent. */
+  canonical: boolean;
+}
+
 /** What putChunk decided to store, after checking the upload. */
 export interface PreparedChunk {
   id: string;
   rawLength: number;
-  /** The whole stored object: header + payload. */
+  /** The whole object as stored: header + payload, sealed in an encrypted repository (so its length is the stored size). */
   bytes: Buffer;
 }
 
@@ -69,25 +75,23 @@ export class ChunkStore {
     private readonly storage: StorageAdapter,
     private readonly maxRawBytes: number,
     cacheBytes: number,
+    /** Names and seals chunk objects: plaintext or encrypted (stored-objects.ts). */
+    readonly codec: ObjectCodec = PLAINTEXT_OBJECTS,
   ) {
     this.reads = new ChunkReadCache(cacheBytes);
   }
 
   /**
    * Checks an upload: a zstd payload is decompressed (never beyond the chunker's max, whatever the frame
-   * claims) and SHA-256 of the raw bytes must equal `id`. Returns the raw bytes; throws HashMismatch,
-   * TooLarge or InvalidInput before anything is stored.
+   * claims) and SHA-256 of the raw bytes must equal `id`. Throws HashMismatch, TooLarge or InvalidInput
+   * before anything is stored. Any zstd payload whose bytes check out is accepted, but only one in the
+   * canonical form (see zstdPayloadProblem) may be stored as sent: prepare() re-encodes the others.
    */
-  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): number {
+  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): VerifiedUpload {
     checkChunkId(id);
     if (encoding !== 'raw' && encoding !== 'zstd')
       throw new InvalidInputError(`unknown chunk encoding ${String(encoding)}`);
-    // The decompressed bytes live only until the hash below, synchronously: one scratch buffer serves all uploads.
-    this.uploadScratch ??= Buffer.allocUnsafe(this.maxRawBytes + 1);
-    const raw =
-      encoding === 'zstd'
-        ? decompressBounded(payload, this.maxRawBytes, `chunk ${id}`, this.uploadScratch)
-        : payload;
+    const raw = this.uploadedRaw(id, payload, encoding);
     if (raw.length === 0) throw new InvalidInputError(`chunk ${id} is empty`);
     if (raw.length > this.maxRawBytes)
       throw new TooLargeError(
@@ -97,15 +101,45 @@ export class ChunkStore {
     const actual = sha256Hex(raw);
     if (actual !== id)
       throw new HashMismatchError(`chunk ${id}: uploaded bytes hash to ${actual}`, { chunk: id, actual });
-    return raw.length;
+    return {
+      rawLength: raw.length,
+      canonical: encoding === 'zstd' && zstdPayloadProblem(payload, raw.length) === undefined,
+    };
   }
 
-  /** A zstd upload is kept as sent (the agent already paid for compression); a raw one is compressed here. */
-  prepare(id: string, rawLength: number, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
+  /**
+   * The raw bytes of an upload. A zstd payload is decompressed into one scratch buffer shared by all
+   * uploads: use the result synchronously, before any await.
+   */
+  private uploadedRaw(id: string, payload: Buffer, encoding: ChunkEncoding): Buffer {
+    if (encoding !== 'zstd') return payload;
+    this.uploadScratch ??= Buffer.allocUnsafe(this.maxRawBytes + 1);
+    return decompressBounded(payload, this.maxRawBytes, `chunk ${id}`, this.uploadScratch);
+  }
+
+  /**
+   * The object to store for a verified upload. A canonical zstd payload is kept as sent (the agent already
+   * paid for compression); a raw one is compressed here, and so is any other zstd payload (several frames,
+   * a frame without its size, skippable frames), after decompressing it again: what is stored must decode
+   * to exactly the verified bytes for every reader, whatever form the uploader chose.
+   */
+  prepare(id: string, upload: VerifiedUpload, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
     const alloc = (n: number) => this.objects.takeBuffer(n);
-    if (encoding === 'zstd')
-      return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload, alloc) };
-    return { id, rawLength, bytes: encodeRawChunkForStorage(payload, alloc) };
+    const { rawLength } = upload;
+    if (encoding === 'zstd' && upload.canonical)
+      return { id, rawLength, bytes: this.sealed(id, encodeStoredChunk('zstd', rawLength, payload, alloc)) };
+    const raw = this.uploadedRaw(id, payload, encoding);
+    if (raw.length !== rawLength)
+      throw new Error(`chunk ${id} decompressed to another length the second time`);
+    return { id, rawLength, bytes: this.sealed(id, encodeRawChunkForStorage(raw, alloc)) };
+  }
+
+  /** The object to store: `stored` itself in a plaintext repository; else sealed, and `stored` recycled. */
+  private sealed(id: string, stored: Buffer): Buffer {
+    if (!this.codec.encrypted) return stored;
+    const sealed = this.codec.sealChunk(id, stored);
+    this.objects.giveBack(stored);
+    return sealed;
   }
 
   /**
@@ -113,7 +147,9 @@ export class ChunkStore {
    * left to the garbage collector, since a storage client that gave up may not be done reading it.
    */
   async write(chunk: PreparedChunk): Promise<void> {
-    await this.storage.put(chunkKey(chunk.id), chunk.bytes);
+    await this.storage.put(this.codec.chunkKey(chunk.id), chunk.bytes);
+    // A replaced copy (one found damaged) may still sit in the read cache.
+    this.forget(chunk.id);
     this.objects.giveBack(chunk.bytes);
   }
 
@@ -134,7 +170,7 @@ export class ChunkStore {
 
   /**
    * The stored payload as is, after structural checks only (header, raw length within the chunker max, a
-   * zstd frame's declared size): no decompression, no hash. For a reader that verifies SHA-256(raw) === id
+   * zstd payload being exactly one frame that declares the raw length): no decompression, no hash. For a reader that verifies SHA-256(raw) === id
    * itself before using the bytes (the agent's restore does), so checking here too would only double the
    * work; a corrupt object is then detected and named by that reader. See docs/restore.md.
    */
@@ -186,10 +222,37 @@ export class ChunkStore {
     return { encoding: chunk.encoding, rawLength: chunk.rawLength, payload: chunk.payload };
   }
 
-  /** The 9-byte header only: reindex learns raw sizes of unreferenced chunks from it. */
+  /**
+   * The 9-byte header only: reindex learns raw sizes of unreferenced chunks from it. An encrypted object
+   * only opens whole, so it is read whole.
+   */
   async readHeader(id: string): Promise<{ encoding: ChunkEncoding; rawLength: number }> {
-    const head = await this.storage.getBytes(chunkKey(id), { start: 0, end: CHUNK_HEADER_BYTES - 1 });
-    return decodeStoredChunkHeader(head, id);
+    return (await this.identify(this.codec.chunkKey(id), id)).header;
+  }
+
+  /** The id and header of the chunk object at a listed key (reindex and gc meet keyed names this way). */
+  async identify(
+    key: string,
+    expectId?: string,
+  ): Promise<{ id: string; header: { encoding: ChunkEncoding; rawLength: number } }> {
+    const id = expectId ?? this.codec.chunkIdFromKey(key);
+    if (!this.codec.encrypted && id) {
+      const head = await this.storage.getBytes(key, { start: 0, end: CHUNK_HEADER_BYTES - 1 });
+      return { id, header: decodeStoredChunkHeader(head, id) };
+    }
+    const opened = this.codec.openChunk(key, await this.storage.getBytes(key), expectId);
+    return { id: opened.id, header: decodeStoredChunkHeader(opened.stored, opened.id) };
+  }
+
+  /**
+   * Raw bytes of the chunk object at a listed key, checked against the id it holds, cache bypassed: verify
+   * reads objects whose id a keyed name does not tell.
+   */
+  async readRawByKey(key: string): Promise<{ id: string; raw: Buffer }> {
+    const known = this.codec.chunkIdFromKey(key);
+    if (known) return { id: known, raw: await this.readRaw(known, { bypassCache: true }) };
+    const { id, stored } = this.codec.openChunk(key, await this.storage.getBytes(key));
+    return { id, raw: this.decodeAndCheck(id, stored).raw };
   }
 
   forget(id: string): void {
@@ -199,7 +262,7 @@ export class ChunkStore {
   async deleteMany(ids: string[]): Promise<void> {
     for (const id of ids) this.forget(id);
     for (let i = 0; i < ids.length; i += 1000)
-      await this.storage.deleteMany(ids.slice(i, i + 1000).map(chunkKey));
+      await this.storage.deleteMany(ids.slice(i, i + 1000).map((id) => this.codec.chunkKey(id)));
   }
 
   /**
@@ -209,8 +272,9 @@ export class ChunkStore {
    */
   private async readStoredBytes(id: string, hold: ReadHold | 'bypass'): Promise<Buffer> {
     const fetch = async (alloc?: BufferAllocator) => {
+      const key = this.codec.chunkKey(id);
       try {
-        return await this.storage.getBytes(chunkKey(id), undefined, alloc);
+        return this.codec.openChunk(key, await this.storage.getBytes(key, undefined, alloc), id).stored;
       } catch (err) {
         if (isDiskvaultError(err) && err.code === 'NotFound')
           throw new NotFoundError(`chunk ${id} is missing from storage`, { chunk: id });
@@ -253,19 +317,7 @@ function checkStructure(chunk: ReturnType<typeof decodeStoredChunk>, maxRawBytes
   if (chunk.encoding === 'raw' && chunk.payload.length !== chunk.rawLength)
     throw new Error(`holds ${chunk.payload.length} raw bytes, its header says ${chunk.rawLength}`);
   if (chunk.encoding === 'zstd') {
-    const declared = zstdFrameContentSize(chunk.payload);
-    if (declared !== undefined && declared !== chunk.rawLength)
-      throw new Error(`its zstd frame declares ${declared} bytes, its header says ${chunk.rawLength}`);
+    const problem = zstdPayloadProblem(chunk.payload, chunk.rawLength);
+    if (problem) throw new Error(problem);
   }
-}
-
-/** A zstd frame's declared content size, undefined when it declares none; throws when it is not a frame. */
-function zstdFrameContentSize(payload: Buffer): number | undefined {
-  let declared: number | null;
-  try {
-    declared = zstdBinding.getFrameContentSize(payload);
-  } catch (err) {
-    throw new Error(`its payload is not a zstd frame (${(err as Error).message})`);
-  }
-  return declared ?? undefined;
 }

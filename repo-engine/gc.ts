@@ -1,7 +1,10 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey, chunkKey } from './chunk-store.js';
+import { ChunkNameSet } from './chunk-names.js';
+import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import type { IndexDb } from './index-db.js';
-import type { GcReport } from './types.js';
+import { chunkNameFromKey } from './stored-objects.js';
+import type { TouchedSet } from './touched-set.js';
+import type { GcHolder, GcReport, VerifyProgress } from './types.js';
 
 /**
  * Chunks whose index rows gc has removed but whose objects it has not deleted yet. An upload of such a
@@ -33,6 +36,17 @@ export class DeletionsInFlight {
   }
 }
 
+/** An open upload session as gc sees it: what it was told is present or uploaded. */
+export interface GcSession {
+  id: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  expiresAt: number;
+  /** Undefined for a session this process does not track (it holds only its base snapshot). */
+  touched: TouchedSet | undefined;
+}
+
 export interface GcContext {
   index: IndexDb;
   chunks: ChunkStore;
@@ -40,9 +54,12 @@ export interface GcContext {
   deletions: DeletionsInFlight;
   /** True while a putChunk of `id` is between its storage write and its index row. */
   uploading: (id: string) => boolean;
+  /** Open sessions (after expired ones were reaped). */
+  sessions: () => GcSession[];
   now: () => number;
   graceMs: number;
   log: (m: string) => void;
+  onProgress?: (p: VerifyProgress) => void;
 }
 
 /**
@@ -50,66 +67,145 @@ export interface GcContext {
  * then the objects. A crash between the phases leaves objects without rows, which the orphan sweep removes
  * on a later run; the reverse (rows without objects) cannot happen.
  *
- * The cutoff protects uploads of sessions still in progress: a chunk is only collected when nobody touched
- * it since min(now - grace, start of the oldest open session). Every putChunk and every "present" answer
- * of filterMissing touches the chunk, so a session never relies on a chunk gc is free to delete.
+ * An unreferenced chunk is kept while something may still need it, and only then:
+ * - anyone touched it within the grace period (uploads, claims, "present" answers);
+ * - an open upload session may name it in its commit: it uploaded it or was told it is present (the
+ *   session's touched set), or it belongs to the session's base snapshot forgotten meanwhile (held_chunks);
+ * - a snapshot lease holds a snapshot that names it and was forgotten meanwhile (held_chunks).
+ * A session of one tenant never holds back another tenant's chunks. The report names each holder and how
+ * many chunks it kept.
  */
 export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
   const started = ctx.now();
-  const reaped = ctx.index.reapExpiredSessions(started);
-  if (reaped > 0) ctx.log(`gc: ${reaped} expired sessions closed`);
-  const oldestSession = ctx.index.oldestSessionStart();
-  const cutoff = Math.min(started - ctx.graceMs, oldestSession ?? Number.POSITIVE_INFINITY);
+  const progress = ctx.onProgress ?? (() => {});
+  progress({ phase: 'index', done: 0, total: 1 });
+  const sessions = ctx.sessions();
+  const leases = ctx.index.listLeases();
+  const cutoff = started - ctx.graceMs;
 
-  const { ids, bytes } = ctx.index.removeGarbage(cutoff);
+  const heldBy = (id: Buffer): string[] => {
+    const out: string[] = [];
+    for (const s of sessions) {
+      if (!s.touched) continue;
+      if (s.touched.saturated ? ctx.index.ownedBy(id, s.tenant) : s.touched.has(id)) out.push(s.id);
+    }
+    return out;
+  };
+  const { ids, bytes, held, kept } = ctx.index.removeGarbage(cutoff, heldBy);
   const chunksProtected = ctx.index.countUnreferenced();
+  progress({ phase: 'delete', done: 0, total: ids.length });
   const release = ctx.deletions.track(ids);
   try {
-    await ctx.chunks.deleteMany(ids);
+    for (let i = 0; i < ids.length; i += 1000) {
+      await ctx.chunks.deleteMany(ids.slice(i, i + 1000));
+      progress({ phase: 'delete', done: Math.min(ids.length, i + 1000), total: ids.length });
+    }
   } finally {
     release();
   }
 
   // Orphans: objects the index does not know (a crash between gc's phases, an upload whose row was never
   // written, an index rebuilt from older storage). Only old ones: a fresh object may be an upload whose
-  // row is about to be written.
+  // row is about to be written. An encrypted repository's names do not show ids: a name is compared with
+  // the names of the indexed chunks, and a candidate is opened to learn its id before the checks below.
   const orphanCutoff = started - ctx.graceMs;
+  const codec = ctx.chunks.codec;
+  const indexedNames = codec.encrypted
+    ? new ChunkNameSet(
+        (function* () {
+          for (const row of ctx.index.iterateChunks()) yield chunkNameFromKey(codec.chunkKey(row.id)) ?? '';
+        })(),
+      )
+    : undefined;
   let orphansDeleted = 0;
   let orphanBytes = 0;
-  let batch: string[] = [];
+  let batch: { key: string; id?: string; size: number }[] = [];
   const flush = async () => {
+    const candidates: { key: string; id?: string; size: number }[] = [];
+    for (const c of batch) {
+      if (c.id) candidates.push(c);
+      else {
+        try {
+          candidates.push({ ...c, id: (await ctx.chunks.identify(c.key)).id });
+        } catch (err) {
+          // Not a chunk this repository can open, under a name no indexed chunk has: nothing can use it.
+          ctx.log(`gc: orphan object ${c.key} does not open (${(err as Error).message}); deleting it`);
+          candidates.push(c);
+        }
+      }
+    }
     // Re-checked right before deleting: the listing is a moment old.
-    const doomed = batch.filter(
-      (id) => !ctx.index.hasChunk(id) && !ctx.deletions.has(id) && !ctx.uploading(id),
+    const doomed = candidates.filter(
+      (c) => !c.id || (!ctx.index.hasChunk(c.id) && !ctx.deletions.has(c.id) && !ctx.uploading(c.id)),
     );
-    const release = ctx.deletions.track(doomed);
+    const ids = doomed.flatMap((c) => (c.id ? [c.id] : []));
+    const release = ctx.deletions.track(ids);
     try {
-      await ctx.storage.deleteMany(doomed.map(chunkKey));
+      await ctx.storage.deleteMany(doomed.map((c) => c.key));
     } finally {
       release();
     }
-    for (const id of doomed) ctx.chunks.forget(id);
+    for (const id of ids) ctx.chunks.forget(id);
     orphansDeleted += doomed.length;
+    for (const c of doomed) orphanBytes += c.size;
     batch = [];
+    progress({ phase: 'orphans', done: orphansDeleted, total: 0 });
   };
   for await (const e of ctx.storage.list(CHUNKS_PREFIX)) {
-    const id = chunkIdFromKey(e.key);
-    if (!id || e.mtimeMs >= orphanCutoff || ctx.index.hasChunk(id)) continue;
-    batch.push(id);
-    orphanBytes += e.size;
+    const name = chunkNameFromKey(e.key);
+    if (!name || e.mtimeMs >= orphanCutoff) continue;
+    const id = codec.chunkIdFromKey(e.key);
+    if (id ? ctx.index.hasChunk(id) : indexedNames?.has(name)) continue;
+    batch.push({ key: e.key, ...(id ? { id } : {}), size: e.size });
     if (batch.length >= 1000) await flush();
   }
   if (batch.length > 0) await flush();
 
+  const holders: GcHolder[] = [
+    ...sessions.map(
+      (s): GcHolder => ({
+        kind: 'session',
+        id: s.id.slice(0, 8),
+        tenant: s.tenant,
+        host: s.host,
+        disk: s.disk,
+        expiresAt: new Date(s.expiresAt).toISOString(),
+        chunks: kept.get(s.id) ?? 0,
+      }),
+    ),
+    ...leases.map(
+      (l): GcHolder => ({
+        kind: 'lease',
+        id: l.id.slice(0, 8),
+        tenant: l.tenant,
+        host: l.host,
+        disk: l.disk,
+        snapshot: l.snapshot,
+        expiresAt: new Date(l.expires_at).toISOString(),
+        chunks: kept.get(l.id) ?? 0,
+      }),
+    ),
+  ].filter((h) => h.chunks > 0);
   const report: GcReport = {
     chunksDeleted: ids.length,
     bytesFreed: bytes + orphanBytes,
     orphansDeleted,
     chunksProtected,
+    chunksHeld: held,
+    openSessions: sessions.length,
+    openLeases: leases.length,
+    holders,
     seconds: (ctx.now() - started) / 1000,
   };
+  const named = holders
+    .slice(0, 5)
+    .map(
+      (h) =>
+        `${h.kind} ${h.id} ${h.host}/${h.disk}${h.snapshot ? ` ${h.snapshot.slice(0, 12)}` : ''}: ${h.chunks}`,
+    )
+    .join(', ');
   ctx.log(
-    `gc: ${report.chunksDeleted} chunks and ${orphansDeleted} orphans deleted, ${report.bytesFreed} bytes freed, ${chunksProtected} unreferenced chunks kept`,
+    `gc: ${report.chunksDeleted} chunks and ${orphansDeleted} orphans deleted, ${report.bytesFreed} bytes freed, ${chunksProtected} unreferenced chunks kept (${held} by ${holders.length} holders${named ? `: ${named}` : ''})`,
   );
   return report;
 }

@@ -1,8 +1,9 @@
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CHUNKS_PREFIX, type ChunkStore, chunkIdFromKey } from './chunk-store.js';
+import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import { IndexDb } from './index-db.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
+import { ProtectionStore } from './protection.js';
 
 export const DEFAULT_TENANT = 'default';
 
@@ -16,8 +17,9 @@ export interface RebuildResult {
 /**
  * Builds a complete index at `path` from storage alone: one snapshot row and one reference per manifest
  * entry (so refcounts equal the live index's, which counts a chunk named twice twice), ownership from the
- * manifests' tenant, stored sizes from the chunk listing. Chunks in storage that no manifest names get
- * refcount 0 and their mtime as touch time: gc collects them after the grace period, as it would orphans.
+ * manifests' tenant, stored sizes from the chunk listing, protected flags from the protected/ markers.
+ * Chunks in storage that no manifest names get refcount 0 and their mtime as touch time: gc collects them
+ * after the grace period, as it would orphans.
  * The new index is built beside the live one and only swapped in by the caller, so a failed rebuild
  * leaves the old index untouched.
  */
@@ -32,13 +34,18 @@ export async function rebuildIndex(opts: {
   const index = IndexDb.create(opts.path, opts.repositoryId);
   try {
     const db = index.db;
-    const addRef = db.prepare(
-      'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 1, ?, 0, 0) ON CONFLICT (id) DO UPDATE SET refcount = refcount + 1',
-    );
+    const addRef = db
+      .prepare(
+        'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 1, ?, 0, 0) ON CONFLICT (id) DO UPDATE SET refcount = refcount + 1 RETURNING raw_size',
+      )
+      .pluck();
+    // Chunks whose manifests disagree on their length: the stored chunk's header settles it below (a
+    // manifest committed by an older server may give a wrong one).
+    const disputed = new Set<string>();
     const own = db.prepare('INSERT OR IGNORE INTO owners (chunk, tenant) VALUES (?, ?)');
     const unreadableManifests: string[] = [];
     let snapshots = 0;
-    for await (const { id } of opts.manifests.listIds()) {
+    for await (const { id, mtimeMs } of opts.manifests.listIds()) {
       // A manifest is read whole before anything of it is indexed: a corrupt trailer must not leave half
       // its references counted.
       let header: ManifestHeader;
@@ -58,11 +65,14 @@ export async function rebuildIndex(opts: {
       }
       const tenant = header.tenant ?? DEFAULT_TENANT;
       index.transaction(() => {
-        index.insertSnapshotRow({ ...header, id, tenant });
+        // A manifest stored before receipt times were recorded: its object was written when it was received.
+        const receivedAt = header.receivedAt ?? new Date(mtimeMs).toISOString();
+        index.insertSnapshotRow({ ...header, id, tenant, receivedAt });
         for (const b of batches) {
           for (let at = 0; at < b.length; at += MANIFEST_ENTRY_BYTES) {
             const chunk = b.subarray(at, at + 32);
-            addRef.run(chunk, b.readUInt32BE(at + 32));
+            const length = b.readUInt32BE(at + 32);
+            if (addRef.get(chunk, length) !== length) disputed.add(chunk.toString('hex'));
             own.run(chunk, tenant);
           }
         }
@@ -70,37 +80,68 @@ export async function rebuildIndex(opts: {
       snapshots++;
     }
 
+    // Protection markers: the flag follows storage. A marker of a snapshot that is gone protects nothing.
+    for (const id of await new ProtectionStore(opts.storage).markedIds()) {
+      if (!index.setProtected(id, true))
+        opts.log(`reindex: protection marker of snapshot ${id}, which has no manifest, was ignored`);
+    }
+
     const setStored = db.prepare('UPDATE chunks SET stored_size = ?, touched_at = ? WHERE id = ?');
     const addUnreferenced = db.prepare(
       'INSERT INTO chunks (id, refcount, raw_size, stored_size, touched_at) VALUES (?, 0, ?, ?, ?)',
     );
-    let pending: { id: string; size: number; mtimeMs: number }[] = [];
+    // An encrypted repository's chunk names are keyed hashes: the referenced chunks' names are computed
+    // from the ids the manifests gave, and any other object is opened to learn the id it holds.
+    // The names wait in a temporary table rather than in memory: millions of chunks would take gigabytes.
+    const codec = opts.chunks.codec;
+    db.exec('CREATE TEMP TABLE chunk_names (name TEXT PRIMARY KEY, id BLOB NOT NULL) WITHOUT ROWID');
+    if (codec.encrypted) {
+      db.function('diskvault_chunk_key', { deterministic: true }, (id: unknown) =>
+        codec.chunkKey((id as Buffer).toString('hex')),
+      );
+      db.exec('INSERT INTO chunk_names (name, id) SELECT diskvault_chunk_key(id), id FROM chunks');
+    }
+    const idOfName = db.prepare('SELECT id FROM chunk_names WHERE name = ?').raw();
+    const idByKey = (key: string): string | undefined =>
+      (idOfName.get(key) as [Buffer] | undefined)?.[0].toString('hex');
+    type Listed = { key: string; id: string | undefined; size: number; mtimeMs: number };
+    let pending: Listed[] = [];
     const flush = async () => {
-      const unknown: { id: string; size: number; mtimeMs: number }[] = [];
+      const unknown: Listed[] = [];
       index.transaction(() => {
         for (const p of pending)
-          if (setStored.run(p.size, Math.floor(p.mtimeMs), Buffer.from(p.id, 'hex')).changes === 0)
+          if (!p.id || setStored.run(p.size, Math.floor(p.mtimeMs), Buffer.from(p.id, 'hex')).changes === 0)
             unknown.push(p);
       });
       for (const u of unknown) {
         try {
-          const head = await opts.chunks.readHeader(u.id);
-          addUnreferenced.run(Buffer.from(u.id, 'hex'), head.rawLength, u.size, Math.floor(u.mtimeMs));
+          const { id, header } = await opts.chunks.identify(u.key, u.id);
+          addUnreferenced.run(Buffer.from(id, 'hex'), header.rawLength, u.size, Math.floor(u.mtimeMs));
         } catch (err) {
           opts.log(
-            `reindex: chunk object ${u.id} has no readable header and was left out: ${(err as Error).message}`,
+            `reindex: chunk object ${u.id ?? u.key} has no readable header and was left out: ${(err as Error).message}`,
           );
         }
       }
       pending = [];
     };
     for await (const e of opts.storage.list(CHUNKS_PREFIX)) {
-      const id = chunkIdFromKey(e.key);
-      if (!id) continue;
-      pending.push({ id, size: e.size, mtimeMs: e.mtimeMs });
+      if (!codec.isChunkKey(e.key)) continue;
+      const id = codec.chunkIdFromKey(e.key) ?? (codec.encrypted ? idByKey(e.key) : undefined);
+      pending.push({ key: e.key, id, size: e.size, mtimeMs: e.mtimeMs });
       if (pending.length >= 5000) await flush();
     }
     await flush();
+    const setRawSize = db.prepare('UPDATE chunks SET raw_size = ? WHERE id = ? AND stored_size > 0');
+    for (const id of disputed) {
+      try {
+        setRawSize.run((await opts.chunks.readHeader(id)).rawLength, Buffer.from(id, 'hex'));
+      } catch (err) {
+        opts.log(
+          `reindex: manifests disagree on chunk ${id}'s length and its header is unreadable: ${(err as Error).message}`,
+        );
+      }
+    }
     // Nobody owns a chunk that is not stored: uploads then see it missing and repair it.
     db.prepare('DELETE FROM owners WHERE chunk IN (SELECT id FROM chunks WHERE stored_size = 0)').run();
     const missingChunks = (
@@ -110,6 +151,7 @@ export async function rebuildIndex(opts: {
       opts.log(
         `reindex: ${missingChunks} chunks named by manifests are missing from storage; run verify to see which snapshots are damaged`,
       );
+    db.exec('DROP TABLE chunk_names');
     const chunks = (db.prepare('SELECT COUNT(*) AS n FROM chunks').get() as { n: number }).n;
     return { index, result: { snapshots, chunks, unreadableManifests, missingChunks } };
   } catch (err) {

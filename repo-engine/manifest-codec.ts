@@ -52,6 +52,12 @@ export interface ManifestHeader {
    * value in a commit body is replaced), so reindex can rebuild chunk ownership from storage alone.
    */
   tenant?: string;
+  /**
+   * ISO 8601 UTC: when the server received the commit, by its own clock. Set by the repository when it
+   * stores the manifest (any value in a commit body is replaced); absent in manifests stored before it was
+   * recorded, whose receipt is then taken from the stored object's modification time.
+   */
+  receivedAt?: string;
 }
 
 export interface ManifestEntry {
@@ -268,6 +274,11 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   if (!isInt(o.chunkCount)) fail('chunkCount is not a non-negative integer');
   if (o.tenant !== undefined && (typeof o.tenant !== 'string' || !NAME_PATTERN.test(o.tenant)))
     fail('tenant is invalid');
+  if (
+    o.receivedAt !== undefined &&
+    (typeof o.receivedAt !== 'string' || Number.isNaN(Date.parse(o.receivedAt)))
+  )
+    fail('receivedAt is not an ISO 8601 date');
   return {
     formatVersion: o.formatVersion as number,
     ...(o.id !== undefined ? { id: o.id as string } : {}),
@@ -282,5 +293,6 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
     sourceFormat: o.sourceFormat as string,
     chunkCount: o.chunkCount as number,
     ...(o.tenant !== undefined ? { tenant: o.tenant as string } : {}),
+    ...(o.receivedAt !== undefined ? { receivedAt: new Date(o.receivedAt as string).toISOString() } : {}),
   };
 }

@@ -5,8 +5,13 @@ export interface SnapshotInfo {
   id: string;
   host: string;
   disk: string;
-  /** ISO 8601 UTC: the time the snapshot represents (the agent's --time, or its start). */
+  /**
+   * ISO 8601 UTC: the time the snapshot represents (the agent's --time, or its start), never later than
+   * `receivedAt` (repo-engine/snapshot-time.ts). Retention, "newest" and the freshness gauges use it.
+   */
   time: string;
+  /** ISO 8601 UTC: when the server received the commit, by its own clock (kept in the stored manifest). */
+  receivedAt: string;
   size: number;
   sha256: string;
   chunkCount: number;
@@ -15,6 +20,8 @@ export interface SnapshotInfo {
   sourceFormat: string;
   /** The dedup domain the snapshot's host belongs to ('default' on a single-organisation server). */
   tenant: string;
+  /** Forget, delete and gc never remove a protected snapshot. The server always sets it. */
+  protected?: boolean;
 }
 
 /** One disk of one host (in one tenant): the series its nightly snapshots form. */
@@ -80,9 +87,42 @@ export interface GcReport {
   chunksDeleted: number;
   bytesFreed: number;
   orphansDeleted: number;
-  /** Chunks with refcount 0 kept because a session may still reference them. */
+  /** Chunks with refcount 0 left after this run: within the grace period, or held (`chunksHeld`). */
   chunksProtected: number;
+  /** Of those, the chunks kept because an open session or a snapshot lease may still need them. */
+  chunksHeld: number;
+  openSessions: number;
+  openLeases: number;
+  /** Each session or lease that kept at least one chunk (a chunk kept by two counts for both). */
+  holders: GcHolder[];
   seconds: number;
+}
+
+/** What held gc back: an upload session (its touched chunks) or a snapshot lease (a forgotten snapshot). */
+export interface GcHolder {
+  kind: 'session' | 'lease';
+  /** The first 8 characters of the session or lease id. */
+  id: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  /** For a lease: the snapshot it holds. */
+  snapshot?: string;
+  expiresAt: string;
+  chunks: number;
+}
+
+/** A hold on one snapshot's chunks for a reader (restore, NBD export); see docs/api.md, "Snapshot leases". */
+export interface SnapshotLeaseInfo {
+  id: string;
+  snapshot: string;
+  tenant: string;
+  host: string;
+  disk: string;
+  /** Who took it (opaque to the engine: the API's token id). */
+  owner: string;
+  /** ISO 8601: the lease ends here unless renewed. */
+  expiresAt: string;
 }
 
 export interface VerifyProblem {
@@ -93,16 +133,33 @@ export interface VerifyProblem {
   detail: string;
 }
 
+/** A chunk whose stored copy was found damaged before and is good now (replaced by an upload, or read good). */
+export interface HealedChunk {
+  chunk: string;
+  /** Every snapshot that names the chunk. */
+  snapshots: string[];
+  /** What was wrong with the copy. */
+  detail: string;
+  /** ISO 8601: when a read found the copy damaged. */
+  foundAt: string;
+  /** ISO 8601: when an upload replaced it; null when this verify read the stored copy good again. */
+  healedAt: string | null;
+}
+
 export interface VerifyReport {
   ok: boolean;
   snapshotsChecked: number;
   chunksChecked: number;
   bytesRead: number;
   problems: VerifyProblem[];
-  /** Manifests that could not be read at all. */
+  /** Manifests that could not be read, or that give a chunk a length other than its real one. */
   badManifests: { snapshot: string; detail: string }[];
   /** Index rows whose refcount differs from a recount of the manifests. */
   refcountMismatches: number;
+  /** Chunks found damaged since the last verify that are good now; each is reported by one verify. */
+  healed: HealedChunk[];
+  /** Snapshots that named a healed chunk and have no problem left in this report: restorable again. */
+  healedSnapshots: string[];
   seconds: number;
 }
 
@@ -110,6 +167,20 @@ export interface VerifyProgress {
   phase: string;
   done: number;
   total: number;
+}
+
+/**
+ * One tenant's figures, computed from its own snapshots and chunks alone: what other tenants store never
+ * changes them (a figure that did would tell a tenant what others hold).
+ */
+export interface TenantStats {
+  tenant: string;
+  snapshots: number;
+  logicalBytes: number;
+  /** Distinct chunks the tenant holds (uploaded, or named by its snapshots). */
+  chunks: number;
+  /** Their raw bytes, each chunk once: the tenant's deduplicated data. */
+  rawBytes: number;
 }
 
 export interface RepoStats {
@@ -121,7 +192,11 @@ export interface RepoStats {
   dedupRatio: number;
   compressionRatio: number;
   perHost: { host: string; snapshots: number; logicalBytes: number }[];
-  perTenant: { tenant: string; snapshots: number; logicalBytes: number; uniqueBytes: number }[];
+  /**
+   * Per tenant, for global admins: its own figures, and `uniqueBytes`, the stored bytes of chunks no other
+   * tenant holds (about what deleting the tenant would free), which depends on the other tenants.
+   */
+  perTenant: (TenantStats & { uniqueBytes: number })[];
 }
 
 /** How a chunk is handed out: its stored payload as is, so the server never recompresses. */
@@ -140,6 +215,16 @@ export interface ChunkLease extends StoredChunk {
   release(reusable: boolean): void;
 }
 
+export interface CommitOptions {
+  /**
+   * The committer may give a time earlier than its session's start (an admin importing old images).
+   * Default true: the engine trusts an in-process caller; the API server sets it from the token's role.
+   */
+  mayBackdate?: boolean;
+  /** 64 hex: the snapshot's id, instead of a new random one. */
+  id?: string;
+}
+
 /**
  * The engine's public surface, as the API server and the tests use it. `Repository` (repository.ts)
  * implements it; `api/` codes against this interface only.
@@ -155,18 +240,41 @@ export interface RepositoryApi {
   /** filterMissing with ids as consecutive 32-byte binary records in and out: no hex either way. */
   filterMissingBinary(sessionId: string, ids: Buffer): Promise<Buffer>;
   /**
-   * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless present. `payload` is raw or
-   * zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash and stored as sent.
+   * Verifies SHA-256(raw) === id (HashMismatch otherwise) and stores it unless a good copy is stored.
+   * `payload` is raw or zstd; a zstd payload is decompressed (bounded by chunker.max) to check the hash,
+   * and stored as sent only when it is one frame declaring the raw length (otherwise re-encoded).
+   * `stored`: the session's tenant did not hold a good copy before (it does now); it never depends on
+   * other tenants' data. `written`: a new copy went to storage (for metrics only: it does).
    */
   putChunk(
     sessionId: string,
     id: string,
     payload: Buffer,
     encoding: 'raw' | 'zstd',
-  ): Promise<{ stored: boolean }>;
-  /** Reads the whole binary manifest from `body`, checks every chunk is present, stores it, counts refs. */
-  commit(sessionId: string, body: AsyncIterable<Buffer | Uint8Array | string>): Promise<SnapshotInfo>;
+  ): Promise<{ stored: boolean; written: boolean }>;
+  /**
+   * Reads the whole binary manifest from `body`, checks every chunk is present and the snapshot's time is
+   * plausible (snapshot-time.ts), stores it with the server's receipt time, counts refs.
+   * `opts.id` keeps an id another repository gave the snapshot (a copy): Conflict when it is already taken.
+   */
+  commit(
+    sessionId: string,
+    body: AsyncIterable<Buffer | Uint8Array | string>,
+    opts?: CommitOptions,
+  ): Promise<SnapshotInfo>;
   abort(sessionId: string): Promise<void>;
+  /**
+   * Holds snapshot `snapshotId`'s chunks until the lease ends (renewed or not), even if the snapshot is
+   * forgotten meanwhile. `owner` is opaque (the API's token id), for `countLeases`. NotFound without it.
+   */
+  takeLease(snapshotId: string, owner: string): Promise<SnapshotLeaseInfo>;
+  /** Extends the lease; NotFound when unknown or ended. */
+  renewLease(leaseId: string): SnapshotLeaseInfo;
+  /** Ends the lease; NotFound when unknown or ended. */
+  releaseLease(leaseId: string): Promise<void>;
+  getLease(leaseId: string): SnapshotLeaseInfo | undefined;
+  /** Live leases taken by `owner`. */
+  countLeases(owner: string): number;
 
   listSnapshots(filter?: SnapshotFilter): SnapshotInfo[];
   /** Each disk with snapshots: how many, and the newest (for freshness monitoring). */
@@ -189,7 +297,10 @@ export interface RepositoryApi {
   leaseStoredChunkUnverified(id: string): Promise<ChunkLease>;
   /** The chunk read buffers: held now (by the cache or by leases), and reused instead of allocated. */
   readBuffers(): { held: number; reused: number };
+  /** Conflict (details.reason 'protected') for a protected snapshot. */
   deleteSnapshot(id: string): Promise<void>;
+  /** Protects a snapshot (or lifts the protection); the snapshot as it is afterwards. */
+  setProtected(id: string, protect: boolean): Promise<SnapshotInfo>;
   /**
    * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name, so the server can
    * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.
@@ -197,10 +308,15 @@ export interface RepositoryApi {
   chunksReadableBy(tenant: string, ids: string[]): string[];
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
-  applyForget(plan: ForgetPlan): Promise<{ removed: number }>;
-  gc(): Promise<GcReport>;
+  applyForget(
+    plan: ForgetPlan,
+    opts?: { onProgress?: (p: VerifyProgress) => void },
+  ): Promise<{ removed: number }>;
+  gc(opts?: { onProgress?: (p: VerifyProgress) => void }): Promise<GcReport>;
   verify(opts: { readData: boolean; onProgress?: (p: VerifyProgress) => void }): Promise<VerifyReport>;
   stats(): RepoStats;
+  /** One tenant's figures, independent of other tenants' data (for tenant admins). */
+  tenantStats(tenant: string): TenantStats;
   reindex(): Promise<{ snapshots: number; chunks: number; seconds: number }>;
   close(): Promise<void>;
 }

@@ -1,23 +1,27 @@
 import { parseArgs } from 'node:util';
 import type {
   ForgetResponse,
-  GcResponse,
+  GcReport,
   JobInfo,
   JobResponse,
   RetentionPolicy,
   SnapshotInfo,
   StatsResponse,
+  VerifyReport,
 } from '../../api/protocol.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
 import { DiskvaultError, type ErrorCode } from '../../common/errors.js';
 import { formatBytes } from '../../common/units.js';
+import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { type ClientConfig, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 /**
  * The admin commands over HTTP: forget (restic's flags), gc, verify, stats. Thin: parse flags, one request
- * (verify: start a job and poll it), print a human summary or, with --json, the server's answer.
+ * (verify, gc and forget --prune: start a job and poll it), print a human summary or, with --json, the
+ * server's answer.
  */
 const COMMON = {
   server: { type: 'string' },
@@ -107,8 +111,10 @@ export async function run(argv: string[], command: string): Promise<number> {
     process.stdout.write(USAGE[command] + CONNECTION_HELP);
     return EXIT_OK;
   }
-  const client = new AdminClient(resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]));
+  const cfg = resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]);
   const json = values.json === true;
+  warnIfPlainHttp(cfg.server, command, json);
+  const client = new AdminClient(cfg);
   try {
     switch (command) {
       case 'forget':
@@ -160,7 +166,10 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
     ...(typeof values.host === 'string' ? { host: values.host } : {}),
     ...(typeof values.disk === 'string' ? { disk: values.disk } : {}),
   };
-  const out = await client.call<ForgetResponse>('POST', '/v1/forget', body);
+  const out =
+    body.prune && !dryRun
+      ? await runJob<ForgetResponse>(client, 'forget', () => client.call('POST', '/v1/forget', body), json)
+      : await client.call<ForgetResponse>('POST', '/v1/forget', body);
   if (json) {
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
@@ -181,10 +190,47 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
   return EXIT_OK;
 }
 
-function printGc(r: GcResponse['report']): void {
+function printGc(r: GcReport): void {
   process.stdout.write(
-    `gc: deleted ${r.chunksDeleted} chunks (${formatBytes(r.bytesFreed)}) and ${r.orphansDeleted} orphans, kept ${r.chunksProtected} for open sessions, ${r.seconds.toFixed(1)} s\n`,
+    `gc: deleted ${r.chunksDeleted} chunks (${formatBytes(r.bytesFreed)}) and ${r.orphansDeleted} orphans, kept ${r.chunksProtected} unreferenced (${r.chunksHeld} held by open sessions and snapshot leases), ${r.seconds.toFixed(1)} s\n`,
   );
+  for (const h of r.holders)
+    process.stdout.write(
+      `  kept ${h.chunks} for ${h.kind} ${h.id} (${h.tenant === 'default' ? '' : `${h.tenant}:`}${h.host}/${h.disk}${h.snapshot ? `, snapshot ${h.snapshot.slice(0, 12)}` : ''}), until ${h.expiresAt}\n`,
+    );
+}
+
+/**
+ * Starts a job with `start` and polls it to its end. As backup and restore do: JSON lines on stderr with
+ * --json (the last one too), a live line on a terminal. A failed job becomes its error.
+ */
+async function runJob<R>(
+  client: AdminClient,
+  label: string,
+  start: () => Promise<JobResponse<R>>,
+  json: boolean,
+): Promise<R> {
+  let job: JobInfo<R> = (await start()).job;
+  const tty = process.stderr.isTTY === true;
+  while (job.state === 'running') {
+    await new Promise((r) => setTimeout(r, 500));
+    job = (await client.call<JobResponse<R>>('GET', `/v1/jobs/${job.id}`)).job;
+    const p = job.progress;
+    if (!p) continue;
+    if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
+    else if (tty) {
+      const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
+      process.stderr.write(`\r${label}: ${p.phase} ${p.done}${p.total > 0 ? `/${p.total}` : ''}${pct}   `);
+    }
+  }
+  if (tty && !json) process.stderr.write('\n');
+  if (job.state === 'failed' || !job.result) {
+    throw new DiskvaultError(
+      (job.error?.code as ErrorCode) ?? 'Unavailable',
+      `${label} failed: ${job.error?.message ?? 'no result'}`,
+    );
+  }
+  return job.result;
 }
 
 /**
@@ -211,61 +257,63 @@ async function forgetSnapshots(
   }
   const dryRun = values['dry-run'] === true;
   const removed: SnapshotInfo[] = [];
-  for (const s of dryRun ? [] : chosen) {
-    await client.call('DELETE', `/v1/snapshots/${s.id}`);
-    removed.push(s);
-    if (!json) process.stdout.write(`removed ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+  // A protected snapshot is kept and said so; the server would refuse its removal anyway (409, 'protected').
+  const kept: { snapshot: SnapshotInfo; reasons: string[] }[] = [];
+  const keep = (s: SnapshotInfo) => {
+    kept.push({ snapshot: s, reasons: ['protected'] });
+    if (!json)
+      process.stdout.write(`kept    ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}  protected\n`);
+  };
+  for (const s of chosen) {
+    if (s.protected) keep(s);
+    else if (dryRun) continue;
+    else {
+      try {
+        await client.call('DELETE', `/v1/snapshots/${s.id}`);
+      } catch (err) {
+        if (!isProtectedRefusal(err)) throw err;
+        keep(s);
+        continue;
+      }
+      removed.push(s);
+      if (!json) process.stdout.write(`removed ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
+    }
   }
+  const removable = chosen.filter((s) => !kept.some((k) => k.snapshot.id === s.id));
   const report =
     values.prune === true && !dryRun
-      ? (await client.call<GcResponse>('POST', '/v1/gc', {})).report
+      ? await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json)
       : undefined;
   if (json) {
     const out = dryRun
-      ? { dryRun, wouldRemove: chosen }
-      : { dryRun, removed, ...(report ? { gc: report } : {}) };
+      ? { dryRun, wouldRemove: removable, kept }
+      : { dryRun, removed, kept, ...(report ? { gc: report } : {}) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
   }
   if (dryRun) {
-    for (const s of chosen)
+    for (const s of removable)
       process.stdout.write(`would remove ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`);
-    process.stdout.write(`dry run: would remove ${chosen.length} snapshots\n`);
+    process.stdout.write(`dry run: would remove ${removable.length} snapshots\n`);
   } else process.stdout.write(`removed ${removed.length} snapshots\n`);
   if (report) printGc(report);
   return EXIT_OK;
 }
 
 async function gc(client: AdminClient, json: boolean): Promise<number> {
-  const out = await client.call<GcResponse>('POST', '/v1/gc', {});
-  if (json) process.stdout.write(`${JSON.stringify(out.report, null, 2)}\n`);
-  else printGc(out.report);
+  const report = await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json);
+  if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  else printGc(report);
   return EXIT_OK;
 }
 
 async function verify(client: AdminClient, readData: boolean, json: boolean): Promise<number> {
-  let job: JobInfo = (await client.call<JobResponse>('POST', '/v1/verify', { readData })).job;
-  const tty = process.stderr.isTTY === true;
-  while (job.state === 'running') {
-    await new Promise((r) => setTimeout(r, 500));
-    job = (await client.call<JobResponse>('GET', `/v1/jobs/${job.id}`)).job;
-    const p = job.progress;
-    if (!p) continue;
-    // As backup and restore do: JSON lines on stderr with --json (the last one too), a live line on a terminal.
-    if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
-    else if (tty) {
-      const pct = p.total > 0 ? ` ${((100 * p.done) / p.total).toFixed(1)}%` : '';
-      process.stderr.write(`\rverify: ${p.phase} ${p.done}/${p.total}${pct}   `);
-    }
-  }
-  if (tty && !json) process.stderr.write('\n');
-  if (job.state === 'failed' || !job.result) {
-    throw new DiskvaultError(
-      (job.error?.code as ErrorCode) ?? 'Unavailable',
-      `verify failed: ${job.error?.message ?? 'no result'}`,
-    );
-  }
-  const r = job.result;
+  const r = await runJob<VerifyReport>(
+    client,
+    'verify',
+    () => client.call('POST', '/v1/verify', { readData }),
+    json,
+  );
   if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
   else {
     process.stdout.write(
@@ -278,6 +326,12 @@ async function verify(client: AdminClient, readData: boolean, json: boolean): Pr
       );
     if (r.refcountMismatches)
       process.stdout.write(`${r.refcountMismatches} refcounts differ from a recount\n`);
+    for (const h of r.healed ?? [])
+      process.stdout.write(
+        `healed chunk ${h.chunk} (was: ${h.detail}), used by ${h.snapshots.join(', ') || 'no snapshot'}\n`,
+      );
+    if (r.healedSnapshots?.length)
+      process.stdout.write(`snapshots restorable again: ${r.healedSnapshots.join(', ')}\n`);
     process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
   }
   return r.ok ? EXIT_OK : EXIT_FAILURE;
@@ -298,7 +352,7 @@ async function stats(client: AdminClient, json: boolean): Promise<number> {
   }
   if (s.tenant)
     process.stdout.write(
-      `tenant ${s.tenant.tenant}: ${formatBytes(s.tenant.uniqueBytes)} held by this tenant alone\n`,
+      `tenant ${s.tenant.tenant}: ${s.tenant.chunks} distinct chunks, ${formatBytes(s.tenant.rawBytes)} of deduplicated data\n`,
     );
   for (const h of s.perHost)
     process.stdout.write(`  ${h.host}: ${h.snapshots} snapshots, ${formatBytes(h.logicalBytes)}\n`);

@@ -5,6 +5,7 @@ import { formatBytes, parseSize } from '../../common/units.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
@@ -21,7 +22,8 @@ options:
   --host NAME            the machine the disk belongs to
   --disk NAME            the disk's name on that machine
   --tag T                a tag for the snapshot (repeatable)
-  --time ISO8601         the time the snapshot represents (default: now)
+  --time ISO8601         the time the snapshot represents (default: now); an earlier time than the
+                         backup's start is an import and needs an admin token
   --format F             raw, qcow2, vhd, vmdk, vdi (default: detect)
   --concurrency N        chunk uploads in flight (default 8)
   --compression-level N  zstd level for uploads, -5..19 (default 1)
@@ -85,6 +87,7 @@ export async function run(argv: string[]): Promise<number> {
         : `diskvault backup: warning: ${w.message}\n`,
     );
   }
+  warnIfPlainHttp(cfg.server, 'backup', values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency });
   const reporter = createProgressReporter({
     json: values.json === true,

@@ -2,11 +2,12 @@ import { isIP } from 'node:net';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { formatBytes, parseListen, parseSize } from '../../common/units.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { type ChunkHold, holdChunks } from '../chunk-hold.js';
+import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { decodeChunk } from '../restore/chunk-decoder.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { DecodePool } from '../restore/decode-pool.js';
@@ -58,6 +59,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
   const fetcher = clientChunkFetcher(client);
   const decoders = new DecodePool();
@@ -66,7 +68,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   try {
     const snapshot = await selectSnapshot(client, positionals[0], { host: values.host, disk: values.disk });
     // Held for as long as we serve: a snapshot forgotten meanwhile stays readable until we stop.
-    hold = await holdChunks(client, snapshot.host, snapshot.disk, (m) =>
+    hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');

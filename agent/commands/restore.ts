@@ -1,8 +1,9 @@
 import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { type ChunkHold, holdChunks } from '../chunk-hold.js';
+import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
@@ -65,12 +66,13 @@ export async function run(argv: string[], command: string): Promise<number> {
   const report = targetPath === '-' ? process.stderr : process.stdout;
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, json);
   const client = new DiskvaultClient({ ...cfg, concurrency });
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
     // Before the manifest is read: a snapshot forgotten from here on stays readable until we are done.
-    hold = await holdChunks(client, snapshot.host, snapshot.disk, (m) =>
+    hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');

@@ -3,11 +3,12 @@ import type { SnapshotInfo } from '../../api/protocol.js';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { CLIENT_OPTIONS, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 
 const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T] [--cacert FILE]
 
 Lists snapshots, oldest first. --json prints an array of objects (id, host, disk, time, size, sha256,
-chunkCount, tags, unreadable, sourceFormat).
+chunkCount, tags, unreadable, sourceFormat, protected).
 `;
 
 export async function run(argv: string[], command: string): Promise<number> {
@@ -24,6 +25,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
   void command;
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient(cfg);
   try {
     const list = (await client.listSnapshots({ host: values.host, disk: values.disk })).sort(
@@ -60,6 +62,7 @@ function publicFields(s: SnapshotInfo) {
     tags: s.tags,
     unreadable: s.unreadable,
     sourceFormat: s.sourceFormat,
+    protected: s.protected === true,
   };
 }
 
@@ -75,7 +78,9 @@ export function formatTable(list: SnapshotInfo[]): string {
     s.host,
     s.disk,
     humanSize(s.size),
-    s.unreadable.length > 0 ? `${s.unreadable.length} unreadable` : '',
+    [s.protected ? 'protected' : '', s.unreadable.length > 0 ? `${s.unreadable.length} unreadable` : '']
+      .filter((n) => n !== '')
+      .join(', '),
     s.tags.join(','),
   ]);
   const head = ['ID', 'TIME (UTC)', 'HOST', 'DISK', 'SIZE', 'NOTES', 'TAGS'];

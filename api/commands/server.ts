@@ -1,6 +1,7 @@
 import { ConfigError, EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
 import { isDiskvaultError } from '../../common/errors.js';
 import { parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
+import { RepositoryKeyFileError } from '../repository-key-file.js';
 import type { RunningService } from '../service.js';
 import { loadTlsCredentials, type TlsCredentials, TlsCredentialsError } from '../tls-credentials.js';
 import { DISKVAULT_VERSION } from '../version.js';
@@ -21,6 +22,7 @@ function explainStartupError(err: unknown, config: ServerConfig): string | undef
     return `cannot use data folder ${config.dataDir}: ${e.message}`;
   }
   if (isDiskvaultError(err)) return `cannot open the repository: ${err.message}`;
+  if (err instanceof RepositoryKeyFileError) return `cannot open the repository: ${err.message}`;
   if (err instanceof TlsCredentialsError) return err.message;
   return undefined;
 }
@@ -39,6 +41,7 @@ function silenceRestifyDeprecation(): void {
 }
 
 export async function run(argv: string[], _command: string): Promise<number> {
+  if (argv[0] === 'key') return (await import('./server-key.js')).run(argv.slice(1));
   silenceRestifyDeprecation();
   const { ADMIN_TOKEN_FILE, startService } = await import('../service.js');
   let parsed: ReturnType<typeof parseServerArgs>;

@@ -1,14 +1,16 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
-import { createToken, type Role, readTokens, revokeToken } from '../token-store.js';
+import { createToken, ROLES, type Role, readTokens, revokeToken } from '../token-store.js';
 
-const USAGE = `usage: diskvault token create --role agent|admin [--host H]... [--tenant T] [--data DIR] [--json]
+const USAGE = `usage: diskvault token create --role agent|admin|reader [--host H]... [--tenant T] [--data DIR] [--json]
        diskvault token list [--data DIR] [--json]
        diskvault token revoke ID [--data DIR]
 
 Runs on the server machine against its data folder; the running server picks changes up at once.
 An agent token needs at least one --host. An admin token without --tenant is a global admin.
+A reader token lists and reads every snapshot, manifest and chunk of its tenant (of every tenant
+without --tenant) and can change nothing: what an offsite copy pulls with (diskvault sync).
 `;
 
 /** `diskvault token`: manage API tokens in <data>/tokens.json. Prints a new token exactly once. */
@@ -30,7 +32,7 @@ export async function run(argv: string[], _command: string): Promise<number> {
     case 'create': {
       if (rest.length) throw new UsageError(`unexpected argument ${rest[0]}`);
       const role = values.role;
-      if (role !== 'agent' && role !== 'admin') throw new UsageError('--role must be agent or admin');
+      if (!ROLES.includes(role as Role)) throw new UsageError(`--role must be ${ROLES.join(', ')}`);
       const { record, token } = await createToken(dataDir, {
         role: role as Role,
         hosts: values.host ?? [],
@@ -56,7 +58,7 @@ export async function run(argv: string[], _command: string): Promise<number> {
       else {
         for (const t of shown) {
           process.stdout.write(
-            `${t.id}  ${t.role.padEnd(5)}  tenant ${t.tenant.padEnd(12)}  ${t.created}  ${t.hosts.join(',') || '-'}\n`,
+            `${t.id}  ${t.role.padEnd(6)}  tenant ${t.tenant.padEnd(12)}  ${t.created}  ${t.hosts.join(',') || '-'}\n`,
           );
         }
       }

@@ -1,12 +1,21 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
-import { InvalidInputError, NotFoundError } from '../../common/errors.js';
-import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { isGlobalAdmin, maySeeSnapshot, requireAdmin, requireGlobalAdmin, tenantScope } from '../auth.js';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common/errors.js';
+import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
+import {
+  isGlobalAdmin,
+  isReader,
+  maySeeSnapshot,
+  requireAdmin,
+  requireGlobalAdmin,
+  tenantScope,
+} from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';
 import type { JobStatus } from '../jobs.js';
-import type { ForgetResponse, GcResponse, JobInfo, StatsResponse } from '../protocol.js';
+import type { ForgetResponse, JobInfo, StatsResponse } from '../protocol.js';
+import { ALL_TENANTS } from '../token-store.js';
 import { asObject, checkId, checkPolicy, optionalName } from '../validation.js';
 
 function optionalBool(v: unknown, what: string): boolean {
@@ -18,6 +27,22 @@ function optionalBool(v: unknown, what: string): boolean {
 function jobInfo(j: JobStatus): JobInfo {
   const { tokenId: _owner, ...rest } = j;
   return rest as JobInfo;
+}
+
+/**
+ * Runs gc once the one running (a forget's prune, another admin's gc) has finished: what this request
+ * freed must be considered by a run that starts after it.
+ */
+async function gcWhenFree(repo: RepositoryApi, onProgress: (p: VerifyProgress) => void): Promise<GcReport> {
+  for (;;) {
+    try {
+      return await repo.gc({ onProgress });
+    } catch (err) {
+      if (!(isDiskvaultError(err) && err.code === 'Conflict')) throw err;
+      onProgress({ phase: 'waiting for the running gc', done: 0, total: 0 });
+      await sleep(250);
+    }
+  }
 }
 
 function perHost(snaps: SnapshotInfo[]): StatsResponse['perHost'] {
@@ -64,10 +89,24 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
         }
       }
       const out: ForgetResponse = { plan, dryRun, removed: 0 };
+      if (!dryRun && prune) {
+        // Removing many snapshots and collecting their chunks can take long: a job, polled like verify.
+        const job = ctx.jobs.start(
+          'forget',
+          p.tokenId,
+          async (onProgress) => {
+            out.removed = (await repo.applyForget(plan, { onProgress })).removed;
+            out.gc = await gcWhenFree(repo, onProgress);
+            return out;
+          },
+          { shared: false },
+        );
+        sendJson(res, 202, { job: jobInfo(job) });
+        return;
+      }
       if (!dryRun) {
         req.socket.setTimeout(0);
         out.removed = (await repo.applyForget(plan)).removed;
-        if (prune) out.gc = await repo.gc();
       }
       sendJson(res, 200, out);
     }),
@@ -75,12 +114,10 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
 
   server.post(
     '/v1/gc',
-    route(ctx, async (req, res, p) => {
+    route(ctx, async (_req, res, p) => {
       requireGlobalAdmin(p);
-      // gc can outlast the idle timeout on a large repository; the request itself is already complete.
-      req.socket.setTimeout(0);
-      const out: GcResponse = { report: await repo.gc() };
-      sendJson(res, 200, out);
+      const job = ctx.jobs.start('gc', p.tokenId, (onProgress) => gcWhenFree(repo, onProgress));
+      sendJson(res, 202, { job: jobInfo(job) });
     }),
   );
 
@@ -109,7 +146,8 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
   server.get(
     '/v1/stats',
     route(ctx, async (_req, res, p) => {
-      if (isGlobalAdmin(p)) {
+      // A global reader sees what a global admin sees: statistics change nothing.
+      if (isGlobalAdmin(p) || (isReader(p) && p.tenant === ALL_TENANTS)) {
         const s = repo.stats();
         const out: StatsResponse = {
           scope: 'repository',
@@ -125,20 +163,15 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
       const scope = { tenant: p.tenant, ...(p.role === 'agent' ? { hosts: p.hosts } : {}) };
       const snaps = repo.listSnapshots(scope).filter((s) => maySeeSnapshot(p, s));
       const out: StatsResponse = {
-        scope: p.role === 'admin' ? 'tenant' : 'hosts',
+        scope: p.role === 'agent' ? 'hosts' : 'tenant',
         snapshots: snaps.length,
         logicalBytes: snaps.reduce((n, s) => n + s.size, 0),
         perHost: perHost(snaps),
         disks: repo.diskSeries(scope).map(describeDiskSeries),
       };
-      if (p.role === 'admin') {
-        out.tenant = repo.stats().perTenant.find((t) => t.tenant === p.tenant) ?? {
-          tenant: p.tenant,
-          snapshots: 0,
-          logicalBytes: 0,
-          uniqueBytes: 0,
-        };
-      }
+      // Computed over the tenant's own snapshots and chunks only: another tenant storing one of its chunks
+      // must not change any figure here.
+      if (p.role !== 'agent') out.tenant = repo.tenantStats(p.tenant);
       sendJson(res, 200, out);
     }),
   );

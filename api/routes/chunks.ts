@@ -5,7 +5,7 @@ import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common
 import { zstdBound } from '../../common/limits.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import type { ChunkLease } from '../../repo-engine/types.js';
-import { tenantScope } from '../auth.js';
+import { requireWriter, tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
 import { type ApiContext, param, query, route } from '../context.js';
 import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
@@ -44,6 +44,7 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
   server.put(
     '/v1/chunks/:id',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const id = checkId(param(req, 'id'), 'chunk id');
       const sid = checkSessionId(query(req).get('session') ?? undefined);
       const encoding = requestEncoding(req);
@@ -53,16 +54,18 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       sessions.require(sid, p);
       const payload = await readCapped(req, cap, 'chunk', takeBody);
       let stored: boolean;
+      let written: boolean;
       try {
         if (payload.length === 0) throw new InvalidInputError('empty chunk body');
         const info = repo.touchSession(sid);
         sessions.renewed(sid, info.expiresAt);
-        ({ stored } = await repo.putChunk(sid, id, payload, encoding));
+        ({ stored, written } = await repo.putChunk(sid, id, payload, encoding));
       } finally {
         bodies.giveBack(payload);
       }
-      if (stored) ctx.metrics.chunksStored++;
+      if (written) ctx.metrics.chunksStored++;
       else ctx.metrics.chunksDeduplicated++;
+      // 201 when the tenant did not hold the chunk before, 200 when it did: never what other tenants hold.
       const body: PutChunkResponse = { id, stored };
       const text = JSON.stringify(body);
       res.statusCode = stored ? 201 : 200;

@@ -1,9 +1,10 @@
 import type { Server } from 'restify';
-import { InvalidInputError, isDiskvaultError } from '../../common/errors.js';
-import { mayUseHost, sessionTenant } from '../auth.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
+import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
-import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';
+import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
+import { readJsonMissingQuery } from '../missing-query.js';
 import {
   type CommitResponse,
   type CreateSessionResponse,
@@ -13,7 +14,7 @@ import {
   MAX_MISSING_IDS,
   type MissingResponse,
 } from '../protocol.js';
-import { asObject, checkIdList, checkName, checkSessionId } from '../validation.js';
+import { asObject, checkId, checkName, checkSessionId, optionalName } from '../validation.js';
 
 /** Upload sessions: open, ask which chunks are missing, commit the manifest, or abort. */
 export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
@@ -34,13 +35,28 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const body = asObject(await readJson(req));
       const host = checkName(body.host, 'host');
       const disk = checkName(body.disk, 'disk');
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
-      const tenant = sessionTenant(p);
-      const info = await repo.beginSession(host, disk, tenant);
-      sessions.bind(info.id, p, info);
+      const tenant = sessionTenant(p, optionalName(body.tenant, 'tenant'));
+      const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, Date.now());
+      if ('retryAfterS' in place) {
+        res.setHeader('retry-after', String(place.retryAfterS));
+        throw new DiskvaultError(
+          'TooManyRequests',
+          `this token already has ${ctx.maxSessionsPerToken} open upload sessions (the server's --max-sessions-per-token); finish or abort one, or wait for one to expire`,
+          { limit: ctx.maxSessionsPerToken },
+        );
+      }
+      let info: Awaited<ReturnType<typeof repo.beginSession>>;
+      try {
+        info = await repo.beginSession(host, disk, tenant);
+        sessions.bind(info.id, p, info);
+      } finally {
+        place.release();
+      }
       // The previous snapshot seeds the agent's known-set; one from another tenant would only cause uploads
       // it cannot skip, and would reveal that tenant's data.
       const previous = info.previous && info.previous.tenant === tenant ? info.previous : null;
@@ -57,6 +73,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions/:id/missing',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
       sessions.require(sid, p);
       if (isIdsBody(req.headers['content-type'])) {
@@ -71,9 +88,12 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         res.end(missing);
         return;
       }
-      const ids = checkIdList(asObject(await readJson(req)).ids);
+      const ids = await readJsonMissingQuery(req);
       touch(sid);
-      const out: MissingResponse = { missing: await repo.filterMissing(sid, ids) };
+      const missing = await repo.filterMissingBinary(sid, ids);
+      const out: MissingResponse = { missing: [] };
+      for (let at = 0; at < missing.length; at += ID_BYTES)
+        out.missing.push(missing.toString('hex', at, at + ID_BYTES));
       sendJson(res, 200, out);
     }),
   );
@@ -81,7 +101,15 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.post(
     '/v1/sessions/:id/commit',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
+      // ?id= keeps the id another repository gave a snapshot (a copy). Only an admin may choose an id: an
+      // agent could otherwise squat on ids a copy will bring.
+      const keepId = query(req).get('id') ?? undefined;
+      if (keepId !== undefined) {
+        requireAdmin(p);
+        checkId(keepId, 'snapshot id');
+      }
       sessions.require(sid, p);
       const type = req.headers['content-type'];
       if (!type || type.split(';')[0].trim().toLowerCase() !== MANIFEST_CONTENT_TYPE) {
@@ -89,7 +117,19 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       }
       refuseDeclaredOver(req, ctx.maxManifestBytes, 'manifest');
       touch(sid);
-      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'));
+      // Only an admin may commit a time from before the backup (an import); see repo-engine/snapshot-time.ts.
+      const snapshot = await ctx.commits
+        .run(() =>
+          repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
+            mayBackdate: p.role === 'admin',
+            ...(keepId !== undefined ? { id: keepId } : {}),
+          }),
+        )
+        .catch((err: unknown) => {
+          const retry = (err as { details?: { retryAfterSeconds?: unknown } }).details?.retryAfterSeconds;
+          if (typeof retry === 'number') res.setHeader('retry-after', String(retry));
+          throw err;
+        });
       sessions.forget(sid);
       ctx.metrics.commits++;
       const out: CommitResponse = { snapshot };
@@ -100,6 +140,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
   server.del(
     '/v1/sessions/:id',
     route(ctx, async (req, res, p) => {
+      requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
       sessions.require(sid, p);
       await repo.abort(sid);

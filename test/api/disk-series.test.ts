@@ -21,19 +21,19 @@ test('each disk reports its snapshot count and its newest snapshot: time, size, 
   const srv = await startTestServer({ storage: 'local' });
   try {
     const admin = srv.adminToken;
-    const web1 = await srv.makeToken('agent', ['web1']);
     const web2 = await srv.makeToken('agent', ['web2']);
     const chunks = [chunkOf('a'), chunkOf('b'), chunkOf('c')];
     const size = 3 * 40_000;
-    const older = await snapshotAt(srv.url, web1, 'web1', 'sda', '2026-11-27T02:15:00.000Z', chunks);
+    // Dated in the past, out of order: imports, which need an admin token.
+    const older = await snapshotAt(srv.url, admin, 'web1', 'sda', '2026-11-27T02:15:00.000Z', chunks);
     // Committed first but taken later: "newest" follows the snapshot's time, not the commit order.
-    const newest = await snapshotAt(srv.url, web1, 'web1', 'sda', '2026-11-28T02:15:00.000Z', chunks, [
+    const newest = await snapshotAt(srv.url, admin, 'web1', 'sda', '2026-11-28T02:15:00.000Z', chunks, [
       [4096, 512],
       [8192, 1024],
     ]);
-    await snapshotAt(srv.url, web1, 'web1', 'sda', '2026-11-26T02:15:00.000Z', chunks);
-    await snapshotAt(srv.url, web1, 'web1', 'sdb', '2026-11-28T03:00:00.000Z', chunks.slice(0, 1));
-    await snapshotAt(srv.url, web2, 'web2', 'sda', '2026-11-20T01:00:00.000Z', chunks.slice(1));
+    await snapshotAt(srv.url, admin, 'web1', 'sda', '2026-11-26T02:15:00.000Z', chunks);
+    await snapshotAt(srv.url, admin, 'web1', 'sdb', '2026-11-28T03:00:00.000Z', chunks.slice(0, 1));
+    await snapshotAt(srv.url, admin, 'web2', 'sda', '2026-11-20T01:00:00.000Z', chunks.slice(1));
 
     const metrics = (await call(srv.url, admin, 'GET', '/metrics')).bytes.toString();
     const gauge = (name: string, host: string, disk: string) =>

@@ -6,17 +6,26 @@ import test from 'ava';
 /**
  * The layers, lowest first: a file may import its own layer and the ones below it, never one above.
  * common/ is the neutral layer under all of them and imports none; workloads/ (the test and benchmark
- * images) may use only common/. test/ and bench/ sit outside the product and may import anything.
+ * images) may use only common/; ui/ (the web console, browser code built on its own by
+ * scripts/build-ui.mjs) talks to the server over HTTP only and imports none of ours.
  */
 const LAYERS = ['common', 'storage-adapters', 'repo-engine', 'api', 'agent'];
-const LEAVES: Record<string, string[]> = { workloads: ['common', 'workloads'] };
+const LEAVES: Record<string, string[]> = { workloads: ['common', 'workloads'], ui: ['ui'] };
+
+/**
+ * Folders outside the product, which may import anything: the tests, the benchmarks and the build scripts
+ * (scripts/, tools/), plus what is not source at all.
+ */
+const OUTSIDE = ['test', 'bench', 'scripts', 'tools', 'docs', 'dist', 'node_modules'];
 
 /** The checkout: dist/test/architecture/ is three levels below it. */
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
+const SOURCE = /\.(ts|mts|js|mjs)$/;
+
 function sourcesUnder(dir: string): string[] {
   return readdirSync(join(root, dir), { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile() && e.name.endsWith('.ts'))
+    .filter((e) => e.isFile() && SOURCE.test(e.name))
     .map((e) => relative(root, join(e.parentPath, e.name)));
 }
 
@@ -58,6 +67,14 @@ test('no product file imports from a layer above its own; common/ imports none o
   t.deepEqual(upwardImports(), []);
 });
 
+test('every top-level folder is a layer, a leaf or outside the product, so a new one is not skipped unseen', (t) => {
+  const known = new Set([...LAYERS, ...Object.keys(LEAVES), ...OUTSIDE]);
+  const unplaced = readdirSync(root, { withFileTypes: true })
+    .filter((e) => e.isDirectory() && !e.name.startsWith('.') && !known.has(e.name))
+    .map((e) => e.name);
+  t.deepEqual(unplaced, []);
+});
+
 test('the check sees every kind of import, so an upward one cannot hide', (t) => {
   const source = [
     "import { a } from '../api/x.js';",
@@ -76,4 +93,5 @@ test('the check sees every kind of import, so an upward one cannot hide', (t) =>
   t.deepEqual(allowed('common'), ['common']);
   t.deepEqual(allowed('repo-engine'), ['common', 'storage-adapters', 'repo-engine']);
   t.false(allowed('api').includes('agent'));
+  t.deepEqual(allowed('ui'), ['ui']);
 });

@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import test from 'ava';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
-import { chunkKey } from '../../repo-engine/chunk-store.js';
+import { TouchedSet } from '../../repo-engine/touched-set.js';
 import {
   Backends,
   backup,
@@ -36,7 +37,7 @@ for (const name of backends.names) {
       await fx.repo.deleteSnapshot(snap.id);
       report = await fx.repo.gc();
       t.is(report.chunksDeleted, 1);
-      t.is(await fx.storage.stat(chunkKey(sha256(data))), undefined);
+      t.is(await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(data))), undefined);
     } finally {
       await fx.cleanup();
     }
@@ -91,6 +92,32 @@ for (const name of backends.names) {
     }
   });
 
+  test(`${name}: a session keeps its base snapshot's chunks when that snapshot is forgotten, since it may name them without asking`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
+    try {
+      const kept = Buffer.alloc(4000, 9);
+      const old = await backup(fx.repo, kept);
+      fx.clock.advance(HOUR);
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      t.is(s.previous?.id, old.id);
+      await fx.repo.deleteSnapshot(old.id);
+      fx.clock.advance(HOUR);
+      const report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 0);
+      t.is(report.chunksHeld, 1);
+      t.deepEqual(
+        report.holders.map((h) => [h.kind, h.id, h.chunks]),
+        [['session', s.id.slice(0, 8), 1]],
+      );
+      // The agent's known-set came from the base: it names the chunk without asking, and the commit holds.
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [kept])));
+      t.true((await restore(fx.repo, snap.id)).equals(kept));
+      t.deepEqual((await fx.repo.gc()).holders, []);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
   test(`${name}: an upload racing gc's deletion of the same chunk waits and stores it anew`, async (t) => {
     const fx = await openFixture(backends, name, { gcGraceMs: 0, sessionLeaseMs: 10 * HOUR });
     try {
@@ -105,7 +132,7 @@ for (const name of backends.names) {
       const [report, stored] = await Promise.all([gc, put]);
       t.is(report.chunksDeleted, 1);
       t.true(stored.stored);
-      t.truthy(await fx.storage.stat(chunkKey(sha256(data))));
+      t.truthy(await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(data))));
       const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
       t.true((await restore(fx.repo, snap.id)).equals(data));
     } finally {
@@ -120,14 +147,21 @@ test('gc deletes orphan chunk objects unknown to the index only once they are ol
     const storage = fx.storage as MemoryStorage;
     storage.clock = fx.clock.now;
     const orphan = Buffer.alloc(3000, 1);
-    await storage.put(chunkKey(sha256(orphan)), encodeStoredChunk('raw', orphan.length, orphan));
+    const key = fx.repo.storedObjects.chunkKey(sha256(orphan));
+    const object = fx.repo.storedObjects.sealChunk(
+      sha256(orphan),
+      encodeStoredChunk('raw', orphan.length, orphan),
+    );
+    // Sealed: 24-byte header, the 32-byte id, the 9-byte chunk header and the bytes, a 16-byte tag.
+    t.is(object.length, 24 + 32 + 9 + orphan.length + 16);
+    await storage.put(key, object);
     fx.clock.advance(HOUR - 1);
     t.is((await fx.repo.gc()).orphansDeleted, 0);
     fx.clock.advance(2);
     const report = await fx.repo.gc();
     t.is(report.orphansDeleted, 1);
-    t.is(report.bytesFreed, orphan.length + 9);
-    t.is(await storage.stat(chunkKey(sha256(orphan))), undefined);
+    t.is(report.bytesFreed, object.length);
+    t.is(await storage.stat(fx.repo.storedObjects.chunkKey(sha256(orphan))), undefined);
   } finally {
     await fx.cleanup();
   }
@@ -147,4 +181,19 @@ test('gc reaps expired sessions so their protection ends', async (t) => {
   } finally {
     await fx.cleanup();
   }
+});
+
+test('a touched set never forgets an id, rarely claims one, and once saturated claims every one', (t) => {
+  const set = new TouchedSet(100_000);
+  const ids = Array.from({ length: 100_000 }, (_, i) => createHash('sha256').update(`in ${i}`).digest());
+  for (const id of ids) set.add(id);
+  t.true(ids.every((id) => set.has(id)));
+  let false_ = 0;
+  for (let i = 0; i < 100_000; i++) if (set.has(createHash('sha256').update(`out ${i}`).digest())) false_++;
+  t.true(false_ < 1000, `${false_} of 100,000 absent ids claimed`);
+  t.true(set.bytes < 300_000, `${set.bytes} bytes`);
+  t.false(set.saturated);
+  set.add(createHash('sha256').update('one more').digest());
+  t.true(set.saturated);
+  t.true(set.has(createHash('sha256').update('never added').digest()));
 });

@@ -2,7 +2,6 @@ import { rm, writeFile } from 'node:fs/promises';
 import test from 'ava';
 import { compress } from 'zstd-napi';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
-import { chunkKey } from '../../repo-engine/chunk-store.js';
 import {
   Backends,
   backup,
@@ -101,7 +100,7 @@ for (const name of backends.names) {
       t.is((raw as { code?: string }).code, 'HashMismatch');
       const z = await t.throwsAsync(fx.repo.putChunk(session.id, wrongId, compress(data), 'zstd'));
       t.is((z as { code?: string }).code, 'HashMismatch');
-      t.is(await fx.storage.stat(chunkKey(wrongId)), undefined);
+      t.is(await fx.storage.stat(fx.repo.storedObjects.chunkKey(wrongId)), undefined);
       t.deepEqual(await fx.repo.filterMissing(session.id, [wrongId]), [wrongId]);
     } finally {
       await fx.cleanup();
@@ -147,7 +146,10 @@ for (const name of backends.names) {
       const victim = sha256(palette[1] as Buffer);
       t.true((await fx.repo.verify({ readData: true })).ok);
       const garbage = Buffer.from((palette[1] as Buffer).map((x) => x ^ 0xff));
-      await fx.storage.put(chunkKey(victim), encodeStoredChunk('raw', garbage.length, garbage));
+      await fx.storage.put(
+        fx.repo.storedObjects.chunkKey(victim),
+        encodeStoredChunk('raw', garbage.length, garbage),
+      );
       const err = await t.throwsAsync(fx.repo.readChunk(victim));
       t.is((err as { code?: string }).code, 'Corrupt');
       t.regex((err as Error).message, new RegExp(victim));
@@ -158,7 +160,7 @@ for (const name of backends.names) {
         [[victim, 'corrupt', [a.id, b.id].sort()]],
       );
 
-      await fx.storage.delete(chunkKey(victim));
+      await fx.storage.delete(fx.repo.storedObjects.chunkKey(victim));
       const quick = await fx.repo.verify({ readData: false });
       t.deepEqual(
         quick.problems.map((p) => [p.chunk, p.kind, p.snapshots]),
@@ -221,11 +223,11 @@ for (const name of backends.names) {
       await t.throwsAsync(fx.repo.openManifest(drop.id), { instanceOf: Error, message: /no snapshot/ });
       t.deepEqual(referenced(indexRefcounts(fx.indexPath)), referenced(await recount(fx.repo)));
       fx.clock.advance(1000);
-      const stored = await fx.storage.stat(chunkKey(sha256(palette[2] as Buffer)));
+      const stored = await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(palette[2] as Buffer)));
       const report = await fx.repo.gc();
       t.is(report.chunksDeleted, 1);
       t.is(report.bytesFreed, stored!.size);
-      t.is(await fx.storage.stat(chunkKey(sha256(palette[2] as Buffer))), undefined);
+      t.is(await fx.storage.stat(fx.repo.storedObjects.chunkKey(sha256(palette[2] as Buffer))), undefined);
       t.true((await restore(fx.repo, keep.id)).equals(Buffer.concat([palette[0], palette[1]] as Buffer[])));
       t.true((await fx.repo.verify({ readData: true })).ok);
       const stats = fx.repo.stats();
@@ -353,7 +355,7 @@ test('a chunk lost from storage is reported missing after reindex, and the next 
   try {
     const data = Buffer.alloc(4096, 4);
     const snap = await backup(fx.repo, data);
-    await fx.storage.delete(chunkKey(sha256(data)));
+    await fx.storage.delete(fx.repo.storedObjects.chunkKey(sha256(data)));
     await fx.repo.reindex();
     t.true(fx.logs.some((l) => /missing from storage/.test(l)));
     const s = await fx.repo.beginSession('pc1', 'sda');

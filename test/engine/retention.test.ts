@@ -9,6 +9,7 @@ function snap(time: string, opts: { host?: string; tags?: string[]; id?: string 
     host: opts.host ?? 'pc1',
     disk: 'sda',
     time: new Date(time).toISOString(),
+    receivedAt: new Date(time).toISOString(),
     size: 1,
     sha256: '0'.repeat(64),
     chunkCount: 1,

@@ -151,3 +151,28 @@ export async function backup(
   if (done.status !== 201) throw new Error(`commit: ${done.status} ${done.bytes.toString()}`);
   return { session, uploaded: missing.json.missing.length as number, snapshot: done.json.snapshot };
 }
+
+/**
+ * Starts a job route (gc, forget with prune, verify): expects 202 { job }, then polls GET /v1/jobs/:id to a
+ * deadline and returns the finished job (`state` 'done' or 'failed').
+ */
+export async function runJob(
+  url: string,
+  token: string,
+  path: string,
+  json: unknown = {},
+  timeoutMs = 60_000,
+  // biome-ignore lint/suspicious/noExplicitAny: test answers are inspected field by field
+): Promise<any> {
+  const started = await call(url, token, 'POST', path, { json });
+  if (started.status !== 202)
+    throw new Error(`${path} answered ${started.status}, not 202: ${started.bytes.toString()}`);
+  const deadline = Date.now() + timeoutMs;
+  let job = started.json.job;
+  while (job.state === 'running') {
+    if (Date.now() > deadline) throw new Error(`job ${job.id} still running after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+    job = (await call(url, token, 'GET', `/v1/jobs/${job.id}`)).json.job;
+  }
+  return job;
+}

@@ -1,14 +1,18 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DiskvaultClient } from '../../agent/client.js';
+import { REPOSITORY_KEY_FILE } from '../../api/repository-key-file.js';
+import { parseConfig } from '../../repo-engine/config.js';
 import {
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
 } from '../../repo-engine/manifest-codec.js';
+import { deriveSubkeys } from '../../repo-engine/object-crypto.js';
+import { type ObjectCodec, objectCodec } from '../../repo-engine/stored-objects.js';
 import { DISKVAULT } from './diskvault-command.js';
 import { storageListing } from './reliability-harness.js';
 
@@ -67,8 +71,8 @@ export async function sha256File(path: string): Promise<string> {
 
 /** The header and chunk list of a stored snapshot, read over HTTP. */
 /**
- * Backs up `files` in order as successive nights (1, 2, … January 2026) of one host and disk with the real
- * CLI, and returns their snapshot ids; a backup that fails throws with its stderr.
+ * Backs up `files` in order as successive snapshots of one host and disk with the real CLI (each dated when
+ * it ran, so later files are newer), and returns their snapshot ids; a backup that fails throws with its stderr.
  */
 export async function backupNights(
   env: Record<string, string>,
@@ -77,9 +81,8 @@ export async function backupNights(
   disk: string,
 ): Promise<string[]> {
   const ids: string[] = [];
-  for (const [n, file] of files.entries()) {
-    const time = `2026-01-${String(n + 1).padStart(2, '0')}T00:00:00Z`;
-    const b = await runCli(['backup', file, '--host', host, '--disk', disk, '--time', time, '--json'], env);
+  for (const file of files) {
+    const b = await runCli(['backup', file, '--host', host, '--disk', disk, '--json'], env);
     if (b.code !== 0 || !b.summary) throw new Error(`backup of ${file} failed (${b.code}): ${b.stderr}`);
     ids.push(b.summary.snapshot);
   }
@@ -106,9 +109,43 @@ export async function countStoredChunks(dataDir: string): Promise<number> {
   return files.filter((f) => f.startsWith('chunks/') && /\/[0-9a-f]{64}$/.test(f)).length;
 }
 
-/** Flips one byte near the end of a chunk's object in a local repository (storage/chunks/ab/cd/<id>). */
-export async function corruptStoredChunk(dataDir: string, id: string): Promise<void> {
-  const fh = await open(join(dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4), id), 'r+');
+/**
+ * How the local repository in `dataDir` names and seals objects, from its config and (when encrypted) the
+ * key in the data folder: what a test needs to find a chunk's object, as the server does.
+ */
+export async function storedObjectsOf(dataDir: string): Promise<ObjectCodec> {
+  const config = parseConfig(await readFile(join(dataDir, 'storage', 'config')));
+  if (!config.encryption) return objectCodec(undefined);
+  const key = Buffer.from((await readFile(join(dataDir, REPOSITORY_KEY_FILE), 'utf8')).trim(), 'hex');
+  return objectCodec(deriveSubkeys(key, config.id));
+}
+
+/** The file holding chunk `id`'s object in the local repository in `dataDir`. */
+export async function storedChunkFile(dataDir: string, id: string): Promise<string> {
+  return join(dataDir, 'storage', (await storedObjectsOf(dataDir)).chunkKey(id));
+}
+
+/**
+ * Flips one byte near the end of a chunk's object in a local repository, as it lies in storage. With
+ * `resealed`, the byte is flipped in the chunk's stored bytes and an encrypted object sealed again: an
+ * object that opens but holds the wrong content (what the agent's hash check is for).
+ */
+export async function corruptStoredChunk(
+  dataDir: string,
+  id: string,
+  opts: { resealed?: boolean } = {},
+): Promise<void> {
+  const path = await storedChunkFile(dataDir, id);
+  if (opts.resealed) {
+    const codec = await storedObjectsOf(dataDir);
+    const key = codec.chunkKey(id);
+    const { stored } = codec.openChunk(key, await readFile(path), id);
+    const changed = Buffer.from(stored);
+    changed[changed.length - 10] ^= 0xff;
+    await writeFile(path, codec.sealChunk(id, changed));
+    return;
+  }
+  const fh = await open(path, 'r+');
   try {
     const { size } = await fh.stat();
     const b = Buffer.alloc(1);

@@ -11,6 +11,7 @@ import {
   ManifestReader,
 } from '../../repo-engine/manifest-codec.js';
 import { Repository, type RepositoryOptions } from '../../repo-engine/repository.js';
+import { MemoryKeyStore } from '../../repo-engine/repository-key.js';
 import type { SnapshotInfo } from '../../repo-engine/types.js';
 import type { StorageAdapter } from '../../storage-adapters/adapter.js';
 import { openLocalStorage } from '../../storage-adapters/local.js';
@@ -81,9 +82,12 @@ export async function openFixture(
   const clock = new Clock();
   const logs: string[] = [];
   const indexPath = path.join(dir, 'index.sqlite');
+  // Encrypted, as every new repository is by default; a test wanting format 1 passes encryption 'none'.
+  const keyStore = new MemoryKeyStore();
   const options = (more: Partial<RepositoryOptions>): RepositoryOptions => ({
     storage,
     indexPath,
+    keyStore,
     chunker: TEST_CHUNKER,
     now: clock.now,
     log: (m) => logs.push(m),

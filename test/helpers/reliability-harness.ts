@@ -260,11 +260,6 @@ export async function storageListing(dataDir: string): Promise<Map<string, numbe
   return out;
 }
 
-/** Storage path of a chunk object in a local repository. */
-export function chunkPath(dataDir: string, id: string): string {
-  return path.join(dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4), id);
-}
-
 export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }

@@ -23,6 +23,8 @@ export interface TestServerOptions {
   chunker?: ChunkerParams;
   gcGraceMs?: number;
   sessionLeaseMs?: number;
+  sessionMaxAgeMs?: number;
+  maxSessionsPerToken?: number;
   cacheBytes?: number;
   now?: () => number;
   /** Wrap storage in the fault injector (test/helpers/fault-injecting-storage.ts), exposed as `faults`. */
@@ -31,6 +33,8 @@ export interface TestServerOptions {
   dataDir?: string;
   maxManifestBytes?: number;
   idleTimeoutMs?: number;
+  /** Encryption of a repository this start creates (the server's default: aes-256-gcm). */
+  encryption?: 'aes-256-gcm' | 'none';
 }
 
 export interface TestServer {
@@ -81,8 +85,11 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
       ...(storage ? { storage } : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
+      ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),
+      ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.now ? { now: opts.now } : {}),
+      ...(opts.encryption ? { encryption: opts.encryption } : {}),
       log: (line) => logs.push(line),
       server: {
         ...(opts.maxManifestBytes !== undefined ? { maxManifestBytes: opts.maxManifestBytes } : {}),

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { call } from '../helpers/api-client.js';
+import { runJob } from '../helpers/api-client.js';
 import { backupNights, corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -189,13 +189,26 @@ test.serial(
     const nbd = await startNbd([ids[0]]);
     let stopped = false;
     try {
-      const forget = await call(server.url, server.adminToken, 'POST', '/v1/forget', {
-        json: { policy: { last: 1 }, host: 'nbd1', disk: 'sdb', prune: true },
+      const forget = await runJob(server.url, server.adminToken, '/v1/forget', {
+        policy: { last: 1 },
+        host: 'nbd1',
+        disk: 'sdb',
+        prune: true,
       });
-      t.is(forget.status, 200, forget.bytes.toString());
-      const forgot = JSON.parse(forget.bytes.toString());
+      t.is(forget.state, 'done', JSON.stringify(forget));
+      const forgot = forget.result;
       t.is(forgot.removed, 1);
-      t.true(forgot.gc.chunksProtected > 0, 'the export holds the forgotten chunks');
+      // Held by the export's lease alone.
+      const held = forgot.gc.chunksHeld;
+      t.is(forgot.gc.chunksDeleted, 0);
+      t.deepEqual(
+        forgot.gc.holders.map((h: { kind: string; snapshot: string; chunks: number }) => [
+          h.kind,
+          h.snapshot,
+          h.chunks,
+        ]),
+        [['lease', ids[0], held]],
+      );
       const out = join(dir, 'forgotten.raw');
       await execFileP(
         'qemu-img',
@@ -205,9 +218,11 @@ test.serial(
       t.is(sha256(await readFile(out)), sha256(sized));
       t.is(await stop(nbd.child), 0);
       stopped = true;
-      // Released: gc now frees what only the forgotten night used.
-      const gc = JSON.parse((await call(server.url, server.adminToken, 'POST', '/v1/gc')).bytes.toString());
-      t.true(gc.report.chunksDeleted > 0, JSON.stringify(gc.report));
+      // Released: gc now frees exactly what the lease held.
+      const gc = await runJob(server.url, server.adminToken, '/v1/gc');
+      t.is(gc.result.chunksDeleted, held, JSON.stringify(gc.result));
+      t.true(held >= 10, `the forgotten night had ${held} chunks of its own`);
+      t.deepEqual(gc.result.holders, []);
     } finally {
       if (!stopped) await stop(nbd.child);
     }

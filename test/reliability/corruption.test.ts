@@ -2,11 +2,10 @@ import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { readSnapshot } from '../helpers/backup-e2e.js';
+import { readSnapshot, storedChunkFile } from '../helpers/backup-e2e.js';
 import {
   backupCli,
   type Conn,
-  chunkPath,
   dv,
   hasStackTrace,
   removeDir,
@@ -80,7 +79,7 @@ test.before(async () => {
   // Corruption at rest: flip one byte in the middle of the stored object, with the server stopped so no
   // cache holds the good copy.
   await srv.stop();
-  const fh = await open(chunkPath(dataDir, victim), 'r+');
+  const fh = await open(await storedChunkFile(dataDir, victim), 'r+');
   try {
     const { size } = await fh.stat();
     const one = Buffer.alloc(1);

@@ -5,9 +5,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { holdChunks } from '../../agent/chunk-hold.js';
+import { holdSnapshot } from '../../agent/chunk-hold.js';
 import { DiskvaultClient } from '../../agent/client.js';
-import { call } from '../helpers/api-client.js';
+import { chunkOf, manifestFor, runJob } from '../helpers/api-client.js';
 import { backupNights } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer } from '../helpers/server.js';
@@ -15,42 +15,56 @@ import { startTestServer } from '../helpers/server.js';
 const MiB = 1024 * 1024;
 
 /**
- * The hold a restore or an NBD export takes on the repository is an upload session kept alive: it must
- * outlive its lease while held, and be gone once released; and a restore under way must survive its
- * snapshot being forgotten and collected. (The same for an export is in test/nbd/nbd-e2e.test.ts.)
+ * The hold a restore or an NBD export takes on the repository is a snapshot lease: it must outlive its
+ * length while held (renewed once per third, not per chunk), be gone once released, and need only read
+ * rights; and a restore under way must survive its snapshot being forgotten and collected. (The same for an
+ * export is in test/nbd/nbd-e2e.test.ts.)
  */
 test('a hold is renewed past its lease while held and ends when released; a refused hold only warns', async (t) => {
   const server = await startTestServer({ sessionLeaseMs: 3000 });
   t.teardown(() => server.stop());
+  const admin = new DiskvaultClient({ server: server.url, token: server.adminToken });
+  t.teardown(() => admin.close());
+  const snap = await commitTinySnapshot(admin, 'h1');
   const client = new DiskvaultClient({ server: server.url, token: await server.makeToken('agent', ['h1']) });
   t.teardown(() => client.close());
   const warnings: string[] = [];
-  const opened: string[] = [];
+  const taken: string[] = [];
+  let renewals = 0;
   const watched = {
-    createSession: async (host: string, disk: string) => {
-      const s = await client.createSession(host, disk);
-      opened.push(s.id);
-      return s;
+    takeLease: async (id: string) => {
+      const l = await client.takeLease(id);
+      taken.push(l.leaseId);
+      return l;
     },
-    missing: (id: string, ids: string[]) => client.missing(id, ids),
-    abort: (id: string) => client.abort(id),
+    renewLease: (id: string) => {
+      renewals++;
+      return client.renewLease(id);
+    },
+    releaseLease: (id: string) => client.releaseLease(id),
   };
-  const hold = await holdChunks(watched, 'h1', 'sda', (m) => warnings.push(m));
-  t.is(opened.length, 1);
+  const hold = await holdSnapshot(watched, snap.id, (m) => warnings.push(m));
+  t.is(taken.length, 1);
+  const lease = taken[0] as string;
+  t.is(server.repo.getLease(lease)?.snapshot, snap.id);
   await new Promise((r) => setTimeout(r, 4500));
-  // Past the 3 s lease: still open, because it was renewed.
-  t.deepEqual(await client.missing(opened[0], []), []);
+  // Past the 3 s lease: still held, because it was renewed, once a second (a third of its length).
+  t.is(server.repo.getLease(lease)?.snapshot, snap.id);
+  t.true(renewals >= 3 && renewals <= 5, `renewed ${renewals} times in 4.5 s`);
   await hold.release();
-  await t.throwsAsync(client.missing(opened[0], []), { message: /session/i });
+  t.is(server.repo.getLease(lease), undefined);
   t.deepEqual(warnings, []);
 
-  // A token that may not open a session for this host: a warning, and a release that does nothing.
-  const refused = await holdChunks(watched, 'other-host', 'sda', (m) => warnings.push(m));
+  // An agent token of another host may not read the snapshot, so may not hold it: a warning, and a
+  // release that does nothing.
+  const other = new DiskvaultClient({ server: server.url, token: await server.makeToken('agent', ['h2']) });
+  t.teardown(() => other.close());
+  const refused = await holdSnapshot(other, snap.id, (m) => warnings.push(m));
   await refused.release();
   t.is(warnings.length, 1);
   t.regex(
-    warnings[0],
-    /could not keep gc from collecting this snapshot's chunks while it is read: .*other-host/,
+    warnings[0] as string,
+    /could not keep gc from collecting this snapshot's chunks while it is read: snapshot [0-9a-f]{64} not found/,
   );
 });
 
@@ -93,13 +107,26 @@ test('a restore under way survives its snapshot being forgotten and collected, a
   const exited = once(child, 'exit');
   await once(child.stdout, 'readable');
 
-  const forget = await call(server.url, server.adminToken, 'POST', '/v1/forget', {
-    json: { policy: { last: 1 }, host: 'h1', disk: 'sda', prune: true },
+  const forget = await runJob(server.url, server.adminToken, '/v1/forget', {
+    policy: { last: 1 },
+    host: 'h1',
+    disk: 'sda',
+    prune: true,
   });
-  t.is(forget.status, 200, forget.bytes.toString());
-  const forgot = JSON.parse(forget.bytes.toString());
+  t.is(forget.state, 'done', JSON.stringify(forget));
+  const forgot = forget.result;
   t.is(forgot.removed, 1);
-  t.true(forgot.gc.chunksProtected > 0, 'the restore holds the forgotten chunks');
+  // Held by the restore's lease and by nothing else (the backups' sessions are closed).
+  const held = forgot.gc.chunksHeld;
+  t.is(forgot.gc.chunksDeleted, 0);
+  t.deepEqual(
+    forgot.gc.holders.map((h: { kind: string; snapshot: string; chunks: number }) => [
+      h.kind,
+      h.snapshot,
+      h.chunks,
+    ]),
+    [['lease', ids[0], held]],
+  );
 
   const hash = createHash('sha256');
   for await (const piece of child.stdout) hash.update(piece as Buffer);
@@ -108,7 +135,17 @@ test('a restore under way survives its snapshot being forgotten and collected, a
   t.is(hash.digest('hex'), createHash('sha256').update(older).digest('hex'));
   t.regex(stderr, /"type":"summary".*"verified":true/);
 
-  // Released when the restore ended: gc now frees what only the forgotten night used.
-  const gc = JSON.parse((await call(server.url, server.adminToken, 'POST', '/v1/gc')).bytes.toString());
-  t.true(gc.report.chunksDeleted > 0, JSON.stringify(gc.report));
+  // Released when the restore ended: gc now frees exactly what the lease held, and nothing holds it back.
+  const gc = await runJob(server.url, server.adminToken, '/v1/gc');
+  t.is(gc.result.chunksDeleted, held, JSON.stringify(gc.result));
+  t.true(held >= 300, `the forgotten 24 MiB night had ${held} chunks of its own`);
+  t.deepEqual(gc.result.holders, []);
 });
+
+/** A one-chunk snapshot of `host`/sda committed through the agent's client. */
+async function commitTinySnapshot(client: DiskvaultClient, host: string) {
+  const chunk = chunkOf(`tiny ${host}`, 1000);
+  const session = await client.createSession(host, 'sda');
+  await client.putChunk(session.id, chunk.id, chunk.data, 'raw');
+  return client.commit(session.id, manifestFor(host, 'sda', [chunk]));
+}

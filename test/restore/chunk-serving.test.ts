@@ -1,11 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { truncate } from 'node:fs/promises';
 import http from 'node:http';
-import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { isDiskvaultError } from '../../common/errors.js';
-import { corruptStoredChunk } from '../helpers/backup-e2e.js';
+import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
 import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -43,8 +42,8 @@ async function upload(client: DiskvaultClient, chunks: Buffer[]): Promise<void> 
   await client.abort(session.id);
 }
 
-function storedFile(server: TestServer, id: string): string {
-  return join(server.dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4), id);
+function storedFile(server: TestServer, id: string): Promise<string> {
+  return storedChunkFile(server.dataDir, id);
 }
 
 function plainGet(server: TestServer, id: string): Promise<{ status: number; body: string }> {
@@ -75,7 +74,7 @@ test('a chunk corrupted in storage reaches the agent unhashed, and the agent ref
     t.is(good.encoding, 'zstd');
     t.is(good.rawLength, chunk.length);
 
-    await corruptStoredChunk(server.dataDir, id);
+    await corruptStoredChunk(server.dataDir, id, { resealed: true });
     // Structurally sound, so the server serves it as stored: the hash check is the agent's.
     const served = await client.getChunkPayload(id, chunk.length);
     t.is(served.encoding, 'zstd');
@@ -97,7 +96,7 @@ test('a structurally broken chunk is answered 500 Corrupt once, and the client d
     const chunk = compressible(100_000);
     const id = sha256(chunk);
     await upload(client, [chunk]);
-    await truncate(storedFile(server, id), 5);
+    await truncate(await storedFile(server, id), 5);
     const before = chunkGets(server, id);
     const err = await t.throwsAsync(client.getChunk(id, chunk.length));
     t.true(isDiskvaultError(err) && err.code === 'Corrupt', String(err));

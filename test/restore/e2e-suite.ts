@@ -1,13 +1,13 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { TestFn } from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
-import { corruptStoredChunk } from '../helpers/backup-e2e.js';
+import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { workload256M } from '../helpers/workload.js';
@@ -91,11 +91,7 @@ export function restoreEndToEnd(test: TestFn, storage: 'local' | 's3'): void {
     ctx.work = await mkdtemp(join(tmpdir(), `diskvault-restore-e2e-${storage}-`));
     ctx.snapshots = [];
     for (const [n, img] of ctx.images.entries()) {
-      const time = `2026-01-0${n + 1}T02:00:00Z`;
-      const res = await runCli(
-        ['backup', img, '--host', 'web1', '--disk', 'sda', '--time', time, '--json'],
-        ctx.env,
-      );
+      const res = await runCli(['backup', img, '--host', 'web1', '--disk', 'sda', '--json'], ctx.env);
       if (res.code !== 0) throw new Error(`backup of night${n} failed (${res.code}): ${res.stderr}`);
       const summary = lastJson(
         res.stdout
@@ -283,7 +279,7 @@ async function pickDataChunk(ctx: Context, snapshot: string): Promise<string> {
       if (createHash('sha256').update(Buffer.alloc(e.length)).digest('hex') !== e.id) ids.push(e.id);
     }
     const id = ids[Math.floor(ids.length / 2)];
-    await readdir(join(ctx.server.dataDir, 'storage', 'chunks', id.slice(0, 2), id.slice(2, 4)));
+    await stat(await storedChunkFile(ctx.server.dataDir, id));
     return id;
   } finally {
     client.close();

@@ -9,6 +9,7 @@ function snap(id: string, host: string, disk: string, time: string): SnapshotInf
     host,
     disk,
     time,
+    receivedAt: time,
     size: 1,
     sha256: 'f'.repeat(64),
     chunkCount: 1,

@@ -1,0 +1,164 @@
+import { Readable, type Transform } from 'node:stream';
+import { CorruptError } from '../common/errors.js';
+import { keyedName, ObjectSealer, type RepositorySubkeys, SealedObjectError } from './object-crypto.js';
+
+export const CHUNKS_PREFIX = 'chunks/';
+const CHUNK_KEY = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})$/;
+
+/** `chunks/ab/cd/abcd…`: two levels of fan-out keep any one directory (or S3 listing page run) small. */
+export function chunkKeyOfName(name: string): string {
+  return `${CHUNKS_PREFIX}${name.slice(0, 2)}/${name.slice(2, 4)}/${name}`;
+}
+
+/** The 64-hex name a listed key carries, or undefined for anything that is not a well-formed chunk key. */
+export function chunkNameFromKey(key: string): string | undefined {
+  const m = CHUNK_KEY.exec(key);
+  const name = m?.[3];
+  return name?.startsWith(`${m?.[1]}${m?.[2]}`) ? name : undefined;
+}
+
+/**
+ * How chunk and manifest objects lie in storage: their names and their bytes. A plaintext repository (format
+ * 1) names a chunk by its id and stores objects as they are; an encrypted one (format 2) names a chunk by a
+ * keyed hash of its id and seals every object (object-crypto.ts). The chunk and manifest stores, gc, verify
+ * and reindex go through this, so they work the same on both.
+ */
+export interface ObjectCodec {
+  readonly encrypted: boolean;
+  /** The storage key of chunk `id`. */
+  chunkKey(id: string): string;
+  /**
+   * The id a listed chunk key names when the name shows it (plaintext); undefined for a keyed name (the id
+   * is then only known by computing names of known ids, or by opening the object).
+   */
+  chunkIdFromKey(key: string): string | undefined;
+  isChunkKey(key: string): boolean;
+  /** The object to store for chunk `id`'s stored form (chunk-format.ts). */
+  sealChunk(id: string, stored: Buffer): Buffer;
+  /**
+   * A chunk object's stored form and the id it was written for; CorruptError naming the chunk (`expectId`,
+   * or the storage key when the id is not known) when it does not open or holds another chunk.
+   */
+  openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer };
+  sealManifest(key: string, bytes: Buffer): Buffer;
+  /** A Transform sealing a manifest written through it; undefined when manifests are stored as they are. */
+  sealManifestStream(key: string): Transform | undefined;
+  /**
+   * The manifest's bytes as they stream from storage; the stream fails with CorruptError naming it. An
+   * encrypted one resolves once its first segment is authenticated, so damage there (all of a manifest
+   * sealed in one piece) is an error before any byte is handed on, not a cut stream.
+   */
+  openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable>;
+}
+
+export const PLAINTEXT_OBJECTS: ObjectCodec = {
+  encrypted: false,
+  chunkKey: chunkKeyOfName,
+  chunkIdFromKey: chunkNameFromKey,
+  isChunkKey: (key) => chunkNameFromKey(key) !== undefined,
+  sealChunk: (_id, stored) => stored,
+  openChunk(key, object, expectId) {
+    const id = expectId ?? chunkNameFromKey(key);
+    if (!id) throw new CorruptError(`${key} is not a chunk key`);
+    return { id, stored: object };
+  },
+  sealManifest: (_key, bytes) => bytes,
+  sealManifestStream: () => undefined,
+  openManifest: async (_key, _snapshot, stream) => stream,
+};
+
+const ID_BYTES = 32;
+
+/** Objects sealed with one repository's subkeys; chunk objects carry their 32-byte id before their bytes. */
+export class EncryptedObjects implements ObjectCodec {
+  readonly encrypted = true;
+  private readonly sealer: ObjectSealer;
+
+  constructor(private readonly keys: RepositorySubkeys) {
+    this.sealer = new ObjectSealer(keys.objects);
+  }
+
+  chunkKey(id: string): string {
+    return chunkKeyOfName(keyedName(this.keys.names, id));
+  }
+
+  chunkIdFromKey(): undefined {
+    return undefined;
+  }
+
+  isChunkKey(key: string): boolean {
+    return chunkNameFromKey(key) !== undefined;
+  }
+
+  sealChunk(id: string, stored: Buffer): Buffer {
+    return this.sealer.seal(this.chunkKey(id), [Buffer.from(id, 'hex'), stored]);
+  }
+
+  openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer } {
+    const what = expectId ? `chunk ${expectId}` : `chunk object ${key}`;
+    let plain: Buffer;
+    try {
+      plain = this.sealer.open(key, object);
+    } catch (err) {
+      if (!(err instanceof SealedObjectError)) throw err;
+      throw new CorruptError(`${what} is corrupt: ${err.message}`, chunkDetails(expectId, key));
+    }
+    if (plain.length <= ID_BYTES)
+      throw new CorruptError(`${what} is corrupt: it holds no chunk`, chunkDetails(expectId, key));
+    const id = plain.toString('hex', 0, ID_BYTES);
+    // The name is a keyed hash of the id and authenticated with the object, so this only fails for an
+    // object sealed under the wrong name by this repository's own key: still corruption, named as such.
+    if ((expectId && id !== expectId) || this.chunkKey(id) !== key)
+      throw new CorruptError(`${what} is corrupt: it holds chunk ${id}`, chunkDetails(expectId, key));
+    return { id, stored: plain.subarray(ID_BYTES) };
+  }
+
+  sealManifest(key: string, bytes: Buffer): Buffer {
+    return this.sealer.seal(key, [bytes]);
+  }
+
+  sealManifestStream(key: string): Transform {
+    return this.sealer.sealStream(key);
+  }
+
+  async openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable> {
+    const opened = this.sealer.openStream(
+      key,
+      (err) => new CorruptError(`manifest of snapshot ${snapshot} is corrupt: ${err.message}`, { snapshot }),
+    );
+    stream.on('error', (err) => opened.destroy(err));
+    opened.on('close', () => stream.destroy());
+    return primed(stream.pipe(opened));
+  }
+}
+
+/** `stream` after its first piece (or its end) has arrived: an early error rejects instead. */
+async function primed(stream: Readable): Promise<Readable> {
+  const it = stream[Symbol.asyncIterator]();
+  let first: IteratorResult<Buffer>;
+  try {
+    first = await it.next();
+  } catch (err) {
+    stream.destroy();
+    throw err;
+  }
+  async function* rest(): AsyncGenerator<Buffer> {
+    try {
+      if (first.done) return;
+      yield first.value;
+      for (let n = await it.next(); !n.done; n = await it.next()) yield n.value;
+    } finally {
+      stream.destroy();
+    }
+  }
+  return Readable.from(rest(), { objectMode: false });
+}
+
+function chunkDetails(id: string | undefined, key: string): Record<string, unknown> {
+  return id ? { chunk: id } : { key };
+}
+
+/** Codec for a repository: encrypted with `keys`, or plaintext without. */
+export function objectCodec(keys: RepositorySubkeys | undefined): ObjectCodec {
+  return keys ? new EncryptedObjects(keys) : PLAINTEXT_OBJECTS;
+}
