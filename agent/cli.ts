@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { DISKVAULT_VERSION } from '../api/version.js';
-import { EXIT_USAGE, reportError } from './cli-support.js';
+import { EXIT_USAGE, reportError } from '../common/cli.js';
 
 /**
  * The `diskvault` command: a thin dispatcher. Each command lives in its own module exporting

@@ -19,17 +19,13 @@ import {
   type SnapshotLeaseResponse,
 } from '../api/protocol.js';
 import { AGENT_USER_AGENT } from '../api/version.js';
+import { codeForStatus, DiskvaultError, HashMismatchError, isErrorCode } from '../common/errors.js';
+import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { DiskvaultError, type ErrorCode, HashMismatchError } from '../storage-adapters/errors.js';
 import { paced, pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
-/**
- * The agent's one door to the server: every request goes through `request()`, which keeps connections alive,
- * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
- * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
- * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
- */
+/** Where the server is, how to reach it, and how hard to try. */
 export interface ClientOptions {
   server: string;
   token: string;
@@ -61,20 +57,6 @@ interface Response {
   stream: Readable;
 }
 
-const KNOWN_CODES = new Set<ErrorCode>([
-  'NotFound',
-  'HashMismatch',
-  'StorageFull',
-  'Conflict',
-  'InvalidInput',
-  'Unauthorized',
-  'Forbidden',
-  'TooLarge',
-  'Corrupt',
-  'Unavailable',
-  'TooManyRequests',
-]);
-
 /**
  * Statuses that mean "try again later": the server or something in between is overloaded or restarting.
  * 507 (storage full) and 501 are not: retrying them only delays the answer by the whole backoff, per chunk.
@@ -100,6 +82,12 @@ function isRetryableNetError(err: unknown): boolean {
   return typeof code === 'string' && RETRYABLE_NET_CODES.has(code);
 }
 
+/**
+ * The agent's one door to the server: every request goes through `send()`, which keeps connections alive,
+ * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
+ * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
+ * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
+ */
 export class DiskvaultClient {
   private readonly base: URL;
   private readonly agent: http.Agent;
@@ -468,14 +456,6 @@ function tlsProblem(e: NodeJS.ErrnoException | undefined, url: URL): string | un
   return undefined;
 }
 
-/** No repository's chunker may cut a chunk larger than this, so no chunk download needs more room. */
-const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
-
-/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
-function zstdBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
-}
-
 /**
  * A response body of at most `cap` bytes, read into one buffer sized by Content-Length when the server sent
  * one (no concatenation copy); refused as Corrupt as soon as it would exceed `cap` or its announced length.
@@ -554,33 +534,8 @@ async function errorFrom(res: Response): Promise<DiskvaultError> {
   } catch {
     body = {};
   }
-  const code = KNOWN_CODES.has(body.code as ErrorCode) ? (body.code as ErrorCode) : statusCode(res.status);
+  const code = isErrorCode(body.code) ? body.code : codeForStatus(res.status);
   const message =
     typeof body.message === 'string' && body.message ? body.message : `server answered HTTP ${res.status}`;
   return new DiskvaultError(code, message, { status: res.status, ...(body.details ?? {}) });
-}
-
-function statusCode(status: number): ErrorCode {
-  switch (status) {
-    case 400:
-      return 'InvalidInput';
-    case 401:
-      return 'Unauthorized';
-    case 403:
-      return 'Forbidden';
-    case 404:
-      return 'NotFound';
-    case 409:
-      return 'Conflict';
-    case 413:
-      return 'TooLarge';
-    case 422:
-      return 'HashMismatch';
-    case 429:
-      return 'TooManyRequests';
-    case 507:
-      return 'StorageFull';
-    default:
-      return 'Unavailable';
-  }
 }

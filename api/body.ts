@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
+import { InvalidInputError } from '../common/errors.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 import { tooLarge } from './errors.js';
 
 /**

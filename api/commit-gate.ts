@@ -1,4 +1,4 @@
-import { DiskvaultError } from '../storage-adapters/errors.js';
+import { DiskvaultError } from '../common/errors.js';
 
 /**
  * Bounds how many commits run at once. A commit streams its manifest through checks, storage and the index

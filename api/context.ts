@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Next, Request, Response } from 'restify';
+import { InvalidInputError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 import { authenticate, type Principal } from './auth.js';
 import type { CommitGate } from './commit-gate.js';
 import { sendError } from './errors.js';

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { InvalidInputError } from '../storage-adapters/errors.js';
+import { InvalidInputError } from '../common/errors.js';
 import { capped, refuseDeclaredOver, requireJsonType } from './body.js';
 import { ID_BYTES, MAX_MISSING_IDS } from './protocol.js';
 

@@ -21,7 +21,6 @@ export interface ServiceOptions extends Omit<ServerConfig, 'tls'> {
   tls?: { cert: Buffer | string; key: Buffer | string };
   /** Tests wrap storage (fault injection) or pass it ready-made (S3 with explicit credentials). */
   storage?: StorageAdapter;
-  wrapStorage?: (s: StorageAdapter) => StorageAdapter;
   chunker?: ChunkerParams;
   now?: () => number;
   log?: (line: string) => void;
@@ -59,13 +58,12 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
   const warn = (msg: string) => log(JSON.stringify({ level: 'warn', msg }));
   await restrictFolder(opts.dataDir, 'data folder', warn);
   const createdAdminToken = await ensureAdminToken(opts.dataDir);
-  let storage =
+  const storage =
     opts.storage ??
     (await openStorage(
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
   if (!opts.storage && !opts.s3) await restrictFolder(join(opts.dataDir, 'storage'), 'storage folder', warn);
-  if (opts.wrapStorage) storage = opts.wrapStorage(storage);
   const keyPath = repositoryKeyPath(opts.dataDir, opts.repositoryKeyFile);
   let repo: Repository;
   try {

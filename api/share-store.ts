@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { CorruptError, NotFoundError } from '../storage-adapters/errors.js';
+import { CorruptError, NotFoundError } from '../common/errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 
 /**

@@ -1,7 +1,8 @@
+import { InvalidInputError } from '../common/errors.js';
+import { checkName as checkNameAs, TAG_PATTERN } from '../common/names.js';
 import { parseRetentionDuration } from '../repo-engine/durations.js';
-import { HEX64, NAME_PATTERN, TAG_PATTERN } from '../repo-engine/manifest-codec.js';
+import { HEX64 } from '../repo-engine/manifest-codec.js';
 import type { RetentionPolicy } from '../repo-engine/types.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 
 /**
  * Checks on everything a client sends, before it reaches the engine. Names and ids are the only things
@@ -22,10 +23,7 @@ export function checkSessionId(value: unknown): string {
 }
 
 export function checkName(value: unknown, what: string): string {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(`${what} must match ${NAME_PATTERN.source}`);
-  }
-  return value;
+  return checkNameAs(what, value);
 }
 
 export function optionalName(value: unknown, what: string): string | undefined {

@@ -1,11 +1,11 @@
-import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import {
   CorruptError,
   HashMismatchError,
   InvalidInputError,
   isDiskvaultError,
   NotFoundError,
-} from '../storage-adapters/errors.js';
+} from '../common/errors.js';
+import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import { BufferRecycler } from './buffer-recycler.js';
 import {
   CHUNK_HEADER_BYTES,

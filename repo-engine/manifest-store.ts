@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { pipeline, Readable } from 'node:stream';
+import { isDiskvaultError, NotFoundError } from '../common/errors.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { isDiskvaultError, NotFoundError } from '../storage-adapters/errors.js';
 import { encodeManifestHead, HEX64, type ManifestHeader, ManifestReader } from './manifest-codec.js';
 import { type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 

@@ -1,12 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { ConflictError, DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { checkName } from '../common/names.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import {
-  ConflictError,
-  DiskvaultError,
-  InvalidInputError,
-  NotFoundError,
-} from '../storage-adapters/errors.js';
 import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { type EncryptionChoice, loadOrCreateConfig, type RepositoryConfig } from './config.js';
@@ -29,7 +25,6 @@ import {
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
-  NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
 import { isProtectedRefusal, ProtectionStore, SnapshotProtectedError } from './protection.js';
@@ -276,9 +271,9 @@ export class Repository implements RepositoryApi {
   // ---- sessions
 
   async beginSession(host: string, disk: string, tenant: string = DEFAULT_TENANT): Promise<SessionInfo> {
-    checkName('host', host);
-    checkName('disk', disk);
-    checkName('tenant', tenant);
+    checkName('host name', host);
+    checkName('disk name', disk);
+    checkName('tenant name', tenant);
     return this.mutation(() => {
       const now = this.opts.now();
       const previous = this.index.newestSnapshot(tenant, host, disk);
@@ -1065,14 +1060,6 @@ function isDamage(err: unknown): boolean {
 /** Lets timers and I/O (other requests) run before the next piece of a long synchronous job. */
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
-}
-
-function checkName(what: string, value: string): void {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(
-      `${what} name ${JSON.stringify(String(value).slice(0, 80))} is invalid: letters, digits, '.', '_', '-', up to 128`,
-    );
-  }
 }
 
 function leaseInfo(r: LeaseRow): SnapshotLeaseInfo {

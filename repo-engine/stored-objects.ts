@@ -1,5 +1,5 @@
 import { Readable, type Transform } from 'node:stream';
-import { CorruptError } from '../storage-adapters/errors.js';
+import { CorruptError } from '../common/errors.js';
 import { keyedName, ObjectSealer, type RepositorySubkeys, SealedObjectError } from './object-crypto.js';
 
 export const CHUNKS_PREFIX = 'chunks/';

@@ -15,10 +15,16 @@ import {
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import {
+  ConflictError,
+  InvalidInputError,
+  isNoSpace,
+  NotFoundError,
+  StorageFullError,
+} from '../common/errors.js';
 import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
 import { validateKey } from './adapter.js';
 import { checkRange, clampRange, validateListPrefix } from './adapter-support.js';
-import { ConflictError, InvalidInputError, isNoSpace, NotFoundError, StorageFullError } from './errors.js';
 
 /**
  * Blobs as files under one root folder; a key's '/' segments are folders. The adapter does not fan out

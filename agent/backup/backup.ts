@@ -3,16 +3,16 @@ import { availableParallelism } from 'node:os';
 import { compress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
+import { compressionWorthwhile } from '../../common/limits.js';
+import { checkName, TAG_PATTERN } from '../../common/names.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import {
   type ChunkerParams,
   MANIFEST_ENTRY_BYTES,
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
-  NAME_PATTERN,
-  TAG_PATTERN,
 } from '../../repo-engine/manifest-codec.js';
-import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
 import type { ImageSource } from '../source.js';
 import { IdSet } from './id-set.js';
@@ -24,18 +24,7 @@ import { WorkerPool } from './worker-pool.js';
 
 /** How often the live counters are reported between window boundaries. */
 const PROGRESS_TICK_MS = 250;
-/**
- * One backup, from an open ImageSource to a committed snapshot.
- *
- * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
- * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
- * cut (the cut of one window needs the previous window's carry, so cuts form a chain; where the disk is
- * unchanged since the previous snapshot the cut is proven by hashing last night's chunks instead of running
- * fastcdc, see window-cutter.ts), then its chunks not hashed by the cut are hashed, filtered against what
- * the repository already holds, and the missing ones compressed and uploaded, while later windows are
- * already being read and cut. A window's slot is reused only when all of that is done, so memory is
- * windows x window size whatever the disk size.
- */
+/** What runBackup needs: the source, where it goes, and its tunables. */
 export interface BackupOptions {
   client: DiskvaultClient;
   source: ImageSource;
@@ -108,6 +97,18 @@ interface Window {
 
 const MiB = 1024 * 1024;
 
+/**
+ * One backup, from an open ImageSource to a committed snapshot.
+ *
+ * The image is read front to back into a fixed ring of windows (SharedArrayBuffers, so worker threads see
+ * them without copies). Each window is, in order: hashed into the whole-image SHA-256 (a dedicated thread),
+ * cut (the cut of one window needs the previous window's carry, so cuts form a chain; where the disk is
+ * unchanged since the previous snapshot the cut is proven by hashing last night's chunks instead of running
+ * fastcdc, see window-cutter.ts), then its chunks not hashed by the cut are hashed, filtered against what
+ * the repository already holds, and the missing ones compressed and uploaded, while later windows are
+ * already being read and cut. A window's slot is reused only when all of that is done, so memory is
+ * windows x window size whatever the disk size.
+ */
 export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   const started = performance.now();
   const time = o.time ?? new Date().toISOString();
@@ -534,7 +535,7 @@ async function uploadAgain(
           );
         }
         const z = compress(buf, { compressionLevel: level });
-        const useZ = z.length < buf.length * 0.97;
+        const useZ = compressionWorthwhile(z.length, buf.length);
         await o.client.putChunk(sessionId, c.id, useZ ? z : buf, useZ ? 'zstd' : 'raw');
         progress.newChunks++;
         progress.newBytes += c.length;
@@ -545,10 +546,8 @@ async function uploadAgain(
 }
 
 function checkNames(host: string, disk: string, tags: string[], time: string): void {
-  if (!NAME_PATTERN.test(host))
-    throw new InvalidInputError(`host name '${host}' is invalid (letters, digits, . _ -)`);
-  if (!NAME_PATTERN.test(disk))
-    throw new InvalidInputError(`disk name '${disk}' is invalid (letters, digits, . _ -)`);
+  checkName('host name', host);
+  checkName('disk name', disk);
   for (const t of tags) if (!TAG_PATTERN.test(t)) throw new InvalidInputError(`tag '${t}' is invalid`);
   if (tags.length > 64) throw new InvalidInputError('at most 64 tags');
   if (Number.isNaN(Date.parse(time))) throw new InvalidInputError(`time '${time}' is not an ISO 8601 date`);

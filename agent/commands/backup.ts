@@ -1,17 +1,12 @@
 import { stat } from 'node:fs/promises';
-import { parseSize } from '../../api/config.js';
-import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
+import { EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
+import { nameProblem, TAG_PATTERN } from '../../common/names.js';
+import { formatBytes, parseSize } from '../../common/units.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
-import {
-  EXIT_OK,
-  EXIT_UNREADABLE,
-  parseCommandArgs,
-  resolveClientConfig,
-  UsageError,
-} from '../cli-support.js';
+import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { warnIfPlainHttp } from '../plain-http.js';
-import { createProgressReporter, formatBytes } from '../progress.js';
+import { createProgressReporter } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
 
@@ -57,10 +52,13 @@ export async function run(argv: string[]): Promise<number> {
     throw new UsageError('give exactly one SOURCE (a file, a block device, or - for stdin)');
   const host = required(values.host, '--host');
   const disk = required(values.disk, '--disk');
-  if (!NAME_PATTERN.test(host))
-    throw new UsageError(`--host '${host}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
-  if (!NAME_PATTERN.test(disk))
-    throw new UsageError(`--disk '${disk}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
+  for (const [flag, name] of [
+    ['--host', host],
+    ['--disk', disk],
+  ]) {
+    const problem = nameProblem(flag, name);
+    if (problem) throw new UsageError(problem);
+  }
   const tags = values.tag ?? [];
   for (const t of tags) if (!TAG_PATTERN.test(t)) throw new UsageError(`--tag '${t}' is invalid`);
   let time: string | undefined;

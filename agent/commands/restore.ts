@@ -1,13 +1,7 @@
+import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
-import {
-  EXIT_FAILURE,
-  EXIT_OK,
-  EXIT_UNREADABLE,
-  parseCommandArgs,
-  resolveClientConfig,
-  UsageError,
-} from '../cli-support.js';
+import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';

@@ -1,11 +1,6 @@
+import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { parseFixedDurationMs } from '../../repo-engine/durations.js';
-import {
-  CLIENT_OPTIONS,
-  EXIT_OK,
-  parseCommandArgs,
-  resolveClientConfig,
-  UsageError,
-} from '../cli-support.js';
+import { CLIENT_OPTIONS, parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { CLIENT_OPTIONS, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 

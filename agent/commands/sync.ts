@@ -1,18 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo, StatsResponse } from '../../api/protocol.js';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
+import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
-import { DiskvaultError, isDiskvaultError } from '../../storage-adapters/errors.js';
-import {
-  CLIENT_OPTIONS,
-  EXIT_FAILURE,
-  EXIT_OK,
-  resolveClientConfig,
-  trustedCertificates,
-  UsageError,
-} from '../cli-support.js';
+import { CLIENT_OPTIONS, resolveClientConfig, trustedCertificates } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { createProgressReporter, formatBytes } from '../progress.js';
+import { createProgressReporter } from '../progress.js';
 import { ChunkCopier } from '../sync/chunk-copier.js';
 import { copySnapshot } from '../sync/copy-snapshot.js';
 import { planSync, type SyncScope, targetTenant } from '../sync/plan.js';

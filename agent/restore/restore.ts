@@ -1,11 +1,11 @@
-import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
-import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
 import {
   type DiskvaultError,
   HashMismatchError,
   InvalidInputError,
   isDiskvaultError,
-} from '../../storage-adapters/errors.js';
+} from '../../common/errors.js';
+import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
+import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
 import { decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';

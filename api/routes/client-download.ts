@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import type { Server } from 'restify';
-import { NotFoundError } from '../../storage-adapters/errors.js';
+import { NotFoundError } from '../../common/errors.js';
 import { type ApiContext, route, sendJson } from '../context.js';
 import { parseRange } from '../image/byte-range.js';
 

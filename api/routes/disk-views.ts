@@ -1,6 +1,6 @@
 import type { Server } from 'restify';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
 import { isGlobalAdmin, maySeeSnapshot, type Principal, tenantScope } from '../auth.js';
 import { type ApiContext, query, route, sendJson } from '../context.js';
 import { describeDiskSeries } from '../disk-series.js';

@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';

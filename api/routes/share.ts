@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import { isGlobalAdmin, maySeeSnapshot, type Principal } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
