@@ -67,7 +67,7 @@ async function primary(storage: 'local' | 's3'): Promise<Primary> {
   const src = await startTestServer({ storage });
   const env = { DISKVAULT_SERVER: src.url, DISKVAULT_TOKEN: await src.makeToken('agent', ['web1', 'web2']) };
   const first = await runCli(
-    ['backup', nights[0], '--host', 'web1', '--disk', 'sda', '--time', '2026-01-01T00:00:00Z', '--json'],
+    ['backup', nights[0], '--host', 'web1', '--disk', 'sda', '--json'],
     env,
   );
   if (first.code !== 0 || !first.summary) throw new Error(first.stderr);
@@ -81,8 +81,6 @@ async function primary(storage: 'local' | 's3'): Promise<Primary> {
       'web2',
       '--disk',
       'sda',
-      '--time',
-      '2026-01-05T00:00:00Z',
       '--tag',
       'clone',
       '--json',
