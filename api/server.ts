@@ -49,9 +49,12 @@ export interface ServerOptions {
   maxSessionsPerToken?: number;
   /** Commits running at once; more wait (see api/commit-gate.ts). Default 2. */
   maxConcurrentCommits?: number;
-  /** Commits waiting for a turn before more are refused with 503. Default 16. */
+  /**
+   * Commits waiting for a turn before more are refused with 503. A waiting commit costs a socket (its body is
+   * not read until its turn), so the default, 1024, lets a whole fleet commit at 02:00 without a refusal.
+   */
   maxWaitingCommits?: number;
-  /** How long a commit waits for its turn before it is refused with 503. Default 60 s. */
+  /** How long a commit waits for its turn before it is refused with 503. Default 10 min. */
   commitWaitMs?: number;
 }
 
@@ -85,8 +88,8 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     maxSessionsPerToken: opts.maxSessionsPerToken ?? DEFAULT_MAX_SESSIONS_PER_TOKEN,
     commits: new CommitGate(
       opts.maxConcurrentCommits ?? 2,
-      opts.maxWaitingCommits ?? 16,
-      opts.commitWaitMs ?? 60_000,
+      opts.maxWaitingCommits ?? 1024,
+      opts.commitWaitMs ?? 600_000,
     ),
   };
   const server = restify.createServer({

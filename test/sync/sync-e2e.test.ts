@@ -66,25 +66,12 @@ async function primary(storage: 'local' | 's3'): Promise<Primary> {
   const dir = await mkdtemp(join(tmpdir(), 'dv-sync-'));
   const src = await startTestServer({ storage });
   const env = { DISKVAULT_SERVER: src.url, DISKVAULT_TOKEN: await src.makeToken('agent', ['web1', 'web2']) };
-  const first = await runCli(
-    ['backup', nights[0], '--host', 'web1', '--disk', 'sda', '--json'],
-    env,
-  );
+  const first = await runCli(['backup', nights[0], '--host', 'web1', '--disk', 'sda', '--json'], env);
   if (first.code !== 0 || !first.summary) throw new Error(first.stderr);
   const later = await backupNights(env, nights.slice(1), 'web1', 'sda');
   const clone = await cloneOf(nights[0], dir);
   const cloned = await runCli(
-    [
-      'backup',
-      clone,
-      '--host',
-      'web2',
-      '--disk',
-      'sda',
-      '--tag',
-      'clone',
-      '--json',
-    ],
+    ['backup', clone, '--host', 'web2', '--disk', 'sda', '--tag', 'clone', '--json'],
     env,
   );
   if (cloned.code !== 0 || !cloned.summary) throw new Error(cloned.stderr);
