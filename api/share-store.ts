@@ -1,8 +1,9 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CorruptError, NotFoundError } from '../common/errors.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { hashSecret, secretMatches } from './secret-hash.js';
 
 /**
  * Share links, kept in `<data>/shares.json` (mode 0600, replaced atomically): a link serves one snapshot's
@@ -41,10 +42,6 @@ export function sharesPath(dataDir: string): string {
   return join(dataDir, 'shares.json');
 }
 
-function hashSecret(secret: string): string {
-  return createHash('sha256').update(secret, 'utf8').digest('hex');
-}
-
 export class ShareStore {
   private cache: { key: string; byId: Map<string, ShareRecord> } | undefined;
   /** Writes in this process, one at a time: the server is the only writer of shares.json. */
@@ -65,10 +62,7 @@ export class ShareStore {
     if (!m) return undefined;
     const record = this.current().get(m[1]);
     if (!record) return undefined;
-    const expected = Buffer.from(record.hash, 'hex');
-    const actual = Buffer.from(hashSecret(m[2]), 'hex');
-    // Constant-time: a timing difference must not reveal how much of a hash matched.
-    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return undefined;
+    if (!secretMatches(record.hash, m[2] as string)) return undefined;
     if (Date.parse(record.expires) <= this.now()) return undefined;
     return record;
   }

@@ -1,10 +1,11 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
 import { checkName } from '../common/names.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { hashSecret, secretMatches } from './secret-hash.js';
 
 /**
  * API tokens, kept in `<data>/tokens.json`. Only a SHA-256 of each secret is stored, so the file leaks no
@@ -44,10 +45,6 @@ export function tokensPath(dataDir: string): string {
   return join(dataDir, 'tokens.json');
 }
 
-function hashSecret(secret: string): string {
-  return createHash('sha256').update(secret, 'utf8').digest('hex');
-}
-
 export function validateTenant(tenant: string, allowAll: boolean): void {
   if (tenant === ALL_TENANTS && allowAll) return;
   checkName('tenant name', tenant);
@@ -81,10 +78,7 @@ export class TokenStore {
     if (!m) return undefined;
     const record = this.current().get(m[1]);
     if (!record) return undefined;
-    const expected = Buffer.from(record.hash, 'hex');
-    const actual = Buffer.from(hashSecret(m[2]), 'hex');
-    // Constant-time: a timing difference must not reveal how much of a hash matched.
-    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return undefined;
+    if (!secretMatches(record.hash, m[2] as string)) return undefined;
     return record;
   }
 
