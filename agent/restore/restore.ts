@@ -277,8 +277,10 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
       result.verified = result.sha256 === header.sha256 && result.damaged.length === 0;
     }
   } finally {
-    // Let every started write settle before the caller closes the file under it.
-    await Promise.allSettled([...writes]);
+    // Let every started write settle before the caller closes the file under it, and every started download
+    // settle before the decoders close: a download finishing later would start a new decode pool that keeps
+    // the process alive after a failed restore.
+    await Promise.allSettled([...writes, ...inFlight.values()]);
     await imageHash?.close();
     await scanner?.close();
     await decoders?.close();
