@@ -19,9 +19,11 @@ import {
   type SnapshotLeaseResponse,
 } from '../api/protocol.js';
 import { AGENT_USER_AGENT } from '../api/version.js';
+import { CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
 import { codeForStatus, DiskvaultError, HashMismatchError, isErrorCode } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
+import { ChunkStream } from './chunk-stream-client.js';
 import { paced, pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
@@ -185,6 +187,49 @@ export class DiskvaultClient {
     if (encoding === 'zstd') headers['content-encoding'] = 'zstd';
     const res = await this.send('PUT', `v1/chunks/${enc(id)}?session=${enc(sessionId)}`, payload, headers);
     return (await readJson(res)) as PutChunkResponse;
+  }
+
+  /**
+   * Opens the chunk stream of a session (common/chunk-stream.ts): one connection carrying every upload of
+   * the backup. Undefined when it cannot be used: a server that predates it, or an upload rate limit (which
+   * paces the per-chunk requests).
+   */
+  async openChunkStream(sessionId: string): Promise<ChunkStream | undefined> {
+    if (this.uploadLimiter) return undefined;
+    const url = new URL(`v1/sessions/${enc(sessionId)}/chunk-stream`, this.base);
+    return new Promise((resolve, reject) => {
+      const req = this.transport.request(url, {
+        method: 'GET',
+        agent: this.agent,
+        headers: {
+          authorization: this.auth,
+          'user-agent': AGENT_USER_AGENT,
+          connection: 'Upgrade',
+          upgrade: CHUNK_STREAM_PROTOCOL,
+        },
+      });
+      req.on('upgrade', (res, socket, head) => {
+        if ((res.headers.upgrade ?? '').toLowerCase() !== CHUNK_STREAM_PROTOCOL) {
+          socket.destroy();
+          resolve(undefined);
+          return;
+        }
+        socket.setNoDelay(true);
+        resolve(new ChunkStream(socket, head));
+      });
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
+        // An older server has no such route (404) or answers the GET as a plain request: send per chunk.
+        if (status === 404 || (status >= 200 && status < 300)) {
+          res.resume();
+          resolve(undefined);
+          return;
+        }
+        errorFrom({ status, headers: res.headers, stream: res }).then(reject, reject);
+      });
+      req.on('error', (err) => reject(networkError(err, url)));
+      req.end();
+    });
   }
 
   /**

@@ -13,6 +13,7 @@ import {
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
 } from '../../repo-engine/manifest-codec.js';
+import { ChunkSender } from '../chunk-sender.js';
 import type { DiskvaultClient } from '../client.js';
 import type { ImageSource } from '../source.js';
 import { IdSet } from './id-set.js';
@@ -42,6 +43,8 @@ export interface BackupOptions {
   /** Windows held at once (one read/cut, one hashed, one uploading). Default 3: more only costs memory (measured). */
   windowsInFlight?: number;
   /** zstd level for uploads. Default 1. */
+  /** Send new chunks over the session's chunk stream when the server offers it (default), else one request each. */
+  chunkStream?: boolean;
   compressionLevel?: number;
   /** Commits tried when the server names chunks it lacks. Default 4. */
   commitAttempts?: number;
@@ -134,6 +137,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   let pool: WorkerPool | null = null;
   let hasher: WorkerPool | null = null;
   let spool: ManifestSpool | null = null;
+  let sender: ChunkSender | null = null;
 
   const progress: BackupProgress = {
     phase: 'reading',
@@ -158,6 +162,9 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
 
   try {
     spool = await ManifestSpool.create();
+    // New chunks go over one long connection when the server offers it, not a request each.
+    sender = await ChunkSender.open(client, session.id, o.chunkStream ?? true);
+    const send = sender;
     const workers = Math.max(1, o.workers ?? availableParallelism());
     pool = new WorkerPool(workers, { slots: sabs, chunker, warmBytes: pad + windowBytes });
     hasher = new WorkerPool(1, { slots: sabs, chunker, warmBytes: 0 });
@@ -298,7 +305,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
                   ? Buffer.from(packed.out, packed.offsets[k], packed.offsets[k + 1] - packed.offsets[k])
                   : slotBufs[w.slot].subarray(starts[i], ends[i]);
                 const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
-                await client.putChunk(session.id, id, payload, packed.compressed[k] ? 'zstd' : 'raw');
+                await send.put(id, payload, packed.compressed[k] ? 'zstd' : 'raw');
                 progress.newChunks++;
                 progress.newBytes += ends[i] - starts[i];
                 progress.bytesUploaded += payload.length;
@@ -410,6 +417,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     }
     await Promise.all([...inFlight]);
     if (firstError) throw firstError;
+    await sender.close();
     await seeded;
 
     const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
@@ -460,6 +468,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     throw err;
   } finally {
     clearInterval(ticker);
+    sender?.destroy();
     await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
   }
 }
