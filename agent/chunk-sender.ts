@@ -9,6 +9,12 @@ function isPassing(err: DiskvaultError): boolean {
   return (status === 429 || (status >= 500 && status !== 501 && status !== 507)) && err.code !== 'Corrupt';
 }
 
+/** A server's answer that asking again cannot change (a 4xx other than 429). */
+function isRefusal(err: unknown): boolean {
+  const status = isDiskvaultError(err) ? err.details?.status : undefined;
+  return typeof status === 'number' && status >= 400 && status < 500 && status !== 429;
+}
+
 /**
  * Sends a backup's chunks: over the session's chunk stream when the server offers one, else one request per
  * chunk. A chunk whose stream broke under it (or that met a passing server fault) is sent again as its own
@@ -30,7 +36,8 @@ export class ChunkSender {
         stream = await client.openChunkStream(sessionId);
       } catch (err) {
         // A refusal of the stream is the session's or the token's: every per-chunk request would meet it too.
-        if (isDiskvaultError(err) && !isPassing(err)) throw err;
+        // A passing fault or a lost connection only means this backup sends per chunk, with retries.
+        if (isRefusal(err)) throw err;
       }
     }
     return new ChunkSender(client, sessionId, stream);

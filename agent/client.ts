@@ -219,13 +219,17 @@ export class DiskvaultClient {
       });
       req.on('response', (res) => {
         const status = res.statusCode ?? 0;
-        // An older server has no such route (404) or answers the GET as a plain request: send per chunk.
-        if (status === 404 || (status >= 200 && status < 300)) {
+        // An older server answers the GET as a plain request: send per chunk.
+        if (status >= 200 && status < 300) {
           res.resume();
           resolve(undefined);
           return;
         }
-        errorFrom({ status, headers: res.headers, stream: res }).then(reject, reject);
+        errorFrom({ status, headers: res.headers, stream: res }).then((err) => {
+          // An older server has no such route; any other refusal is the session's or the token's.
+          if (status === 404 && err.message === 'no such route') resolve(undefined);
+          else reject(err);
+        }, reject);
       });
       req.on('error', (err) => reject(networkError(err, url)));
       req.end();

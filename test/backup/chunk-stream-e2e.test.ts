@@ -71,6 +71,36 @@ for (const storage of ['local', 's3'] as const) {
     },
   );
 
+  test.serial(`[${storage}] the stream is refused to whom PUT refuses, with the same answer`, async (t) => {
+    const owner = await srv.makeToken('agent', ['st3']);
+    const other = await srv.makeToken('agent', ['st3']);
+    const reader = await srv.makeToken('reader');
+    const session = await openSession(srv.url, owner, 'st3');
+    const c = chunkOf('stream-auth');
+    for (const [who, token] of [
+      ['no token', ''],
+      ['a wrong token', 'dv_0000000000000000_00'],
+      ['a reader', reader],
+      ["another token's session", other],
+    ] as const) {
+      const put = await call(srv.url, token || undefined, 'PUT', `/v1/chunks/${c.id}?session=${session}`, {
+        body: c.data,
+      });
+      const client = new DiskvaultClient({ server: srv.url, token, attempts: 1 });
+      try {
+        const err = await t.throwsAsync(client.openChunkStream(session));
+        t.true(isDiskvaultError(err), `${who}: ${String(err)}`);
+        if (!isDiskvaultError(err)) continue;
+        t.is(err.code, put.json.code, who);
+        t.is(err.message, put.json.message, who);
+        t.is(err.details?.status, put.status, who);
+      } finally {
+        client.close();
+      }
+    }
+    t.deepEqual(await srv.repo.filterMissing(session, [c.id]), [c.id]);
+  });
+
   test.serial(`[${storage}] a bad chunk is refused through the stream exactly as through PUT`, async (t) => {
     const token = await srv.makeToken('agent', ['st2']);
     const session = await openSession(srv.url, token, 'st2');
