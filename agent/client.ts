@@ -214,6 +214,8 @@ export class DiskvaultClient {
           resolve(undefined);
           return;
         }
+        // The open's time limit is not the stream's: a backup may pause on a slow source for longer.
+        socket.setTimeout(0);
         socket.setNoDelay(true);
         resolve(new ChunkStream(socket, head));
       });
@@ -232,6 +234,8 @@ export class DiskvaultClient {
         }, reject);
       });
       req.on('error', (err) => reject(networkError(err, url)));
+      // A server that announced the stream answers the upgrade at once; one that does not is not waited for.
+      req.setTimeout(15_000, () => req.destroy(Object.assign(new Error('no answer'), { code: 'ETIMEDOUT' })));
       req.end();
     });
   }

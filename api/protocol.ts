@@ -28,6 +28,11 @@ export interface CreateSessionResponse {
   chunker: ChunkerParams;
   expiresAt: string;
   previous: SnapshotInfo | null;
+  /**
+   * The chunk stream protocol this server accepts uploads of the session over (common/chunk-stream.ts);
+   * absent from servers that only take one request per chunk.
+   */
+  chunkStream?: string;
 }
 
 /**

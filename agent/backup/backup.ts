@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { compress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
+import { CHUNK_STREAM_PROTOCOL } from '../../common/chunk-stream.js';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { compressionWorthwhile } from '../../common/limits.js';
 import { checkName, TAG_PATTERN } from '../../common/names.js';
@@ -163,7 +164,11 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   try {
     spool = await ManifestSpool.create();
     // New chunks go over one long connection when the server offers it, not a request each.
-    sender = await ChunkSender.open(client, session.id, o.chunkStream ?? true);
+    sender = await ChunkSender.open(
+      client,
+      session.id,
+      (o.chunkStream ?? true) && session.chunkStream === CHUNK_STREAM_PROTOCOL,
+    );
     const send = sender;
     const workers = Math.max(1, o.workers ?? availableParallelism());
     pool = new WorkerPool(workers, { slots: sabs, chunker, warmBytes: pad + windowBytes });

@@ -36,18 +36,19 @@ export function nextZeroRun(bytes: Uint8Array, from: number, need: number): numb
  * space of most disks) stepped over by a scan instead of fed through the chunker byte by byte.
  *
  * Why the answer is the same: from a chunk start s with at least max bytes left, fastcdc reads only
- * bytes[s, s + max) to choose the next cut. Where those are all zero, the cut is at s + Z, Z being its cut
- * over zeros alone (computed once per parameter set). Elsewhere `cut` runs on a stretch reaching 2 × max past
- * the next zero run (or to the end), and only the cuts of chunks that saw max bytes ahead inside that stretch
- * are kept: exactly the cuts fastcdc makes over the whole range.
+ * bytes[s, s + max) to choose the next cut (with exactly max bytes left it reads the same). Where those are
+ * all zero, the cut is at s + Z, Z being its cut over max zeros (learned once per parameter set). Elsewhere
+ * `cut` runs on a stretch reaching 2 × max past the next zero run (or to the end), and only the cuts of
+ * chunks that saw max bytes ahead inside that stretch are kept: exactly fastcdc's over the whole range.
  */
 export function zeroRunCutter(cut: CutFunction): CutFunction {
   const zeroCuts = new Map<string, number>();
-  const zeroCut = (min: number, avg: number, max: number): number => {
+  /** fastcdc's cut over max zero bytes, learned from the first such stretch met (no buffer of its own). */
+  const zeroCut = (zeros: Uint8Array, min: number, avg: number, max: number): number => {
     const key = `${min}/${avg}/${max}`;
     let z = zeroCuts.get(key);
     if (z === undefined) {
-      z = cut(new Uint8Array(2 * max), min, avg, max)[1];
+      z = cut(zeros, min, avg, max)[1];
       zeroCuts.set(key, z);
     }
     return z;
@@ -56,7 +57,6 @@ export function zeroRunCutter(cut: CutFunction): CutFunction {
     const length = bytes.length;
     // Under two maximum chunks there is no whole zero chunk to step over that a scan would find first.
     if (length < 2 * max) return cut(bytes, min, avg, max);
-    const z = zeroCut(min, avg, max);
     const out: number[] = [0];
     let s = 0;
     /** bytes[zeroFrom, zeroTo) are known to be zero. */
@@ -76,7 +76,7 @@ export function zeroRunCutter(cut: CutFunction): CutFunction {
     };
     while (s < length) {
       if (length - s >= max && zeroThrough(s, s + max)) {
-        s += z;
+        s += zeroCut(bytes.subarray(s, s + max), min, avg, max);
         out.push(s);
         continue;
       }

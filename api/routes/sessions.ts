@@ -1,4 +1,5 @@
 import type { Server } from 'restify';
+import { CHUNK_STREAM_PROTOCOL } from '../../common/chunk-stream.js';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
@@ -65,6 +66,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         chunker: info.chunker,
         expiresAt: info.expiresAt,
         previous,
+        chunkStream: CHUNK_STREAM_PROTOCOL,
       };
       sendJson(res, 201, out);
     }),
