@@ -6,12 +6,10 @@ import type {
   JobResponse,
   RetentionPolicy,
   SnapshotInfo,
-  StatsResponse,
-  VerifyReport,
 } from '../../api/protocol.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
-import { type ClientConfig, EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
@@ -108,7 +106,9 @@ export async function run(argv: string[], command: string): Promise<number> {
     process.stdout.write(USAGE[command] + CONNECTION_HELP);
     return EXIT_OK;
   }
-  const client = new AdminClient(resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]));
+  const client = new DiskvaultClient(
+    resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]),
+  );
   const json = values.json === true;
   try {
     switch (command) {
@@ -151,7 +151,11 @@ export function policyFromFlags(values: Record<string, unknown>): RetentionPolic
   return policy;
 }
 
-async function forget(client: AdminClient, values: Record<string, unknown>, json: boolean): Promise<number> {
+async function forget(
+  client: DiskvaultClient,
+  values: Record<string, unknown>,
+  json: boolean,
+): Promise<number> {
   const policy = policyFromFlags(values);
   const dryRun = values['dry-run'] === true;
   const body = {
@@ -163,8 +167,13 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
   };
   const out =
     body.prune && !dryRun
-      ? await runJob<ForgetResponse>(client, 'forget', () => client.call('POST', '/v1/forget', body), json)
-      : await client.call<ForgetResponse>('POST', '/v1/forget', body);
+      ? await runJob(
+          client,
+          'forget',
+          () => client.forget(body) as Promise<JobResponse<ForgetResponse>>,
+          json,
+        )
+      : ((await client.forget(body)) as ForgetResponse);
   if (json) {
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
@@ -200,7 +209,7 @@ function printGc(r: GcReport): void {
  * --json (the last one too), a live line on a terminal. A failed job becomes its error.
  */
 async function runJob<R>(
-  client: AdminClient,
+  client: DiskvaultClient,
   label: string,
   start: () => Promise<JobResponse<R>>,
   json: boolean,
@@ -209,7 +218,7 @@ async function runJob<R>(
   const tty = process.stderr.isTTY === true;
   while (job.state === 'running') {
     await new Promise((r) => setTimeout(r, 500));
-    job = (await client.call<JobResponse<R>>('GET', `/v1/jobs/${job.id}`)).job;
+    job = (await client.getJob<R>(job.id)).job;
     const p = job.progress;
     if (!p) continue;
     if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
@@ -233,7 +242,7 @@ async function runJob<R>(
  * deleted, so a mistyped third id removes nothing.
  */
 async function forgetSnapshots(
-  client: AdminClient,
+  client: DiskvaultClient,
   specs: string[],
   values: Record<string, unknown>,
   json: boolean,
@@ -247,7 +256,7 @@ async function forgetSnapshots(
   };
   const chosen: SnapshotInfo[] = [];
   for (const spec of specs) {
-    const s = await selectSnapshot(client.client, spec, filter);
+    const s = await selectSnapshot(client, spec, filter);
     if (!chosen.some((c) => c.id === s.id)) chosen.push(s);
   }
   const dryRun = values['dry-run'] === true;
@@ -264,7 +273,7 @@ async function forgetSnapshots(
     else if (dryRun) continue;
     else {
       try {
-        await client.call('DELETE', `/v1/snapshots/${s.id}`);
+        await client.deleteSnapshot(s.id);
       } catch (err) {
         if (!isProtectedRefusal(err)) throw err;
         keep(s);
@@ -276,9 +285,7 @@ async function forgetSnapshots(
   }
   const removable = chosen.filter((s) => !kept.some((k) => k.snapshot.id === s.id));
   const report =
-    values.prune === true && !dryRun
-      ? await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json)
-      : undefined;
+    values.prune === true && !dryRun ? await runJob(client, 'gc', () => client.startGc(), json) : undefined;
   if (json) {
     const out = dryRun
       ? { dryRun, wouldRemove: removable, kept }
@@ -295,20 +302,15 @@ async function forgetSnapshots(
   return EXIT_OK;
 }
 
-async function gc(client: AdminClient, json: boolean): Promise<number> {
-  const report = await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json);
+async function gc(client: DiskvaultClient, json: boolean): Promise<number> {
+  const report = await runJob(client, 'gc', () => client.startGc(), json);
   if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else printGc(report);
   return EXIT_OK;
 }
 
-async function verify(client: AdminClient, readData: boolean, json: boolean): Promise<number> {
-  const r = await runJob<VerifyReport>(
-    client,
-    'verify',
-    () => client.call('POST', '/v1/verify', { readData }),
-    json,
-  );
+async function verify(client: DiskvaultClient, readData: boolean, json: boolean): Promise<number> {
+  const r = await runJob(client, 'verify', () => client.startVerify({ readData }), json);
   if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
   else {
     process.stdout.write(
@@ -332,8 +334,8 @@ async function verify(client: AdminClient, readData: boolean, json: boolean): Pr
   return r.ok ? EXIT_OK : EXIT_FAILURE;
 }
 
-async function stats(client: AdminClient, json: boolean): Promise<number> {
-  const s = await client.call<StatsResponse>('GET', '/v1/stats');
+async function stats(client: DiskvaultClient, json: boolean): Promise<number> {
+  const s = await client.stats();
   if (json) {
     process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
     return EXIT_OK;
@@ -382,21 +384,4 @@ function formatBytes(n: number): string {
     i++;
   }
   return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-/** The admin routes over the agent's client, so TLS trust (--cacert) and error handling are the same. */
-class AdminClient {
-  readonly client: DiskvaultClient;
-
-  constructor(cfg: ClientConfig) {
-    this.client = new DiskvaultClient(cfg);
-  }
-
-  call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return this.client.adminRequest<T>(method, path.replace(/^\//, ''), body);
-  }
-
-  close(): void {
-    this.client.close();
-  }
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { SnapshotInfo, StatsResponse } from '../../api/protocol.js';
+import type { SnapshotInfo } from '../../api/protocol.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { DiskvaultError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import {
@@ -152,10 +152,7 @@ function sourceCertificates(flags: string[] | undefined): Buffer[] {
 
 /** Which tenants each side's token covers, from its own statistics answer. */
 async function scopes(source: DiskvaultClient, destination: DiskvaultClient): Promise<SyncScope> {
-  const [src, dst] = await Promise.all([
-    source.adminRequest<StatsResponse>('GET', 'v1/stats'),
-    destination.adminRequest<StatsResponse>('GET', 'v1/stats'),
-  ]);
+  const [src, dst] = await Promise.all([source.stats(), destination.stats()]);
   if (dst.scope === 'hosts')
     throw new DiskvaultError(
       'Forbidden',
@@ -281,7 +278,7 @@ async function sync(
 
   for (const snap of opts.removeVanished ? plan.vanished : []) {
     try {
-      await destination.adminRequest('DELETE', `v1/snapshots/${snap.id}`);
+      await destination.deleteSnapshot(snap.id);
       summary.snapshotsRemoved++;
       say(
         `removed ${snap.id.slice(0, 12)}  ${snap.host} ${snap.disk}  ${snap.time}  (vanished from the source)`,
