@@ -10,6 +10,7 @@ import {
 } from '../../repo-engine/manifest-codec.js';
 import { InvalidInputError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
+import { untilAborted } from '../interrupt.js';
 import type { ImageSource } from '../source.js';
 import { ChunkUploader } from './chunk-uploader.js';
 import { Committer } from './committer.js';
@@ -48,6 +49,8 @@ export interface BackupOptions {
   /** Unreadable bytes accepted before the backup stops and commits nothing (see UnreadableBudget). Default: no limit. */
   maxUnreadable?: { bytes: number; asGiven: string };
   onProgress?: (p: BackupProgress) => void;
+  /** Stops the backup (Ctrl-C): the session is aborted and nothing is committed; run() rejects with its reason. */
+  signal?: AbortSignal;
 }
 
 export interface BackupProgress {
@@ -105,6 +108,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   checkNames(o.host, o.disk, tags, time);
   const { client, source } = o;
 
+  o.signal?.throwIfAborted();
   const session = await client.createSession(o.host, o.disk);
   const chunker = session.chunker;
   const pad = chunker.max;
@@ -176,11 +180,13 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     });
     // The fast path needs the whole chunk map before the first cut; a failed download only costs speed here
     // (the uploader still reports it through `seeded`).
-    await chain.run(
+    const chained = chain.run(
       previousLoad
         .catch(() => null)
         .then((loaded) => (loaded && sameChunker(loaded.chunker, chunker) ? loaded : null)),
     );
+    // A read waiting on a slow pipe does not notice the signal: stop waiting for the chain instead.
+    await untilAborted(chained, o.signal);
     await seeded;
 
     const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
@@ -210,6 +216,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       attempts: o.commitAttempts ?? 4,
       progress,
     });
+    o.signal?.throwIfAborted();
     const snapshot = await committer.commit(header);
     const seconds = (performance.now() - started) / 1000;
     return {

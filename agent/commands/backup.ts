@@ -10,6 +10,7 @@ import {
   UsageError,
 } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { EXIT_INTERRUPTED, interruptOnSigint } from '../interrupt.js';
 import { createProgressReporter, formatBytes } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
@@ -87,7 +88,8 @@ export async function run(argv: string[]): Promise<number> {
         : `diskvault backup: warning: ${w.message}\n`,
     );
   }
-  const client = new DiskvaultClient({ ...cfg, concurrency });
+  const interrupt = interruptOnSigint();
+  const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   const reporter = createProgressReporter({
     json: values.json === true,
     describe: (s) => `new ${formatBytes(Number(s.newBytes))}, known ${formatBytes(Number(s.knownBytes))}`,
@@ -103,6 +105,7 @@ export async function run(argv: string[]): Promise<number> {
       concurrency,
       compressionLevel,
       maxUnreadable,
+      signal: interrupt.signal,
       ...tuningFromEnv(),
       onProgress: (p: BackupProgress) =>
         reporter.update({
@@ -119,7 +122,15 @@ export async function run(argv: string[]): Promise<number> {
     reporter.finish();
     printSummary(summary, warnings, values.json === true);
     return summary.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } catch (err) {
+    if (!interrupt.signal.aborted) throw err;
+    reporter.finish();
+    process.stderr.write(
+      'diskvault backup: interrupted: nothing was committed (the upload session was aborted)\n',
+    );
+    return EXIT_INTERRUPTED;
   } finally {
+    interrupt.dispose();
     reporter.finish();
     client.close();
     await source.close().catch(() => {});

@@ -9,6 +9,7 @@ import {
   UsageError,
 } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { EXIT_INTERRUPTED, interruptOnSigint } from '../interrupt.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
@@ -71,7 +72,8 @@ export async function run(argv: string[], command: string): Promise<number> {
   const report = targetPath === '-' ? process.stderr : process.stdout;
 
   const cfg = resolveClientConfig(values);
-  const client = new DiskvaultClient({ ...cfg, concurrency });
+  const interrupt = interruptOnSigint();
+  const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
@@ -113,6 +115,7 @@ export async function run(argv: string[], command: string): Promise<number> {
         verify,
         continueOnError: values['continue-on-error'] ?? false,
         concurrency,
+        signal: interrupt.signal,
         onProgress: (p) => progress.update(p),
         onDamage: (d) =>
           process.stderr.write(
@@ -142,7 +145,16 @@ export async function run(argv: string[], command: string): Promise<number> {
       return EXIT_FAILURE;
     }
     return header.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } catch (err) {
+    if (!interrupt.signal.aborted) throw err;
+    process.stderr.write(
+      targetPath === '-'
+        ? `diskvault ${command}: interrupted: the image written to stdout is incomplete\n`
+        : `diskvault ${command}: interrupted: ${targetPath} holds part of the image; run the same restore with --in-place to finish it (only what is missing is fetched)\n`,
+    );
+    return EXIT_INTERRUPTED;
   } finally {
+    interrupt.dispose();
     await hold?.release();
     client.close();
   }
