@@ -123,16 +123,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   let hasher: WorkerPool | null = null;
   let spool: ManifestSpool | null = null;
 
-  const progress: BackupProgress = {
-    phase: 'reading',
-    bytesRead: 0,
-    total: source.size,
-    chunks: 0,
-    newChunks: 0,
-    newBytes: 0,
-    knownBytes: 0,
-    bytesUploaded: 0,
-  };
+  const progress = freshProgress(source.size);
   const report = () => o.onProgress?.({ ...progress });
   // The pipeline reports at window boundaries; a source that stalls (a slow pipe, a disk retrying bad
   // sectors) would freeze the figures meanwhile, uploads included, so a ticker reports the live counters too.
@@ -218,22 +209,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     });
     o.signal?.throwIfAborted();
     const snapshot = await committer.commit(header);
-    const seconds = (performance.now() - started) / 1000;
-    return {
-      snapshot,
-      size: header.size,
-      sha256,
-      chunks: progress.chunks,
-      newChunks: progress.newChunks,
-      newBytes: progress.newBytes,
-      bytesUploaded: progress.bytesUploaded,
-      seconds,
-      unreadable,
-      dedupRatio: header.size === 0 ? 1 : 1 - progress.newBytes / header.size,
-      reusedBytes: chain.reusedBytes,
-      throughput: seconds > 0 ? header.size / seconds : 0,
-      sourceFormat: source.format,
-    };
+    return summarize(snapshot, header, progress, chain.reusedBytes, (performance.now() - started) / 1000);
   } catch (err) {
     // Leave nothing half-open on the server; a rerun uploads only what it still lacks.
     await client.abort(session.id).catch(() => {});
@@ -242,6 +218,43 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     clearInterval(ticker);
     await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
   }
+}
+
+function freshProgress(total: number | null): BackupProgress {
+  return {
+    phase: 'reading',
+    bytesRead: 0,
+    total,
+    chunks: 0,
+    newChunks: 0,
+    newBytes: 0,
+    knownBytes: 0,
+    bytesUploaded: 0,
+  };
+}
+
+function summarize(
+  snapshot: SnapshotInfo,
+  header: ManifestHeader,
+  progress: BackupProgress,
+  reusedBytes: number,
+  seconds: number,
+): BackupSummary {
+  return {
+    snapshot,
+    size: header.size,
+    sha256: header.sha256,
+    chunks: progress.chunks,
+    newChunks: progress.newChunks,
+    newBytes: progress.newBytes,
+    bytesUploaded: progress.bytesUploaded,
+    seconds,
+    unreadable: header.unreadable,
+    dedupRatio: header.size === 0 ? 1 : 1 - progress.newBytes / header.size,
+    reusedBytes,
+    throughput: seconds > 0 ? header.size / seconds : 0,
+    sourceFormat: header.sourceFormat,
+  };
 }
 
 function sameChunker(a: ChunkerParams, b: ChunkerParams): boolean {
