@@ -3,43 +3,11 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
-import { isDiskvaultError } from '../storage-adapters/errors.js';
+import { UsageError } from '../common/cli.js';
 import { parseRate } from './rate-limit.js';
 
-/**
- * What every CLI command shares: usage errors, the one mapping from errors to exit codes, and where the
- * server address and token come from.
- *
- * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
- */
-export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
-export const EXIT_UNREADABLE = 3;
-
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
-/** Prints a one-line message for the user (never a stack trace) and returns the exit code. */
-export function reportError(err: unknown, command: string): number {
-  if (err instanceof UsageError) {
-    process.stderr.write(`diskvault ${command}: ${err.message}\nRun 'diskvault help' for usage.\n`);
-    return EXIT_USAGE;
-  }
-  if (isDiskvaultError(err)) {
-    process.stderr.write(`diskvault ${command}: ${err.message}\n`);
-    return EXIT_FAILURE;
-  }
-  const e = err as NodeJS.ErrnoException;
-  const text = e?.code ? `${e.message} (${e.code})` : String(e?.message ?? err);
-  process.stderr.write(`diskvault ${command}: ${text}\n`);
-  if (process.env.DISKVAULT_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
-  return EXIT_FAILURE;
-}
+// What every client command shares: its flags, how they parse, and where the server address and token come
+// from. Exit codes, usage errors and the error-to-exit-code mapping are in common/cli.ts.
 
 /**
  * A command's flags (CLIENT_OPTIONS plus its own) and positionals; an unknown or malformed flag is a usage

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { DISKVAULT_VERSION } from '../api/version.js';
-import { EXIT_USAGE, reportError } from './cli-support.js';
+import { EXIT_USAGE, reportError } from '../common/cli.js';
 
 /**
  * The `diskvault` command: a thin dispatcher. Each command lives in its own module exporting
@@ -20,6 +20,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
     module: './commands/nbd.js',
     summary: 'serve a snapshot read-only over NBD, to mount it without restoring',
   },
+  share: { module: './commands/share.js', summary: "print a URL serving a snapshot's image without a token" },
   forget: { module: './commands/admin.js', summary: 'remove snapshots by retention policy or by id (admin)' },
   gc: { module: './commands/admin.js', summary: 'delete chunks no snapshot uses (admin)' },
   sync: { module: './commands/sync.js', summary: 'pull snapshots from another server (an offsite copy)' },

@@ -23,9 +23,10 @@ import {
   type VerifyReport,
   type VerifyRequest,
 } from '../api/protocol.js';
+import { DiskvaultError, HashMismatchError } from '../common/errors.js';
+import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { DiskvaultError, HashMismatchError } from '../storage-adapters/errors.js';
-import { errorFrom, MAX_CHUNK_BYTES, readBounded, readJson, zstdBound } from './http/body-read.js';
+import { errorFrom, readBounded, readJson } from './http/body-read.js';
 import { RetryPolicy } from './http/retry-policy.js';
 import {
   type Body,
@@ -37,6 +38,7 @@ import {
 import { pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
+/** Where the server is, how to reach it, and how hard to try. */
 export interface ClientOptions {
   server: string;
   token: string;

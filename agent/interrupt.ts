@@ -1,7 +1,5 @@
 import { setMaxListeners } from 'node:events';
-
-/** The exit code of a command ended by Ctrl-C (128 + SIGINT), as shells report it. */
-export const EXIT_INTERRUPTED = 130;
+import { EXIT_INTERRUPTED } from '../common/cli.js';
 
 /** What an AbortSignal fired by Ctrl-C carries as its reason: the work was stopped on purpose. */
 export class InterruptedError extends Error {

@@ -1,4 +1,5 @@
 import cliProgress from 'cli-progress';
+import { formatBytes } from '../common/units.js';
 
 /**
  * How a long transfer (backup or restore) shows itself to people and to scripts: a progress bar on a
@@ -29,17 +30,6 @@ export interface ProgressReporter {
   update(sample: ProgressSample): void;
   /** Stops the bar / writes a last progress line, before the summary is printed. */
   finish(): void;
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
 }
 
 export function createProgressReporter(opts: ProgressReporterOptions): ProgressReporter {

@@ -1,6 +1,6 @@
 import { DecompressStream, decompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
-import { CorruptError } from '../storage-adapters/errors.js';
+import { CorruptError } from '../common/errors.js';
 
 /**
  * Decompresses a zstd payload that must expand to exactly `rawLength` bytes. The frame's declared size is

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
+import { InvalidInputError } from '../common/errors.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 import { tooLarge } from './errors.js';
 
 /**
@@ -61,13 +61,23 @@ export async function* capped(req: IncomingMessage, cap: number, what: string): 
   }
 }
 
-export const MAX_JSON_BYTES = 8 * 1024 * 1024;
+/**
+ * JSON bodies are settings (a session's host and disk, a forget policy), a few hundred bytes. The cap bounds
+ * what JSON.parse may build for one request: 64 KiB of `[{},{},...]` is about 22,000 objects, a few MiB
+ * for a moment, where 8 MiB of it were over 100 MiB. The one large JSON body, the missing query, is not
+ * parsed this way (api/missing-query.ts).
+ */
+export const MAX_JSON_BYTES = 64 * 1024;
 
-export async function readJson(req: IncomingMessage, cap = MAX_JSON_BYTES): Promise<unknown> {
+export function requireJsonType(req: IncomingMessage): void {
   const type = req.headers['content-type'];
   if (type !== undefined && !/^application\/json\s*(;|$)/i.test(type)) {
     throw new InvalidInputError('the body must be application/json');
   }
+}
+
+export async function readJson(req: IncomingMessage, cap = MAX_JSON_BYTES): Promise<unknown> {
+  requireJsonType(req);
   const bytes = await readCapped(req, cap, 'request body');
   if (bytes.length === 0) return {};
   try {

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { ConfigError } from '../common/cli.js';
+import { parseListen, parseSize } from '../common/units.js';
 import { parseFixedDurationMs } from '../repo-engine/durations.js';
 import { DEFAULT_PORT } from './protocol.js';
 
@@ -33,13 +35,6 @@ export interface ServerConfig {
   encryption?: 'aes-256-gcm' | 'none';
 }
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
-
 export const SERVER_OPTIONS = {
   config: { type: 'string' },
   listen: { type: 'string' },
@@ -68,31 +63,12 @@ export const SERVER_OPTIONS = {
 
 type Key = Exclude<keyof typeof SERVER_OPTIONS, 'config' | 'help'>;
 
-const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
-
-/** "268435456", "256M", "1G", "512MiB", "64k". Binary multiples: cache sizes are memory. */
-export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  if (!m) throw new ConfigError(`invalid size ${JSON.stringify(text)}: expected a form like 256M or 1G`);
-  const n = Math.floor(Number(m[1]) * (SIZE_UNITS[m[2].toUpperCase()] ?? 1));
-  if (!Number.isSafeInteger(n)) throw new ConfigError(`size ${text} is out of range`);
-  return n;
-}
-
 export function parseDuration(text: string, what: string): number {
   try {
     return parseFixedDurationMs(text);
   } catch {
     throw new ConfigError(`invalid ${what} ${JSON.stringify(text)}: expected a form like 30m, 24h or 2d`);
   }
-}
-
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text) ?? /^()()(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535)
-    throw new ConfigError(`invalid --listen ${JSON.stringify(text)}: expected HOST:PORT`);
-  return { host: m[1] || m[2] || '127.0.0.1', port };
 }
 
 function readConfigFile(path: string): Partial<Record<Key, string | boolean>> {

@@ -1,8 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Next, Request, Response } from 'restify';
+import { InvalidInputError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
 import { authenticate, type Principal } from './auth.js';
+import type { CommitGate } from './commit-gate.js';
 import { sendError } from './errors.js';
 import type { JobRegistry } from './jobs.js';
 import type { Metrics } from './metrics.js';
@@ -20,6 +21,8 @@ export interface ApiContext {
   maxManifestBytes: number;
   /** Open upload sessions, and separately snapshot leases, one token may hold. */
   maxSessionsPerToken: number;
+  /** Bounds concurrent commits (api/commit-gate.ts). */
+  commits: CommitGate;
 }
 
 /** The token id of each request, for the request log (never the token itself). */

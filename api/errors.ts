@@ -1,27 +1,14 @@
 import type { ServerResponse } from 'node:http';
-import { DiskvaultError, type ErrorCode, isDiskvaultError } from '../storage-adapters/errors.js';
+import { DiskvaultError, ERROR_STATUS, type ErrorCode, isDiskvaultError } from '../common/errors.js';
 import type { ErrorBody } from './protocol.js';
 
-/**
- * The one place where error codes become HTTP statuses. Everything the server answers with an error goes
- * through `errorResponse`, so a client sees `{code, message, details?}` and never a stack trace.
- */
-const STATUS: Record<ErrorCode, number> = {
-  InvalidInput: 400,
-  Unauthorized: 401,
-  Forbidden: 403,
-  NotFound: 404,
-  Conflict: 409,
-  TooLarge: 413,
-  HashMismatch: 422,
-  // Corrupt names the damaged chunk or manifest: the operator needs that, and it reveals nothing internal.
-  Corrupt: 500,
-  Unavailable: 503,
-  // A per-token limit (open sessions, snapshot leases); the answer carries Retry-After.
-  TooManyRequests: 429,
-  StorageFull: 507,
-};
+const STATUS: Record<ErrorCode, number> = ERROR_STATUS;
 
+/**
+ * Where error codes become HTTP statuses (common/errors.ts holds the table). Everything the server answers
+ * with an error goes through `errorResponse`, so a client sees `{code, message, details?}` and never a
+ * stack trace.
+ */
 export function statusFor(code: ErrorCode): number {
   return STATUS[code] ?? 500;
 }
@@ -42,7 +29,6 @@ export function errorResponse(err: unknown): HttpError {
   return { status: 500, body: { code: 'Internal', message: 'internal server error' }, internal: true };
 }
 
-/** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
 /** The client went away mid-request: nothing failed on our side, and nobody is left to answer. */
 function isClientAbort(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -54,6 +40,7 @@ function isClientAbort(err: unknown): boolean {
   );
 }
 
+/** Writes the error unless a response is already under way; then the only honest thing is to cut the connection. */
 export function sendError(res: ServerResponse, err: unknown, log: (line: string) => void): void {
   if (isClientAbort(err)) {
     log(JSON.stringify({ level: 'info', msg: 'client closed the connection mid-request', status: 499 }));

@@ -6,9 +6,9 @@ import type { RepositoryApi } from '../repo-engine/types.js';
  * that the previous manifest does not, and their raw bytes. That is what an incremental backup uploads
  * (the agent's known-set is the previous snapshot), so it is the "new data that night" an admin watches.
  *
- * Chunks are compared by the first 8 bytes of their SHA-256 ids, held in typed arrays: 16 bytes an entry
- * however large the disk (a 2 TiB disk's two million chunks in 32 MiB), where a Set of hex strings would
- * take ~150. Two different chunks sharing 64 bits is a 1-in-2^64 event that would only shift a displayed
+ * Chunks are compared by the first 8 bytes of their SHA-256 ids, held in typed arrays: about 30 bytes an
+ * entry at the peak however large the disk (a 2 TiB disk's two million chunks in some 60 MiB), where a Set
+ * of hex strings would take ~150. Two different chunks sharing 64 bits is a 1-in-2^64 event that would only shift a displayed
  * figure by one chunk.
  */
 export interface NewData {
@@ -34,6 +34,18 @@ async function readPrefixes(
   return { keys, lengths };
 }
 
+/** The first position of `key` in `sorted` (which holds it). */
+function firstIndex(sorted: BigUint64Array, key: bigint): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 function contains(sorted: BigUint64Array, key: bigint): boolean {
   let lo = 0;
   let hi = sorted.length - 1;
@@ -55,19 +67,26 @@ export async function computeNewData(
 ): Promise<NewData> {
   const before = previousId ? (await readPrefixes(repo, previousId)).keys.sort() : new BigUint64Array(0);
   const cur = await readPrefixes(repo, id);
-  // The entries not in the previous manifest, then each distinct one counted once (an image repeats chunks:
-  // zeros above all).
-  const fresh: number[] = [];
-  for (let i = 0; i < cur.keys.length; i++) if (!contains(before, cur.keys[i])) fresh.push(i);
-  const order = Uint32Array.from(fresh).sort((a, b) =>
-    cur.keys[a] < cur.keys[b] ? -1 : cur.keys[a] > cur.keys[b] ? 1 : 0,
-  );
+  // The entries not in the previous manifest, each distinct one counted once (an image repeats chunks:
+  // zeros above all): their ids sorted (a native typed-array sort), and a flag per distinct id.
+  const fresh = new BigUint64Array(cur.keys.length);
+  const freshLengths = new Uint32Array(cur.keys.length);
+  let n = 0;
+  for (let i = 0; i < cur.keys.length; i++) {
+    if (contains(before, cur.keys[i])) continue;
+    fresh[n] = cur.keys[i];
+    freshLengths[n++] = cur.lengths[i];
+  }
+  const sorted = fresh.slice(0, n).sort();
+  const counted = new Uint8Array(n);
   let newChunks = 0;
   let newBytes = 0;
-  for (let k = 0; k < order.length; k++) {
-    if (k > 0 && cur.keys[order[k]] === cur.keys[order[k - 1]]) continue;
+  for (let k = 0; k < n; k++) {
+    const at = firstIndex(sorted, fresh[k]);
+    if (counted[at]) continue;
+    counted[at] = 1;
     newChunks++;
-    newBytes += cur.lengths[order[k]];
+    newBytes += freshLengths[k];
   }
   return { newChunks, newBytes };
 }

@@ -165,3 +165,16 @@ export interface StatsResponse {
   /** A tenant admin's own figures: never dependent on what other tenants hold. */
   tenant?: TenantStats;
 }
+
+/**
+ * Whether a URL's or a listen address's host is this machine's loopback (127.0.0.0/8, ::1, localhost):
+ * traffic to it never leaves the machine, so plain http there exposes no token. Anything else, names
+ * included (they are not resolved), counts as the network.
+ */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (h === 'localhost' || h.endsWith('.localhost')) return true;
+  if (h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4);
+}

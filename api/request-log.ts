@@ -34,7 +34,8 @@ export function attachRequestLog(
         time: new Date().toISOString(),
         method: req.method,
         route: routeName,
-        path: (req.url ?? '').split('?')[0],
+        // A share link's secret is a credential: only its public id is logged.
+        path: (req.url ?? '').split('?')[0].replace(/^(\/v1\/share\/[0-9a-f]{16})_[^/]*/, '$1_…'),
         status,
         bytesIn,
         bytesOut,

@@ -3,8 +3,9 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
+import { DiskvaultError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
-import { DiskvaultError } from '../storage-adapters/errors.js';
+import { CommitGate } from './commit-gate.js';
 import { type ApiContext, closeIfBodyUnread } from './context.js';
 import { errorResponse } from './errors.js';
 import { JobRegistry } from './jobs.js';
@@ -12,12 +13,14 @@ import { Metrics } from './metrics.js';
 import { attachRequestLog } from './request-log.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerChunkRoutes } from './routes/chunks.js';
+import { registerClientDownloadRoutes } from './routes/client-download.js';
 import { registerDiskViewRoutes } from './routes/disk-views.js';
 import { registerImageRoutes } from './routes/image.js';
 import { registerJobListRoute } from './routes/jobs-list.js';
 import { registerLeaseRoutes } from './routes/leases.js';
 import { registerProtectRoutes } from './routes/protect.js';
 import { registerSessionRoutes } from './routes/sessions.js';
+import { registerShareRoutes } from './routes/share.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTokenRoutes } from './routes/tokens.js';
 import { registerUiRoutes } from './routes/ui.js';
@@ -44,6 +47,15 @@ export interface ServerOptions {
   maxManifestBytes?: number;
   /** Open upload sessions, and separately snapshot leases, one token may hold. */
   maxSessionsPerToken?: number;
+  /** Commits running at once; more wait (see api/commit-gate.ts). Default 2. */
+  maxConcurrentCommits?: number;
+  /**
+   * Commits waiting for a turn before more are refused with 503. A waiting commit costs a socket (its body is
+   * not read until its turn), so the default, 1024, lets a whole fleet commit at 02:00 without a refusal.
+   */
+  maxWaitingCommits?: number;
+  /** How long a commit waits for its turn before it is refused with 503. Default 10 min. */
+  commitWaitMs?: number;
 }
 
 export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
@@ -74,6 +86,11 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
     log,
     maxManifestBytes: opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES,
     maxSessionsPerToken: opts.maxSessionsPerToken ?? DEFAULT_MAX_SESSIONS_PER_TOKEN,
+    commits: new CommitGate(
+      opts.maxConcurrentCommits ?? 2,
+      opts.maxWaitingCommits ?? 1024,
+      opts.commitWaitMs ?? 600_000,
+    ),
   };
   const server = restify.createServer({
     name: 'diskvault',
@@ -99,6 +116,8 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   registerDiskViewRoutes(server, ctx);
   registerTokenRoutes(server, ctx);
   registerUiRoutes(server, ctx);
+  registerShareRoutes(server, ctx);
+  registerClientDownloadRoutes(server, ctx);
 
   // Restify's own errors (unknown route, wrong method) get the same {code, message} body as ours.
   server.on(

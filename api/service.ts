@@ -7,6 +7,8 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { openStorage } from '../storage-adapters/index.js';
 import { writeFileAtomic } from './atomic-file.js';
 import type { ServerConfig } from './config.js';
+import { restrictFolder } from './data-permissions.js';
+import { isLoopbackHost } from './protocol.js';
 import { RepositoryKeyFile, repositoryKeyPath } from './repository-key-file.js';
 import { type RunningServer, type ServerOptions, startServer } from './server.js';
 import { createToken, readTokens } from './token-store.js';
@@ -19,7 +21,6 @@ export interface ServiceOptions extends Omit<ServerConfig, 'tls'> {
   tls?: { cert: Buffer | string; key: Buffer | string };
   /** Tests wrap storage (fault injection) or pass it ready-made (S3 with explicit credentials). */
   storage?: StorageAdapter;
-  wrapStorage?: (s: StorageAdapter) => StorageAdapter;
   chunker?: ChunkerParams;
   now?: () => number;
   log?: (line: string) => void;
@@ -54,13 +55,15 @@ export async function readAdminTokenFile(dataDir: string): Promise<string> {
 export async function startService(opts: ServiceOptions): Promise<RunningService> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  const warn = (msg: string) => log(JSON.stringify({ level: 'warn', msg }));
+  await restrictFolder(opts.dataDir, 'data folder', warn);
   const createdAdminToken = await ensureAdminToken(opts.dataDir);
-  let storage =
+  const storage =
     opts.storage ??
     (await openStorage(
       opts.s3 ? { kind: 's3', ...opts.s3 } : { kind: 'local', root: join(opts.dataDir, 'storage') },
     ));
-  if (opts.wrapStorage) storage = opts.wrapStorage(storage);
+  if (!opts.storage && !opts.s3) await restrictFolder(join(opts.dataDir, 'storage'), 'storage folder', warn);
   const keyPath = repositoryKeyPath(opts.dataDir, opts.repositoryKeyFile);
   let repo: Repository;
   try {
@@ -99,6 +102,11 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
     await storage.close().catch(() => {});
     throw err;
   }
+  // Tokens are bearer credentials: beyond loopback, plain http hands them to anyone on the network path.
+  if (!opts.tls && !isLoopbackHost(opts.host ?? '127.0.0.1'))
+    warn(
+      `listening on ${running.url} without TLS: tokens and backups cross the network readable by anyone on the path; give --tls-cert and --tls-key, or listen on 127.0.0.1 behind a TLS proxy`,
+    );
   let stopping: Promise<void> | undefined;
   const stop = (graceMs?: number) => {
     stopping ??= (async () => {

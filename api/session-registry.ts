@@ -1,12 +1,6 @@
-import { NotFoundError } from '../storage-adapters/errors.js';
+import { NotFoundError } from '../common/errors.js';
 import type { Principal } from './auth.js';
 
-/**
- * Binds every upload session to the token that opened it. The engine knows sessions but not tokens; a
- * session id presented by any other token is answered exactly like an unknown one (404), so a leaked
- * session id is useless without its token. Bindings live in memory: after a server restart an agent opens
- * a new session (its already uploaded chunks still count, the engine keeps them).
- */
 interface Binding {
   tokenId: string;
   host: string;
@@ -15,6 +9,12 @@ interface Binding {
   expiresAtMs: number;
 }
 
+/**
+ * Binds every upload session to the token that opened it. The engine knows sessions but not tokens; a
+ * session id presented by any other token is answered exactly like an unknown one (404), so a leaked
+ * session id is useless without its token. Bindings live in memory: after a server restart an agent opens
+ * a new session (its already uploaded chunks still count, the engine keeps them).
+ */
 export class SessionRegistry {
   private readonly sessions = new Map<string, Binding>();
   /** Sessions being opened now, per token: counted against the limit before the engine answers. */

@@ -1,10 +1,11 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NAME_PATTERN } from '../repo-engine/manifest-codec.js';
-import { DiskvaultError, InvalidInputError, NotFoundError } from '../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { checkName } from '../common/names.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { hashSecret, secretMatches } from './secret-hash.js';
 
 /**
  * API tokens, kept in `<data>/tokens.json`. Only a SHA-256 of each secret is stored, so the file leaks no
@@ -44,14 +45,9 @@ export function tokensPath(dataDir: string): string {
   return join(dataDir, 'tokens.json');
 }
 
-function hashSecret(secret: string): string {
-  return createHash('sha256').update(secret, 'utf8').digest('hex');
-}
-
 export function validateTenant(tenant: string, allowAll: boolean): void {
   if (tenant === ALL_TENANTS && allowAll) return;
-  if (!NAME_PATTERN.test(tenant))
-    throw new InvalidInputError(`invalid tenant name ${JSON.stringify(tenant)}`);
+  checkName('tenant name', tenant);
 }
 
 function parseFile(text: string, path: string): TokenFile {
@@ -82,10 +78,7 @@ export class TokenStore {
     if (!m) return undefined;
     const record = this.current().get(m[1]);
     if (!record) return undefined;
-    const expected = Buffer.from(record.hash, 'hex');
-    const actual = Buffer.from(hashSecret(m[2]), 'hex');
-    // Constant-time: a timing difference must not reveal how much of a hash matched.
-    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return undefined;
+    if (!secretMatches(record.hash, m[2] as string)) return undefined;
     return record;
   }
 
@@ -128,7 +121,6 @@ export interface NewToken {
   tenant?: string;
 }
 
-/** Creates a token and returns its record and the bearer string, which exists nowhere else afterwards. */
 /**
  * Serialises read-modify-write of tokens.json across processes (two `diskvault token create` at once must
  * not lose one): an exclusive lock file, retried briefly; a lock older than a minute is a crashed writer's.
@@ -156,13 +148,14 @@ async function withTokensLock<T>(dataDir: string, fn: () => Promise<T>): Promise
   }
 }
 
+/** Creates a token and returns its record and the bearer string, which exists nowhere else afterwards. */
 export async function createToken(
   dataDir: string,
   spec: NewToken,
 ): Promise<{ record: TokenRecord; token: string }> {
   const hosts = [...new Set(spec.hosts ?? [])];
   for (const h of hosts) {
-    if (!NAME_PATTERN.test(h)) throw new InvalidInputError(`invalid host name ${JSON.stringify(h)}`);
+    checkName('host name', h);
   }
   if (spec.role === 'agent' && hosts.length === 0)
     throw new InvalidInputError('an agent token needs at least one --host');

@@ -1,8 +1,8 @@
+import { InvalidInputError } from '../common/errors.js';
+import { checkName as checkNameAs, TAG_PATTERN } from '../common/names.js';
 import { parseRetentionDuration } from '../repo-engine/durations.js';
-import { HEX64, NAME_PATTERN, TAG_PATTERN } from '../repo-engine/manifest-codec.js';
+import { HEX64 } from '../repo-engine/manifest-codec.js';
 import type { RetentionPolicy } from '../repo-engine/types.js';
-import { InvalidInputError } from '../storage-adapters/errors.js';
-import { MAX_MISSING_IDS } from './protocol.js';
 
 /**
  * Checks on everything a client sends, before it reaches the engine. Names and ids are the only things
@@ -23,10 +23,7 @@ export function checkSessionId(value: unknown): string {
 }
 
 export function checkName(value: unknown, what: string): string {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(`${what} must match ${NAME_PATTERN.source}`);
-  }
-  return value;
+  return checkNameAs(what, value);
 }
 
 export function optionalName(value: unknown, what: string): string | undefined {
@@ -37,17 +34,6 @@ export function asObject(body: unknown): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body))
     throw new InvalidInputError('the body must be a JSON object');
   return body as Record<string, unknown>;
-}
-
-export function checkIdList(value: unknown): string[] {
-  if (!Array.isArray(value)) throw new InvalidInputError('ids must be an array');
-  if (value.length > MAX_MISSING_IDS)
-    throw new InvalidInputError(`at most ${MAX_MISSING_IDS} ids per query`, { max: MAX_MISSING_IDS });
-  for (const id of value) {
-    if (typeof id !== 'string' || !HEX64.test(id))
-      throw new InvalidInputError('every id must be 64 lowercase hex characters');
-  }
-  return value as string[];
 }
 
 const COUNT_KEYS = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;

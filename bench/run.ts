@@ -3,7 +3,7 @@
  * Prints a table with ratios and writes everything to bench/results/<time>.json. See docs/performance.md.
  *
  * Environment: DV_BENCH_WORK (where workloads and repositories live; default bench/.work),
- * DV_BENCH_SKIP (comma list of sections to skip: peers, s3, chunker, large).
+ * DV_BENCH_SKIP (comma list of sections to skip: plaintext, peers, s3, chunker, large).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -199,6 +199,11 @@ function printTable(): string {
       `| ${step} | ${ratio(dv, find('restic', step))} | ${ratio(dv, find('borg lz4', step))} | ${ratio(dv, find('borg zstd', step))} | ${target} |`,
     );
   }
+  if (rows.some((r) => r.tool === 'dv plaintext')) {
+    lines.push('', '| step | encrypted/plaintext | target |', '|---|---|---|');
+    for (const step of steps)
+      lines.push(`| ${step} | ${ratio(find('diskvault', step), find('dv plaintext', step))} | ≤ 1.10 |`);
+  }
   const repo = (tool: string) => find(tool, 'backup night3')?.repoMiB;
   const dvRepo = repo('diskvault');
   const rRepo = repo('restic');
@@ -241,6 +246,15 @@ async function main(): Promise<void> {
   record('diskvault', { ...unchanged, step: 'in-place restore, disk unchanged' }, dv);
   await dv.stop();
   rmSync(target, { force: true });
+
+  // The same runs on a plaintext (format 1) repository: what encryption at rest costs, step by step.
+  if (!skip.has('plaintext')) {
+    process.stderr.write('diskvault plaintext (local storage)\n');
+    const dir = join(work, 'diskvault-plaintext');
+    const plain = diskvault(dir, { name: 'dv plaintext', encryption: 'none' });
+    await runPeer(plain, images, dir, original3, plain);
+    await plain.stop();
+  }
 
   if (!skip.has('peers')) {
     for (const peer of [

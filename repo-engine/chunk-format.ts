@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { CorruptError, DiskvaultError, InvalidInputError } from '../common/errors.js';
+import { compressionWorthwhile, zstdCompressBound } from '../common/limits.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { CorruptError, DiskvaultError, InvalidInputError } from '../storage-adapters/errors.js';
 
 /**
  * A stored chunk object: a 9-byte header, then the payload.
@@ -19,8 +20,6 @@ export const CHUNK_MAGIC = Buffer.from('DVC', 'ascii');
 export const CHUNK_FORMAT_VERSION = 1;
 export const CHUNK_HEADER_BYTES = 9;
 export type ChunkEncoding = 'raw' | 'zstd';
-/** A raw chunk is stored compressed only when that saves at least this fraction of it. */
-export const MIN_COMPRESSION_SAVING = 0.03;
 export const COMPRESSION_LEVEL = 1;
 
 export interface DecodedChunk {
@@ -123,8 +122,7 @@ export class TooLargeError extends DiskvaultError {
 /**
  * Decompresses `payload` into at most `maxBytes`. One extra byte of room tells "exactly max" apart from
  * "more than max" (zstd fails with dstSize_tooSmall once the room is used up, so nothing beyond is written).
- */
-/**
+ *
  * `into` (at least maxBytes + 1 bytes) lets a caller that only needs the bytes for a moment reuse one buffer:
  * a fresh 4 MiB buffer per uploaded chunk cost the server more in garbage collection than in decompression.
  */
@@ -161,16 +159,11 @@ export function encodeRawChunkForStorage(raw: Buffer, alloc: BufferAllocator = B
   if (!compressScratch || compressScratch.length < room) compressScratch = Buffer.allocUnsafe(room);
   cctx ??= new binding.CCtx();
   const packed = cctx.compress(compressScratch.subarray(CHUNK_HEADER_BYTES, room), raw, COMPRESSION_LEVEL);
-  const worthwhile = packed <= raw.length * (1 - MIN_COMPRESSION_SAVING);
+  const worthwhile = compressionWorthwhile(packed, raw.length);
   const out = alloc(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
   writeStoredChunkHeader(out, worthwhile ? 'zstd' : 'raw', raw.length);
   if (worthwhile)
     compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);
   else raw.copy(out, CHUNK_HEADER_BYTES);
   return out;
-}
-
-/** ZSTD_COMPRESSBOUND. */
-function zstdCompressBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0);
 }

@@ -1,11 +1,11 @@
-import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import {
   CorruptError,
   HashMismatchError,
   InvalidInputError,
   isDiskvaultError,
   NotFoundError,
-} from '../storage-adapters/errors.js';
+} from '../common/errors.js';
+import type { BufferAllocator, StorageAdapter } from '../storage-adapters/adapter.js';
 import { BufferRecycler } from './buffer-recycler.js';
 import {
   CHUNK_HEADER_BYTES,
@@ -55,7 +55,7 @@ export interface VerifiedUpload {
 export interface PreparedChunk {
   id: string;
   rawLength: number;
-  /** The whole stored object: header + payload. */
+  /** The whole object as stored: header + payload, sealed in an encrypted repository (so its length is the stored size). */
   bytes: Buffer;
 }
 
@@ -127,11 +127,19 @@ export class ChunkStore {
     const alloc = (n: number) => this.objects.takeBuffer(n);
     const { rawLength } = upload;
     if (encoding === 'zstd' && upload.canonical)
-      return { id, rawLength, bytes: encodeStoredChunk('zstd', rawLength, payload, alloc) };
+      return { id, rawLength, bytes: this.sealed(id, encodeStoredChunk('zstd', rawLength, payload, alloc)) };
     const raw = this.uploadedRaw(id, payload, encoding);
     if (raw.length !== rawLength)
       throw new Error(`chunk ${id} decompressed to another length the second time`);
-    return { id, rawLength, bytes: encodeRawChunkForStorage(raw, alloc) };
+    return { id, rawLength, bytes: this.sealed(id, encodeRawChunkForStorage(raw, alloc)) };
+  }
+
+  /** The object to store: `stored` itself in a plaintext repository; else sealed, and `stored` recycled. */
+  private sealed(id: string, stored: Buffer): Buffer {
+    if (!this.codec.encrypted) return stored;
+    const sealed = this.codec.sealChunk(id, stored);
+    this.objects.giveBack(stored);
+    return sealed;
   }
 
   /**
@@ -139,7 +147,7 @@ export class ChunkStore {
    * left to the garbage collector, since a storage client that gave up may not be done reading it.
    */
   async write(chunk: PreparedChunk): Promise<void> {
-    await this.storage.put(this.codec.chunkKey(chunk.id), this.codec.sealChunk(chunk.id, chunk.bytes));
+    await this.storage.put(this.codec.chunkKey(chunk.id), chunk.bytes);
     // A replaced copy (one found damaged) may still sit in the read cache.
     this.forget(chunk.id);
     this.objects.giveBack(chunk.bytes);
@@ -234,11 +242,6 @@ export class ChunkStore {
     }
     const opened = this.codec.openChunk(key, await this.storage.getBytes(key), expectId);
     return { id: opened.id, header: decodeStoredChunkHeader(opened.stored, opened.id) };
-  }
-
-  /** The storage key of chunk `id`. */
-  keyOf(id: string): string {
-    return this.codec.chunkKey(id);
   }
 
   /**

@@ -1,6 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import { CorruptError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { MAX_CHUNK_BYTES } from '../common/limits.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { CorruptError, InvalidInputError, NotFoundError } from '../storage-adapters/errors.js';
 import { type ChunkerParams, HEX64 } from './manifest-codec.js';
 import {
   deriveSubkeys,
@@ -26,8 +27,6 @@ export const REPOSITORY_FORMAT_VERSION = ENCRYPTED_FORMAT_VERSION;
 export const ENCRYPTION_SCHEME = 'aes-256-gcm-hkdf-sha256';
 export type EncryptionChoice = 'aes-256-gcm' | 'none';
 export const DEFAULT_CHUNKER: ChunkerParams = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
-/** A stored chunk is held whole in memory several times over (raw, compressed, cache): keep it modest. */
-export const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
 
 export interface RepositoryConfig {
   formatVersion: number;

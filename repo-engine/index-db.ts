@@ -1,4 +1,5 @@
-import { existsSync, renameSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, openSync, renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ManifestHeader } from './manifest-codec.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
@@ -186,6 +187,9 @@ export class IndexDb {
   /** A new, empty index at `path` (any file there is replaced). */
   static create(path: string, repositoryId: string): IndexDb {
     removeDbFiles(path);
+    // Created here with mode 0600 rather than by SQLite (0644 less the umask): SQLite gives the -wal and
+    // -shm files the mode of the database file, so all three are readable by the server's user only.
+    closeSync(openSync(path, 'wx', DB_FILE_MODE));
     const db = new Database(path);
     configure(db);
     db.exec(SCHEMA);
@@ -200,6 +204,7 @@ export class IndexDb {
     if (!existsSync(path)) throw new IndexUnusable('the index file is missing');
     let db: Database.Database | undefined;
     try {
+      restrictDbFiles(path);
       db = new Database(path, { fileMustExist: true });
       configure(db);
       const check = db.pragma('integrity_check') as { integrity_check: string }[];
@@ -477,35 +482,17 @@ export class IndexDb {
     return present;
   }
 
-  /**
-   * The commit's one transaction: counts a reference for every entry (a chunk named twice counts twice),
-   * re-checking that each is still present and owned by the tenant (gc may have run since the first
-   * check), inserts the snapshot row and closes the session. Returns the missing ids instead when any
-   * entry fails the re-check; then nothing at all was changed.
-   */
-  commitSnapshot(header: StoredHeader, entries: Buffer, sessionId: string): string[] {
-    const missing: string[] = [];
-    const bump = this.stmt(
-      'UPDATE chunks SET refcount = refcount + 1 WHERE id = ? AND stored_size > 0 AND EXISTS (SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?)',
-    );
-    const rollback = new Error('rollback');
-    try {
-      this.transaction(() => {
-        for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
-          const id = entries.subarray(at, at + 32);
-          if (bump.run(id, id, header.tenant).changes !== 1 && missing.length < 1000) {
-            const hex = hexOf(id);
-            if (!missing.includes(hex)) missing.push(hex);
-          }
-        }
-        if (missing.length > 0) throw rollback;
-        this.insertSnapshotRow(header);
-        this.deleteSession(sessionId);
-      });
-    } catch (err) {
-      if (err !== rollback) throw err;
-    }
-    return missing;
+  /** A place for one commit's references while its manifest streams in (see CommitStaging). */
+  stageCommit(): CommitStaging {
+    return new CommitStaging(this.db);
+  }
+
+  /** A commit's last step, once every reference is counted: the snapshot row, and the session closed. */
+  finishCommit(header: StoredHeader, sessionId: string): void {
+    this.transaction(() => {
+      this.insertSnapshotRow(header);
+      this.deleteSession(sessionId);
+    });
   }
 
   insertSnapshotRow(h: StoredHeader): void {
@@ -743,6 +730,96 @@ export class IndexDb {
   }
 }
 
+/**
+ * One commit's references, gathered while its manifest streams in: a temporary table (in SQLite's temp
+ * database, a file of its own: neither the index's WAL nor the process's heap holds them) of each chunk
+ * and how often the manifest names it, kept in id order. Counting from it walks the chunks table in id
+ * order, so pieces of a few thousand ids committed one after the other touch each index page about
+ * once, where the manifest's own (random) order would rewrite most pages in every piece.
+ */
+export class CommitStaging {
+  private readonly table = `commit_refs_${randomBytes(8).toString('hex')}`;
+  private readonly addStmt: Database.Statement;
+  private readonly nextStmt: Database.Statement;
+  private readonly firstStmt: Database.Statement;
+  private readonly bump: Database.Statement;
+  private readonly lower: Database.Statement;
+  private dropped = false;
+
+  constructor(private readonly db: Database.Database) {
+    db.exec(`CREATE TEMP TABLE ${this.table} (chunk BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID`);
+    this.addStmt = db.prepare(
+      `INSERT INTO temp.${this.table} (chunk, n) VALUES (?, 1) ON CONFLICT (chunk) DO UPDATE SET n = n + 1`,
+    );
+    this.firstStmt = db.prepare(`SELECT chunk, n FROM temp.${this.table} ORDER BY chunk LIMIT ?`).raw();
+    this.nextStmt = db
+      .prepare(`SELECT chunk, n FROM temp.${this.table} WHERE chunk > ? ORDER BY chunk LIMIT ?`)
+      .raw();
+    this.bump = db.prepare(
+      'UPDATE chunks SET refcount = refcount + ? WHERE id = ? AND stored_size > 0 AND EXISTS (SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?)',
+    );
+    this.lower = db.prepare('UPDATE chunks SET refcount = MAX(refcount - ?, 0) WHERE id = ?');
+  }
+
+  /** Adds a batch of 36-byte manifest entries. */
+  add(entries: Buffer): void {
+    this.db.transaction(() => {
+      for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES)
+        this.addStmt.run(entries.subarray(at, at + 32));
+    })();
+  }
+
+  /** The next `limit` staged chunks after `after` (undefined: from the first), in id order. */
+  private next(after: Buffer | undefined, limit: number): [Buffer, number][] {
+    return (after === undefined ? this.firstStmt.all(limit) : this.nextStmt.all(after, limit)) as [
+      Buffer,
+      number,
+    ][];
+  }
+
+  /**
+   * Counts the references of the next `limit` staged chunks after `after`, in one transaction, each
+   * re-checked to be still stored and owned by `tenant` (gc may have run since the commit's first check).
+   * Returns the last chunk counted (undefined when none was left), or the ids failing the re-check; then
+   * nothing of this piece was counted.
+   */
+  countNext(
+    after: Buffer | undefined,
+    limit: number,
+    tenant: string,
+  ): { last: Buffer | undefined; missing: string[] } {
+    const rows = this.next(after, limit);
+    const missing: string[] = [];
+    const rollback = new Error('rollback');
+    try {
+      this.db.transaction(() => {
+        for (const [id, n] of rows)
+          if (this.bump.run(n, id, id, tenant).changes !== 1 && missing.length < 1000)
+            missing.push(hexOf(id));
+        if (missing.length > 0) throw rollback;
+      })();
+    } catch (err) {
+      if (err !== rollback) throw err;
+    }
+    return { last: missing.length > 0 ? undefined : rows[rows.length - 1]?.[0], missing };
+  }
+
+  /** Takes back, in one transaction, what countNext counted for the next `limit` chunks after `after`. */
+  uncountNext(after: Buffer | undefined, limit: number, upTo: Buffer): Buffer | undefined {
+    const rows = this.next(after, limit).filter(([id]) => Buffer.compare(id, upTo) <= 0);
+    this.db.transaction(() => {
+      for (const [id, n] of rows) this.lower.run(n, id);
+    })();
+    return rows[rows.length - 1]?.[0];
+  }
+
+  drop(): void {
+    if (this.dropped || !this.db.open) return;
+    this.dropped = true;
+    this.db.exec(`DROP TABLE IF EXISTS temp.${this.table}`);
+  }
+}
+
 function configure(db: Database.Database): void {
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
@@ -751,6 +828,23 @@ function configure(db: Database.Database): void {
   db.pragma('cache_size = -65536');
   // Memory-mapped reads skip a pread() per page on cold lookups (the OS page cache serves them directly).
   db.pragma('mmap_size = 268435456');
+}
+
+/** The index holds every snapshot's name and every chunk's hash: for the server's user only. */
+const DB_FILE_MODE = 0o600;
+
+/**
+ * An index written by a version that left it 0644 is made 0600, with its -wal and -shm. Best effort: a file
+ * this user cannot change is still usable, and the server warns about its data folder's mode at start.
+ */
+function restrictDbFiles(path: string): void {
+  for (const suffix of ['', '-wal', '-shm']) {
+    try {
+      chmodSync(`${path}${suffix}`, DB_FILE_MODE);
+    } catch {
+      // absent (no -wal yet) or not ours: nothing to do here
+    }
+  }
 }
 
 export function removeDbFiles(path: string): void {

@@ -1,4 +1,4 @@
-import { InvalidInputError } from '../storage-adapters/errors.js';
+import { InvalidInputError } from '../common/errors.js';
 import { ID_BYTES, MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
 
 /**

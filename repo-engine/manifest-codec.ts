@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { CorruptError, InvalidInputError } from '../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError } from '../common/errors.js';
+import { NAME_PATTERN, TAG_PATTERN } from '../common/names.js';
 
 /**
  * The binary manifest: the one format used on the wire (commit body, manifest download) and in storage.
@@ -238,9 +239,6 @@ export class ManifestReader {
 }
 
 export const HEX64 = /^[0-9a-f]{64}$/;
-/** Host and disk names: what a hostname or a device name can be, and nothing that can traverse a path. */
-export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-export const TAG_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:=@+-]{0,127}$/;
 
 function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   if (typeof h !== 'object' || h === null || Array.isArray(h)) fail('header is not an object');

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
+import { isDiskvaultError, NotFoundError } from '../common/errors.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { isDiskvaultError, NotFoundError } from '../storage-adapters/errors.js';
 import { encodeManifestHead, HEX64, type ManifestHeader, ManifestReader } from './manifest-codec.js';
 import { type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 
@@ -18,7 +18,8 @@ export function snapshotIdFromKey(key: string): string | undefined {
 
 /**
  * Snapshot manifests in storage, in the shared binary format (manifest-codec.ts) with `id` and `tenant`
- * set in the header. A manifest is written once, whole, by one atomic put, and never modified.
+ * set in the header. A manifest is written once, whole, by one atomic put (streamed or not), and never
+ * modified.
  */
 export class ManifestStore {
   constructor(
@@ -27,13 +28,45 @@ export class ManifestStore {
     private readonly codec: ObjectCodec = PLAINTEXT_OBJECTS,
   ) {}
 
-  /** `entries` is the concatenated 36-byte entries exactly as they arrived in the commit body. */
-  async write(header: ManifestHeader, entries: Buffer): Promise<void> {
+  /**
+   * Streams a manifest into storage as `entries` yields its entry batches, holding one batch at a time.
+   * The put is atomic: when `entries` throws (a check failed half way), nothing is stored and the error
+   * is passed on.
+   */
+  async writeStreamed(header: ManifestHeader, entries: AsyncIterable<Buffer>): Promise<void> {
     if (!header.id) throw new Error('a stored manifest needs an id');
     const head = encodeManifestHead(header);
-    const trailer = createHash('sha256').update(head).update(entries).digest();
+    async function* pieces(): AsyncGenerator<Buffer> {
+      const hash = createHash('sha256').update(head);
+      yield head;
+      for await (const batch of entries) {
+        hash.update(batch);
+        yield batch;
+      }
+      yield hash.digest();
+    }
+    let failure: unknown;
+    const source = Readable.from(
+      (async function* () {
+        try {
+          yield* pieces();
+        } catch (err) {
+          failure = err;
+          throw err;
+        }
+      })(),
+      { objectMode: false },
+    );
     const key = snapshotKey(header.id);
-    await this.storage.put(key, this.codec.sealManifest(key, Buffer.concat([head, entries, trailer])));
+    const sealing = this.codec.sealManifestStream(key);
+    // pipeline passes a failed check on to the sealing stream, so the put sees it and stores nothing.
+    const body = sealing ? pipeline(source, sealing, () => {}) : source;
+    try {
+      await this.storage.put(key, body);
+    } catch (err) {
+      // The check's own error, not the adapter's wrapping of it.
+      throw failure ?? err;
+    }
   }
 
   async open(id: string): Promise<Readable> {
@@ -64,11 +97,11 @@ export class ManifestStore {
     return reader.header;
   }
 
-  /** Every entry batch of a manifest (36-byte entries), the trailer checked at the end. */
-  async *entryBatches(id: string): AsyncGenerator<Buffer> {
+  /** Every entry batch of a manifest (36-byte entries, up to `maxEntries` a batch), the trailer checked at the end. */
+  async *entryBatches(id: string, maxEntries?: number): AsyncGenerator<Buffer> {
     const { reader, stream } = await this.reader(id);
     try {
-      yield* reader.entryBatches();
+      yield* reader.entryBatches(maxEntries);
     } finally {
       stream.destroy();
     }

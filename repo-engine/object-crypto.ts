@@ -32,8 +32,11 @@ export const SEALED_VERSION = 1;
 export const SEALED_HEADER_BYTES = 24;
 export const TAG_BYTES = 16;
 const SALT_BYTES = 16;
-/** Segments of streamed objects (manifests): small enough to hold in memory, large enough to be cheap. */
-export const STREAM_SEGMENT_BYTES = 1024 * 1024;
+/**
+ * Segments of streamed objects (manifests): a commit's manifest reaches storage a segment at a time as its
+ * body arrives, so a segment is small (64 KiB: about 1,800 entries), and its 16-byte tag costs 0.02 %.
+ */
+export const STREAM_SEGMENT_BYTES = 64 * 1024;
 const CIPHER = 'aes-256-gcm';
 
 /** The keys one repository key yields, each for one purpose (HKDF, so none reveals another). */

@@ -1,5 +1,5 @@
+import { ConflictError } from '../common/errors.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import { ConflictError } from '../storage-adapters/errors.js';
 import { HEX64 } from './manifest-codec.js';
 
 /**

@@ -1,4 +1,4 @@
-import { DiskvaultError } from '../storage-adapters/errors.js';
+import { DiskvaultError } from '../common/errors.js';
 
 /**
  * Where an encrypted repository's key is kept: outside its storage, so that whoever holds the storage

@@ -1,17 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { ConflictError, DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import { checkName } from '../common/names.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
-import {
-  ConflictError,
-  DiskvaultError,
-  InvalidInputError,
-  NotFoundError,
-} from '../storage-adapters/errors.js';
 import type { ChunkEncoding } from './chunk-format.js';
 import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { type EncryptionChoice, loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
 import {
+  type CommitStaging,
   IndexDb,
   IndexUnusable,
   type LeaseRow,
@@ -28,7 +25,6 @@ import {
   MANIFEST_ENTRY_BYTES,
   type ManifestHeader,
   ManifestReader,
-  NAME_PATTERN,
 } from './manifest-codec.js';
 import { ManifestStore } from './manifest-store.js';
 import { isProtectedRefusal, ProtectionStore, SnapshotProtectedError } from './protection.js';
@@ -88,8 +84,11 @@ const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
 const DEFAULT_GRACE_MS = 24 * 3_600_000;
 const DEFAULT_LEASE_MS = 15 * 60_000;
 const DEFAULT_SESSION_MAX_AGE_MS = 24 * 3_600_000;
-/** Commit checks presence in slices of this many entries, so no per-entry objects pile up. */
-const PRESENCE_SLICE = 10_000;
+/**
+ * A commit checks, stores and counts its manifest in pieces of this many entries, the event loop getting a
+ * turn between them: a piece costs a few milliseconds of index work, so other requests wait at most that.
+ */
+const COMMIT_SLICE = 1024;
 const MAX_MISSING_REPORTED = 1000;
 
 class UnavailableError extends DiskvaultError {
@@ -272,9 +271,9 @@ export class Repository implements RepositoryApi {
   // ---- sessions
 
   async beginSession(host: string, disk: string, tenant: string = DEFAULT_TENANT): Promise<SessionInfo> {
-    checkName('host', host);
-    checkName('disk', disk);
-    checkName('tenant', tenant);
+    checkName('host name', host);
+    checkName('disk name', disk);
+    checkName('tenant name', tenant);
     return this.mutation(() => {
       const now = this.opts.now();
       const previous = this.index.newestSnapshot(tenant, host, disk);
@@ -545,40 +544,32 @@ export class Repository implements RepositoryApi {
       clockSkewMs: this.opts.clockSkewMs,
       mayBackdate,
     });
-    // The entries are held in memory (36 bytes a chunk: 72 MB for a 2 TiB disk at 1 MiB chunks) because
-    // the reference counting must happen in one synchronous transaction after the manifest is stored.
-    const batches: Buffer[] = [];
-    for await (const b of reader.entryBatches()) batches.push(b);
-    const entries = batches.length === 1 ? (batches[0] as Buffer) : Buffer.concat(batches);
-
     checkUnreadableRanges(h);
-    // Not owned by the tenant counts as missing: another tenant's chunk must be uploaded (proving the
-    // bytes are held) before it can be referenced, so commit is no oracle for other tenants' data.
-    const missing = this.missingForTenant(session.tenant, entries);
-    if (missing.length > 0) throw missingConflict(missing);
-    for (let from = 0; from < entries.length; from += PRESENCE_SLICE * MANIFEST_ENTRY_BYTES) {
-      const slice = entries.subarray(from, from + PRESENCE_SLICE * MANIFEST_ENTRY_BYTES);
-      await this.checkEntryLengths(slice, from / MANIFEST_ENTRY_BYTES);
-    }
-
     const header: StoredHeader = {
       ...h,
       id: givenId ?? randomBytes(32).toString('hex'),
       tenant: session.tenant,
       receivedAt: new Date(receivedMs).toISOString(),
     };
-    await this.manifests.write(header, entries);
-    let stillMissing: string[];
+    // The manifest goes to storage as it arrives, each piece checked first and its references staged;
+    // nothing of it is held whole.
+    const staging = this.index.stageCommit();
     try {
-      stillMissing = this.index.commitSnapshot(header, entries, session.id);
-    } catch (err) {
-      await this.manifests.delete(header.id);
-      throw err;
-    }
-    if (stillMissing.length > 0) {
-      // gc removed a chunk between the first check and the transaction: no dangling manifest is left.
-      await this.manifests.delete(header.id);
-      throw missingConflict(stillMissing);
+      await this.manifests.writeStreamed(header, this.checkedEntries(session, reader, staging));
+      try {
+        await this.countReferences(session, header, staging);
+      } catch (err) {
+        await this.manifests
+          .delete(header.id)
+          .catch((e: Error) =>
+            this.opts.log(
+              `snapshot ${header.id}: its manifest could not be removed after a failed commit: ${e.message}`,
+            ),
+          );
+        throw err;
+      }
+    } finally {
+      staging.drop();
     }
     this.touched.delete(session.id);
     const info = this.index.getSnapshot(header.id);
@@ -587,6 +578,94 @@ export class Repository implements RepositoryApi {
       `snapshot ${info.id} committed: ${info.host}/${info.disk}, ${info.chunkCount} chunks, tenant ${info.tenant}`,
     );
     return info;
+  }
+
+  /**
+   * The commit body's entries in pieces of COMMIT_SLICE, each checked before it is passed on to storage:
+   * every chunk present for the tenant (not owned by the tenant counts as missing: another tenant's chunk
+   * must be uploaded, proving the bytes are held, before it can be referenced, so commit is no oracle for
+   * other tenants' data), every length right. Missing chunks are collected to the end of the body (up to
+   * MAX_MISSING_REPORTED) and then thrown as one Conflict; the manifest's own checks (sum of lengths,
+   * trailer) throw at the end too. Between pieces the event loop gets a turn, so a commit of millions of
+   * entries does not hold up other requests, and the session's lease is renewed.
+   */
+  private async *checkedEntries(
+    session: SessionRow,
+    reader: ManifestReader,
+    staging: CommitStaging,
+  ): AsyncGenerator<Buffer> {
+    const missing = new Set<string>();
+    let first = 0;
+    for await (const batch of reader.entryBatches(COMMIT_SLICE)) {
+      this.renewDuringCommit(session);
+      const ids: Buffer[] = [];
+      for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
+        ids.push(batch.subarray(at, at + ID_BYTES));
+      if (missing.size < MAX_MISSING_REPORTED) {
+        const present = this.index.presentForTenant(session.tenant, ids);
+        for (const id of ids) {
+          const hex = id.toString('hex');
+          if (!present.has(hex) && missing.size < MAX_MISSING_REPORTED) missing.add(hex);
+        }
+      }
+      // Lengths are checked only while nothing is missing: a missing chunk's length is not known.
+      if (missing.size === 0) {
+        await this.checkEntryLengths(batch, first);
+        staging.add(batch);
+        yield batch;
+      }
+      first += ids.length;
+      await yieldToEventLoop();
+    }
+    if (missing.size > 0) throw missingConflict([...missing]);
+  }
+
+  /**
+   * Counts the staged references (the manifest is in storage by now) in transactions of COMMIT_SLICE
+   * chunks, in id order, the event loop getting a turn between them, then inserts the snapshot row and
+   * closes the session. A crash half way leaves a manifest the index does not know with some references
+   * counted: at the next open it is adopted by rebuilding the index from storage, which recounts
+   * everything, so no counted reference ever points at nothing. A chunk gc removed since the first check (a
+   * session that expired) fails the commit with Conflict; what was counted is taken back.
+   */
+  private async countReferences(
+    session: SessionRow,
+    header: StoredHeader,
+    staging: CommitStaging,
+  ): Promise<void> {
+    let last: Buffer | undefined;
+    try {
+      for (;;) {
+        this.renewDuringCommit(session);
+        const piece = staging.countNext(last, COMMIT_SLICE, header.tenant);
+        if (piece.missing.length > 0) throw missingConflict(piece.missing);
+        if (piece.last === undefined) break;
+        last = piece.last;
+        await yieldToEventLoop();
+      }
+      this.index.finishCommit(header, session.id);
+    } catch (err) {
+      try {
+        for (let at: Buffer | undefined, upTo = last; upTo !== undefined; ) {
+          at = staging.uncountNext(at, COMMIT_SLICE, upTo);
+          if (at === undefined || at.equals(upTo)) break;
+          await yieldToEventLoop();
+        }
+      } catch (e) {
+        this.opts.log(
+          `snapshot ${header.id}: references counted by a failed commit could not be taken back (${(e as Error).message}); their chunks stay until a reindex`,
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** A long commit keeps its session alive: gc's protection of the chunks it names depends on it. */
+  private renewDuringCommit(session: SessionRow): void {
+    const expires = this.opts.now() + this.opts.leaseMs;
+    if (expires - session.expires_at < 10_000) return;
+    session.expires_at = expires;
+    this.index.extendSession(session.id, expires);
   }
 
   /**
@@ -615,29 +694,6 @@ export class Repository implements RepositoryApi {
         chunk: m.chunk,
       });
     }
-  }
-
-  private missingForTenant(tenant: string, entries: Buffer): string[] {
-    const missing = new Set<string>();
-    for (
-      let from = 0;
-      from < entries.length && missing.size < MAX_MISSING_REPORTED;
-      from += PRESENCE_SLICE * MANIFEST_ENTRY_BYTES
-    ) {
-      const slice = entries.subarray(
-        from,
-        Math.min(entries.length, from + PRESENCE_SLICE * MANIFEST_ENTRY_BYTES),
-      );
-      const ids: Buffer[] = [];
-      for (let at = 0; at < slice.length; at += MANIFEST_ENTRY_BYTES) ids.push(slice.subarray(at, at + 32));
-      const present = this.index.presentForTenant(tenant, ids);
-      for (const id of ids) {
-        const hex = id.toString('hex');
-        if (!present.has(hex)) missing.add(hex);
-        if (missing.size >= MAX_MISSING_REPORTED) break;
-      }
-    }
-    return [...missing];
   }
 
   // ---- reading
@@ -1001,12 +1057,9 @@ function isDamage(err: unknown): boolean {
   return err instanceof DiskvaultError && (code === 'Corrupt' || code === 'NotFound');
 }
 
-function checkName(what: string, value: string): void {
-  if (typeof value !== 'string' || !NAME_PATTERN.test(value)) {
-    throw new InvalidInputError(
-      `${what} name ${JSON.stringify(String(value).slice(0, 80))} is invalid: letters, digits, '.', '_', '-', up to 128`,
-    );
-  }
+/** Lets timers and I/O (other requests) run before the next piece of a long synchronous job. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function leaseInfo(r: LeaseRow): SnapshotLeaseInfo {

@@ -1,4 +1,4 @@
-import { InvalidInputError } from '../storage-adapters/errors.js';
+import { InvalidInputError } from '../common/errors.js';
 import {
   type CalendarDuration,
   formatRetentionDuration,

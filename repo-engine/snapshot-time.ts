@@ -1,4 +1,4 @@
-import { DiskvaultError, InvalidInputError } from '../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError } from '../common/errors.js';
 
 /**
  * Which time a snapshot has. A manifest carries the time its agent claims (`time`: the --time flag, or when

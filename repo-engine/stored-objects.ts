@@ -1,5 +1,5 @@
-import { Readable } from 'node:stream';
-import { CorruptError } from '../storage-adapters/errors.js';
+import { Readable, type Transform } from 'node:stream';
+import { CorruptError } from '../common/errors.js';
 import { keyedName, ObjectSealer, type RepositorySubkeys, SealedObjectError } from './object-crypto.js';
 
 export const CHUNKS_PREFIX = 'chunks/';
@@ -41,6 +41,8 @@ export interface ObjectCodec {
    */
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer };
   sealManifest(key: string, bytes: Buffer): Buffer;
+  /** A Transform sealing a manifest written through it; undefined when manifests are stored as they are. */
+  sealManifestStream(key: string): Transform | undefined;
   /**
    * The manifest's bytes as they stream from storage; the stream fails with CorruptError naming it. An
    * encrypted one resolves once its first segment is authenticated, so damage there (all of a manifest
@@ -61,6 +63,7 @@ export const PLAINTEXT_OBJECTS: ObjectCodec = {
     return { id, stored: object };
   },
   sealManifest: (_key, bytes) => bytes,
+  sealManifestStream: () => undefined,
   openManifest: async (_key, _snapshot, stream) => stream,
 };
 
@@ -112,6 +115,10 @@ export class EncryptedObjects implements ObjectCodec {
 
   sealManifest(key: string, bytes: Buffer): Buffer {
     return this.sealer.seal(key, [bytes]);
+  }
+
+  sealManifestStream(key: string): Transform {
+    return this.sealer.sealStream(key);
   }
 
   async openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable> {

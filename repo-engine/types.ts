@@ -1,11 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { ChunkerParams, ManifestHeader } from './manifest-codec.js';
 
-/**
- * The engine's public surface, as the API server and the tests use it. `Repository` (repository.ts)
- * implements it; `api/` codes against this interface only.
- */
-
 export interface SnapshotInfo {
   id: string;
   host: string;
@@ -230,6 +225,10 @@ export interface CommitOptions {
   id?: string;
 }
 
+/**
+ * The engine's public surface, as the API server and the tests use it. `Repository` (repository.ts)
+ * implements it; `api/` codes against this interface only.
+ */
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
@@ -303,7 +302,7 @@ export interface RepositoryApi {
   /** Protects a snapshot (or lifts the protection); the snapshot as it is afterwards. */
   setProtected(id: string, protect: boolean): Promise<SnapshotInfo>;
   /**
-   * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name (issue 10), so the server can
+   * Of `ids`, those `tenant` may read: chunks it uploaded or its snapshots name, so the server can
    * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.
    */
   chunksReadableBy(tenant: string, ids: string[]): string[];

@@ -5,7 +5,7 @@ import { chromiumPath, launchChromium, signIn, watchPage } from '../dist/test/he
 import { seedConsoleFleet } from '../dist/test/helpers/console-fleet.js';
 import { startTestServer } from '../dist/test/helpers/server.js';
 
-const out = process.argv[2] ?? new URL('../docs/images/', import.meta.url).pathname;
+const out = process.argv[2] ?? new URL('../docs/images', import.meta.url).pathname;
 const chromium = chromiumPath();
 if (!chromium) {
   console.error('no chromium found (install Debian package chromium, or set CHROMIUM_PATH)');
@@ -15,7 +15,7 @@ await mkdir(out, { recursive: true });
 const srv = await startTestServer({ storage: 'local', gcGraceMs: 0 });
 const browser = await launchChromium(chromium);
 try {
-  const fleet = await seedConsoleFleet(srv);
+  await seedConsoleFleet(srv);
   const shot = async (page, name) => {
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: `${out}/console-${name}.png`, fullPage: true });
@@ -83,7 +83,6 @@ try {
     console.error(problems.join('\n'));
     process.exitCode = 1;
   }
-  void fleet;
 } finally {
   await browser.close();
   await srv.stop();

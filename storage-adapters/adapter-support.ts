@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
+import { DiskvaultError, InvalidInputError } from '../common/errors.js';
 import type { ByteRange } from './adapter.js';
-import { DiskvaultError, InvalidInputError } from './errors.js';
 
 /** Helpers every adapter needs the same way, so that adapters agree on edge cases. */
 

@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
  * segment, no backslash, no NUL. `validateKey` enforces it for every adapter, so a key can never escape
  * an adapter's root.
  *
- * Errors: a missing key on `get`/`getBytes` throws NotFoundError (repo-engine/errors.ts); a full disk or
+ * Errors: a missing key on `get`/`getBytes` throws NotFoundError (errors.ts); a full disk or
  * quota throws StorageFullError; everything else is rethrown. "Absent" is only ever reported for a key
  * that is truly absent, never for a permission or I/O error.
  */
@@ -67,7 +67,7 @@ export function validateKey(key: string): void {
   }
 }
 
-import { InvalidInputError } from './errors.js';
+import { InvalidInputError } from '../common/errors.js';
 
 class InvalidKey extends InvalidInputError {
   constructor(key: unknown) {

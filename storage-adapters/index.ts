@@ -1,5 +1,5 @@
+import { InvalidInputError } from '../common/errors.js';
 import type { StorageAdapter } from './adapter.js';
-import { InvalidInputError } from './errors.js';
 import { type LocalStorageOptions, openLocalStorage } from './local.js';
 import { openS3Storage, type S3StorageOptions } from './s3.js';
 

@@ -15,10 +15,16 @@ import {
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import {
+  ConflictError,
+  InvalidInputError,
+  isNoSpace,
+  NotFoundError,
+  StorageFullError,
+} from '../common/errors.js';
 import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
 import { validateKey } from './adapter.js';
 import { checkRange, clampRange, validateListPrefix } from './adapter-support.js';
-import { ConflictError, InvalidInputError, isNoSpace, NotFoundError, StorageFullError } from './errors.js';
 
 /**
  * Blobs as files under one root folder; a key's '/' segments are folders. The adapter does not fan out
@@ -40,6 +46,13 @@ export interface LocalStorageOptions {
 }
 
 const TEMP_PREFIX = '.tmp~';
+/**
+ * Objects are readable by the server's user only, and so are the folders: a chunk's name is the hash of its
+ * content, so even a listing tells another local user which known files are stored. A mode can only lose
+ * bits to the umask, so these hold whatever it is.
+ */
+const FILE_MODE = 0o600;
+const FOLDER_MODE = 0o700;
 const DEFAULT_TEMP_MAX_AGE_MS = 15 * 60 * 1000;
 /** Files a listing stats at once; bounded so a huge fan-out folder cannot open thousands of handles. */
 const STAT_CONCURRENCY = 32;
@@ -50,7 +63,7 @@ export async function openLocalStorage(
   root: string,
   options: LocalStorageOptions = {},
 ): Promise<StorageAdapter> {
-  await mkdir(root, { recursive: true });
+  await mkdir(root, { recursive: true, mode: FOLDER_MODE });
   const resolvedRoot = await realpath(root);
   const rootStat = await stat(resolvedRoot);
   if (!rootStat.isDirectory()) throw new InvalidInputError(`storage root ${root} is not a directory`);
@@ -82,10 +95,10 @@ class LocalStorage implements StorageAdapter {
     let renamed = false;
     try {
       // The fan-out folder almost always exists already: create it only when the open says it is missing.
-      handle = await open(temp, 'wx', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+      handle = await open(temp, 'wx', FILE_MODE).catch(async (err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT' && err.code !== 'ENOTDIR') throw err;
         await this.createFolders(folder, key);
-        return await open(temp, 'wx', 0o644);
+        return await open(temp, 'wx', FILE_MODE);
       });
       if (data instanceof Uint8Array) {
         await handle.writeFile(data);
@@ -122,7 +135,7 @@ class LocalStorage implements StorageAdapter {
   private async createFolders(folder: string, key: string): Promise<void> {
     let firstCreated: string | undefined;
     try {
-      firstCreated = await mkdir(folder, { recursive: true });
+      firstCreated = await mkdir(folder, { recursive: true, mode: FOLDER_MODE });
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOTDIR' || code === 'EEXIST') {

@@ -13,16 +13,16 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
-import { validateKey } from './adapter.js';
-import { checkRange, readAll, readInto, validateListPrefix } from './adapter-support.js';
 import {
   DiskvaultError,
   InvalidInputError,
   isDiskvaultError,
   NotFoundError,
   StorageFullError,
-} from './errors.js';
+} from '../common/errors.js';
+import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
+import { validateKey } from './adapter.js';
+import { checkRange, readAll, readInto, validateListPrefix } from './adapter-support.js';
 
 /**
  * Blobs as objects in one S3 bucket (AWS or any S3-compatible server), optionally under a key prefix.

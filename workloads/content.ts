@@ -1,11 +1,9 @@
 import { gzipSync } from 'node:zlib';
 import { noise, Rng } from './random.js';
 
-/**
- * The contents a used Linux disk holds, generated: prose and source code, configuration, logs, compiled
- * binaries, compressed archives and media, database pages. Each kind compresses and deduplicates roughly as
- * the real thing does, which is what a backup of the disk is sensitive to; none is copied from this machine.
- */
+// The contents a used Linux disk holds, generated: prose and source code, configuration, logs, compiled
+// binaries, compressed archives and media, database pages. Each kind compresses and deduplicates roughly as
+// the real thing does, which is what a backup of the disk is sensitive to; none is copied from this machine.
 
 const SYLLABLES = [
   'al',

@@ -21,17 +21,7 @@ import { noise, Rng } from './random.js';
 
 const run = promisify(execFile);
 
-/**
- * A realistic disk-image workload: an ext4 filesystem of a used Linux machine (packages with their libraries,
- * programs, documentation and Python modules; configuration; logs; a database; a user's photos, videos,
- * downloads and documents; an apt cache; a mostly empty container image), with old data in its free space
- * as a used disk has, then nights of the changes such a machine sees, applied to copies of the image in
- * place with debugfs: logs rotated and grown, packages upgraded (code inserted and removed, so content moves),
- * files deleted and added, a configuration edited, database pages rewritten where they lie.
- *
- * Everything is generated from `seed`: the same seed, size and e2fsprogs build give the same bytes.
- * Needs e2fsprogs (mke2fs, debugfs, e2fsck) and coreutils' cp.
- */
+/** What to build: the image size, how many nights, and the seed everything derives from. */
 export interface Ext4NightsOptions {
   /** Image size in bytes (a multiple of 4096). */
   size: number;
@@ -77,6 +67,18 @@ interface Machine {
   budget: number;
 }
 
+/**
+ * Writes outDir/night0.img … night<nights>.img and returns their paths: a realistic disk-image workload.
+ * night0 is an ext4 filesystem of a used Linux machine (packages with their libraries,
+ * programs, documentation and Python modules; configuration; logs; a database; a user's photos, videos,
+ * downloads and documents; an apt cache; a mostly empty container image), with old data in its free space
+ * as a used disk has, then nights of the changes such a machine sees, applied to copies of the image in
+ * place with debugfs: logs rotated and grown, packages upgraded (code inserted and removed, so content moves),
+ * files deleted and added, a configuration edited, database pages rewritten where they lie.
+ *
+ * Everything is generated from `seed`: the same seed, size and e2fsprogs build give the same bytes.
+ * Needs e2fsprogs (mke2fs, debugfs, e2fsck) and coreutils' cp.
+ */
 export async function buildExt4Nights(outDir: string, opts: Ext4NightsOptions): Promise<string[]> {
   if (opts.size % BLOCK !== 0 || opts.size < 16 * 2 ** 20) {
     throw new Error(`image size ${opts.size}: expected a multiple of 4096 of at least 16 MiB`);

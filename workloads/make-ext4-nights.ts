@@ -1,7 +1,5 @@
-/**
- * `node dist/workloads/make-ext4-nights.js OUTDIR [NIGHTS] [SIZE] [SEED]`: writes OUTDIR/night0.img …
- * night<NIGHTS>.img, the generated ext4 workload (defaults: 3 nights, 2G, seed 1). See ext4-nights.ts.
- */
+// `node dist/workloads/make-ext4-nights.js OUTDIR [NIGHTS] [SIZE] [SEED]`: writes OUTDIR/night0.img …
+// night<NIGHTS>.img, the generated ext4 workload (defaults: 3 nights, 2G, seed 1). See ext4-nights.ts.
 import { buildExt4Nights, parseSize } from './ext4-nights.js';
 
 const [out, nights = '3', size = '2G', seed = '1'] = process.argv.slice(2);

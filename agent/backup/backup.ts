@@ -1,14 +1,13 @@
 import { availableParallelism } from 'node:os';
 import type { SnapshotInfo } from '../../api/protocol.js';
+import { InvalidInputError } from '../../common/errors.js';
+import { checkName, TAG_PATTERN } from '../../common/names.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import {
   type ChunkerParams,
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
-  NAME_PATTERN,
-  TAG_PATTERN,
 } from '../../repo-engine/manifest-codec.js';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
 import { untilAborted } from '../interrupt.js';
 import type { ImageSource } from '../source.js';
@@ -26,6 +25,7 @@ import { WorkerPool } from './worker-pool.js';
 /** How often the live counters are reported between window boundaries. */
 const PROGRESS_TICK_MS = 250;
 
+/** What runBackup needs: the source, where it goes, and its tunables. */
 export interface BackupOptions {
   client: DiskvaultClient;
   source: ImageSource;
@@ -262,10 +262,8 @@ function sameChunker(a: ChunkerParams, b: ChunkerParams): boolean {
 }
 
 function checkNames(host: string, disk: string, tags: string[], time: string): void {
-  if (!NAME_PATTERN.test(host))
-    throw new InvalidInputError(`host name '${host}' is invalid (letters, digits, . _ -)`);
-  if (!NAME_PATTERN.test(disk))
-    throw new InvalidInputError(`disk name '${disk}' is invalid (letters, digits, . _ -)`);
+  checkName('host name', host);
+  checkName('disk name', disk);
   for (const t of tags) if (!TAG_PATTERN.test(t)) throw new InvalidInputError(`tag '${t}' is invalid`);
   if (tags.length > 64) throw new InvalidInputError('at most 64 tags');
   if (Number.isNaN(Date.parse(time))) throw new InvalidInputError(`time '${time}' is not an ISO 8601 date`);

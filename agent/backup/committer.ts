@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
 import type { SnapshotInfo } from '../../api/protocol.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
+import { compressionWorthwhile } from '../../common/limits.js';
 import type { ManifestHeader } from '../../repo-engine/manifest-codec.js';
-import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
 import type { ImageSource } from '../source.js';
 import type { BackupProgress } from './backup.js';
@@ -78,7 +79,7 @@ export class Committer {
             );
           }
           const z = compress(buf, { compressionLevel: level });
-          const useZ = z.length < buf.length * 0.97;
+          const useZ = compressionWorthwhile(z.length, buf.length);
           await o.client.putChunk(o.sessionId, c.id, useZ ? z : buf, useZ ? 'zstd' : 'raw');
           progress.newChunks++;
           progress.newBytes += c.length;

@@ -1,4 +1,4 @@
-import { DiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 
 /**

@@ -1,10 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import type { Job, JobResult, WorkerInit } from './worker.js';
 
-/**
- * Threads running agent/backup/worker.ts. Jobs go to the first idle worker, or wait in a queue; results come
- * back as promises. A worker that dies fails every job it held and the pool with it (the backup aborts).
- */
 interface Pending {
   job: Job;
   transfer: ArrayBuffer[];
@@ -20,6 +16,10 @@ class Thread {
   }
 }
 
+/**
+ * Threads running agent/backup/worker.ts. Jobs go to the first idle worker, or wait in a queue; results come
+ * back as promises. A worker that dies fails every job it held and the pool with it (the backup aborts).
+ */
 export class WorkerPool {
   private readonly threads: Thread[];
   private readonly queue: Pending[] = [];

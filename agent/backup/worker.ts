@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 import zstdBinding from 'zstd-napi/binding.js';
+import { compressionWorthwhile } from '../../common/limits.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
 import { cutOffsets, reserveCutCapacity } from './fastcdc-direct.js';
 import type { PreviousSlice } from './previous-manifest.js';
@@ -158,7 +159,7 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
         );
         // Not worth the server's decompression when it saves under 3%: the main thread sends the raw bytes
         // straight from the shared window, and the next chunk overwrites this attempt.
-        if (length < raw.length * 0.97) {
+        if (compressionWorthwhile(length, raw.length)) {
           compressed[k] = 1;
           at += length;
         }

@@ -7,10 +7,13 @@ import type {
   RetentionPolicy,
   SnapshotInfo,
 } from '../../api/protocol.js';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { DiskvaultError, type ErrorCode } from '../../common/errors.js';
+import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
-import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
-import { EXIT_FAILURE, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 /**
@@ -106,10 +109,10 @@ export async function run(argv: string[], command: string): Promise<number> {
     process.stdout.write(USAGE[command] + CONNECTION_HELP);
     return EXIT_OK;
   }
-  const client = new DiskvaultClient(
-    resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]),
-  );
+  const cfg = resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]);
   const json = values.json === true;
+  warnIfPlainHttp(cfg.server, command, json);
+  const client = new DiskvaultClient(cfg);
   try {
     switch (command) {
       case 'forget':
@@ -373,15 +376,4 @@ function formatAge(ms: number): string {
   const hours = ms / 3_600_000;
   if (hours < 1) return `${Math.round(ms / 60_000)} min ago`;
   return hours < 48 ? `${hours.toFixed(1)} h ago` : `${(hours / 24).toFixed(1)} days ago`;
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }

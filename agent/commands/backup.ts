@@ -1,17 +1,13 @@
 import { stat } from 'node:fs/promises';
-import { parseSize } from '../../api/config.js';
-import { NAME_PATTERN, TAG_PATTERN } from '../../repo-engine/manifest-codec.js';
+import { EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
+import { nameProblem, TAG_PATTERN } from '../../common/names.js';
+import { formatBytes, parseSize } from '../../common/units.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
-import {
-  EXIT_OK,
-  EXIT_UNREADABLE,
-  parseCommandArgs,
-  resolveClientConfig,
-  UsageError,
-} from '../cli-support.js';
+import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { EXIT_INTERRUPTED, interruptOnSigint } from '../interrupt.js';
-import { createProgressReporter, formatBytes } from '../progress.js';
+import { interruptOnSigint } from '../interrupt.js';
+import { warnIfPlainHttp } from '../plain-http.js';
+import { createProgressReporter } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
 import { openSource } from '../sources/open.js';
 
@@ -27,7 +23,8 @@ options:
   --host NAME            the machine the disk belongs to
   --disk NAME            the disk's name on that machine
   --tag T                a tag for the snapshot (repeatable)
-  --time ISO8601         the time the snapshot represents (default: now)
+  --time ISO8601         the time the snapshot represents (default: now); an earlier time than the
+                         backup's start is an import and needs an admin token
   --format F             raw, qcow2, vhd, vmdk, vdi (default: detect)
   --concurrency N        chunk uploads in flight (default 8)
   --compression-level N  zstd level for uploads, -5..19 (default 1)
@@ -56,10 +53,13 @@ export async function run(argv: string[]): Promise<number> {
     throw new UsageError('give exactly one SOURCE (a file, a block device, or - for stdin)');
   const host = required(values.host, '--host');
   const disk = required(values.disk, '--disk');
-  if (!NAME_PATTERN.test(host))
-    throw new UsageError(`--host '${host}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
-  if (!NAME_PATTERN.test(disk))
-    throw new UsageError(`--disk '${disk}' is invalid: letters, digits, '.', '_' and '-', up to 128`);
+  for (const [flag, name] of [
+    ['--host', host],
+    ['--disk', disk],
+  ]) {
+    const problem = nameProblem(flag, name);
+    if (problem) throw new UsageError(problem);
+  }
   const tags = values.tag ?? [];
   for (const t of tags) if (!TAG_PATTERN.test(t)) throw new UsageError(`--tag '${t}' is invalid`);
   let time: string | undefined;
@@ -88,6 +88,7 @@ export async function run(argv: string[]): Promise<number> {
         : `diskvault backup: warning: ${w.message}\n`,
     );
   }
+  warnIfPlainHttp(cfg.server, 'backup', values.json === true);
   const interrupt = interruptOnSigint();
   const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   const reporter = createProgressReporter({

@@ -1,12 +1,13 @@
 import { isIP } from 'node:net';
-import { parseListen, parseSize } from '../../api/config.js';
+import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { formatBytes, parseListen, parseSize } from '../../common/units.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
-import { EXIT_OK, parseCommandArgs, resolveClientConfig, UsageError } from '../cli-support.js';
+import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
-import { formatBytes } from '../progress.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { decodeChunk } from '../restore/chunk-decoder.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { DecodePool } from '../restore/decode-pool.js';
@@ -58,6 +59,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
   const fetcher = clientChunkFetcher(client);
   const decoders = new DecodePool();

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 

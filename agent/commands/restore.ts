@@ -1,15 +1,10 @@
+import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
-import {
-  EXIT_FAILURE,
-  EXIT_OK,
-  EXIT_UNREADABLE,
-  parseCommandArgs,
-  resolveClientConfig,
-  UsageError,
-} from '../cli-support.js';
+import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { EXIT_INTERRUPTED, interruptOnSigint } from '../interrupt.js';
+import { interruptOnSigint } from '../interrupt.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
@@ -72,6 +67,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const report = targetPath === '-' ? process.stderr : process.stdout;
 
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, json);
   const interrupt = interruptOnSigint();
   const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   let hold: ChunkHold | undefined;

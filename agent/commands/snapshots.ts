@@ -1,7 +1,9 @@
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { CLIENT_OPTIONS, EXIT_OK, resolveClientConfig, UsageError } from '../cli-support.js';
+import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { CLIENT_OPTIONS, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 
 const USAGE = `usage: diskvault snapshots [--host NAME] [--disk NAME] [--json] [--server URL --token T] [--cacert FILE]
 
@@ -23,6 +25,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   }
   void command;
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient(cfg);
   try {
     const list = (await client.listSnapshots({ host: values.host, disk: values.disk })).sort(

@@ -1,18 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
+import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
-import { DiskvaultError, isDiskvaultError } from '../../storage-adapters/errors.js';
-import {
-  CLIENT_OPTIONS,
-  EXIT_FAILURE,
-  EXIT_OK,
-  resolveClientConfig,
-  trustedCertificates,
-  UsageError,
-} from '../cli-support.js';
+import { CLIENT_OPTIONS, resolveClientConfig, trustedCertificates } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { createProgressReporter, formatBytes } from '../progress.js';
+import { createProgressReporter } from '../progress.js';
 import { ChunkCopier } from '../sync/chunk-copier.js';
 import { copySnapshot } from '../sync/copy-snapshot.js';
 import { planSync, type SyncScope, targetTenant } from '../sync/plan.js';
@@ -248,7 +243,7 @@ async function sync(
         );
       } catch (err) {
         const code = isDiskvaultError(err) ? err.code : 'Internal';
-        if (code === 'NotFound') {
+        if (code === 'NotFound' && !(await stillOnSource(source, snap.id))) {
           // Forgotten on the source since it was listed: nothing to copy, and nothing was committed.
           say(`gone    ${snap.id.slice(0, 12)}  forgotten on the source meanwhile`, {
             type: 'snapshot',
@@ -316,6 +311,20 @@ async function sync(
     );
   }
   return summary.snapshotsFailed > 0 ? EXIT_FAILURE : EXIT_OK;
+}
+
+/**
+ * NotFound may be the source's (the snapshot, or a chunk of it, forgotten and collected meanwhile) or the
+ * destination's (an upload session that expired while the source stalled): only the first means "gone".
+ */
+async function stillOnSource(source: DiskvaultClient, id: string): Promise<boolean> {
+  try {
+    await source.getSnapshot(id);
+    return true;
+  } catch (err) {
+    if (isDiskvaultError(err) && err.code === 'NotFound') return false;
+    throw err;
+  }
 }
 
 function describe(s: SnapshotInfo) {

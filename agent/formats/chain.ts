@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { MAX_CHAIN_DEPTH } from './limits.js';
 

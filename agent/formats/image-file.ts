@@ -1,6 +1,6 @@
 import { type FileHandle, open } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError } from '../../common/errors.js';
 
 /**
  * One open container file: positional reads that say which structure fell off the end of the file, so a

@@ -1,4 +1,4 @@
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { type ChainContext, type ContainerFormat, enterChain } from './chain.js';
 import { type DetectedFormat, detectFormat } from './detect.js';

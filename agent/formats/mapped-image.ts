@@ -1,4 +1,4 @@
-import { CorruptError } from '../../storage-adapters/errors.js';
+import { CorruptError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import type { ImageFile } from './image-file.js';
 import { SECTOR } from './limits.js';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { ConflictError, InvalidInputError } from '../../storage-adapters/errors.js';
+import { ConflictError, InvalidInputError } from '../../common/errors.js';
 import { MAX_VIRTUAL_SIZE, SECTOR } from './limits.js';
 
 /**

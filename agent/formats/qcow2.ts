@@ -2,7 +2,7 @@ import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
 import { decompress as zstdDecompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { type ChainContext, type ContainerFormat, type OpenBacking, resolveBackingPath } from './chain.js';
 import type { ImageFile } from './image-file.js';

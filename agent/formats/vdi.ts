@@ -1,4 +1,4 @@
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import type { ImageFile } from './image-file.js';
 import { MAX_TOP_TABLE_BYTES, MAX_VIRTUAL_SIZE, SECTOR } from './limits.js';

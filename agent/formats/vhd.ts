@@ -1,6 +1,6 @@
 import { access } from 'node:fs/promises';
 import { LRUCache } from 'lru-cache';
-import { CorruptError, InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { type ChainContext, type OpenBacking, resolveBackingPath } from './chain.js';
 import type { ImageFile } from './image-file.js';

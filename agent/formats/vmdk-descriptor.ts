@@ -1,4 +1,4 @@
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 
 /**
  * The text descriptor of a VMDK (a file of its own, or embedded in a sparse extent): the disk type, the

@@ -1,6 +1,6 @@
 import { inflateSync } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
+import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { resolveBackingPath } from './chain.js';
 import { ConcatSource, type Part } from './concat-source.js';

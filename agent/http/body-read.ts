@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { ErrorBody } from '../../api/protocol.js';
+import { codeForStatus, DiskvaultError, isErrorCode } from '../../common/errors.js';
 import type { BufferAllocator } from '../../storage-adapters/adapter.js';
-import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import type { Response } from './transport.js';
 
 /**
@@ -74,20 +74,6 @@ export async function readJson(res: Response): Promise<unknown> {
   }
 }
 
-const KNOWN_CODES = new Set<ErrorCode>([
-  'NotFound',
-  'HashMismatch',
-  'StorageFull',
-  'Conflict',
-  'InvalidInput',
-  'Unauthorized',
-  'Forbidden',
-  'TooLarge',
-  'Corrupt',
-  'Unavailable',
-  'TooManyRequests',
-]);
-
 /** Turns a non-2xx response into the DiskvaultError the server meant, keeping its message and details. */
 export async function errorFrom(res: Response): Promise<DiskvaultError> {
   let body: Partial<ErrorBody> = {};
@@ -97,41 +83,8 @@ export async function errorFrom(res: Response): Promise<DiskvaultError> {
   } catch {
     body = {};
   }
-  const code = KNOWN_CODES.has(body.code as ErrorCode) ? (body.code as ErrorCode) : statusCode(res.status);
+  const code = isErrorCode(body.code) ? body.code : codeForStatus(res.status);
   const message =
     typeof body.message === 'string' && body.message ? body.message : `server answered HTTP ${res.status}`;
   return new DiskvaultError(code, message, { status: res.status, ...(body.details ?? {}) });
-}
-
-function statusCode(status: number): ErrorCode {
-  switch (status) {
-    case 400:
-      return 'InvalidInput';
-    case 401:
-      return 'Unauthorized';
-    case 403:
-      return 'Forbidden';
-    case 404:
-      return 'NotFound';
-    case 409:
-      return 'Conflict';
-    case 413:
-      return 'TooLarge';
-    case 422:
-      return 'HashMismatch';
-    case 429:
-      return 'TooManyRequests';
-    case 507:
-      return 'StorageFull';
-    default:
-      return 'Unavailable';
-  }
-}
-
-/** No repository's chunker may cut a chunk larger than this, so no chunk download needs more room. */
-export const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
-
-/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
-export function zstdBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
 }

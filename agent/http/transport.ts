@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Readable } from 'node:stream';
 import { AGENT_USER_AGENT } from '../../api/version.js';
-import { DiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError } from '../../common/errors.js';
 import { paced, type RateLimiter } from '../rate-limit.js';
 
 /** A body that can be sent again on retry (a Buffer), or sent once (a stream). */

@@ -2,13 +2,6 @@ import { once } from 'node:events';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { ConnectionClosed, SocketReader } from './socket-reader.js';
 
-/**
- * A read-only NBD server (the protocol of nbd-client, qemu and libnbd: NetworkBlockDevice/nbd doc/proto.md)
- * for one export: fixed newstyle handshake, NBD_OPT_GO/INFO/EXPORT_NAME/LIST/ABORT, and simple replies.
- * Reads may run concurrently and answer out of order (the handle says which is which); writes are refused
- * with EPERM. Structured replies and metadata contexts are declined, which every client must accept.
- */
-
 /** What is served: a fixed size and positional reads within it. */
 export interface NbdExport {
   name: string;
@@ -55,6 +48,12 @@ const ERRNO = { EPERM: 1, EIO: 5, EINVAL: 22 } as const;
 /** Option payloads are names and short lists; anything larger is not a client we can talk to. */
 const MAX_OPTION_BYTES = 64 * 1024;
 
+/**
+ * A read-only NBD server (the protocol of nbd-client, qemu and libnbd: NetworkBlockDevice/nbd doc/proto.md)
+ * for one export: fixed newstyle handshake, NBD_OPT_GO/INFO/EXPORT_NAME/LIST/ABORT, and simple replies.
+ * Reads may run concurrently and answer out of order (the handle says which is which); writes are refused
+ * with EPERM. Structured replies and metadata contexts are declined, which every client must accept.
+ */
 export class NbdServer {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
+import { InvalidInputError } from '../../common/errors.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
 import { ZeroChunks } from '../restore/zero-chunks.js';
 
 /** Where a chunk's raw bytes come from, already checked against the id (in `diskvault nbd`, the restore's decode pool). */

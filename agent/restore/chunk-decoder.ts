@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import binding from 'zstd-napi/binding.js';
-import { CorruptError, HashMismatchError } from '../../storage-adapters/errors.js';
+import { CorruptError, HashMismatchError } from '../../common/errors.js';
 import type { FetchedChunk } from './chunk-fetcher.js';
 
 // binding.js is CommonJS that loads the addon by computed path: Node cannot see its named exports.

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { DiskvaultError, type ErrorCode } from '../../common/errors.js';
 import { type BufferRecycler, ownedArrayBuffer } from '../../repo-engine/buffer-recycler.js';
-import { DiskvaultError, type ErrorCode } from '../../storage-adapters/errors.js';
 import type { FetchedChunk } from './chunk-fetcher.js';
 import type { DecodeJob, DecodeReply } from './decode-worker.js';
 

@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { isDiskvaultError } from '../../storage-adapters/errors.js';
+import { isDiskvaultError } from '../../common/errors.js';
 import { decodeChunk } from './chunk-decoder.js';
 
 /** Decompresses and hash-checks chunks for decode-pool.ts, so the main thread only moves bytes. */

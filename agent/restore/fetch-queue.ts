@@ -1,5 +1,5 @@
+import type { DiskvaultError } from '../../common/errors.js';
 import type { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
-import type { DiskvaultError } from '../../storage-adapters/errors.js';
 import { decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';
@@ -75,7 +75,17 @@ export class FetchQueue {
     return got;
   }
 
+  /** Resolves once every started download has settled (decoded or failed); never rejects. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.inFlight.values()]);
+  }
+
+  /**
+   * Waits for the started downloads, then closes the decode threads: a download settling after the close
+   * would start a new decode pool that keeps the process alive after a failed restore.
+   */
   async close(): Promise<void> {
+    await this.settle();
     await this.decoders?.close();
   }
 

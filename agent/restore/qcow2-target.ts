@@ -1,4 +1,4 @@
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 import { Qcow2Writer } from '../formats/qcow2-writer.js';
 import type { RestoreTarget } from './restore-target.js';
 

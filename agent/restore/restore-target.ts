@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { createWriteStream, constants as fsc } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
-import { InvalidInputError, isNoSpace, StorageFullError } from '../../storage-adapters/errors.js';
+import { InvalidInputError, isNoSpace, StorageFullError } from '../../common/errors.js';
 import { deviceGeometry } from '../sources/block-device.js';
 
 /**

@@ -1,6 +1,6 @@
+import { InvalidInputError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { FetchQueue } from './fetch-queue.js';
 import { ImageHasher } from './image-hasher.js';
@@ -149,8 +149,10 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
       result.verified = result.sha256 === header.sha256 && result.damaged.length === 0;
     }
   } finally {
-    // Let every started write settle before the caller closes the file under it.
-    await writer.settle();
+    // Let every started write settle before the caller closes the file under it, and every started download
+    // settle before the decoders close: a download finishing later would start a new decode pool that keeps
+    // the process alive after a failed restore.
+    await Promise.all([writer.settle(), queue.settle()]);
     await imageHash?.close();
     await scanner?.close();
     await queue.close();

@@ -1,6 +1,6 @@
 import type { SnapshotInfo } from '../../api/protocol.js';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import { HEX64 } from '../../repo-engine/manifest-codec.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
 
 /**

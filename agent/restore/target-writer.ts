@@ -1,5 +1,5 @@
+import { type DiskvaultError, HashMismatchError, isDiskvaultError } from '../../common/errors.js';
 import type { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
-import { type DiskvaultError, HashMismatchError, isDiskvaultError } from '../../storage-adapters/errors.js';
 import type { Slot } from './fetch-queue.js';
 import type { ImageHasher } from './image-hasher.js';
 import { appendRange } from './ranges.js';

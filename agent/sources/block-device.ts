@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 
 /**
  * Size and logical sector size of a block device. Node cannot issue the BLKGETSIZE64 ioctl, so both come

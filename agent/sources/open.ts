@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { RawFileSource } from './raw-file.js';
 import { StreamSource } from './stdin.js';

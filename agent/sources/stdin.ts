@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 
 /**

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { DiskvaultError, HashMismatchError } from '../../storage-adapters/errors.js';
+import { DiskvaultError, HashMismatchError } from '../../common/errors.js';
 import type { DiskvaultClient } from '../client.js';
 import { decompressExactly } from '../zstd-bounded.js';
 

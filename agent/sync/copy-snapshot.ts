@@ -1,4 +1,5 @@
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
+import { DiskvaultError, InvalidInputError } from '../../common/errors.js';
 import {
   ID_BYTES,
   MANIFEST_ENTRY_BYTES,
@@ -6,7 +7,6 @@ import {
   ManifestReader,
   ManifestWriter,
 } from '../../repo-engine/manifest-codec.js';
-import { DiskvaultError, InvalidInputError } from '../../storage-adapters/errors.js';
 import type { DiskvaultClient } from '../client.js';
 import type { ChunkCopier, ChunkRef } from './chunk-copier.js';
 

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../agent/cli-support.js';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
 import { RepositoryKeyFile, RepositoryKeyFileError, repositoryKeyPath } from '../repository-key-file.js';
 
 const USAGE = `usage: diskvault server key show [--data DIR] [--repository-key-file FILE] [--json]

@@ -1,6 +1,6 @@
-import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../agent/cli-support.js';
-import { isDiskvaultError } from '../../storage-adapters/errors.js';
-import { ConfigError, parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
+import { ConfigError, EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { isDiskvaultError } from '../../common/errors.js';
+import { parseServerArgs, SERVER_USAGE, type ServerConfig } from '../config.js';
 import { RepositoryKeyFileError } from '../repository-key-file.js';
 import type { RunningService } from '../service.js';
 import { loadTlsCredentials, type TlsCredentials, TlsCredentialsError } from '../tls-credentials.js';

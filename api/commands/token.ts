@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { EXIT_OK, UsageError } from '../../agent/cli-support.js';
+import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { createToken, ROLES, type Role, readTokens, revokeToken } from '../token-store.js';
 
 const USAGE = `usage: diskvault token create --role agent|admin|reader [--host H]... [--tenant T] [--data DIR] [--json]

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
+import { CorruptError } from '../../common/errors.js';
 import { ID_BYTES, MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
 import type { RepositoryApi } from '../../repo-engine/types.js';
-import { CorruptError } from '../../storage-adapters/errors.js';
 
 /**
  * A snapshot's chunk list laid out for random access: where each chunk starts (a Float64Array, exact for

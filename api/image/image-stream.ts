@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import { CorruptError } from '../../common/errors.js';
 import type { RepositoryApi } from '../../repo-engine/types.js';
-import { CorruptError } from '../../storage-adapters/errors.js';
 import type { ImageIndex } from './image-index.js';
 
 /** How far a stream reads ahead of what the socket has taken. */

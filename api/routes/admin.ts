@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common/errors.js';
 import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
-import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import {
   isGlobalAdmin,
   isReader,

@@ -1,19 +1,15 @@
 import type { IncomingMessage } from 'node:http';
 import type { Server } from 'restify';
 import { decompress } from 'zstd-napi';
+import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common/errors.js';
+import { zstdBound } from '../../common/limits.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import type { ChunkLease } from '../../repo-engine/types.js';
-import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { requireWriter, tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
 import { type ApiContext, param, query, route } from '../context.js';
 import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
 import { checkId, checkSessionId } from '../validation.js';
-
-/** Worst-case zstd output for `n` input bytes (ZSTD_COMPRESSBOUND) plus frame slack. */
-export function zstdBound(n: number): number {
-  return n + (n >>> 8) + (n < 128 * 1024 ? (128 * 1024 - n) >>> 11 : 0) + 1024;
-}
 
 function requestEncoding(req: IncomingMessage): 'raw' | 'zstd' {
   const h = (req.headers['content-encoding'] ?? '').trim().toLowerCase();

@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { NotFoundError } from '../../storage-adapters/errors.js';
+import { NotFoundError } from '../../common/errors.js';
 import { maySeeSnapshot } from '../auth.js';
 import { type ApiContext, param, route } from '../context.js';
 import { serveImage } from '../image/serve-image.js';

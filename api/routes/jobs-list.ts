@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { InvalidInputError } from '../../storage-adapters/errors.js';
+import { InvalidInputError } from '../../common/errors.js';
 import { isGlobalAdmin, requireAdmin } from '../auth.js';
 import { type ApiContext, query, route, sendJson } from '../context.js';
 import type { JobInfo } from '../protocol.js';

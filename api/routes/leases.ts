@@ -1,6 +1,6 @@
 import type { Server } from 'restify';
+import { DiskvaultError, NotFoundError } from '../../common/errors.js';
 import type { SnapshotLeaseInfo } from '../../repo-engine/types.js';
-import { DiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { maySeeSnapshot, type Principal } from '../auth.js';
 import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';
 import type { SnapshotLeaseResponse } from '../protocol.js';

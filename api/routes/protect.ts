@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { NotFoundError } from '../../storage-adapters/errors.js';
+import { NotFoundError } from '../../common/errors.js';
 import { maySeeSnapshot, requireAdmin } from '../auth.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import type { SnapshotResponse } from '../protocol.js';

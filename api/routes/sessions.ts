@@ -1,9 +1,10 @@
 import type { Server } from 'restify';
-import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
+import { readJsonMissingQuery } from '../missing-query.js';
 import {
   type CommitResponse,
   type CreateSessionResponse,
@@ -13,7 +14,7 @@ import {
   MAX_MISSING_IDS,
   type MissingResponse,
 } from '../protocol.js';
-import { asObject, checkId, checkIdList, checkName, checkSessionId, optionalName } from '../validation.js';
+import { asObject, checkId, checkName, checkSessionId, optionalName } from '../validation.js';
 
 /** Upload sessions: open, ask which chunks are missing, commit the manifest, or abort. */
 export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
@@ -87,9 +88,12 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         res.end(missing);
         return;
       }
-      const ids = checkIdList(asObject(await readJson(req)).ids);
+      const ids = await readJsonMissingQuery(req);
       touch(sid);
-      const out: MissingResponse = { missing: await repo.filterMissing(sid, ids) };
+      const missing = await repo.filterMissingBinary(sid, ids);
+      const out: MissingResponse = { missing: [] };
+      for (let at = 0; at < missing.length; at += ID_BYTES)
+        out.missing.push(missing.toString('hex', at, at + ID_BYTES));
       sendJson(res, 200, out);
     }),
   );
@@ -99,8 +103,8 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       requireWriter(p);
       const sid = checkSessionId(param(req, 'id'));
-      // ?id= keeps a snapshot's id (and the manifest's time) as another repository gave it: only an admin
-      // may choose an id, since an agent could otherwise squat on ids another repository will bring.
+      // ?id= keeps the id another repository gave a snapshot (a copy). Only an admin may choose an id: an
+      // agent could otherwise squat on ids a copy will bring.
       const keepId = query(req).get('id') ?? undefined;
       if (keepId !== undefined) {
         requireAdmin(p);
@@ -114,10 +118,18 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       refuseDeclaredOver(req, ctx.maxManifestBytes, 'manifest');
       touch(sid);
       // Only an admin may commit a time from before the backup (an import); see repo-engine/snapshot-time.ts.
-      const snapshot = await repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
-        mayBackdate: p.role === 'admin',
-        ...(keepId !== undefined ? { id: keepId } : {}),
-      });
+      const snapshot = await ctx.commits
+        .run(() =>
+          repo.commit(sid, capped(req, ctx.maxManifestBytes, 'manifest'), {
+            mayBackdate: p.role === 'admin',
+            ...(keepId !== undefined ? { id: keepId } : {}),
+          }),
+        )
+        .catch((err: unknown) => {
+          const retry = (err as { details?: { retryAfterSeconds?: unknown } }).details?.retryAfterSeconds;
+          if (typeof retry === 'number') res.setHeader('retry-after', String(retry));
+          throw err;
+        });
       sessions.forget(sid);
       ctx.metrics.commits++;
       const out: CommitResponse = { snapshot };

@@ -1,7 +1,7 @@
 import { pipeline } from 'node:stream/promises';
 import type { Server } from 'restify';
+import { NotFoundError } from '../../common/errors.js';
 import type { SnapshotInfo } from '../../repo-engine/types.js';
-import { NotFoundError } from '../../storage-adapters/errors.js';
 import { maySeeSnapshot, type Principal, requireAdmin, tenantScope } from '../auth.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';

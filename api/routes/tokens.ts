@@ -1,5 +1,5 @@
 import type { Server } from 'restify';
-import { ConflictError, InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
+import { ConflictError, InvalidInputError, NotFoundError } from '../../common/errors.js';
 import { isGlobalAdmin, type Principal, requireAdmin } from '../auth.js';
 import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson, sendNoContent } from '../context.js';

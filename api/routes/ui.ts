@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Request, Response, Server } from 'restify';
-import { NotFoundError } from '../../storage-adapters/errors.js';
+import { NotFoundError } from '../../common/errors.js';
 import { type ApiContext, route } from '../context.js';
 
 /** Where `npm run build` puts the web console (ui/ bundled): dist/ui, next to dist/api. */

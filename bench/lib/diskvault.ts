@@ -69,7 +69,8 @@ export interface DiskvaultPeer extends Peer {
  */
 export function diskvault(
   dir: string,
-  opts: { name?: string; s3?: S3Target; chunkAvg?: number } = {},
+  /** `encryption` 'none' makes a plaintext (format 1) repository; the default is the server's (encrypted). */
+  opts: { name?: string; s3?: S3Target; chunkAvg?: number; encryption?: 'aes-256-gcm' | 'none' } = {},
 ): DiskvaultPeer {
   const data = join(dir, 'data');
   let server: ChildProcess | undefined;
@@ -101,6 +102,7 @@ export function diskvault(
       if (opts.chunkAvg) {
         args.push('--chunk-avg', String(opts.chunkAvg));
       }
+      if (opts.encryption) args.push('--encryption', opts.encryption);
       server = spawn(DISKVAULT, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
       await waitForListening(server);
       token = readFileSync(join(data, 'admin.token'), 'utf8').trim();

@@ -2,7 +2,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
-import { parseListen, parseServerArgs, parseSize } from '../../api/config.js';
+import { parseServerArgs } from '../../api/config.js';
+import { parseListen, parseSize } from '../../common/units.js';
 
 test('sizes accept plain bytes and binary suffixes', (t) => {
   t.is(parseSize('1024'), 1024);

@@ -28,14 +28,16 @@ test.before(async () => {
     ['2026-11-02', [a, b, d, d]], // new over night 1: d, once
     ['2026-11-03', [a, e, c, b]], // new over night 2: e and c (c was in night 1, not night 2)
   ];
+  // Dated nights in the past are imports: only an admin token may commit a backdated time.
   for (const [day, chunks] of nights) {
-    const { snapshot } = await backup(srv.url, agent, 'web1', 'sda', chunks, {
+    const { snapshot } = await backup(srv.url, admin, 'web1', 'sda', chunks, {
       time: `${day}T02:00:00.000Z`,
     });
     ids.push(snapshot.id);
   }
-  const acmeAgent = await srv.makeToken('agent', ['shop'], 'acme');
-  await backup(srv.url, acmeAgent, 'shop', 'vda', [a, e], { time: '2026-11-03T03:00:00.000Z' });
+  // acme's own agent token: the token listings below count it.
+  await srv.makeToken('agent', ['shop'], 'acme');
+  await backup(srv.url, acmeAdmin, 'shop', 'vda', [a, e], { time: '2026-11-03T03:00:00.000Z' });
 });
 test.after.always(async () => {
   await srv?.stop();

@@ -198,7 +198,8 @@ test('a snapshot lease needs read rights, holds its snapshot through a forget an
 });
 
 test('a lease not renewed ends by itself and stops holding', async (t) => {
-  const srv = await startTestServer({ gcGraceMs: 0, sessionLeaseMs: 1000 });
+  // Long enough that a loaded machine still commits, takes the lease and runs the first gc within it.
+  const srv = await startTestServer({ gcGraceMs: 0, sessionLeaseMs: 5000 });
   t.teardown(() => srv.stop());
   const agent = await srv.makeToken('agent', ['e1']);
   const snap = (await backup(srv.url, agent, 'e1', 'sda', [chunkOf('expiring')])).snapshot;
@@ -207,7 +208,7 @@ test('a lease not renewed ends by itself and stops holding', async (t) => {
   t.is((await call(srv.url, srv.adminToken, 'DELETE', `/v1/snapshots/${snap.id}`)).status, 204);
   const held = await runJob(srv.url, srv.adminToken, '/v1/gc');
   t.is(held.result.chunksHeld, 1);
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + 15_000;
   while (Date.parse(taken.json.expiresAt) >= Date.now() && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, 100));
   const freed = await runJob(srv.url, srv.adminToken, '/v1/gc');

@@ -5,6 +5,7 @@ import path from 'node:path';
 import test from 'ava';
 import { encodeManifest, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
 import { snapshotKey } from '../../repo-engine/manifest-store.js';
+import type { Repository } from '../../repo-engine/repository.js';
 import type { VerifyReport } from '../../repo-engine/types.js';
 import {
   backup,
@@ -171,8 +172,12 @@ test.serial('verify reports a stored manifest that gives a chunk a wrong length'
     [huge, [real(other), { id: chunk.id, length: 4294967295 }]],
     [short, [{ id: chunk.id, length: 39_999 }]],
   ];
+  const objects = (srv.repo as Repository).storedObjects;
   for (const [id, entries] of planted)
-    await srv.storage.put(snapshotKey(id), manifest(entries, { id, tenant: 'default' }));
+    await srv.storage.put(
+      snapshotKey(id),
+      objects.sealManifest(snapshotKey(id), manifest(entries, { id, tenant: 'default' })),
+    );
   await srv.stop();
   srv = await startTestServer({ dataDir: path.join(dir, 'data') });
   const report = await runVerify();

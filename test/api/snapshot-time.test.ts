@@ -3,6 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import { encodeManifest } from '../../repo-engine/manifest-codec.js';
+import { snapshotKey } from '../../repo-engine/manifest-store.js';
+import type { Repository } from '../../repo-engine/repository.js';
 import { backup, call, chunkOf, commit, manifestFor, openSession } from '../helpers/api-client.js';
 import { startTestServer, TEST_CHUNKER } from '../helpers/server.js';
 
@@ -158,7 +160,8 @@ test('a future-dated manifest already in storage (left by an older server) count
       },
       [{ id: chunk.id, length: chunk.data.length }],
     );
-    await srv.storage.put(`snapshots/${id}`, legacy);
+    const key = snapshotKey(id);
+    await srv.storage.put(key, (srv.repo as Repository).storedObjects.sealManifest(key, legacy));
     const storedAt = Math.floor(Date.parse(real.receivedAt) / 1000) * 1000 + 60_000;
     await utimes(path.join(srv.dataDir, 'storage', 'snapshots', id), storedAt / 1000, storedAt / 1000);
     await srv.stop();

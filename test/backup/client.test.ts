@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { compress } from 'zstd-napi';
 import { DiskvaultClient } from '../../agent/client.js';
-import { DiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError } from '../../common/errors.js';
 
 /** The HTTP client against a scripted node:http server: what it retries, what it does not, what it checks. */
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse, n: number) => void;

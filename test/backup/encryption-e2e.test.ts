@@ -145,8 +145,8 @@ function spawnServerExpectingFailure(
     let stderr = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`server neither started nor failed in 20 s:\n${stdout}\n${stderr}`));
-    }, 20_000);
+      reject(new Error(`server neither started nor failed in 60 s:\n${stdout}\n${stderr}`));
+    }, 60_000);
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       stdout += d;

@@ -6,7 +6,7 @@ import { DiskvaultClient } from '../../agent/client.js';
 import { readBounded } from '../../agent/http/body-read.js';
 import { parseRetryAfter, RetryPolicy } from '../../agent/http/retry-policy.js';
 import type { Response } from '../../agent/http/transport.js';
-import { DiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError } from '../../common/errors.js';
 import { pollUntil } from '../helpers/poll.js';
 
 /** The client's parts on their own: the retry policy, bounded body reads, Retry-After and cancelling. */

@@ -10,13 +10,13 @@ import { Semaphore } from '../../agent/backup/semaphore.js';
 import { type Window, WindowRing } from '../../agent/backup/window-ring.js';
 import { WorkerPool } from '../../agent/backup/worker-pool.js';
 import { DiskvaultClient } from '../../agent/client.js';
+import type { DiskvaultError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import {
   MANIFEST_ENTRY_BYTES,
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
 } from '../../repo-engine/manifest-codec.js';
-import type { DiskvaultError } from '../../storage-adapters/errors.js';
 import { FailingSource } from '../helpers/failing-source.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
 

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import test from 'ava';
+import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import {
   encodeEntry,
   encodeManifest,
@@ -8,7 +9,6 @@ import {
   ManifestReader,
   ManifestWriter,
 } from '../../repo-engine/manifest-codec.js';
-import { CorruptError, InvalidInputError } from '../../storage-adapters/errors.js';
 
 function header(entries: { id: string; length: number }[]): ManifestHeader {
   return {

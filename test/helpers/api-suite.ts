@@ -20,7 +20,7 @@ import { pollUntil } from './poll.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from './server.js';
 
 /**
- * Every route, both roles, every error status, and the tenant guarantees of issue 10, against a real
+ * Every route, both roles, every error status, and the tenant guarantees (docs/security.md), against a real
  * server on 127.0.0.1. Run unchanged over local storage and over the fake S3 server.
  */
 export function apiSuite(storage: 'local' | 's3'): void {

@@ -3,8 +3,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { compress, decompress } from 'zstd-napi';
 import type { DiskvaultClient } from '../../agent/client.js';
 import { REPOSITORY_KEY_FILE } from '../../api/repository-key-file.js';
+import { decodeStoredChunk, encodeStoredChunk } from '../../repo-engine/chunk-format.js';
 import { parseConfig } from '../../repo-engine/config.js';
 import {
   MANIFEST_ENTRY_BYTES,
@@ -140,9 +142,13 @@ export async function corruptStoredChunk(
     const codec = await storedObjectsOf(dataDir);
     const key = codec.chunkKey(id);
     const { stored } = codec.openChunk(key, await readFile(path), id);
-    const changed = Buffer.from(stored);
-    changed[changed.length - 10] ^= 0xff;
-    await writeFile(path, codec.sealChunk(id, changed));
+    // Well formed in every way the server checks (one zstd frame declaring the right length), only the
+    // content is another: one byte of the raw chunk flipped before it is compressed again.
+    const chunk = decodeStoredChunk(stored, id);
+    const raw = Buffer.from(chunk.encoding === 'zstd' ? decompress(chunk.payload) : chunk.payload);
+    raw[raw.length - 10] ^= 0xff;
+    const payload = chunk.encoding === 'zstd' ? compress(raw) : raw;
+    await writeFile(path, codec.sealChunk(id, encodeStoredChunk(chunk.encoding, raw.length, payload)));
     return;
   }
   const fh = await open(path, 'r+');

@@ -61,18 +61,20 @@ async function series(
 
 export async function seedConsoleFleet(srv: TestServer): Promise<ConsoleFleet> {
   const agent = await srv.makeToken('agent', ['web1', 'db1']);
-  const acmeAgent = await srv.makeToken('agent', ['shop'], 'acme');
+  await srv.makeToken('agent', ['shop'], 'acme');
   const acmeAdmin = await srv.makeToken('admin', [], 'acme');
+  // Nights dated in the past are imports, which only admin tokens may commit (docs/retention.md).
+  const admin = srv.adminToken;
   // web1/sda: fourteen nights up to last night, a few of them tagged.
-  await series(srv, agent, 'web1', 'sda', {
+  await series(srv, admin, 'web1', 'sda', {
     nights: Array.from({ length: 14 }, (_, i) => 13 - i),
     base: 12,
     changed: 2,
     tags: (i) => (i === 0 ? ['before-upgrade'] : i % 7 === 0 ? ['weekly'] : []),
   });
-  await series(srv, agent, 'web1', 'sdb', { nights: [2, 1, 0], base: 6, changed: 1 });
+  await series(srv, admin, 'web1', 'sdb', { nights: [2, 1, 0], base: 6, changed: 1 });
   // db1/nvme0n1 stopped three nights ago, and its last backup could not read two ranges.
-  await series(srv, agent, 'db1', 'nvme0n1', {
+  await series(srv, admin, 'db1', 'nvme0n1', {
     nights: [6, 5, 4, 3],
     base: 10,
     changed: 4,
@@ -81,7 +83,7 @@ export async function seedConsoleFleet(srv: TestServer): Promise<ConsoleFleet> {
       [200_704, 8192],
     ],
   });
-  await series(srv, acmeAgent, 'shop', 'vda', { nights: [3, 2, 1, 0], base: 8, changed: 3 });
+  await series(srv, acmeAdmin, 'shop', 'vda', { nights: [3, 2, 1, 0], base: 8, changed: 3 });
   return {
     acmeAdmin,
     agent,

@@ -1,16 +1,18 @@
 import { Readable } from 'node:stream';
+import { NotFoundError } from '../../common/errors.js';
 import {
+  type BufferAllocator,
   type ByteRange,
   type ListEntry,
   type StorageAdapter,
   validateKey,
 } from '../../storage-adapters/adapter.js';
-import { NotFoundError } from '../../storage-adapters/errors.js';
+import { checkRange, clampRange, validateListPrefix } from '../../storage-adapters/adapter-support.js';
 
 /**
  * A StorageAdapter held in a Map: fast enough for randomized engine tests with thousands of operations.
- * It keeps the contract's promises that the engine relies on (atomic put, NotFound on get, complete
- * sorted listing) and counts reads so tests can prove the chunk cache works.
+ * It passes the storage contract like the real adapters (test/storage/memory.test.ts) and counts reads so
+ * tests can prove the chunk cache works.
  */
 export class MemoryStorage implements StorageAdapter {
   readonly description = 'memory:';
@@ -37,14 +39,19 @@ export class MemoryStorage implements StorageAdapter {
     return Readable.from([await this.getBytes(key, range)]);
   }
 
-  async getBytes(key: string, range?: ByteRange): Promise<Buffer> {
+  async getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
     validateKey(key);
+    if (range) checkRange(range);
     const o = this.objects.get(key);
     if (!o) throw new NotFoundError(`no object ${key}`);
     this.reads++;
-    const start = range?.start ?? 0;
-    const end = range?.end === undefined ? o.data.length : range.end + 1;
-    return Buffer.from(o.data.subarray(start, end));
+    const { start, end } = range
+      ? clampRange(range, o.data.length, key)
+      : { start: 0, end: o.data.length - 1 };
+    const length = Math.max(0, end - start + 1);
+    const out = alloc ? alloc(length) : Buffer.allocUnsafe(length);
+    o.data.copy(out, 0, start, start + length);
+    return out;
   }
 
   async stat(key: string): Promise<{ size: number; mtimeMs: number } | undefined> {
@@ -59,10 +66,12 @@ export class MemoryStorage implements StorageAdapter {
   }
 
   async deleteMany(keys: string[]): Promise<void> {
-    for (const k of keys) await this.delete(k);
+    for (const k of keys) validateKey(k);
+    for (const k of keys) this.objects.delete(k);
   }
 
   async *list(prefix: string): AsyncIterable<ListEntry> {
+    validateListPrefix(prefix);
     const keys = [...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort();
     for (const key of keys) {
       const o = this.objects.get(key);

@@ -12,7 +12,8 @@ export const execFileP = promisify(execFile);
 
 /**
  * A real server holding one backed-up disk image (made by the real `diskvault backup`): random data with a
- * repeated stretch (dedup), a long zero run (zero chunks) and an odd size (a short last chunk).
+ * repeated stretch (dedup), a long zero run (zero chunks) and a size that is whole sectors but not whole
+ * chunks (a short last chunk; qemu would round any other size up to a sector, as no disk has one).
  */
 export interface ImageFixture {
   server: TestServer;
@@ -33,7 +34,7 @@ export function makeImage(): Buffer {
   return Buffer.concat([
     a,
     Buffer.alloc(2 * 1024 * 1024),
-    randomBytes(1024 * 1024 + 4321),
+    randomBytes(1024 * 1024 + 4608),
     a.subarray(0, 1 << 20),
   ]);
 }

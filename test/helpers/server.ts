@@ -7,11 +7,10 @@ import { createToken, type Role } from '../../api/token-store.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
 import type { RepositoryApi } from '../../repo-engine/types.js';
 import type { StorageAdapter } from '../../storage-adapters/adapter.js';
-import type { FaultInjectingStorage } from '../../storage-adapters/fault-injecting.js';
-import { withFaults } from '../../storage-adapters/fault-injecting.js';
 import { openStorage } from '../../storage-adapters/index.js';
 import { DISKVAULT } from './diskvault-command.js';
 import { startFakeS3 } from './fake-s3.js';
+import { type FaultInjectingStorage, withFaults } from './fault-injecting-storage.js';
 
 /**
  * A real diskvault server for tests, on 127.0.0.1 and a free port, over a fresh temp data folder.
@@ -28,7 +27,7 @@ export interface TestServerOptions {
   maxSessionsPerToken?: number;
   cacheBytes?: number;
   now?: () => number;
-  /** Wrap storage in the fault injector (storage-adapters/fault-injecting.ts), exposed as `faults`. */
+  /** Wrap storage in the fault injector (test/helpers/fault-injecting-storage.ts), exposed as `faults`. */
   faults?: boolean;
   /** Reuse a data folder (restart tests); otherwise a temp folder removed by stop(). */
   dataDir?: string;
@@ -62,7 +61,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   let faults: FaultInjectingStorage | undefined;
   let service: RunningService;
   try {
-    const storage = s3
+    let storage = s3
       ? await openStorage({
           kind: 's3',
           endpoint: s3.endpoint,
@@ -72,20 +71,18 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
           credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
         })
       : undefined;
+    if (opts.faults) {
+      // Local storage where the service would put it (<data>/storage), so tests find its files.
+      storage ??= await openStorage({ kind: 'local', root: path.join(dataDir, 'storage') });
+      faults = withFaults(storage);
+      storage = faults;
+    }
     service = await startService({
       host: '127.0.0.1',
       port: 0,
       dataDir,
       chunker: opts.chunker ?? TEST_CHUNKER,
       ...(storage ? { storage } : {}),
-      ...(opts.faults
-        ? {
-            wrapStorage: (inner) => {
-              faults = withFaults(inner);
-              return faults;
-            },
-          }
-        : {}),
       ...(opts.gcGraceMs !== undefined ? { gcGraceMs: opts.gcGraceMs } : {}),
       ...(opts.sessionLeaseMs !== undefined ? { sessionLeaseMs: opts.sessionLeaseMs } : {}),
       ...(opts.sessionMaxAgeMs !== undefined ? { sessionMaxAgeMs: opts.sessionMaxAgeMs } : {}),

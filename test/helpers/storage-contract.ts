@@ -1,8 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import test, { type ExecutionContext } from 'ava';
+import { InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { StorageAdapter } from '../../storage-adapters/adapter.js';
-import { InvalidInputError, NotFoundError } from '../../storage-adapters/errors.js';
 
 /**
  * Everything a StorageAdapter promises, as one suite every adapter runs unchanged (test/storage/*.test.ts).

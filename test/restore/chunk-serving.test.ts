@@ -3,7 +3,7 @@ import { truncate } from 'node:fs/promises';
 import http from 'node:http';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { isDiskvaultError } from '../../storage-adapters/errors.js';
+import { isDiskvaultError } from '../../common/errors.js';
 import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
 import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';

@@ -5,13 +5,13 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { compress } from 'zstd-napi';
 import type { ChunkFetcher, FetchedChunk } from '../../agent/restore/chunk-fetcher.js';
+import { NotFoundError } from '../../common/errors.js';
 import {
   encodeManifest,
   type ManifestEntry,
   type ManifestHeader,
   ManifestReader,
 } from '../../repo-engine/manifest-codec.js';
-import { NotFoundError } from '../../storage-adapters/errors.js';
 
 /** Test material for the restore core: an image cut into chunks, its manifest, and an in-memory repository. */
 export const CHUNKER = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };

@@ -9,8 +9,8 @@ import type { RestoreResult } from '../../agent/restore/restore.js';
 import { openRestoreTarget, streamTarget } from '../../agent/restore/restore-target.js';
 import { TargetWriter } from '../../agent/restore/target-writer.js';
 import { ZeroChunks } from '../../agent/restore/zero-chunks.js';
+import { type DiskvaultError, NotFoundError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
-import { type DiskvaultError, NotFoundError } from '../../storage-adapters/errors.js';
 import { sha256, withTempDir } from './fixtures.js';
 
 /** The restore pipeline's parts one by one: the fetch queue and the target writer. */

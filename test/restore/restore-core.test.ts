@@ -4,7 +4,7 @@ import { PassThrough } from 'node:stream';
 import test from 'ava';
 import { restoreSnapshot } from '../../agent/restore/restore.js';
 import { openRestoreTarget, streamTarget } from '../../agent/restore/restore-target.js';
-import { DiskvaultError } from '../../storage-adapters/errors.js';
+import { DiskvaultError } from '../../common/errors.js';
 import {
   buildImage,
   CHUNKER,

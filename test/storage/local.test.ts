@@ -6,9 +6,9 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { ConflictError, InvalidInputError, StorageFullError } from '../../storage-adapters/errors.js';
-import { withFaults } from '../../storage-adapters/fault-injecting.js';
+import { ConflictError, InvalidInputError, StorageFullError } from '../../common/errors.js';
 import { openLocalStorage } from '../../storage-adapters/local.js';
+import { withFaults } from '../helpers/fault-injecting-storage.js';
 import { keysOf, storageContract } from '../helpers/storage-contract.js';
 
 storageContract('local', async () => {

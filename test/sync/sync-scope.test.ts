@@ -16,9 +16,17 @@ test('a global destination admin keeps each tenant; a tenant admin takes every c
   const src = await startTestServer({ storage: 'local' });
   const dst = await startTestServer({ storage: 'local' });
   try {
-    const a = await src.makeToken('agent', ['web1'], 'acme');
+    // acme's snapshot carries an old --time, an import: that needs acme's admin, not its agent.
+    const a = await src.makeToken('admin', [], 'acme');
     const b = await src.makeToken('agent', ['web9'], 'zeta');
-    const sa = (await backup(src.url, a, 'web1', 'sda', [chunkOf('acme-1'), chunkOf('both')])).snapshot;
+    const sa = (
+      await backup(src.url, a, 'web1', 'sda', [chunkOf('acme-1'), chunkOf('both')], {
+        time: '2019-07-01T03:04:05.678Z',
+        tags: ['before-upgrade', 'weekly'],
+        unreadable: [[4096, 512]],
+        sourceFormat: 'qcow2',
+      })
+    ).snapshot;
     const sb = (await backup(src.url, b, 'web9', 'sda', [chunkOf('zeta-1'), chunkOf('both')])).snapshot;
     const reader = await src.makeToken('reader');
 
@@ -31,6 +39,22 @@ test('a global destination admin keeps each tenant; a tenant admin takes every c
     // The chunk both tenants hold is stored once but copied for each tenant (ownership is proven by upload).
     t.is(summaryOf(global.stdout).chunksCopied, 4);
     t.is(dst.repo.getSnapshot(sa.id)?.tenant, 'acme');
+    // Everything the snapshot says about itself is kept, its id first. receivedAt is not the snapshot's
+    // word but the receiving server's own clock (repo-engine/snapshot-time.ts): the copy's is its arrival.
+    const {
+      protected: _p,
+      receivedAt: copyReceived,
+      ...copied
+    } = dst.repo.getSnapshot(sa.id) as SnapshotInfo;
+    const {
+      protected: _q,
+      receivedAt: sourceReceived,
+      ...original
+    } = src.repo.getSnapshot(sa.id) as SnapshotInfo;
+    t.deepEqual(copied, original);
+    t.true(Date.parse(copyReceived as string) >= Date.parse(sourceReceived as string));
+    t.deepEqual(copied.unreadable, [[4096, 512]]);
+    t.is(copied.time, '2019-07-01T03:04:05.678Z');
     t.is(dst.repo.getSnapshot(sb.id)?.tenant, 'zeta');
 
     // A tenant-scoped destination admin, and a reader of one source tenant: copies land in the admin's tenant.
@@ -63,18 +87,19 @@ test('a chunk damaged on the source fails its snapshot only; nothing of it is co
   const src = await startTestServer({ storage: 'local' });
   const dst = await startTestServer({ storage: 'local' });
   try {
-    const agent = await src.makeToken('agent', ['web1']);
+    // Dated snapshots in the past are imports: the source's admin token commits them.
+    const admin = src.adminToken;
     const bad = chunkOf('will-rot');
     const s1 = (
-      await backup(src.url, agent, 'web1', 'sda', [chunkOf('fine-1')], { time: '2026-01-01T00:00:00.000Z' })
+      await backup(src.url, admin, 'web1', 'sda', [chunkOf('fine-1')], { time: '2026-01-01T00:00:00.000Z' })
     ).snapshot;
     const s2 = (
-      await backup(src.url, agent, 'web1', 'sda', [chunkOf('fine-2'), bad], {
+      await backup(src.url, admin, 'web1', 'sda', [chunkOf('fine-2'), bad], {
         time: '2026-01-02T00:00:00.000Z',
       })
     ).snapshot;
     const s3 = (
-      await backup(src.url, agent, 'web1', 'sda', [chunkOf('fine-3')], { time: '2026-01-03T00:00:00.000Z' })
+      await backup(src.url, admin, 'web1', 'sda', [chunkOf('fine-3')], { time: '2026-01-03T00:00:00.000Z' })
     ).snapshot;
     await corruptStoredChunk(src.dataDir, bad.id);
     const reader = await src.makeToken('reader');

@@ -147,10 +147,18 @@ browserTest('a tenant admin sees only its own tenant', async (t) => {
   t.deepEqual(problems, []);
 });
 
-browserTest('an agent token is refused at sign-in', async (t) => {
-  const problems = await withPage(async (page) => {
+browserTest('an agent token is refused at sign-in, and so is a revoked one', async (t) => {
+  const problems = await withPage(async (page, watch) => {
     await signIn(page, srv.url, fleet.agent);
     t.regex(await page.$eval('.login-status', (el) => el.textContent ?? ''), /agent token/);
+    t.is(await page.$('header.top'), null);
+    t.is(await page.evaluate(() => sessionStorage.getItem('diskvault.token')), null);
+    // The browser logs the server's 401 as a failed resource: provoked here on purpose.
+    watch.expect('status of 401');
+    const revoked = await srv.makeToken('admin');
+    t.is((await call(srv.url, srv.adminToken, 'DELETE', `/v1/tokens/${revoked.split('_')[1]}`)).status, 204);
+    await signIn(page, srv.url, revoked);
+    t.regex(await page.$eval('.login-status', (el) => el.textContent ?? ''), /does not accept this token/);
     t.is(await page.$('header.top'), null);
     t.is(await page.evaluate(() => sessionStorage.getItem('diskvault.token')), null);
   });

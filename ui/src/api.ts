@@ -2,6 +2,8 @@
  * The console's only way to the server: /v1 on the same origin, with the token the person typed in, sent
  * as a bearer header (never in a URL). Errors come back as ApiError carrying the server's {code, message}.
  */
+import type { Job } from './types.js';
+
 const TOKEN_KEY = 'diskvault.token';
 
 export class ApiError extends Error {
@@ -75,6 +77,29 @@ export async function call<T>(
 }
 
 export const get = <T>(path: string) => call<T>('GET', path);
+
+/**
+ * Starts a long operation the server runs as a job (gc, forget with prune: 202 {job}) and polls it every
+ * half second until it ends; `onProgress` sees each running state. Resolves to the job's result, or to the
+ * whole answer when the server answered at once without a job.
+ */
+export async function runJob<T>(
+  path: string,
+  body: unknown,
+  onProgress: (job: Job) => void = () => {},
+): Promise<T> {
+  const answer = await post<{ job?: Job } & T>(path, body);
+  let job = answer.job;
+  if (!job) return answer;
+  while (job.state === 'running') {
+    onProgress(job);
+    await new Promise((r) => setTimeout(r, 500));
+    job = (await get<{ job: Job }>(`/v1/jobs/${job.id}`)).job;
+  }
+  if (job.state === 'failed')
+    throw new ApiError(500, job.error?.code ?? 'Error', job.error?.message ?? 'the job failed');
+  return job.result as unknown as T;
+}
 export const post = <T>(path: string, body: unknown = {}) => call<T>('POST', path, body);
 export const del = (path: string) => call<void>('DELETE', path);
 

@@ -58,3 +58,8 @@ export function parseHours(text: string): number | undefined {
   const v = Number(m[1]) * (m[2]?.toLowerCase() === 'd' ? 24 : 1);
   return v > 0 ? v : undefined;
 }
+
+/** "1 disk", "3 disks". */
+export function plural(n: number, word: string): string {
+  return `${count(n)} ${word}${n === 1 ? '' : 's'}`;
+}

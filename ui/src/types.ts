@@ -65,6 +65,8 @@ export interface GcReport {
   bytesFreed: number;
   orphansDeleted: number;
   chunksProtected: number;
+  /** Of those, kept because an open backup session or a snapshot lease may still need them. */
+  chunksHeld: number;
   seconds: number;
 }
 

@@ -34,7 +34,7 @@ export const diskView: View = (ctx, main, args) => {
   const tbody = skeletonRows(6, 5);
   const table = h(
     'table',
-    { class: 'data snapshots', 'aria-busy': 'true' },
+    { class: 'data snapshots phone-cards', 'aria-busy': 'true' },
     h('caption', { class: 'sr-only' }, `Snapshots of ${host}/${disk}, newest first`),
     h(
       'thead',
@@ -111,10 +111,10 @@ export const diskView: View = (ctx, main, args) => {
       return h(
         'tr',
         { 'data-id': s.id },
-        h('td', { class: 'nowrap', title: utcTitle(s.time) }, localTime(s.time)),
+        h('td', { class: 'nowrap lead', title: utcTitle(s.time) }, localTime(s.time)),
         h(
           'td',
-          null,
+          { 'data-label': 'Snapshot' },
           h(
             'button',
             {
@@ -127,18 +127,22 @@ export const diskView: View = (ctx, main, args) => {
             shortId(s.id),
           ),
         ),
-        h('td', { class: 'num' }, bytes(s.size)),
-        h('td', { class: 'num', title: `${count(s.newChunks)} chunks` }, bytes(s.newBytes)),
+        h('td', { class: 'num', 'data-label': 'Size' }, bytes(s.size)),
         h(
           'td',
-          { class: 'num' },
+          { class: 'num', 'data-label': 'New data', title: `${count(s.newChunks)} chunks` },
+          bytes(s.newBytes),
+        ),
+        h(
+          'td',
+          { class: 'num', 'data-label': 'Unreadable' },
           unreadable
             ? h('span', { class: 'flag bad' }, bytes(unreadable))
             : h('span', { class: 'muted' }, 'none'),
         ),
         h(
           'td',
-          null,
+          { 'data-label': 'Tags' },
           s.tags.length
             ? s.tags.map((t) => h('span', { class: 'tag' }, t))
             : h('span', { class: 'muted' }, '–'),

@@ -1,4 +1,5 @@
 import { get } from '../api.js';
+import { card, cardSkeletons } from '../cards.js';
 import { diskRoute, type View } from '../context.js';
 import { field, h, notice, replace, skeletonRows } from '../dom.js';
 import { age, bytes, count, localTime, parseHours, utcTitle } from '../format.js';
@@ -49,7 +50,7 @@ export const fleetView: View = (ctx, main) => {
   const thead = h('thead');
   const table = h(
     'table',
-    { class: 'data fleet', 'aria-busy': 'true' },
+    { class: 'data fleet phone-cards', 'aria-busy': 'true' },
     h('caption', { class: 'sr-only' }, 'Disks'),
     thead,
   );
@@ -116,7 +117,7 @@ export const fleetView: View = (ctx, main) => {
         tenantCol ? h('td', { 'data-label': 'Tenant' }, d.tenant) : null,
         h(
           'th',
-          { scope: 'row', 'data-label': 'Disk' },
+          { scope: 'row', class: 'lead' },
           h('a', { href: diskRoute(d.tenant, d.host, d.disk) }, `${d.host} / ${d.disk}`),
         ),
         h(
@@ -244,27 +245,3 @@ export const fleetView: View = (ctx, main) => {
   const tick = setInterval(() => disks && draw(), 60_000);
   return () => clearInterval(tick);
 };
-
-function card(label: string, value: string, sub: string, tone?: 'good' | 'bad'): HTMLElement {
-  return h(
-    'div',
-    { class: `card stat${tone ? ` ${tone}` : ''}` },
-    h('div', { class: 'label' }, label),
-    h('div', { class: 'value' }, value),
-    h('div', { class: 'sub' }, sub),
-  );
-}
-
-export function cardSkeletons(n: number): HTMLElement[] {
-  return Array.from({ length: n }, () =>
-    h(
-      'div',
-      { class: 'card stat', 'aria-hidden': 'true' },
-      h('div', { class: 'label' }, h('span', { class: 'bone' })),
-      h('div', { class: 'value' }, h('span', { class: 'bone wide' })),
-      h('div', { class: 'sub' }, h('span', { class: 'bone' })),
-    ),
-  );
-}
-
-export { card };

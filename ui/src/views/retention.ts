@@ -1,7 +1,7 @@
-import { get, post } from '../api.js';
+import { get, post, runJob } from '../api.js';
 import type { View } from '../context.js';
 import { field, h, notice, replace } from '../dom.js';
-import { bytes, count, localTime, shortId, utcTitle } from '../format.js';
+import { bytes, count, localTime, plural, shortId, utcTitle } from '../format.js';
 import type { DiskOverview, ForgetPlan, ForgetResponse, RetentionPolicy } from '../types.js';
 
 const COUNT_RULES = [
@@ -170,7 +170,7 @@ export const retentionView: View = (ctx, main) => {
         disabled: !ctx.canChange || removed === 0,
         onclick: () => confirmApply(),
       },
-      `Apply: remove ${count(removed)} snapshots`,
+      `Apply: remove ${plural(removed, 'snapshot')}`,
     );
     replace(
       result,
@@ -178,7 +178,7 @@ export const retentionView: View = (ctx, main) => {
       h(
         'p',
         { class: 'plan-summary' },
-        `${count(plan.groups.length)} disks: keep ${count(kept)}, remove ${count(removed)} snapshots`,
+        `${plural(plan.groups.length, 'disk')}: keep ${count(kept)}, remove ${plural(removed, 'snapshot')}`,
         removed ? ` (${bytes(removedBytes)} of images; gc frees only what no other snapshot shares)` : '',
         '.',
       ),
@@ -244,7 +244,7 @@ export const retentionView: View = (ctx, main) => {
     const p = previewed;
     const removed = p.plan.groups.reduce((n, g) => n + g.remove.length, 0);
     const prune = h('input', { type: 'checkbox', name: 'prune', disabled: !ctx.isGlobal });
-    const go = h('button', { type: 'submit', class: 'danger' }, `Remove ${count(removed)} snapshots`);
+    const go = h('button', { type: 'submit', class: 'danger' }, `Remove ${plural(removed, 'snapshot')}`);
     const cancel = h(
       'button',
       { type: 'button', class: 'secondary', onclick: () => dialog.close() },
@@ -266,7 +266,7 @@ export const retentionView: View = (ctx, main) => {
               notice('info', prune.checked ? 'Removing, then collecting garbage…' : 'Removing…'),
             );
             try {
-              const out = await post<ForgetResponse>('/v1/forget', {
+              const out = await runJob<ForgetResponse>('/v1/forget', {
                 policy: p.policy,
                 host: p.host,
                 disk: p.disk,
@@ -286,7 +286,7 @@ export const retentionView: View = (ctx, main) => {
         h(
           'p',
           null,
-          `This removes ${count(removed)} snapshots of ${count(p.plan.groups.filter((g) => g.remove.length).length)} disks, as previewed. It cannot be undone.`,
+          `This removes ${plural(removed, 'snapshot')} of ${plural(p.plan.groups.filter((g) => g.remove.length).length, 'disk')}, as previewed. It cannot be undone.`,
         ),
         h(
           'label',
@@ -312,7 +312,7 @@ export const retentionView: View = (ctx, main) => {
       h('h2', { id: 'plan-title' }, 'Applied'),
       notice(
         'ok',
-        `Removed ${count(out.removed)} snapshots.`,
+        `Removed ${plural(out.removed, 'snapshot')}.`,
         out.gc
           ? ` Garbage collection freed ${bytes(out.gc.bytesFreed)} in ${count(out.gc.chunksDeleted)} chunks.`
           : '',

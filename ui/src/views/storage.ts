@@ -1,9 +1,9 @@
-import { get, post } from '../api.js';
+import { ApiError, get, post, runJob } from '../api.js';
+import { card, cardSkeletons } from '../cards.js';
 import type { View } from '../context.js';
 import { h, notice, replace } from '../dom.js';
 import { bytes, count, localTime, ratio, shortId, utcTitle } from '../format.js';
 import type { GcReport, Job, Stats } from '../types.js';
-import { card, cardSkeletons } from './fleet.js';
 
 /**
  * Storage (logical, unique and stored bytes, dedup and compression ratios, per tenant) and the repository's
@@ -239,12 +239,15 @@ export const storageView: View = (ctx, main) => {
       1000,
     );
     try {
-      const { report } = await post<{ report: GcReport }>('/v1/gc', {});
+      const report = await runJob<GcReport>('/v1/gc', {}, (job) => {
+        if (job.progress?.total) progress.max = job.progress.total;
+        if (job.progress?.total) progress.value = job.progress.done;
+      });
       replace(
         gcBox,
         notice(
           'ok',
-          `Done in ${report.seconds.toFixed(1)} s: deleted ${count(report.chunksDeleted)} chunks (${bytes(report.bytesFreed)}) and ${count(report.orphansDeleted)} orphans; kept ${count(report.chunksProtected)} for open sessions.`,
+          `Done in ${report.seconds.toFixed(1)} s: deleted ${count(report.chunksDeleted)} chunks (${bytes(report.bytesFreed)}) and ${count(report.orphansDeleted)} orphans; kept ${count(report.chunksProtected)} (${count(report.chunksHeld)} for open backups and restores, the rest within the grace period).`,
         ),
       );
       void loadStats();
@@ -270,7 +273,12 @@ export const storageView: View = (ctx, main) => {
       if (running) follow(running);
     })
     .catch((err) =>
-      replace(lastVerify, notice('error', `Jobs could not be loaded: ${(err as Error).message}`)),
+      replace(
+        lastVerify,
+        err instanceof ApiError && err.status === 403
+          ? notice('info', 'Jobs are shown to admin tokens.')
+          : notice('error', `Jobs could not be loaded: ${(err as Error).message}`),
+      ),
     );
 
   return () => {

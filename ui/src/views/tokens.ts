@@ -1,4 +1,4 @@
-import { del, get, post } from '../api.js';
+import { ApiError, del, get, post } from '../api.js';
 import type { View } from '../context.js';
 import { copyable, field, h, notice, replace, skeletonRows } from '../dom.js';
 import { localTime, utcTitle } from '../format.js';
@@ -34,7 +34,12 @@ export const tokensView: View = (ctx, main) => {
     } catch (err) {
       tbody.replaceChildren();
       table.removeAttribute('aria-busy');
-      replace(listStatus, notice('error', `Tokens could not be loaded: ${(err as Error).message}`));
+      replace(
+        listStatus,
+        err instanceof ApiError && err.status === 403
+          ? notice('info', 'Listing tokens needs an admin token.')
+          : notice('error', `Tokens could not be loaded: ${(err as Error).message}`),
+      );
     }
   };
 
@@ -102,7 +107,7 @@ export const tokensView: View = (ctx, main) => {
   const tenant = h('input', {
     type: 'text',
     name: 'tenant',
-    placeholder: ctx.isGlobal ? 'default (agent) / all (admin)' : ctx.me.tenant,
+    placeholder: ctx.isGlobal ? 'default' : ctx.me.tenant,
     autocomplete: 'off',
     disabled: !ctx.isGlobal,
   });
@@ -165,7 +170,11 @@ export const tokensView: View = (ctx, main) => {
       { class: 'grid-3' },
       field('Role', role),
       field('Hosts', hosts, 'Agent tokens: the hosts it may back up'),
-      field('Tenant', tenant, ctx.isGlobal ? 'Empty: default' : 'Your tenant'),
+      field(
+        'Tenant',
+        tenant,
+        ctx.isGlobal ? 'Empty: default for an agent, every tenant for an admin' : 'Your tenant',
+      ),
     ),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Create token')),
     formStatus,

@@ -1,7 +1,12 @@
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { BufferAllocator, ByteRange, ListEntry, StorageAdapter } from './adapter.js';
-import { DiskvaultError, StorageFullError } from './errors.js';
+import { DiskvaultError, StorageFullError } from '../../common/errors.js';
+import type {
+  BufferAllocator,
+  ByteRange,
+  ListEntry,
+  StorageAdapter,
+} from '../../storage-adapters/adapter.js';
 
 /**
  * A wrapper for fault tests: it forwards to a real adapter and injects the failures a real store shows
