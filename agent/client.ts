@@ -5,6 +5,8 @@ import {
   CHUNK_CONTENT_TYPE,
   type CommitResponse,
   type CreateSessionResponse,
+  type CreateShareRequest,
+  type CreateShareResponse,
   type ForgetRequest,
   type ForgetResponse,
   type GcReport,
@@ -16,6 +18,7 @@ import {
   type MissingResponse,
   type PutChunkResponse,
   RAW_LENGTH_HEADER,
+  type ShareInfo,
   type SnapshotInfo,
   type SnapshotLeaseResponse,
   type SnapshotResponse,
@@ -330,6 +333,21 @@ export class DiskvaultClient {
       `v1/snapshots/${enc(id)}/protection`,
     );
     return out.snapshot;
+  }
+
+  /** Creates a link serving the snapshot's image without a token until it expires (never retried). */
+  createShare(req: CreateShareRequest): Promise<CreateShareResponse> {
+    return this.adminRequest('POST', 'v1/shares', req);
+  }
+
+  /** The share links this token may see, oldest first. */
+  async listShares(): Promise<ShareInfo[]> {
+    return (await this.adminRequest<{ shares: ShareInfo[] }>('GET', 'v1/shares')).shares;
+  }
+
+  /** Ends a share link at once; the link as it was. */
+  async revokeShare(id: string): Promise<ShareInfo> {
+    return (await this.adminRequest<{ share: ShareInfo }>('DELETE', `v1/shares/${enc(id)}`)).share;
   }
 
   close(): void {

@@ -119,6 +119,49 @@ test('the fetch queue downloads a chunk once while it is in flight, learns zero 
   t.deepEqual(kinds, ['fetched', 'fetched', 'reused', 'fetched', 'zero']);
 });
 
+test('a failed fetch queue closes its decoders only after the downloads it started have settled', async (t) => {
+  const late = randomBytes(6000);
+  const lateId = sha256(late);
+  const missingId = sha256(randomBytes(10));
+  let openGate = (): void => {};
+  const gate = new Promise<void>((r) => {
+    openGate = r;
+  });
+  let lateDone = false;
+  const fetcher = {
+    async fetch(id: string): Promise<FetchedChunk> {
+      if (id === missingId) throw new NotFoundError(`chunk ${id} not found`);
+      await gate;
+      lateDone = true;
+      // Not checked by the fetcher: the queue decodes it on its decode threads.
+      return { encoding: 'raw', payload: Buffer.from(late), verified: false };
+    },
+  };
+  const queue: FetchQueue = new FetchQueue({
+    fetcher,
+    recycler: new BufferRecycler(),
+    zeros: new ZeroChunks([64 * KiB], 64 * KiB),
+    concurrency: 2,
+    consume: async (slot) => {
+      const got = await queue.received(slot);
+      if (got instanceof Error) throw got;
+    },
+  });
+  await queue.add(missingId, 0, 10, false);
+  await queue.add(lateId, 10, late.length, false);
+  await t.throwsAsync(queue.drain(), { message: /not found/ });
+  let closed = false;
+  const closing = queue.close().then(() => {
+    closed = true;
+  });
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  t.false(closed, 'close waits for the download still in flight');
+  openGate();
+  await closing;
+  t.true(lateDone);
+  t.true(closed);
+});
+
 test('the writer writes fetched bytes, leaves zero chunks as holes, and counts what it did', async (t) => {
   await withTempDir(async (dir) => {
     const data = randomBytes(100 * KiB);
