@@ -1,15 +1,19 @@
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { isDiskvaultError } from './errors.js';
 
 /**
  * What every command line (agent and server) shares: usage errors and the one mapping from errors to exit
  * codes.
  *
- * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
+ * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges,
+ * 130 ended by Ctrl-C.
  */
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_UNREADABLE = 3;
+/** A command ended by Ctrl-C (128 + SIGINT), as shells report it. */
+export const EXIT_INTERRUPTED = 130;
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -40,5 +44,20 @@ export class ConfigError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'ConfigError';
+  }
+}
+
+/**
+ * A command's flags and positionals (node:util parseArgs, strict); an unknown flag or a missing value is a
+ * UsageError, reported as one line and exit 2 like every other usage mistake.
+ */
+export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options']>>(
+  argv: string[],
+  options: O,
+) {
+  try {
+    return parseArgs({ args: argv, allowPositionals: true, strict: true, options });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
   }
 }
