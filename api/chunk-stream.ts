@@ -120,8 +120,15 @@ function serveStream(
     const json = Buffer.from(JSON.stringify({ status, ...body }));
     send(writeFrameHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), FrameKind.Error, 0, json.length, id), json);
   };
+  /** The agent has closed its side (after DONE, or it died): nothing more will arrive. */
+  let agentGone = false;
   const finishIfIdle = () => {
     if (inFlight > 0 || closed) return;
+    // Sockets of this server stay half-open when the peer ends: close ours once every chunk is answered.
+    if (agentGone) {
+      socket.destroy();
+      return;
+    }
     if (ended && !failed) {
       outcome = 'done';
       send(writeFrameHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), FrameKind.Done, 0, 0));
@@ -196,6 +203,11 @@ function serveStream(
     }
   };
   socket.on('data', onData);
+  socket.on('end', () => {
+    agentGone = true;
+    splitter.stop();
+    finishIfIdle();
+  });
   socket.on('error', () => socket.destroy());
   socket.once('close', () => {
     closed = true;
