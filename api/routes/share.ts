@@ -5,6 +5,7 @@ import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { forbidden } from '../errors.js';
 import { serveImage } from '../image/serve-image.js';
+import { refuseSealedSnapshot } from '../sealed-snapshots.js';
 import { type ShareRecord, ShareStore } from '../share-store.js';
 import { asObject, checkId } from '../validation.js';
 
@@ -61,6 +62,7 @@ export function registerShareRoutes(server: Server, ctx: ApiContext): void {
         );
       const snap = ctx.repo.getSnapshot(id);
       if (!snap || !maySeeSnapshot(p, snap)) throw new NotFoundError(`snapshot ${id} not found`);
+      refuseSealedSnapshot(snap, 'a share link to it');
       const { record, link } = await shares.create({
         snapshot: snap.id,
         host: snap.host,
