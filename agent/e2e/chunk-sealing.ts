@@ -23,9 +23,13 @@ function chunkCipherKey(chunkKey: Uint8Array, salt: Uint8Array): Buffer {
   return Buffer.from(hkdfSync('sha256', chunkKey, salt, CHUNK_LABEL, 32));
 }
 
+/** Bytes a sealed chunk adds to its body: the header and the tag. */
+export const SEALED_CHUNK_OVERHEAD = SEALED_CHUNK_HEADER_BYTES + SEALED_CHUNK_TAG_BYTES;
+
 /**
  * The sealed chunk of `raw` whose keyed id is `kid`: `body` is what gets encrypted (the zstd frame when
- * `zstd`, else `raw` itself).
+ * `zstd`, else `raw` itself). Written at the start of `into` when given (it must have room for
+ * body + SEALED_CHUNK_OVERHEAD), else into a new buffer; returns the sealed chunk's bytes.
  */
 export function sealChunk(
   keys: { keyId: string; chunkKey: Uint8Array },
@@ -33,9 +37,11 @@ export function sealChunk(
   rawLength: number,
   body: Uint8Array,
   zstd: boolean,
+  into?: Buffer,
 ): Buffer {
   const salt = randomBytes(16);
-  const out = Buffer.allocUnsafe(SEALED_CHUNK_HEADER_BYTES + body.length + SEALED_CHUNK_TAG_BYTES);
+  const size = SEALED_CHUNK_OVERHEAD + body.length;
+  const out = into ? into.subarray(0, size) : Buffer.allocUnsafe(size);
   writeSealedChunkHeader(out, { zstd, keyId: keys.keyId, rawLength, salt, keyedId: Buffer.from(kid) });
   const cipher = createCipheriv('aes-256-gcm', chunkCipherKey(keys.chunkKey, salt), ZERO_NONCE);
   cipher.setAAD(out.subarray(0, SEALED_CHUNK_HEADER_BYTES));
