@@ -2,8 +2,8 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { type ParseArgsConfig, parseArgs } from 'node:util';
-import { UsageError } from '../common/cli.js';
+import type { ParseArgsConfig } from 'node:util';
+import { parseCommandLine, UsageError } from '../common/cli.js';
 import { parseRate } from './rate-limit.js';
 
 // What every client command shares: its flags, how they parse, and where the server address and token come
@@ -17,11 +17,7 @@ export function parseCommandArgs<O extends NonNullable<ParseArgsConfig['options'
   argv: string[],
   options: O,
 ) {
-  try {
-    return parseArgs({ args: argv, allowPositionals: true, options: { ...CLIENT_OPTIONS, ...options } });
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  return parseCommandLine(argv, { ...CLIENT_OPTIONS, ...options });
 }
 
 /** The flags every command that talks to a server takes (parseArgs options), so all of them spell them alike. */

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CorruptError, NotFoundError } from '../common/errors.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { FileWatchCache } from './file-watch-cache.js';
 import { hashSecret, secretMatches } from './secret-hash.js';
 
 /**
@@ -43,14 +43,20 @@ export function sharesPath(dataDir: string): string {
 }
 
 export class ShareStore {
-  private cache: { key: string; byId: Map<string, ShareRecord> } | undefined;
+  private readonly file: FileWatchCache<Map<string, ShareRecord>>;
   /** Writes in this process, one at a time: the server is the only writer of shares.json. */
   private writing: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly dataDir: string,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.file = new FileWatchCache(
+      sharesPath(dataDir),
+      (text, path) => new Map(parseFile(text, path).map((s) => [s.id, s])),
+      () => new Map(),
+    );
+  }
 
   get path(): string {
     return sharesPath(this.dataDir);
@@ -111,28 +117,14 @@ export class ShareStore {
       const shares = change([...this.current().values()]).filter((s) => Date.parse(s.expires) > now);
       const file: ShareFile = { version: 1, shares };
       await writeFileAtomic(this.path, `${JSON.stringify(file, null, 2)}\n`, 0o600);
-      this.cache = undefined;
+      this.file.invalidate();
     });
     this.writing = run.catch(() => {});
     return run;
   }
 
   private current(): Map<string, ShareRecord> {
-    let key: string;
-    try {
-      const st = statSync(this.path);
-      key = `${st.mtimeMs}:${st.size}:${st.ino}`;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-      throw err;
-    }
-    if (this.cache?.key !== key) {
-      this.cache = {
-        key,
-        byId: new Map(parseFile(readFileSync(this.path, 'utf8'), this.path).map((s) => [s.id, s])),
-      };
-    }
-    return this.cache.byId;
+    return this.file.current();
   }
 }
 

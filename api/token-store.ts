@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
 import { checkName } from '../common/names.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { FileWatchCache } from './file-watch-cache.js';
 import { hashSecret, secretMatches } from './secret-hash.js';
 
 /**
@@ -64,9 +64,15 @@ function parseFile(text: string, path: string): TokenFile {
 
 /** The read side, used by the server on every request. */
 export class TokenStore {
-  private cache: { key: string; byId: Map<string, TokenRecord> } | undefined;
+  private readonly file: FileWatchCache<Map<string, TokenRecord>>;
 
-  constructor(readonly dataDir: string) {}
+  constructor(readonly dataDir: string) {
+    this.file = new FileWatchCache(
+      tokensPath(dataDir),
+      (text, path) => new Map(parseFile(text, path).tokens.map((t) => [t.id, t])),
+      () => new Map(),
+    );
+  }
 
   get path(): string {
     return tokensPath(this.dataDir);
@@ -83,19 +89,7 @@ export class TokenStore {
   }
 
   private current(): Map<string, TokenRecord> {
-    let key: string;
-    try {
-      const st = statSync(this.path);
-      key = `${st.mtimeMs}:${st.size}:${st.ino}`;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-      throw err;
-    }
-    if (this.cache?.key !== key) {
-      const file = parseFile(readFileSync(this.path, 'utf8'), this.path);
-      this.cache = { key, byId: new Map(file.tokens.map((t) => [t.id, t])) };
-    }
-    return this.cache.byId;
+    return this.file.current();
   }
 }
 

@@ -1,3 +1,4 @@
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { isDiskvaultError } from './errors.js';
 
 /**
@@ -40,5 +41,20 @@ export class ConfigError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'ConfigError';
+  }
+}
+
+/**
+ * A command's flags and positionals (node:util parseArgs, strict); an unknown flag or a missing value is a
+ * UsageError, reported as one line and exit 2 like every other usage mistake.
+ */
+export function parseCommandLine<O extends NonNullable<ParseArgsConfig['options']>>(
+  argv: string[],
+  options: O,
+) {
+  try {
+    return parseArgs({ args: argv, allowPositionals: true, strict: true, options });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
   }
 }

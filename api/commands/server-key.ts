@@ -1,6 +1,5 @@
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { EXIT_FAILURE, EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
 import { RepositoryKeyFile, RepositoryKeyFileError, repositoryKeyPath } from '../repository-key-file.js';
 
 const USAGE = `usage: diskvault server key show [--data DIR] [--repository-key-file FILE] [--json]
@@ -13,13 +12,7 @@ read by anyone. To bring it back, write the line to DIR/repository.key (mode 060
 
 /** `diskvault server key`: the repository key, read from the data folder or the file the server is given. */
 export async function run(argv: string[]): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse(argv);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandLine(argv, OPTIONS);
   const [action, ...rest] = positionals;
   if (values.help || !action) {
     process.stdout.write(USAGE);
@@ -56,16 +49,9 @@ export async function run(argv: string[]): Promise<number> {
   return EXIT_OK;
 }
 
-function parse(argv: string[]) {
-  return parseArgs({
-    args: argv,
-    allowPositionals: true,
-    strict: true,
-    options: {
-      data: { type: 'string' },
-      'repository-key-file': { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-}
+const OPTIONS = {
+  data: { type: 'string' },
+  'repository-key-file': { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;

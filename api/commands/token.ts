@@ -1,6 +1,5 @@
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
 import { createToken, ROLES, type Role, readTokens, revokeToken } from '../token-store.js';
 
 const USAGE = `usage: diskvault token create --role agent|admin|reader [--host H]... [--tenant T] [--data DIR] [--json]
@@ -15,13 +14,7 @@ without --tenant) and can change nothing: what an offsite copy pulls with (diskv
 
 /** `diskvault token`: manage API tokens in <data>/tokens.json. Prints a new token exactly once. */
 export async function run(argv: string[], _command: string): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse(argv);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandLine(argv, OPTIONS);
   const [action, ...rest] = positionals;
   if (values.help || !action) {
     process.stdout.write(USAGE);
@@ -75,18 +68,11 @@ export async function run(argv: string[], _command: string): Promise<number> {
   }
 }
 
-function parse(argv: string[]) {
-  return parseArgs({
-    args: argv,
-    allowPositionals: true,
-    strict: true,
-    options: {
-      role: { type: 'string' },
-      host: { type: 'string', multiple: true },
-      tenant: { type: 'string' },
-      data: { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-}
+const OPTIONS = {
+  role: { type: 'string' },
+  host: { type: 'string', multiple: true },
+  tenant: { type: 'string' },
+  data: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;

@@ -5,6 +5,7 @@ import { refuseSealedSnapshot } from '../sealed-snapshots.js';
 import { parseRange } from './byte-range.js';
 import { ImageIndexCache } from './image-index.js';
 import { streamImage, ZeroChunkIds } from './image-stream.js';
+import { whileSnapshotHeld } from './snapshot-hold.js';
 
 /** The whole image's SHA-256, hex: what `sha256sum` prints for a restored disk. */
 export const IMAGE_SHA256_HEADER = 'x-diskvault-image-sha256';
@@ -85,8 +86,10 @@ export async function serveImage(
   }
   const serving = servingFor(repo);
   try {
-    const index = await serving.indexes.get(snap.id);
-    await streamImage(repo, index, serving.zeros, start, end, res);
+    await whileSnapshotHeld(repo, snap.id, async () => {
+      const index = await serving.indexes.get(snap.id);
+      await streamImage(repo, index, serving.zeros, start, end, res);
+    });
   } catch (err) {
     if (!res.headersSent) for (const h of BODY_HEADERS) res.removeHeader(h);
     throw err;

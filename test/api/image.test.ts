@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
 import { curl, fileSize, imageFixture, sha256 } from '../helpers/image-fixture.js';
+import { pollUntil } from '../helpers/poll.js';
 
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
 
@@ -221,4 +222,50 @@ test('a client that stops reading stops the reading of chunks: read-ahead is bou
   const end = Date.now() + 60_000;
   while (received < image.length && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
   t.true(received > image.length, 'the whole image (and the response head) arrived');
+});
+
+test('a download in progress keeps its chunks: forgetting the snapshot and gc meanwhile do not cut it', async (t) => {
+  const image = randomBytes(48 * 1024 * 1024);
+  const f = await imageFixture({ gcGraceMs: 0 }, image);
+  t.teardown(() => f.close());
+  const { hostname, port } = new URL(f.server.url);
+  const socket = connect(Number(port), hostname);
+  t.teardown(() => socket.destroy());
+  socket.write(
+    `GET /v1/snapshots/${f.snapshot}/image HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${f.server.adminToken}\r\nConnection: close\r\n\r\n`,
+  );
+  const pieces: Buffer[] = [];
+  let ended = false;
+  socket.on('data', (d: Buffer) => {
+    pieces.push(d);
+    // The first bytes, then a pause: most of the image is still to be read from storage.
+    if (pieces.length === 1) socket.pause();
+  });
+  socket.on('close', () => {
+    ended = true;
+  });
+  await pollUntil(
+    () => pieces.length,
+    (n) => n > 0,
+    'the first bytes of the image',
+  );
+  await f.server.repo.deleteSnapshot(f.snapshot);
+  const chunks = new Set(f.entries.map((e) => e.id)).size;
+  const report = await f.server.repo.gc();
+  t.is(report.chunksDeleted, 0, JSON.stringify(report));
+  t.is(report.chunksHeld, chunks, JSON.stringify(report));
+  socket.resume();
+  await pollUntil(
+    () => ended,
+    (e) => e,
+    'the end of the response',
+    { timeoutMs: 60_000 },
+  );
+  const whole = Buffer.concat(pieces);
+  const body = whole.subarray(whole.indexOf('\r\n\r\n') + 4);
+  t.is(body.length, image.length);
+  t.true(body.equals(image));
+  // Once sent, nothing holds the chunks any more: the next gc frees every one.
+  const after = await f.server.repo.gc();
+  t.is(after.chunksDeleted, chunks, JSON.stringify(after));
 });
