@@ -1,5 +1,4 @@
-import { parseArgs } from 'node:util';
-import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { EXIT_OK, EXIT_USAGE, parseCommandLine, UsageError } from '../../common/cli.js';
 import { deriveE2eKeys } from '../e2e/e2e-keys.js';
 import { openKey, writeKeyFileAtomic } from '../e2e/key-store.js';
 import { newPassphrase } from '../e2e/passphrase.js';
@@ -23,17 +22,11 @@ Options: --json prints the result as JSON.
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  let parsed: ReturnType<typeof parseKeyArgs>;
-  try {
-    parsed = parseKeyArgs(argv);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandLine(argv, KEY_OPTIONS);
   const [sub, ...rest] = positionals;
   if (values.help || sub === undefined) {
     process.stdout.write(USAGE);
-    return values.help ? EXIT_OK : 2;
+    return values.help ? EXIT_OK : EXIT_USAGE;
   }
   const json = values.json === true;
   const say = (text: string, obj: unknown) =>
@@ -139,16 +132,10 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-function parseKeyArgs(argv: string[]) {
-  return parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      out: { type: 'string' },
-      'password-file': { type: 'string' },
-      'new-password-file': { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-}
+const KEY_OPTIONS = {
+  out: { type: 'string' },
+  'password-file': { type: 'string' },
+  'new-password-file': { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
