@@ -14,6 +14,9 @@ import {
   type ManifestHeader,
 } from '../../repo-engine/manifest-codec.js';
 import type { DiskvaultClient } from '../client.js';
+import { e2eChunkId, SEALED_CHUNK_OVERHEAD, sealChunk } from '../e2e/chunk-sealing.js';
+import type { E2eKeys } from '../e2e/e2e-keys.js';
+import { sealedHeader, workerKeys } from '../e2e/snapshot-key.js';
 import type { ImageSource } from '../source.js';
 import { IdSet } from './id-set.js';
 import { ManifestSpool } from './manifest-spool.js';
@@ -47,6 +50,8 @@ export interface BackupOptions {
   commitAttempts?: number;
   /** Unreadable bytes accepted before the backup stops and commits nothing (see UnreadableBudget). Default: no limit. */
   maxUnreadable?: { bytes: number; asGiven: string };
+  /** An end-to-end backup's key: chunks are keyed and sealed, the image's hash sealed in the manifest. */
+  e2e?: E2eKeys;
   onProgress?: (p: BackupProgress) => void;
 }
 
@@ -116,7 +121,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   checkNames(o.host, o.disk, tags, time);
   const { client, source } = o;
 
-  const session = await client.createSession(o.host, o.disk);
+  const session = await client.createSession(
+    o.host,
+    o.disk,
+    undefined,
+    o.e2e ? { proof: o.e2e.proof.toString('base64') } : undefined,
+  );
   const chunker = session.chunker;
   const pad = chunker.max;
   const windowBytes = Math.max(o.windowBytes ?? 16 * MiB, chunker.max);
@@ -159,7 +169,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   try {
     spool = await ManifestSpool.create();
     const workers = Math.max(1, o.workers ?? availableParallelism());
-    pool = new WorkerPool(workers, { slots: sabs, chunker, warmBytes: pad + windowBytes });
+    pool = new WorkerPool(workers, {
+      slots: sabs,
+      chunker,
+      warmBytes: pad + windowBytes,
+      ...(o.e2e ? { e2e: workerKeys(o.e2e) } : {}),
+    });
     hasher = new WorkerPool(1, { slots: sabs, chunker, warmBytes: 0 });
     const known = new IdSet(4096);
     const sentThisRun = new IdSet(4096);
@@ -281,7 +296,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
           g.forEach((i, k) => {
             ranges[k * 2] = starts[i];
             ranges[k * 2 + 1] = ends[i];
-            room += zstdBinding.compressBound(ends[i] - starts[i]);
+            room += zstdBinding.compressBound(ends[i] - starts[i]) + (o.e2e ? SEALED_CHUNK_OVERHEAD : 0);
           });
           const out = compressedBuffers.take(room);
           const packed = await pool!.run({ type: 'compress', slot: w.slot, ranges, level, out }, [out]);
@@ -298,7 +313,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
                   ? Buffer.from(packed.out, packed.offsets[k], packed.offsets[k + 1] - packed.offsets[k])
                   : slotBufs[w.slot].subarray(starts[i], ends[i]);
                 const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
-                await client.putChunk(session.id, id, payload, packed.compressed[k] ? 'zstd' : 'raw');
+                await client.putChunk(
+                  session.id,
+                  id,
+                  payload,
+                  o.e2e ? 'sealed' : packed.compressed[k] ? 'zstd' : 'raw',
+                );
                 progress.newChunks++;
                 progress.newBytes += ends[i] - starts[i];
                 progress.bytesUploaded += payload.length;
@@ -414,7 +434,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
 
     const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
     unreadable = mergeRanges(unreadable);
-    const header: ManifestHeader = {
+    const header: ManifestHeader = sealedHeader(o.e2e, {
       formatVersion: MANIFEST_FORMAT_VERSION,
       host: o.host,
       disk: o.disk,
@@ -426,7 +446,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       unreadable,
       sourceFormat: source.format,
       chunkCount: spool.chunkCount,
-    };
+    });
     progress.phase = 'committing';
     report();
     const snapshot = await commitWithRepair(
@@ -528,7 +548,9 @@ async function uploadAgain(
       gate.use(async () => {
         const buf = Buffer.alloc(c.length);
         const got = await readResilient(o.source, buf, c.offset);
-        const actual = createHash('sha256').update(buf.subarray(0, got.bytes)).digest('hex');
+        const piece = buf.subarray(0, got.bytes);
+        const keyed = o.e2e ? e2eChunkId(o.e2e, piece) : undefined;
+        const actual = keyed ? keyed.id.toString('hex') : createHash('sha256').update(piece).digest('hex');
         if (got.bytes !== c.length || actual !== c.id) {
           throw new InvalidInputError(
             `the source changed during the backup: bytes ${c.offset}..${c.offset + c.length} no longer match chunk ${c.id}`,
@@ -536,10 +558,15 @@ async function uploadAgain(
         }
         const z = compress(buf, { compressionLevel: level });
         const useZ = compressionWorthwhile(z.length, buf.length);
-        await o.client.putChunk(sessionId, c.id, useZ ? z : buf, useZ ? 'zstd' : 'raw');
+        const payload = keyed
+          ? sealChunk(o.e2e!, keyed.kid, buf.length, useZ ? z : buf, useZ)
+          : useZ
+            ? z
+            : buf;
+        await o.client.putChunk(sessionId, c.id, payload, keyed ? 'sealed' : useZ ? 'zstd' : 'raw');
         progress.newChunks++;
         progress.newBytes += c.length;
-        progress.bytesUploaded += useZ ? z.length : buf.length;
+        progress.bytesUploaded += payload.length;
       }),
     ),
   );

@@ -6,6 +6,7 @@ import {
 } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
+import type { ChunkOpeningKeys } from './chunk-decoder.js';
 import { decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';
@@ -31,6 +32,8 @@ export interface RestoreOptions {
   concurrency?: number;
   onProgress?: (p: RestoreProgress) => void;
   onDamage?: (d: DamagedChunk) => void;
+  /** An end-to-end snapshot's key: every chunk is opened and checked with it (agent/e2e/). */
+  e2e?: ChunkOpeningKeys;
 }
 
 export interface RestoreProgress {
@@ -145,11 +148,11 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
       .fetch(id, length, recycler)
       .then(async (fetched) => {
         // Already-checked bytes only need their length checked, which is cheap enough for this thread.
-        if (!fetched.verified) decoders ??= new DecodePool(undefined, recycler);
+        if (!fetched.verified) decoders ??= new DecodePool(undefined, recycler, opts.e2e);
         const raw =
           decoders && !fetched.verified
             ? await decoders.decode(fetched, id, length)
-            : decodeChunk(fetched, id, length);
+            : decodeChunk(fetched, id, length, undefined, opts.e2e);
         zeros.learn(id, raw);
         return raw;
       })
