@@ -229,3 +229,30 @@ for (const storage of ['local', 's3'] as const) {
     }
   });
 }
+
+test('sync copies an end-to-end snapshot sealed, with no key on either server, and it restores from the copy with the key', async (t) => {
+  const work = await tempDir('e2e-sync');
+  const src = await startTestServer();
+  const dst = await startTestServer();
+  try {
+    const image = await writeMarkedImage(work);
+    const { key, pw } = await makeKey(work, 'k', 'offsite passphrase');
+    const srcConn = { server: src.url, token: src.adminToken };
+    const dstConn = { server: dst.url, token: dst.adminToken };
+    const run = await backupCli(srcConn, image.file, 'h1', 'sda', ['--key', key, '--password-file', pw]);
+    t.is(run.code, 0, run.stderr);
+    const snapshot = summaryOf(run).snapshot;
+    const synced = await dv(['sync', '--from', src.url, '--from-token', src.adminToken, '--json'], dstConn);
+    t.is(synced.code, 0, synced.stderr);
+    const copy = dst.repo.getSnapshot(snapshot);
+    t.deepEqual(copy?.e2e, src.repo.getSnapshot(snapshot)?.e2e);
+    const restored = path.join(work, 'copy.img');
+    const r = await dv(['restore', snapshot, restored, '--key', key, '--password-file', pw], dstConn);
+    t.is(r.code, 0, r.stderr);
+    t.is(await sha256File(restored), image.sha256);
+  } finally {
+    await src.stop();
+    await dst.stop();
+    await removeDir(work);
+  }
+});
