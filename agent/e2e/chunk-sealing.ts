@@ -80,12 +80,11 @@ export function openChunk(
   const decipher = createDecipheriv('aes-256-gcm', chunkCipherKey(keys.chunkKey, h.salt), ZERO_NONCE);
   decipher.setAAD(sealed.subarray(0, SEALED_CHUNK_HEADER_BYTES));
   decipher.setAuthTag(sealed.subarray(end));
-  let body: Buffer;
+  // GCM's final() returns no bytes: the body is update()'s output itself, not a concatenated copy.
+  let body = decipher.update(sealed.subarray(SEALED_CHUNK_HEADER_BYTES, end));
   try {
-    body = Buffer.concat([
-      decipher.update(sealed.subarray(SEALED_CHUNK_HEADER_BYTES, end)),
-      decipher.final(),
-    ]);
+    const tail = decipher.final();
+    if (tail.length > 0) body = Buffer.concat([body, tail]);
   } catch {
     throw new CorruptError(
       `chunk ${id} is corrupt: its authentication tag does not match (changed in storage or in transit)`,
