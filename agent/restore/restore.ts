@@ -107,7 +107,12 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
   if (opts.inPlace && target.kind === 'stream')
     throw new InvalidInputError('--in-place needs a file or a block device');
   const scanner = opts.inPlace
-    ? new TargetScanner({ path: target.path, size: header.size, zeroIds: zeros.knownIds() })
+    ? new TargetScanner({
+        path: target.path,
+        size: header.size,
+        zeroIds: zeros.knownIds(),
+        ...(opts.e2e ? { e2e: opts.e2e } : {}),
+      })
     : undefined;
   // Chunk buffers go round (download, decode, write, hash, back) instead of being allocated per chunk.
   const recycler = new BufferRecycler();

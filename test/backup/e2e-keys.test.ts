@@ -127,6 +127,15 @@ for (const storage of ['local', 's3'] as const) {
       );
       t.is(ok.code, 0, ok.stderr);
       t.is(await sha256File(restored), image.sha256);
+      // In place over the restored copy: every chunk is recognised by its keyed id and nothing is fetched.
+      const again = await dv(
+        ['restore', snapshot, restored, '--in-place', '--json', '--key', key, '--password-file', pw],
+        conn,
+      );
+      t.is(again.code, 0, again.stderr);
+      const inPlace = summaryOf(again);
+      t.is(inPlace.chunksReused, entries.length);
+      t.is(inPlace.chunksFetched, 0);
 
       // Without the key, with a wrong passphrase, with another key: one line, exit 1, target never written.
       const target = path.join(work, 'never.img');
