@@ -2,7 +2,7 @@ import type { Server } from 'restify';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { keyIdOfProof } from '../../repo-engine/sealed-chunk.js';
 import type { SessionKey } from '../../repo-engine/types.js';
-import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
+import { isGlobalAdmin, mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
@@ -43,7 +43,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       const disk = checkName(body.disk, 'disk');
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
       const tenant = sessionTenant(p, optionalName(body.tenant, 'tenant'));
-      const key = sessionKey(body.e2e, p.role === 'admin');
+      const key = sessionKey(body.e2e, isGlobalAdmin(p));
       const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, Date.now());
       if ('retryAfterS' in place) {
         res.setHeader('retry-after', String(place.retryAfterS));
@@ -156,7 +156,8 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
 
 /**
  * The end-to-end key of a new session: the key id its proof hashes to (a holder of the key proves it so);
- * an admin may name the key id itself (copying sealed snapshots it cannot open). Undefined: plaintext.
+ * a global admin (the operator's own token, who could change storage anyway) may name the key id itself,
+ * to copy sealed snapshots it cannot open. Undefined: plaintext.
  */
 function sessionKey(value: unknown, isAdmin: boolean): SessionKey | undefined {
   if (value === undefined || value === null) return undefined;
