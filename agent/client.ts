@@ -1,30 +1,46 @@
-import { createHash, randomInt } from 'node:crypto';
-import http from 'node:http';
-import https from 'node:https';
-import { Readable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { createHash } from 'node:crypto';
+import type http from 'node:http';
+import type { Readable } from 'node:stream';
 import {
   CHUNK_CONTENT_TYPE,
   type CommitResponse,
   type CreateSessionRequest,
   type CreateSessionResponse,
-  type ErrorBody,
+  type CreateShareRequest,
+  type CreateShareResponse,
+  type ForgetRequest,
+  type ForgetResponse,
+  type GcReport,
   ID_BYTES,
   IDS_CONTENT_TYPE,
+  type JobResponse,
   MANIFEST_CONTENT_TYPE,
   MAX_MISSING_IDS,
   type MissingResponse,
   type PutChunkResponse,
   RAW_LENGTH_HEADER,
+  type ShareInfo,
   type SnapshotInfo,
   type SnapshotLeaseResponse,
+  type SnapshotResponse,
+  type StatsResponse,
+  type VerifyReport,
+  type VerifyRequest,
 } from '../api/protocol.js';
-import { AGENT_USER_AGENT } from '../api/version.js';
-import { codeForStatus, DiskvaultError, HashMismatchError, isErrorCode } from '../common/errors.js';
+import { DiskvaultError, HashMismatchError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { paced, pacedStream, RateLimiter } from './rate-limit.js';
+import { errorFrom, readBounded, readJson } from './http/body-read.js';
+import { RetryPolicy } from './http/retry-policy.js';
+import {
+  type Body,
+  HttpTransport,
+  isRetryableNetError,
+  networkError,
+  type Response,
+} from './http/transport.js';
+import { pacedStream, RateLimiter } from './rate-limit.js';
 import { decompressExactly } from './zstd-bounded.js';
 
 /** Where the server is, how to reach it, and how hard to try. */
@@ -38,6 +54,8 @@ export interface ClientOptions {
   /** First backoff in ms; doubled per attempt, capped at maxBackoffMs. Default 500. */
   backoffMs?: number;
   maxBackoffMs?: number;
+  /** The longest Retry-After (429, 503) waited for; a longer one is reported at once. Default 60 s. */
+  maxRetryAfterMs?: number;
   /**
    * PEM certificates to trust for an https server instead of the system's (a private CA, or the server's own
    * self-signed certificate), as restic's --cacert.
@@ -47,82 +65,46 @@ export interface ClientOptions {
   limitUpload?: number | null;
   /** Bytes per second for every response body received (chunk downloads above all), all requests together. */
   limitDownload?: number | null;
+  /**
+   * Cancels every request and back-off once it fires (Ctrl-C), except the clean-up ones (abort a session,
+   * release a lease), which must still reach the server.
+   */
+  signal?: AbortSignal;
 }
 
-/** A body that can be sent again on retry (a Buffer), or sent once (a stream). */
-type Body = Buffer | Readable | AsyncIterable<Buffer>;
-
-interface Response {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  /** The body; paced by the download limit once the status is 2xx. */
-  stream: Readable;
-}
-
-/**
- * Statuses that mean "try again later": the server or something in between is overloaded or restarting.
- * 507 (storage full) and 501 are not: retrying them only delays the answer by the whole backoff, per chunk.
- */
-function isRetryableStatus(status: number): boolean {
-  return status === 429 || (status >= 500 && status !== 501 && status !== 507);
-}
-
-const RETRYABLE_NET_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'EPIPE',
-  'ETIMEDOUT',
-  'EAI_AGAIN',
-  'ENETUNREACH',
-  'EHOSTUNREACH',
-  'ENOTFOUND',
-  'UND_ERR_SOCKET',
-]);
-
-function isRetryableNetError(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException)?.code;
-  return typeof code === 'string' && RETRYABLE_NET_CODES.has(code);
+interface SendOptions {
+  retry?: boolean;
+  /** A clean-up request: not cancelled by the client's signal. */
+  cleanup?: boolean;
 }
 
 /**
  * The agent's one door to the server: every request goes through `send()`, which keeps connections alive,
- * retries what is worth retrying (network errors, 5xx, 429) with capped exponential backoff and jitter, and
- * never retries a 4xx (the server has decided; asking again cannot change its mind). Error bodies become
- * DiskvaultErrors carrying the server's code and message, so the CLI prints what the server said.
+ * retries what is worth retrying (network errors, 5xx, 429; see RetryPolicy) and never retries a 4xx (the
+ * server has decided; asking again cannot change its mind). Error bodies become DiskvaultErrors carrying the
+ * server's code and message, so the CLI prints what the server said.
  */
 export class DiskvaultClient {
-  private readonly base: URL;
-  private readonly agent: http.Agent;
-  private readonly transport: typeof http | typeof https;
-  private readonly auth: string;
-  private readonly attempts: number;
+  private readonly transport: HttpTransport;
+  private readonly retries: RetryPolicy;
   /** Cleared when the server turns out to predate the binary missing query. */
   private binaryMissing = true;
-  private readonly backoffMs: number;
-  private readonly maxBackoffMs: number;
-  private readonly uploadLimiter: RateLimiter | null;
   private readonly downloadLimiter: RateLimiter | null;
+  private readonly signal: AbortSignal | undefined;
   readonly concurrency: number;
 
   constructor(cfg: ClientOptions) {
-    this.base = new URL(cfg.server.endsWith('/') ? cfg.server : `${cfg.server}/`);
-    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
-      throw new DiskvaultError('InvalidInput', `server URL ${cfg.server} is neither http nor https`);
-    }
     this.concurrency = Math.max(1, cfg.concurrency ?? 8);
-    this.transport = this.base.protocol === 'https:' ? https : http;
-    // One more socket than uploads in flight so a missing-query or commit never waits behind uploads.
-    const agentOpts = { keepAlive: true, maxSockets: this.concurrency + 2, scheduling: 'lifo' as const };
-    this.agent =
-      this.base.protocol === 'https:'
-        ? new https.Agent({ ...agentOpts, ...(cfg.ca?.length ? { ca: cfg.ca } : {}) })
-        : new http.Agent(agentOpts);
-    this.auth = `Bearer ${cfg.token}`;
-    this.attempts = Math.max(1, cfg.attempts ?? 6);
-    this.backoffMs = cfg.backoffMs ?? 500;
-    this.maxBackoffMs = cfg.maxBackoffMs ?? 8000;
-    this.uploadLimiter = cfg.limitUpload ? new RateLimiter(cfg.limitUpload) : null;
+    this.transport = new HttpTransport({
+      server: cfg.server,
+      token: cfg.token,
+      concurrency: this.concurrency,
+      ...(cfg.ca ? { ca: cfg.ca } : {}),
+      uploadLimiter: cfg.limitUpload ? new RateLimiter(cfg.limitUpload) : null,
+    });
+    this.retries = new RetryPolicy(cfg);
     this.downloadLimiter = cfg.limitDownload ? new RateLimiter(cfg.limitDownload) : null;
+    this.signal = cfg.signal;
   }
 
   // ---- backup side ----
@@ -217,8 +199,9 @@ export class DiskvaultClient {
     return ((await readJson(res)) as CommitResponse).snapshot;
   }
 
+  /** Ends the session without a snapshot. Sent even once the client's signal has fired: it is the clean-up. */
   async abort(sessionId: string): Promise<void> {
-    const res = await this.send('DELETE', `v1/sessions/${enc(sessionId)}`);
+    const res = await this.send('DELETE', `v1/sessions/${enc(sessionId)}`, undefined, {}, { cleanup: true });
     res.stream.resume();
   }
 
@@ -233,8 +216,9 @@ export class DiskvaultClient {
     return await this.json<SnapshotLeaseResponse>('POST', `v1/leases/${enc(leaseId)}`, {});
   }
 
+  /** Sent even once the client's signal has fired: it is the clean-up. */
   async releaseLease(leaseId: string): Promise<void> {
-    const res = await this.send('DELETE', `v1/leases/${enc(leaseId)}`);
+    const res = await this.send('DELETE', `v1/leases/${enc(leaseId)}`, undefined, {}, { cleanup: true });
     res.stream.resume();
   }
 
@@ -337,18 +321,66 @@ export class DiskvaultClient {
     return this.json<T>(method, path, body, { retry: method === 'GET' });
   }
 
+  /** Applies a retention policy: the answer itself, or with `prune` (and not a dry run) a job to poll. */
+  forget(req: ForgetRequest): Promise<ForgetResponse | JobResponse<ForgetResponse>> {
+    return this.adminRequest('POST', 'v1/forget', req);
+  }
+
+  /** Starts gc as a job. */
+  startGc(): Promise<JobResponse<GcReport>> {
+    return this.adminRequest('POST', 'v1/gc', {});
+  }
+
+  /** Starts a repository check as a job. */
+  startVerify(req: VerifyRequest = {}): Promise<JobResponse<VerifyReport>> {
+    return this.adminRequest('POST', 'v1/verify', req);
+  }
+
+  /** A job's state, progress and, once it has ended, result or error. */
+  getJob<R>(jobId: string): Promise<JobResponse<R>> {
+    return this.adminRequest('GET', `v1/jobs/${enc(jobId)}`);
+  }
+
+  stats(): Promise<StatsResponse> {
+    return this.adminRequest('GET', 'v1/stats');
+  }
+
+  /** Forgets one snapshot (refused with 409 'protected' for a protected one). */
+  async deleteSnapshot(id: string): Promise<void> {
+    await this.adminRequest('DELETE', `v1/snapshots/${enc(id)}`);
+  }
+
+  /** Protects a snapshot from forget and gc, or lifts that; the snapshot as it now is. */
+  async setProtection(id: string, protect: boolean): Promise<SnapshotInfo> {
+    const out = await this.adminRequest<SnapshotResponse>(
+      protect ? 'PUT' : 'DELETE',
+      `v1/snapshots/${enc(id)}/protection`,
+    );
+    return out.snapshot;
+  }
+
+  /** Creates a link serving the snapshot's image without a token until it expires (never retried). */
+  createShare(req: CreateShareRequest): Promise<CreateShareResponse> {
+    return this.adminRequest('POST', 'v1/shares', req);
+  }
+
+  /** The share links this token may see, oldest first. */
+  async listShares(): Promise<ShareInfo[]> {
+    return (await this.adminRequest<{ shares: ShareInfo[] }>('GET', 'v1/shares')).shares;
+  }
+
+  /** Ends a share link at once; the link as it was. */
+  async revokeShare(id: string): Promise<ShareInfo> {
+    return (await this.adminRequest<{ share: ShareInfo }>('DELETE', `v1/shares/${enc(id)}`)).share;
+  }
+
   close(): void {
-    this.agent.destroy();
+    this.transport.close();
   }
 
   // ---- plumbing ----
 
-  private async json<T>(
-    method: string,
-    path: string,
-    body?: unknown,
-    opts?: { retry?: boolean },
-  ): Promise<T> {
+  private async json<T>(method: string, path: string, body?: unknown, opts?: SendOptions): Promise<T> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const res = await this.send(method, path, buf, buf ? { 'content-type': 'application/json' } : {}, opts);
     return (await readJson(res)) as T;
@@ -363,19 +395,24 @@ export class DiskvaultClient {
     path: string,
     body?: Body | (() => Body),
     headers: http.OutgoingHttpHeaders = {},
-    { retry = true }: { retry?: boolean } = {},
+    { retry = true, cleanup = false }: SendOptions = {},
   ): Promise<Response> {
-    const url = new URL(path, this.base);
+    const url = this.transport.url(path);
+    const signal = cleanup ? undefined : this.signal;
     const replayable = body === undefined || Buffer.isBuffer(body) || typeof body === 'function';
     let lastError: unknown;
-    for (let attempt = 0; attempt < (retry ? this.attempts : 1); attempt++) {
-      if (attempt > 0) await sleep(this.delay(attempt));
+    let wait = 0;
+    for (let attempt = 0; attempt < (retry ? this.retries.attempts : 1); attempt++) {
+      if (attempt > 0) await this.retries.wait(wait, signal);
+      signal?.throwIfAborted();
       let res: Response;
       try {
         const b = typeof body === 'function' ? body() : body;
-        res = await this.once(method, url, b, headers);
+        res = await this.transport.request(method, url, b, headers, signal);
       } catch (err) {
+        if (signal?.aborted) throw signal.reason;
         lastError = err;
+        wait = this.retries.backoff(attempt + 1);
         if (replayable && isRetryableNetError(err)) continue;
         throw networkError(err, url);
       }
@@ -386,180 +423,15 @@ export class DiskvaultClient {
       const error = await errorFrom(res);
       lastError = error;
       // A 500 saying Corrupt is the stored object itself, not a passing fault: asking again gets the same.
-      if (replayable && isRetryableStatus(res.status) && error.code !== 'Corrupt') continue;
-      throw error;
+      if (!replayable || !this.retries.isRetryableStatus(res.status) || error.code === 'Corrupt') throw error;
+      const next = this.retries.waitAfter(attempt + 1, res.status, res.headers);
+      if (next === null) throw error;
+      wait = next;
     }
     throw lastError instanceof DiskvaultError ? lastError : networkError(lastError, url);
-  }
-
-  /** Backoff: base * 2^(attempt-1), capped, with full jitter in its upper half so agents don't stampede. */
-  private delay(attempt: number): number {
-    const ceiling = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** (attempt - 1));
-    return Math.floor(ceiling / 2 + randomInt(Math.max(1, Math.floor(ceiling / 2))));
-  }
-
-  private once(
-    method: string,
-    url: URL,
-    body: Buffer | Readable | AsyncIterable<Buffer> | undefined,
-    headers: http.OutgoingHttpHeaders,
-  ): Promise<Response> {
-    return new Promise((resolve, reject) => {
-      const h: http.OutgoingHttpHeaders = {
-        authorization: this.auth,
-        'user-agent': AGENT_USER_AGENT,
-        ...headers,
-      };
-      if (body === undefined) h['content-length'] = 0;
-      else if (Buffer.isBuffer(body)) h['content-length'] = body.length;
-      const req = this.transport.request(url, { method, headers: h, agent: this.agent });
-      req.on('response', (stream) =>
-        resolve({ status: stream.statusCode ?? 0, headers: stream.headers, stream }),
-      );
-      req.on('error', reject);
-      if (body === undefined) req.end();
-      else if (Buffer.isBuffer(body) && !this.uploadLimiter) req.end(body);
-      else {
-        const src = this.uploadLimiter
-          ? Readable.from(paced(body, this.uploadLimiter), { objectMode: false })
-          : body instanceof Readable
-            ? body
-            : Readable.from(body as AsyncIterable<Buffer>);
-        src.on('error', (err) => req.destroy(err));
-        src.pipe(req);
-      }
-    });
   }
 }
 
 function enc(s: string): string {
   return encodeURIComponent(s);
-}
-
-/** OpenSSL's verdicts on a server certificate the agent cannot trust; retrying cannot change them. */
-const UNTRUSTED_CERT_CODES = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'CERT_SIGNATURE_FAILURE',
-]);
-
-function networkError(err: unknown, url: URL): DiskvaultError {
-  if (err instanceof DiskvaultError) return err;
-  const e = err as NodeJS.ErrnoException;
-  const tls = tlsProblem(e, url);
-  if (tls) return new DiskvaultError('Unavailable', tls, undefined, { cause: err });
-  let what = e?.code ? `${e.code}` : String(e?.message ?? err);
-  // A TLS server cuts a plain-http request without a word: the one hint that can be given.
-  if (e?.code === 'ECONNRESET' && url.protocol === 'http:')
-    what += ' (if the server serves TLS, use https://)';
-  return new DiskvaultError('Unavailable', `cannot reach the server at ${url.origin}: ${what}`, undefined, {
-    cause: err,
-  });
-}
-
-/** What to tell a person whose https connection failed on the server's certificate, or undefined. */
-function tlsProblem(e: NodeJS.ErrnoException | undefined, url: URL): string | undefined {
-  const code = e?.code ?? '';
-  const server = `the server at ${url.origin}`;
-  if (UNTRUSTED_CERT_CODES.has(code))
-    return `${server} presented a TLS certificate this agent does not trust (${code}): give the certificate of the CA that signed it, or the server's own, with --cacert FILE (or "cacert" in the config file)`;
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
-    const names = (e as { cert?: { subjectaltname?: string } }).cert?.subjectaltname ?? 'no names';
-    return `${server} presented a TLS certificate for another name (it lists ${names}, not ${url.hostname}): connect by a name it lists, or give the server a certificate for this one`;
-  }
-  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
-    return `${server} presented a TLS certificate that is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the server, then 'systemctl reload diskvault-server' (or send the server SIGHUP)`;
-  if (code === 'EPROTO' && url.protocol === 'https:') {
-    // OpenSSL's message is a multi-line record; its reason ('wrong version number') is what helps.
-    const reason = /SSL routines:[^:]*:([^:]+)/.exec(e?.message ?? '')?.[1] ?? code;
-    return `cannot speak TLS with ${server}: it answered something that is not TLS (${reason}); is it serving plain http? Try http://`;
-  }
-  return undefined;
-}
-
-/**
- * A response body of at most `cap` bytes, read into one buffer sized by Content-Length when the server sent
- * one (no concatenation copy); refused as Corrupt as soon as it would exceed `cap` or its announced length.
- */
-async function readBounded(
-  res: Response,
-  cap: number,
-  what: string,
-  alloc: BufferAllocator = Buffer.allocUnsafe,
-): Promise<Buffer> {
-  const declared =
-    res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);
-  const tooBig = (n: number) =>
-    new DiskvaultError('Corrupt', `${what}: the server sent ${n} bytes or more, at most ${cap} expected`);
-  if (declared !== undefined && (!Number.isSafeInteger(declared) || declared < 0 || declared > cap)) {
-    res.stream.destroy();
-    throw tooBig(declared);
-  }
-  if (declared !== undefined) {
-    const out = alloc(declared);
-    let at = 0;
-    for await (const p of res.stream) {
-      const part = p as Buffer;
-      if (at + part.length > declared) {
-        res.stream.destroy();
-        throw new DiskvaultError(
-          'Corrupt',
-          `${what}: the server sent more than its announced ${declared} bytes`,
-        );
-      }
-      part.copy(out, at);
-      at += part.length;
-    }
-    if (at !== declared)
-      throw new DiskvaultError(
-        'Unavailable',
-        `${what}: the connection ended after ${at} of ${declared} bytes`,
-      );
-    return out;
-  }
-  const parts: Buffer[] = [];
-  let total = 0;
-  for await (const p of res.stream) {
-    total += (p as Buffer).length;
-    if (total > cap) {
-      res.stream.destroy();
-      throw tooBig(total);
-    }
-    parts.push(p as Buffer);
-  }
-  return Buffer.concat(parts, total);
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const p of stream) parts.push(p as Buffer);
-  return Buffer.concat(parts);
-}
-
-async function readJson(res: Response): Promise<unknown> {
-  const text = (await readAll(res.stream)).toString('utf8');
-  if (text === '') return {};
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw new DiskvaultError('Unavailable', `server sent a response that is not JSON (status ${res.status})`);
-  }
-}
-
-/** Turns a non-2xx response into the DiskvaultError the server meant, keeping its message and details. */
-async function errorFrom(res: Response): Promise<DiskvaultError> {
-  let body: Partial<ErrorBody> = {};
-  try {
-    const text = (await readAll(res.stream)).toString('utf8');
-    body = text ? (JSON.parse(text) as Partial<ErrorBody>) : {};
-  } catch {
-    body = {};
-  }
-  const code = isErrorCode(body.code) ? body.code : codeForStatus(res.status);
-  const message =
-    typeof body.message === 'string' && body.message ? body.message : `server answered HTTP ${res.status}`;
-  return new DiskvaultError(code, message, { status: res.status, ...(body.details ?? {}) });
 }

@@ -149,6 +149,31 @@ export interface SnapshotLeaseResponse {
   expiresAt: string;
 }
 
+/** A share link as the API shows it (POST/GET /v1/shares, DELETE /v1/shares/:id): never its secret or hash. */
+export interface ShareInfo {
+  id: string;
+  snapshot: string;
+  host: string;
+  disk: string;
+  created: string;
+  expires: string;
+  /** The id of the token that created it. */
+  createdBy: string;
+}
+
+/** POST /v1/shares. */
+export interface CreateShareRequest {
+  snapshot: string;
+  /** 60 s to 30 days. */
+  expiresInSeconds: number;
+}
+
+/** POST /v1/shares: the link's path (relative to the server) is shown once, here only. */
+export interface CreateShareResponse {
+  share: ShareInfo;
+  path: string;
+}
+
 /** One disk's snapshot series: what monitoring watches (is the newest recent, did it read every sector). */
 export interface DiskSeriesStats {
   tenant: string;

@@ -5,12 +5,15 @@ import { isDiskvaultError } from './errors.js';
  * What every command line (agent and server) shares: usage errors and the one mapping from errors to exit
  * codes.
  *
- * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges.
+ * Exit codes (docs/backup.md and docs/restore.md): 0 success, 1 failure, 2 usage, 3 completed with unreadable ranges,
+ * 130 ended by Ctrl-C.
  */
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_UNREADABLE = 3;
+/** A command ended by Ctrl-C (128 + SIGINT), as shells report it. */
+export const EXIT_INTERRUPTED = 130;
 
 export class UsageError extends Error {
   constructor(message: string) {

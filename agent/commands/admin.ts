@@ -6,14 +6,12 @@ import type {
   JobResponse,
   RetentionPolicy,
   SnapshotInfo,
-  StatsResponse,
-  VerifyReport,
 } from '../../api/protocol.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
 import { DiskvaultError, type ErrorCode } from '../../common/errors.js';
 import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
-import { type ClientConfig, resolveClientConfig } from '../cli-support.js';
+import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { commandKey, keyPathOf } from '../e2e/key-store.js';
 import { KEY_OPTIONS, type KeyFlags } from '../e2e/snapshot-key.js';
@@ -118,7 +116,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const cfg = resolveClientConfig(values as Parameters<typeof resolveClientConfig>[0]);
   const json = values.json === true;
   warnIfPlainHttp(cfg.server, command, json);
-  const client = new AdminClient(cfg);
+  const client = new DiskvaultClient(cfg);
   try {
     switch (command) {
       case 'forget':
@@ -129,7 +127,7 @@ export async function run(argv: string[], command: string): Promise<number> {
         return await gc(client, json);
       case 'verify':
         if (keyPathOf(values.key as string | undefined) !== undefined)
-          return await verifyKey(cfg, values as KeyFlags, values['read-data'] === true, json);
+          return await verifyKey(client, values as KeyFlags, values['read-data'] === true, json);
         return await verify(client, values['read-data'] === true, json);
       default:
         return await stats(client, json);
@@ -162,7 +160,11 @@ export function policyFromFlags(values: Record<string, unknown>): RetentionPolic
   return policy;
 }
 
-async function forget(client: AdminClient, values: Record<string, unknown>, json: boolean): Promise<number> {
+async function forget(
+  client: DiskvaultClient,
+  values: Record<string, unknown>,
+  json: boolean,
+): Promise<number> {
   const policy = policyFromFlags(values);
   const dryRun = values['dry-run'] === true;
   const body = {
@@ -174,8 +176,13 @@ async function forget(client: AdminClient, values: Record<string, unknown>, json
   };
   const out =
     body.prune && !dryRun
-      ? await runJob<ForgetResponse>(client, 'forget', () => client.call('POST', '/v1/forget', body), json)
-      : await client.call<ForgetResponse>('POST', '/v1/forget', body);
+      ? await runJob(
+          client,
+          'forget',
+          () => client.forget(body) as Promise<JobResponse<ForgetResponse>>,
+          json,
+        )
+      : ((await client.forget(body)) as ForgetResponse);
   if (json) {
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return EXIT_OK;
@@ -211,7 +218,7 @@ function printGc(r: GcReport): void {
  * --json (the last one too), a live line on a terminal. A failed job becomes its error.
  */
 async function runJob<R>(
-  client: AdminClient,
+  client: DiskvaultClient,
   label: string,
   start: () => Promise<JobResponse<R>>,
   json: boolean,
@@ -220,7 +227,7 @@ async function runJob<R>(
   const tty = process.stderr.isTTY === true;
   while (job.state === 'running') {
     await new Promise((r) => setTimeout(r, 500));
-    job = (await client.call<JobResponse<R>>('GET', `/v1/jobs/${job.id}`)).job;
+    job = (await client.getJob<R>(job.id)).job;
     const p = job.progress;
     if (!p) continue;
     if (json) process.stderr.write(`${JSON.stringify({ type: 'progress', job: job.id, ...p })}\n`);
@@ -244,7 +251,7 @@ async function runJob<R>(
  * deleted, so a mistyped third id removes nothing.
  */
 async function forgetSnapshots(
-  client: AdminClient,
+  client: DiskvaultClient,
   specs: string[],
   values: Record<string, unknown>,
   json: boolean,
@@ -258,7 +265,7 @@ async function forgetSnapshots(
   };
   const chosen: SnapshotInfo[] = [];
   for (const spec of specs) {
-    const s = await selectSnapshot(client.client, spec, filter);
+    const s = await selectSnapshot(client, spec, filter);
     if (!chosen.some((c) => c.id === s.id)) chosen.push(s);
   }
   const dryRun = values['dry-run'] === true;
@@ -275,7 +282,7 @@ async function forgetSnapshots(
     else if (dryRun) continue;
     else {
       try {
-        await client.call('DELETE', `/v1/snapshots/${s.id}`);
+        await client.deleteSnapshot(s.id);
       } catch (err) {
         if (!isProtectedRefusal(err)) throw err;
         keep(s);
@@ -287,9 +294,7 @@ async function forgetSnapshots(
   }
   const removable = chosen.filter((s) => !kept.some((k) => k.snapshot.id === s.id));
   const report =
-    values.prune === true && !dryRun
-      ? await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json)
-      : undefined;
+    values.prune === true && !dryRun ? await runJob(client, 'gc', () => client.startGc(), json) : undefined;
   if (json) {
     const out = dryRun
       ? { dryRun, wouldRemove: removable, kept }
@@ -306,20 +311,15 @@ async function forgetSnapshots(
   return EXIT_OK;
 }
 
-async function gc(client: AdminClient, json: boolean): Promise<number> {
-  const report = await runJob<GcReport>(client, 'gc', () => client.call('POST', '/v1/gc', {}), json);
+async function gc(client: DiskvaultClient, json: boolean): Promise<number> {
+  const report = await runJob(client, 'gc', () => client.startGc(), json);
   if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else printGc(report);
   return EXIT_OK;
 }
 
-async function verify(client: AdminClient, readData: boolean, json: boolean): Promise<number> {
-  const r = await runJob<VerifyReport>(
-    client,
-    'verify',
-    () => client.call('POST', '/v1/verify', { readData }),
-    json,
-  );
+async function verify(client: DiskvaultClient, readData: boolean, json: boolean): Promise<number> {
+  const r = await runJob(client, 'verify', () => client.startVerify({ readData }), json);
   if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
   else {
     process.stdout.write(
@@ -345,7 +345,7 @@ async function verify(client: AdminClient, readData: boolean, json: boolean): Pr
 
 /** `verify --key FILE --read-data`: the agent opens every chunk of the key's snapshots (agent/e2e/). */
 async function verifyKey(
-  cfg: ReturnType<typeof resolveClientConfig>,
+  client: DiskvaultClient,
   flags: KeyFlags,
   readData: boolean,
   json: boolean,
@@ -353,34 +353,29 @@ async function verifyKey(
   if (!readData) throw new UsageError('verify --key checks chunk content from the agent: add --read-data');
   const keys = await commandKey(flags);
   if (!keys) throw new UsageError('verify --key needs a key file');
-  const client = new DiskvaultClient(cfg);
-  try {
-    const r = await verifyWithKey(client, keys, {
-      onProgress: json
-        ? undefined
-        : (done, total) => {
-            if (process.stderr.isTTY) process.stderr.write(`\rchecked ${done}/${total} chunks`);
-          },
-    });
-    if (!json && process.stderr.isTTY) process.stderr.write('\n');
-    if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
-    else {
-      process.stdout.write(
-        `key ${r.keyId}: checked ${r.snapshotsChecked} snapshots, ${r.chunksChecked} chunks, read ${formatBytes(r.bytesRead)} in ${r.seconds.toFixed(1)} s\n`,
-      );
-      for (const m of r.badManifests) process.stdout.write(`bad manifest ${m.snapshot}: ${m.detail}\n`);
-      for (const p of r.problems)
-        process.stdout.write(`${p.kind} chunk ${p.chunk} (${p.detail}), used by ${p.snapshots.join(', ')}\n`);
-      process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
-    }
-    return r.ok ? EXIT_OK : EXIT_FAILURE;
-  } finally {
-    client.close();
+  const r = await verifyWithKey(client, keys, {
+    onProgress: json
+      ? undefined
+      : (done, total) => {
+          if (process.stderr.isTTY) process.stderr.write(`\rchecked ${done}/${total} chunks`);
+        },
+  });
+  if (!json && process.stderr.isTTY) process.stderr.write('\n');
+  if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+  else {
+    process.stdout.write(
+      `key ${r.keyId}: checked ${r.snapshotsChecked} snapshots, ${r.chunksChecked} chunks, read ${formatBytes(r.bytesRead)} in ${r.seconds.toFixed(1)} s\n`,
+    );
+    for (const m of r.badManifests) process.stdout.write(`bad manifest ${m.snapshot}: ${m.detail}\n`);
+    for (const p of r.problems)
+      process.stdout.write(`${p.kind} chunk ${p.chunk} (${p.detail}), used by ${p.snapshots.join(', ')}\n`);
+    process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
   }
+  return r.ok ? EXIT_OK : EXIT_FAILURE;
 }
 
-async function stats(client: AdminClient, json: boolean): Promise<number> {
-  const s = await client.call<StatsResponse>('GET', '/v1/stats');
+async function stats(client: DiskvaultClient, json: boolean): Promise<number> {
+  const s = await client.stats();
   if (json) {
     process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
     return EXIT_OK;
@@ -418,21 +413,4 @@ function formatAge(ms: number): string {
   const hours = ms / 3_600_000;
   if (hours < 1) return `${Math.round(ms / 60_000)} min ago`;
   return hours < 48 ? `${hours.toFixed(1)} h ago` : `${(hours / 24).toFixed(1)} days ago`;
-}
-
-/** The admin routes over the agent's client, so TLS trust (--cacert) and error handling are the same. */
-class AdminClient {
-  readonly client: DiskvaultClient;
-
-  constructor(cfg: ClientConfig) {
-    this.client = new DiskvaultClient(cfg);
-  }
-
-  call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return this.client.adminRequest<T>(method, path.replace(/^\//, ''), body);
-  }
-
-  close(): void {
-    this.client.close();
-  }
 }

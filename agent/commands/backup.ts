@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
+import { EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
 import { nameProblem, TAG_PATTERN } from '../../common/names.js';
 import { formatBytes, parseSize } from '../../common/units.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
@@ -7,6 +7,7 @@ import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { commandKey } from '../e2e/key-store.js';
 import { KEY_OPTIONS } from '../e2e/snapshot-key.js';
+import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter } from '../progress.js';
 import { mountsOfDevice } from '../sources/mounts.js';
@@ -95,7 +96,8 @@ export async function run(argv: string[]): Promise<number> {
     );
   }
   warnIfPlainHttp(cfg.server, 'backup', values.json === true);
-  const client = new DiskvaultClient({ ...cfg, concurrency });
+  const interrupt = interruptOnSigint();
+  const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   const reporter = createProgressReporter({
     json: values.json === true,
     describe: (s) => `new ${formatBytes(Number(s.newBytes))}, known ${formatBytes(Number(s.knownBytes))}`,
@@ -112,6 +114,7 @@ export async function run(argv: string[]): Promise<number> {
       compressionLevel,
       maxUnreadable,
       ...(e2e ? { e2e } : {}),
+      signal: interrupt.signal,
       ...tuningFromEnv(),
       onProgress: (p: BackupProgress) =>
         reporter.update({
@@ -128,7 +131,15 @@ export async function run(argv: string[]): Promise<number> {
     reporter.finish();
     printSummary(summary, warnings, values.json === true);
     return summary.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } catch (err) {
+    if (!interrupt.signal.aborted) throw err;
+    reporter.finish();
+    process.stderr.write(
+      'diskvault backup: interrupted: nothing was committed (the upload session was aborted)\n',
+    );
+    return EXIT_INTERRUPTED;
   } finally {
+    interrupt.dispose();
     reporter.finish();
     client.close();
     await source.close().catch(() => {});

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import type { SnapshotInfo, SnapshotResponse } from '../../api/protocol.js';
+import type { SnapshotInfo } from '../../api/protocol.js';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
@@ -53,11 +53,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     }
     const done: SnapshotInfo[] = [];
     for (const s of chosen) {
-      const out = await client.adminRequest<SnapshotResponse>(
-        protect ? 'PUT' : 'DELETE',
-        `v1/snapshots/${s.id}/protection`,
-      );
-      done.push(out.snapshot);
+      done.push(await client.setProtection(s.id, protect));
       if (!values.json)
         process.stdout.write(
           `${protect ? 'protected' : 'unprotected'} ${s.id.slice(0, 12)}  ${s.host} ${s.disk}  ${s.time}\n`,

@@ -1,9 +1,10 @@
-import { EXIT_FAILURE, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
+import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
 import { KEY_OPTIONS, keyForSnapshot, openedHeader, workerKeys } from '../e2e/snapshot-key.js';
+import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
@@ -71,7 +72,8 @@ export async function run(argv: string[], command: string): Promise<number> {
 
   const cfg = resolveClientConfig(values);
   warnIfPlainHttp(cfg.server, command, json);
-  const client = new DiskvaultClient({ ...cfg, concurrency });
+  const interrupt = interruptOnSigint();
+  const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
@@ -116,6 +118,7 @@ export async function run(argv: string[], command: string): Promise<number> {
         verify,
         continueOnError: values['continue-on-error'] ?? false,
         concurrency,
+        signal: interrupt.signal,
         onProgress: (p) => progress.update(p),
         onDamage: (d) =>
           process.stderr.write(
@@ -145,7 +148,16 @@ export async function run(argv: string[], command: string): Promise<number> {
       return EXIT_FAILURE;
     }
     return header.unreadable.length > 0 ? EXIT_UNREADABLE : EXIT_OK;
+  } catch (err) {
+    if (!interrupt.signal.aborted) throw err;
+    process.stderr.write(
+      targetPath === '-'
+        ? `diskvault ${command}: interrupted: the image written to stdout is incomplete\n`
+        : `diskvault ${command}: interrupted: ${targetPath} holds part of the image; run the same restore with --in-place to finish it (only what is missing is fetched)\n`,
+    );
+    return EXIT_INTERRUPTED;
   } finally {
+    interrupt.dispose();
     await hold?.release();
     client.close();
   }

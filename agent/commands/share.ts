@@ -1,7 +1,9 @@
+import type { ShareInfo } from '../../api/protocol.js';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
 import { parseFixedDurationMs } from '../../repo-engine/durations.js';
 import { CLIENT_OPTIONS, parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 const USAGE = `usage: diskvault share SNAPSHOT --expires DURATION [--host NAME --disk NAME] [--json]
@@ -22,16 +24,6 @@ const OPTIONS = {
   revoke: { type: 'string' },
 } as const;
 
-interface PublicShare {
-  id: string;
-  snapshot: string;
-  host: string;
-  disk: string;
-  created: string;
-  expires: string;
-  createdBy: string;
-}
-
 export async function run(argv: string[], _command: string): Promise<number> {
   const { values, positionals } = parseCommandArgs(argv, OPTIONS);
   if (values.help) {
@@ -41,31 +33,20 @@ export async function run(argv: string[], _command: string): Promise<number> {
   const modes = [positionals.length > 0, values.list === true, values.revoke !== undefined].filter(Boolean);
   if (modes.length !== 1) throw new UsageError('give a SNAPSHOT to share, or --list, or --revoke ID');
   if (positionals.length > 1) throw new UsageError('share one snapshot at a time');
-  let expiresInSeconds: number | undefined;
-  if (positionals.length === 1) {
-    if (values.expires === undefined) throw new UsageError('--expires DURATION is required (e.g. 24h)');
-    let ms: number;
-    try {
-      if (/^\d+$/.test(values.expires)) throw new Error('a unit is needed');
-      ms = parseFixedDurationMs(values.expires);
-    } catch {
-      throw new UsageError(`--expires ${values.expires}: expected a duration like 30m, 24h or 7d`);
-    }
-    expiresInSeconds = Math.round(ms / 1000);
-  } else if (values.expires !== undefined) throw new UsageError('--expires goes with a SNAPSHOT to share');
+  if (positionals.length === 0 && values.expires !== undefined)
+    throw new UsageError('--expires goes with a SNAPSHOT to share');
+  const expiresInSeconds = positionals.length === 1 ? shareSeconds(values.expires) : 0;
   const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, 'share', values.json === true);
   const client = new DiskvaultClient(cfg);
   try {
     if (values.list) {
-      const { shares } = await client.adminRequest<{ shares: PublicShare[] }>('GET', 'v1/shares');
+      const shares = await client.listShares();
       process.stdout.write(values.json ? `${JSON.stringify(shares, null, 2)}\n` : formatTable(shares));
       return EXIT_OK;
     }
     if (values.revoke !== undefined) {
-      const { share } = await client.adminRequest<{ share: PublicShare }>(
-        'DELETE',
-        `v1/shares/${encodeURIComponent(values.revoke)}`,
-      );
+      const share = await client.revokeShare(values.revoke);
       process.stdout.write(
         values.json
           ? `${JSON.stringify(share)}\n`
@@ -74,14 +55,7 @@ export async function run(argv: string[], _command: string): Promise<number> {
       return EXIT_OK;
     }
     const snap = await selectSnapshot(client, positionals[0], { host: values.host, disk: values.disk });
-    const { share, path } = await client.adminRequest<{ share: PublicShare; path: string }>(
-      'POST',
-      'v1/shares',
-      {
-        snapshot: snap.id,
-        expiresInSeconds,
-      },
-    );
+    const { share, path } = await client.createShare({ snapshot: snap.id, expiresInSeconds });
     const url = `${cfg.server}${path}`;
     if (values.json) process.stdout.write(`${JSON.stringify({ ...share, url })}\n`);
     else {
@@ -96,7 +70,18 @@ export async function run(argv: string[], _command: string): Promise<number> {
   }
 }
 
-function formatTable(list: PublicShare[]): string {
+/** --expires as whole seconds: a duration with units (30m, 24h, 7d, 1h30m), never a bare number. */
+function shareSeconds(expires: string | undefined): number {
+  if (expires === undefined) throw new UsageError('--expires DURATION is required (e.g. 24h)');
+  try {
+    if (/^\d+$/.test(expires)) throw new Error('a unit is needed');
+    return Math.round(parseFixedDurationMs(expires) / 1000);
+  } catch {
+    throw new UsageError(`--expires ${expires}: expected a duration like 30m, 24h or 7d`);
+  }
+}
+
+function formatTable(list: ShareInfo[]): string {
   if (list.length === 0) return 'no share links\n';
   const head = ['ID', 'SNAPSHOT', 'HOST', 'DISK', 'EXPIRES (UTC)', 'CREATED BY'];
   const rows = list.map((s) => [

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { SnapshotInfo, StatsResponse } from '../../api/protocol.js';
+import type { SnapshotInfo } from '../../api/protocol.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
 import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
 import { formatBytes } from '../../common/units.js';
@@ -147,10 +147,7 @@ function sourceCertificates(flags: string[] | undefined): Buffer[] {
 
 /** Which tenants each side's token covers, from its own statistics answer. */
 async function scopes(source: DiskvaultClient, destination: DiskvaultClient): Promise<SyncScope> {
-  const [src, dst] = await Promise.all([
-    source.adminRequest<StatsResponse>('GET', 'v1/stats'),
-    destination.adminRequest<StatsResponse>('GET', 'v1/stats'),
-  ]);
+  const [src, dst] = await Promise.all([source.stats(), destination.stats()]);
   if (dst.scope === 'hosts')
     throw new DiskvaultError(
       'Forbidden',
@@ -276,7 +273,7 @@ async function sync(
 
   for (const snap of opts.removeVanished ? plan.vanished : []) {
     try {
-      await destination.adminRequest('DELETE', `v1/snapshots/${snap.id}`);
+      await destination.deleteSnapshot(snap.id);
       summary.snapshotsRemoved++;
       say(
         `removed ${snap.id.slice(0, 12)}  ${snap.host} ${snap.disk}  ${snap.time}  (vanished from the source)`,

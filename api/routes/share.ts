@@ -5,6 +5,7 @@ import { readJson } from '../body.js';
 import { type ApiContext, param, route, sendJson } from '../context.js';
 import { forbidden } from '../errors.js';
 import { serveImage } from '../image/serve-image.js';
+import type { ShareInfo } from '../protocol.js';
 import { refuseSealedSnapshot } from '../sealed-snapshots.js';
 import { type ShareRecord, ShareStore } from '../share-store.js';
 import { asObject, checkId } from '../validation.js';
@@ -16,7 +17,7 @@ export const MAX_SHARE_SECONDS = 30 * 24 * 3600;
 const noSuchLink = () => new NotFoundError('no such share link');
 
 /** A link's fields as the API shows them: never its hash. */
-function publicShare(r: ShareRecord) {
+function publicShare(r: ShareRecord): ShareInfo {
   return {
     id: r.id,
     snapshot: r.snapshot,
