@@ -1,8 +1,8 @@
-import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
 import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
 const USAGE = `usage: diskvault protect SNAPSHOT... [--host H --disk D] [--json]
@@ -27,20 +27,16 @@ const OPTIONS = {
 
 /** `diskvault protect` and `diskvault unprotect`: resolve every name, then one idempotent request each. */
 export async function run(argv: string[], command: string): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse(argv);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandLine(argv, OPTIONS);
   if (values.help) {
     process.stdout.write(USAGE);
     return EXIT_OK;
   }
   if (positionals.length === 0) throw new UsageError(`${command} needs at least one SNAPSHOT`);
   const protect = command === 'protect';
-  const client = new DiskvaultClient(resolveClientConfig(values));
+  const cfg = resolveClientConfig(values);
+  warnIfPlainHttp(cfg.server, command, values.json === true);
+  const client = new DiskvaultClient(cfg);
   try {
     const filter = {
       ...(values.host ? { host: values.host } : {}),
@@ -64,8 +60,4 @@ export async function run(argv: string[], command: string): Promise<number> {
   } finally {
     client.close();
   }
-}
-
-function parse(argv: string[]) {
-  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
 }

@@ -1,12 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { EXIT_FAILURE, EXIT_OK, UsageError } from '../../common/cli.js';
+import { EXIT_FAILURE, EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
 import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
 import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { CLIENT_OPTIONS, resolveClientConfig, trustedCertificates } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter } from '../progress.js';
 import { ChunkCopier } from '../sync/chunk-copier.js';
 import { copySnapshot } from '../sync/copy-snapshot.js';
@@ -74,12 +74,8 @@ const FATAL = new Set([
 ]);
 
 export async function run(argv: string[], _command: string): Promise<number> {
-  let values: ReturnType<typeof parse>['values'];
-  try {
-    ({ values } = parse(argv));
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  const { values, positionals } = parseCommandLine(argv, OPTIONS);
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
   if (values.help) {
     process.stdout.write(USAGE);
     return EXIT_OK;
@@ -96,6 +92,9 @@ export async function run(argv: string[], _command: string): Promise<number> {
     throw new UsageError('--transfers needs a whole number from 1 to 64');
   const cfg = resolveClientConfig(values);
   const json = values.json === true;
+  // Both ends get a token: the source a reader's, the destination an admin's.
+  warnIfPlainHttp(values.from, 'sync', json);
+  warnIfPlainHttp(cfg.server, 'sync', json);
   const source = new DiskvaultClient({
     server: values.from,
     token: fromToken,
@@ -119,11 +118,7 @@ export async function run(argv: string[], _command: string): Promise<number> {
   }
 }
 
-function parse(argv: string[]) {
-  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: false, strict: true });
-}
-
-function sourceToken(values: ReturnType<typeof parse>['values']): string {
+function sourceToken(values: ReturnType<typeof parseCommandLine<typeof OPTIONS>>['values']): string {
   if (values['from-token']) return values['from-token'];
   if (process.env.DISKVAULT_FROM_TOKEN) return process.env.DISKVAULT_FROM_TOKEN;
   const file = values['from-token-file'] ?? process.env.DISKVAULT_FROM_TOKEN_FILE;

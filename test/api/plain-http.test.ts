@@ -62,6 +62,15 @@ test('a server on a non-loopback address without TLS warns at start, and the age
     t.is(human.code, 0, human.stderr);
     t.is(human.stderr, `diskvault snapshots: warning: ${expected}\n`);
 
+    // An admin command warns the same way.
+    const { token: admin } = await createToken(dataDir, { role: 'admin' });
+    const protect = await runCli(['protect', 'latest', '--host', 'h1', '--disk', 'sda'], {
+      DISKVAULT_SERVER: remote,
+      DISKVAULT_TOKEN: admin,
+    });
+    t.is(protect.code, 0, protect.stderr);
+    t.is(protect.stderr, `diskvault protect: warning: ${expected}\n`);
+
     // The same server through loopback: nothing to warn about.
     const local = await runCli(['snapshots'], {
       DISKVAULT_SERVER: `http://127.0.0.1:${port}`,
