@@ -42,7 +42,9 @@ export async function run(argv: string[]): Promise<number> {
       if (rest.length) throw new UsageError('key create takes no other arguments');
       const passphrase = await newPassphrase(
         'passphrase for the new key',
-        values['new-password-file'] ?? values['password-file'],
+        values['new-password-file'] ??
+          values['password-file'] ??
+          (process.env.DISKVAULT_PASSWORD_FILE || undefined),
         process.env.DISKVAULT_NEW_PASSWORD ? 'DISKVAULT_NEW_PASSWORD' : 'DISKVAULT_PASSWORD',
       );
       const { file, master } = await createKeyFile(passphrase);
