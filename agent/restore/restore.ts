@@ -1,6 +1,7 @@
 import { InvalidInputError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
+import { e2eChunkId } from '../e2e/chunk-sealing.js';
 import type { ChunkOpeningKeys } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { FetchQueue } from './fetch-queue.js';
@@ -85,7 +86,15 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
   const { header, target, fetcher } = opts;
   const verify = opts.verify ?? true;
   const maxChunk = Math.max(header.chunker.max, 1);
-  const zeros = new ZeroChunks([header.chunker.max], Math.min(maxChunk, 64 * 1024 * 1024));
+  const e2e = opts.e2e;
+  const zeros = new ZeroChunks(
+    [header.chunker.max],
+    Math.min(maxChunk, 64 * 1024 * 1024),
+    e2e
+      ? (b) =>
+          e2eChunkId({ idKey: e2e.idKey, keyIdBytes: Buffer.from(e2e.keyId, 'hex') }, b).id.toString('hex')
+      : undefined,
+  );
   if (opts.inPlace && target.kind === 'stream')
     throw new InvalidInputError('--in-place needs a file or a block device');
   const scanner = opts.inPlace
