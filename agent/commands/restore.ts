@@ -3,7 +3,13 @@ import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { KEY_OPTIONS, keyForSnapshot, openedHeader, workerKeys } from '../e2e/snapshot-key.js';
+import {
+  KEY_OPTIONS,
+  keyForSnapshot,
+  openedHeader,
+  passphraseGiven,
+  workerKeys,
+} from '../e2e/snapshot-key.js';
 import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
@@ -77,13 +83,18 @@ export async function run(argv: string[], command: string): Promise<number> {
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
-    // A missing key, a wrong passphrase or another key stops the restore here, before the target is opened.
-    const e2e = await keyForSnapshot(snapshot, values);
+    // A missing key, a wrong passphrase or another key stops the restore below, before the target is
+    // opened. With the passphrase given (not prompted for), the key file's scrypt runs while the hold is
+    // taken and the manifest starts; a prompt comes first, so no download waits on a person.
+    const keyOpening = keyForSnapshot(snapshot, values);
+    keyOpening.catch(() => {});
+    if (!passphraseGiven(values)) await keyOpening;
     // Before the manifest is read: a snapshot forgotten from here on stays readable until we are done.
     hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
+    const e2e = await keyOpening;
     const header = openedHeader(e2e, { ...reader.header, id: reader.header.id ?? snapshot.id }, snapshot.id);
 
     if (header.unreadable.length > 0) {

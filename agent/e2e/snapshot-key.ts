@@ -40,6 +40,11 @@ export async function keyForSnapshot(
   return keys;
 }
 
+/** Whether the passphrase comes without a prompt (a file or the environment). */
+export function passphraseGiven(flags: KeyFlags, env: NodeJS.ProcessEnv = process.env): boolean {
+  return Boolean(flags['password-file'] || env.DISKVAULT_PASSWORD_FILE || env.DISKVAULT_PASSWORD);
+}
+
 /** An end-to-end manifest's header with its secrets opened (the image's SHA-256 in `sha256`). */
 export function openedHeader<H extends ManifestHeader>(
   keys: E2eKeys | undefined,
