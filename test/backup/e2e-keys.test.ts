@@ -175,6 +175,14 @@ for (const storage of ['local', 's3'] as const) {
       const stats = await dv(['stats', '--json'], conn);
       t.is(stats.code, 0, stats.stderr);
 
+      // The agent's own verify with the key: every chunk opened once, nothing wrong yet.
+      const clean = await dv(['verify', '--key', key, '--password-file', pw, '--read-data', '--json'], conn);
+      t.is(clean.code, 0, clean.stderr);
+      const cleanReport = JSON.parse(clean.stdout);
+      t.true(cleanReport.ok);
+      t.is(cleanReport.snapshotsChecked, 1);
+      t.is(cleanReport.chunksChecked, new Set(entries.map((e) => e.id)).size);
+
       // A flipped byte in a stored chunk's ciphertext: the server cannot see it, the agent names the chunk.
       const victim = entries[Math.floor(entries.length / 2)]?.id as string;
       const victimKey = (srv.repo as Repository).storedObjects.chunkKey(victim);
