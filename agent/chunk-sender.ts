@@ -48,7 +48,7 @@ export class ChunkSender {
     return this.stream !== undefined;
   }
 
-  async put(id: string, payload: Buffer, encoding: 'raw' | 'zstd'): Promise<PutChunkResponse> {
+  async put(id: string, payload: Buffer, encoding: 'raw' | 'zstd' | 'sealed'): Promise<PutChunkResponse> {
     const stream = this.stream;
     if (stream) {
       try {

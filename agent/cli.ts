@@ -28,6 +28,10 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   unprotect: { module: './commands/protect.js', summary: 'lift the protection of snapshots (admin)' },
   verify: { module: './commands/admin.js', summary: 'check the repository (admin)' },
   stats: { module: './commands/admin.js', summary: 'repository statistics, newest snapshot of each disk' },
+  key: {
+    module: './commands/key.js',
+    summary: 'create and manage end-to-end key files (create, add, list, remove, passwd)',
+  },
 };
 
 function usage(): string {

@@ -4,6 +4,7 @@ import type { Readable } from 'node:stream';
 import {
   CHUNK_CONTENT_TYPE,
   type CommitResponse,
+  type CreateSessionRequest,
   type CreateSessionResponse,
   type CreateShareRequest,
   type CreateShareResponse,
@@ -29,6 +30,7 @@ import {
 import { CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
 import { DiskvaultError, HashMismatchError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
+import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { ChunkStream } from './chunk-stream-client.js';
 import { errorFrom, readBounded, readJson } from './http/body-read.js';
@@ -113,11 +115,18 @@ export class DiskvaultClient {
   // ---- backup side ----
 
   /** `tenant`: only a global admin may name one (an offsite copy keeping each snapshot's tenant). */
-  async createSession(host: string, disk: string, tenant?: string): Promise<CreateSessionResponse> {
+  /** `e2e`: an end-to-end session, opened with the key's upload proof (or, for an admin, its key id). */
+  async createSession(
+    host: string,
+    disk: string,
+    tenant?: string,
+    e2e?: CreateSessionRequest['e2e'],
+  ): Promise<CreateSessionResponse> {
     return await this.json<CreateSessionResponse>('POST', 'v1/sessions', {
       host,
       disk,
       ...(tenant !== undefined ? { tenant } : {}),
+      ...(e2e !== undefined ? { e2e } : {}),
     });
   }
 
@@ -166,9 +175,11 @@ export class DiskvaultClient {
     sessionId: string,
     id: string,
     payload: Buffer,
-    encoding: 'raw' | 'zstd',
+    encoding: 'raw' | 'zstd' | 'sealed',
   ): Promise<PutChunkResponse> {
-    const headers: http.OutgoingHttpHeaders = { 'content-type': CHUNK_CONTENT_TYPE };
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': encoding === 'sealed' ? SEALED_CHUNK_CONTENT_TYPE : CHUNK_CONTENT_TYPE,
+    };
     if (encoding === 'zstd') headers['content-encoding'] = 'zstd';
     const res = await this.send('PUT', `v1/chunks/${enc(id)}?session=${enc(sessionId)}`, payload, headers);
     return (await readJson(res)) as PutChunkResponse;
@@ -271,6 +282,10 @@ export class DiskvaultClient {
    */
   async getChunk(id: string, maxRawLength?: number): Promise<Buffer> {
     const { encoding, payload, rawLength } = await this.getChunkPayload(id, maxRawLength);
+    if (encoding === 'sealed')
+      throw new DiskvaultError('InvalidInput', `chunk ${id} is sealed end to end: opening it needs its key`, {
+        chunk: id,
+      });
     const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${id}`) : payload;
     const actual = createHash('sha256').update(raw).digest('hex');
     if (actual !== id)
@@ -289,9 +304,18 @@ export class DiskvaultClient {
     id: string,
     maxRawLength = MAX_CHUNK_BYTES,
     alloc?: BufferAllocator,
-  ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer; rawLength: number }> {
+  ): Promise<{ encoding: 'raw' | 'zstd' | 'sealed'; payload: Buffer; rawLength: number }> {
     const res = await this.send('GET', `v1/chunks/${enc(id)}`, undefined, { 'accept-encoding': 'zstd' });
     const header = String(res.headers['content-encoding'] ?? '').toLowerCase();
+    const type = String(res.headers['content-type'] ?? '')
+      .split(';')[0]
+      ?.trim()
+      .toLowerCase();
+    // A sealed chunk (end to end) comes as stored, never content-encoded; its key's holder opens it.
+    if (type === SEALED_CHUNK_CONTENT_TYPE && (header === '' || header === 'identity')) {
+      const payload = await readBounded(res, sealedChunkBound(maxRawLength), `chunk ${id}`, alloc);
+      return { encoding: 'sealed', payload, rawLength: Number(res.headers[RAW_LENGTH_HEADER]) };
+    }
     let encoding: 'raw' | 'zstd';
     if (header === 'zstd') encoding = 'zstd';
     else if (header === '' || header === 'identity') encoding = 'raw';

@@ -13,6 +13,7 @@ import {
 import { InvalidInputError, NotFoundError } from '../common/errors.js';
 import { zstdBound } from '../common/limits.js';
 import { BufferRecycler } from '../repo-engine/buffer-recycler.js';
+import { sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import { authenticate, requireWriter } from './auth.js';
 import { storeUploadedChunk } from './chunk-upload.js';
 import type { ApiContext } from './context.js';
@@ -150,7 +151,8 @@ function serveStream(
 
   const store = async (h: FrameHeader, payload: Buffer) => {
     const id = h.id.toString('hex');
-    const encoding = h.flags === ENCODING_CODE.zstd ? 'zstd' : 'raw';
+    const encoding =
+      h.flags === ENCODING_CODE.sealed ? 'sealed' : h.flags === ENCODING_CODE.zstd ? 'zstd' : 'raw';
     try {
       if (closed || failed) return;
       const { stored } = await storeUploadedChunk(ctx, sid, id, payload, encoding);
@@ -175,10 +177,15 @@ function serveStream(
         return;
       }
       if (h.kind !== FrameKind.Chunk) throw new InvalidInputError(`unknown frame kind ${h.kind}`);
-      if (h.flags !== ENCODING_CODE.raw && h.flags !== ENCODING_CODE.zstd)
-        throw new InvalidInputError(`unknown chunk encoding ${h.flags} (use 0 raw or 1 zstd)`);
+      if (h.flags !== ENCODING_CODE.raw && h.flags !== ENCODING_CODE.zstd && h.flags !== ENCODING_CODE.sealed)
+        throw new InvalidInputError(`unknown chunk encoding ${h.flags} (use 0 raw, 1 zstd or 2 sealed)`);
       // The same caps as the PUT route's Content-Length check, before one byte of the payload is read.
-      const cap = h.flags === ENCODING_CODE.zstd ? zstdBound(maxRaw) : maxRaw;
+      const cap =
+        h.flags === ENCODING_CODE.sealed
+          ? sealedChunkBound(maxRaw)
+          : h.flags === ENCODING_CODE.zstd
+            ? zstdBound(maxRaw)
+            : maxRaw;
       if (h.length > cap) throw tooLarge(`chunk of ${h.length} bytes exceeds the limit of ${cap} bytes`);
     },
     (length) => bodies.takeBuffer(length),

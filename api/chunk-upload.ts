@@ -15,7 +15,7 @@ export async function storeUploadedChunk(
   sid: string,
   id: string,
   payload: Buffer,
-  encoding: 'raw' | 'zstd',
+  encoding: 'raw' | 'zstd' | 'sealed',
 ): Promise<{ stored: boolean; written: boolean }> {
   if (payload.length === 0) throw new InvalidInputError('empty chunk body');
   renewSession(ctx, sid);

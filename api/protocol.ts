@@ -22,6 +22,12 @@ export const MAX_MISSING_IDS = 50_000;
 export interface CreateSessionRequest {
   host: string;
   disk: string;
+  /**
+   * An end-to-end session: `proof` (base64, 32 bytes) is the upload proof derived from the key file, whose
+   * hash is the key's public id (repo-engine/sealed-chunk.ts keyIdOfProof); an admin copying sealed
+   * snapshots as they are (sync) may give the `keyId` itself instead.
+   */
+  e2e?: { proof: string } | { keyId: string };
 }
 export interface CreateSessionResponse {
   id: string;
@@ -33,6 +39,8 @@ export interface CreateSessionResponse {
    * absent from servers that only take one request per chunk.
    */
   chunkStream?: string;
+  /** The key id of an end-to-end session. */
+  keyId?: string;
 }
 
 /**

@@ -3,7 +3,7 @@
  * Prints a table with ratios and writes everything to bench/results/<time>.json. See docs/performance.md.
  *
  * Environment: DV_BENCH_WORK (where workloads and repositories live; default bench/.work),
- * DV_BENCH_SKIP (comma list of sections to skip: plaintext, peers, s3, chunker, large).
+ * DV_BENCH_SKIP (comma list of sections to skip: plaintext, e2e, peers, s3, chunker, large).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -195,6 +195,8 @@ function printTable(): string {
   if (targets.length > 0) lines.push('', 'CPU and size against restic', '', ...targets.map((t) => `- ${t}`));
   if (all.some((r) => r.tool === 'dv plaintext'))
     lines.push('', ...pairTable(all, 'diskvault', 'dv plaintext', '≤ 1.10'));
+  if (all.some((r) => r.tool === 'dv end to end'))
+    lines.push('', ...pairTable(all, 'dv end to end', 'diskvault', '≤ 1.10'));
   return lines.join('\n');
 }
 
@@ -222,6 +224,17 @@ async function main(): Promise<void> {
     plain = diskvault(dir, { name: 'dv plaintext', encryption: 'none' });
     await backupNights(plain, images, plain);
     restorers.push({ peer: plain, dir, dv: plain });
+  }
+
+  // The same runs end to end (backup and restore with --key), on the default encrypted repository: what
+  // end-to-end keys cost on top of encryption at rest.
+  let e2e: DiskvaultPeer | undefined;
+  if (!skip.has('e2e')) {
+    process.stderr.write('diskvault end to end (local storage)\n');
+    const dir = join(work, 'diskvault-e2e');
+    e2e = diskvault(dir, { name: 'dv end to end', e2e: true });
+    await backupNights(e2e, images, e2e);
+    restorers.push({ peer: e2e, dir, dv: e2e });
   }
 
   if (!skip.has('peers')) {
@@ -262,6 +275,7 @@ async function main(): Promise<void> {
   record('diskvault', { ...unchanged, step: 'in-place restore, disk unchanged' }, dv);
   await dv.stop();
   await plain?.stop();
+  await e2e?.stop();
   rmSync(target, { force: true });
 
   if (!skip.has('s3')) {

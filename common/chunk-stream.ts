@@ -6,7 +6,7 @@
  * Every frame starts with the same 40-byte header, integers little-endian:
  *
  *   byte 0     kind
- *   byte 1     agent → server: the payload's encoding (0 raw, 1 zstd); server → agent: flags
+ *   byte 1     agent → server: the payload's encoding (0 raw, 1 zstd, 2 sealed); server → agent: flags
  *   bytes 2–3  zero
  *   bytes 4–7  payload length
  *   bytes 8–39 chunk id (SHA-256 of the raw bytes), or zeros
@@ -32,7 +32,7 @@ export const FrameKind = {
   Error: 3,
 } as const;
 
-export const ENCODING_CODE = { raw: 0, zstd: 1 } as const;
+export const ENCODING_CODE = { raw: 0, zstd: 1, sealed: 2 } as const;
 export type StreamEncoding = keyof typeof ENCODING_CODE;
 
 /** An ERROR frame's payload is small JSON; anything longer is not a diskvault server. */

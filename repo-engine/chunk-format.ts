@@ -9,7 +9,7 @@ import type { BufferAllocator } from '../storage-adapters/adapter.js';
  *
  *   magic        3 bytes  "DVC"
  *   version      1 byte   1
- *   compression  1 byte   0 raw, 1 zstd
+ *   compression  1 byte   0 raw, 1 zstd, 2 sealed end to end (the payload is a sealed chunk, sealed-chunk.ts)
  *   rawLength    u32 BE   length of the chunk's raw bytes (what its SHA-256 id covers)
  *   payload      the raw bytes, or exactly one zstd frame that declares its content size (= rawLength)
  *
@@ -19,7 +19,9 @@ import type { BufferAllocator } from '../storage-adapters/adapter.js';
 export const CHUNK_MAGIC = Buffer.from('DVC', 'ascii');
 export const CHUNK_FORMAT_VERSION = 1;
 export const CHUNK_HEADER_BYTES = 9;
-export type ChunkEncoding = 'raw' | 'zstd';
+export type ChunkEncoding = 'raw' | 'zstd' | 'sealed';
+const COMPRESSION_BYTE: Record<ChunkEncoding, number> = { raw: 0, zstd: 1, sealed: 2 };
+const ENCODING_OF_BYTE: ChunkEncoding[] = ['raw', 'zstd', 'sealed'];
 export const COMPRESSION_LEVEL = 1;
 
 export interface DecodedChunk {
@@ -43,7 +45,7 @@ export function encodeStoredChunk(
 function writeStoredChunkHeader(out: Buffer, encoding: ChunkEncoding, rawLength: number): void {
   CHUNK_MAGIC.copy(out, 0);
   out[3] = CHUNK_FORMAT_VERSION;
-  out[4] = encoding === 'zstd' ? 1 : 0;
+  out[4] = COMPRESSION_BYTE[encoding];
   out.writeUInt32BE(rawLength, 5);
 }
 
@@ -57,9 +59,10 @@ export function decodeStoredChunkHeader(
   if (bytes[3] !== CHUNK_FORMAT_VERSION)
     throw new CorruptError(`chunk ${id} has unknown format version ${bytes[3]}`, { chunk: id });
   const compression = bytes[4];
-  if (compression !== 0 && compression !== 1)
+  const encoding = ENCODING_OF_BYTE[compression];
+  if (encoding === undefined)
     throw new CorruptError(`chunk ${id} has unknown compression ${compression}`, { chunk: id });
-  return { encoding: compression === 1 ? 'zstd' : 'raw', rawLength: bytes.readUInt32BE(5) };
+  return { encoding, rawLength: bytes.readUInt32BE(5) };
 }
 
 export function decodeStoredChunk(bytes: Buffer, id: string): DecodedChunk {

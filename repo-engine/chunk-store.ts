@@ -21,6 +21,7 @@ import {
 } from './chunk-format.js';
 import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
+import { sealedChunkProblem } from './sealed-chunk.js';
 import { chunkKeyOfName, chunkNameFromKey, type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 import type { ChunkLease, StoredChunk } from './types.js';
 
@@ -87,8 +88,9 @@ export class ChunkStore {
    * before anything is stored. Any zstd payload whose bytes check out is accepted, but only one in the
    * canonical form (see zstdPayloadProblem) may be stored as sent: prepare() re-encodes the others.
    */
-  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding): VerifiedUpload {
+  verifyUpload(id: string, payload: Buffer, encoding: ChunkEncoding, keyId?: string): VerifiedUpload {
     checkChunkId(id);
+    if (encoding === 'sealed') return this.verifySealedUpload(id, payload, keyId);
     if (encoding !== 'raw' && encoding !== 'zstd')
       throw new InvalidInputError(`unknown chunk encoding ${String(encoding)}`);
     const raw = this.uploadedRaw(id, payload, encoding);
@@ -105,6 +107,23 @@ export class ChunkStore {
       rawLength: raw.length,
       canonical: encoding === 'zstd' && zstdPayloadProblem(payload, raw.length) === undefined,
     };
+  }
+
+  /**
+   * A sealed chunk's checks (sealed-chunk.ts): structure, lengths within the chunker max, sealed with the
+   * session's key, and `id` bound to that key and the chunk's keyed id. Its content is the key holder's
+   * secret: the server cannot hash it, so it never tries. HashMismatch when the id is not the chunk's.
+   */
+  private verifySealedUpload(id: string, payload: Buffer, keyId: string | undefined): VerifiedUpload {
+    if (keyId === undefined)
+      throw new InvalidInputError(`chunk ${id}: a sealed chunk needs an upload session opened with its key`);
+    const problem = sealedChunkProblem(payload, id, this.maxRawBytes, { keyId });
+    if (problem !== undefined) {
+      const wrongId = problem.startsWith('its id');
+      if (wrongId) throw new HashMismatchError(`chunk ${id}: ${problem}`, { chunk: id });
+      throw new InvalidInputError(`chunk ${id} is not a valid sealed chunk: ${problem}`, { chunk: id });
+    }
+    return { rawLength: payload.readUInt32BE(21), canonical: true };
   }
 
   /**
@@ -126,6 +145,12 @@ export class ChunkStore {
   prepare(id: string, upload: VerifiedUpload, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
     const alloc = (n: number) => this.objects.takeBuffer(n);
     const { rawLength } = upload;
+    if (encoding === 'sealed')
+      return {
+        id,
+        rawLength,
+        bytes: this.sealed(id, encodeStoredChunk('sealed', rawLength, payload, alloc)),
+      };
     if (encoding === 'zstd' && upload.canonical)
       return { id, rawLength, bytes: this.sealed(id, encodeStoredChunk('zstd', rawLength, payload, alloc)) };
     const raw = this.uploadedRaw(id, payload, encoding);
@@ -153,11 +178,20 @@ export class ChunkStore {
     this.objects.giveBack(chunk.bytes);
   }
 
-  /** Raw bytes, hash-checked. NotFound when the object is absent, Corrupt when it does not match its id. */
-  async readRaw(id: string, opts: { bypassCache?: boolean } = {}): Promise<Buffer> {
+  /**
+   * Raw bytes, hash-checked. NotFound when the object is absent, Corrupt when it does not match its id.
+   * A sealed chunk has no raw bytes the server could read: InvalidInput, unless `sealedAsIs` (verify),
+   * which gets the sealed chunk after every check that needs no key.
+   */
+  async readRaw(id: string, opts: { bypassCache?: boolean; sealedAsIs?: boolean } = {}): Promise<Buffer> {
     checkChunkId(id);
     const stored = await this.readStoredBytes(id, opts.bypassCache ? 'bypass' : 'keep');
-    return this.decodeAndCheck(id, stored).raw;
+    const { chunk, raw } = this.decodeAndCheck(id, stored);
+    if (chunk.encoding === 'sealed' && !opts.sealedAsIs)
+      throw new InvalidInputError(`chunk ${id} is sealed end to end: only its key's holder can read it`, {
+        chunk: id,
+      });
+    return raw;
   }
 
   /** The stored payload as is (for serving without recompression), after checking it hashes to `id`. */
@@ -215,6 +249,7 @@ export class ChunkStore {
     try {
       chunk = decodeStoredChunk(stored, id);
       checkStructure(chunk, this.maxRawBytes);
+      if (chunk.encoding === 'sealed') sealedIdCheck(chunk, id, this.maxRawBytes);
     } catch (err) {
       this.forget(id);
       throw new CorruptError(`chunk ${id} is corrupt: ${(err as Error).message}`, { chunk: id });
@@ -250,7 +285,7 @@ export class ChunkStore {
    */
   async readRawByKey(key: string): Promise<{ id: string; raw: Buffer }> {
     const known = this.codec.chunkIdFromKey(key);
-    if (known) return { id: known, raw: await this.readRaw(known, { bypassCache: true }) };
+    if (known) return { id: known, raw: await this.readRaw(known, { bypassCache: true, sealedAsIs: true }) };
     const { id, stored } = this.codec.openChunk(key, await this.storage.getBytes(key));
     return { id, raw: this.decodeAndCheck(id, stored).raw };
   }
@@ -293,6 +328,11 @@ export class ChunkStore {
     try {
       chunk = decodeStoredChunk(stored, id);
       checkStructure(chunk, this.maxRawBytes);
+      if (chunk.encoding === 'sealed') {
+        // Everything a server can check of a sealed chunk; checkStructure bound its id to its key.
+        sealedIdCheck(chunk, id, this.maxRawBytes);
+        return { chunk, raw: chunk.payload };
+      }
       raw =
         chunk.encoding === 'zstd'
           ? decompressBounded(chunk.payload, chunk.rawLength, `chunk ${id}`)
@@ -320,4 +360,10 @@ function checkStructure(chunk: ReturnType<typeof decodeStoredChunk>, maxRawBytes
     const problem = zstdPayloadProblem(chunk.payload, chunk.rawLength);
     if (problem) throw new Error(problem);
   }
+}
+
+/** A stored sealed chunk's own checks: its structure, its header agreeing with the object's, its id its key's. */
+function sealedIdCheck(chunk: ReturnType<typeof decodeStoredChunk>, id: string, maxRawBytes: number): void {
+  const problem = sealedChunkProblem(chunk.payload, id, maxRawBytes, { expectRawLength: chunk.rawLength });
+  if (problem) throw new Error(problem);
 }

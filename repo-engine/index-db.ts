@@ -15,7 +15,7 @@ import type { DiskSeries, SnapshotFilter, SnapshotInfo } from './types.js';
  * Invariant: an ownership row exists only for a chunk row whose object is stored (stored_size > 0). gc
  * deletes ownership with the chunk row, and reindex drops ownership of chunks missing from storage.
  */
-export const INDEX_SCHEMA_VERSION = 2;
+export const INDEX_SCHEMA_VERSION = 3;
 /** Lookups go to SQLite in batches of this many ids: one statement per batch, not per id. */
 const LOOKUP_BATCH = 500;
 
@@ -47,7 +47,9 @@ CREATE TABLE snapshots (
   unreadable TEXT NOT NULL,
   source_format TEXT NOT NULL,
   -- 1: forget, delete and gc never remove it (a copy of the protected/<id> marker in storage).
-  protected INTEGER NOT NULL DEFAULT 0
+  protected INTEGER NOT NULL DEFAULT 0,
+  -- JSON of the manifest's end-to-end part ({ keyId, sealed }), NULL for a plaintext snapshot.
+  e2e TEXT
 );
 CREATE INDEX snapshots_by_group ON snapshots (tenant, host, disk, time_ms);
 -- Stored copies a read found damaged (corrupt, or absent from storage): not present for anyone until an
@@ -122,6 +124,7 @@ interface SnapshotRow {
   unreadable: string;
   source_format: string;
   protected: number;
+  e2e: string | null;
 }
 
 export interface ChunkRow {
@@ -171,6 +174,7 @@ function toInfo(r: SnapshotRow): SnapshotInfo {
     sourceFormat: r.source_format,
     tenant: r.tenant,
     protected: r.protected === 1,
+    ...(r.e2e ? { e2e: JSON.parse(r.e2e) as SnapshotInfo['e2e'] } : {}),
   };
 }
 
@@ -498,8 +502,8 @@ export class IndexDb {
   insertSnapshotRow(h: StoredHeader): void {
     const timeMs = effectiveTimeMs(h.time, h.receivedAt);
     this.stmt(
-      `INSERT INTO snapshots (id, tenant, host, disk, time, time_ms, received_at, size, sha256, chunk_count, tags, unreadable, source_format)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO snapshots (id, tenant, host, disk, time, time_ms, received_at, size, sha256, chunk_count, tags, unreadable, source_format, e2e)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       h.id,
       h.tenant,
@@ -514,6 +518,7 @@ export class IndexDb {
       JSON.stringify(h.tags),
       JSON.stringify(h.unreadable),
       h.sourceFormat,
+      h.e2e ? JSON.stringify({ keyId: h.e2e.keyId, sealed: h.e2e.sealed }) : null,
     );
   }
 

@@ -58,6 +58,19 @@ export interface ManifestHeader {
    * recorded, whose receipt is then taken from the stored object's modification time.
    */
   receivedAt?: string;
+  /**
+   * Present when the agent sealed the snapshot with an end-to-end key: `sha256` is then empty, and the
+   * entries name sealed chunks of that key (sealed-chunk.ts).
+   */
+  e2e?: ManifestE2e;
+}
+
+/** A manifest's end-to-end part: the key's public id and the secrets only the key opens. */
+export interface ManifestE2e {
+  /** 32 hex: the key's public id. */
+  keyId: string;
+  /** Base64: the sealed secrets (the image's SHA-256), docs/repository-format.md "End-to-end manifests". */
+  sealed: string;
 }
 
 export interface ManifestEntry {
@@ -252,7 +265,21 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
   if (typeof o.disk !== 'string' || !NAME_PATTERN.test(o.disk)) fail('disk name is invalid');
   if (typeof o.time !== 'string' || Number.isNaN(Date.parse(o.time))) fail('time is not an ISO 8601 date');
   if (!isInt(o.size)) fail('size is not a non-negative integer');
-  if (typeof o.sha256 !== 'string' || !HEX64.test(o.sha256)) fail('sha256 is not 64 hex characters');
+  const e2e = o.e2e as Record<string, unknown> | undefined;
+  if (
+    e2e !== undefined &&
+    (typeof e2e !== 'object' ||
+      e2e === null ||
+      typeof e2e.keyId !== 'string' ||
+      !/^[0-9a-f]{32}$/.test(e2e.keyId) ||
+      typeof e2e.sealed !== 'string' ||
+      !/^[A-Za-z0-9+/]{1,4096}={0,2}$/.test(e2e.sealed))
+  )
+    fail('e2e is invalid');
+  if (e2e !== undefined ? o.sha256 !== '' : typeof o.sha256 !== 'string' || !HEX64.test(o.sha256))
+    fail(
+      e2e !== undefined ? 'an end-to-end manifest has an empty sha256' : 'sha256 is not 64 hex characters',
+    );
   const c = o.chunker as Record<string, unknown> | undefined;
   if (!c || !isInt(c.min) || !isInt(c.avg) || !isInt(c.max)) fail('chunker parameters are missing');
   if (
@@ -294,5 +321,6 @@ function checkHeader(h: unknown, fail: (m: string) => never): ManifestHeader {
     chunkCount: o.chunkCount as number,
     ...(o.tenant !== undefined ? { tenant: o.tenant as string } : {}),
     ...(o.receivedAt !== undefined ? { receivedAt: new Date(o.receivedAt as string).toISOString() } : {}),
+    ...(e2e !== undefined ? { e2e: { keyId: e2e.keyId as string, sealed: e2e.sealed as string } } : {}),
   };
 }

@@ -43,6 +43,7 @@ import type {
   RepositoryApi,
   RetentionPolicy,
   SessionInfo,
+  SessionKey,
   SnapshotFilter,
   SnapshotInfo,
   SnapshotLeaseInfo,
@@ -114,6 +115,8 @@ export class Repository implements RepositoryApi {
   private readonly committing = new Set<string>();
   /** What each open session was told is present or uploaded: what gc keeps for it. */
   private readonly touched = new Map<string, TouchedSet>();
+  /** The end-to-end key id of each session opened with one (sessions do not outlive the API's bindings). */
+  private readonly sessionKeys = new Map<string, string>();
   /** Snapshot ids a commit with a given id holds from its check to its index row. */
   private readonly claimedIds = new Set<string>();
   /** Mutations running now; reindex waits for them before it swaps the index. */
@@ -270,13 +273,20 @@ export class Repository implements RepositoryApi {
 
   // ---- sessions
 
-  async beginSession(host: string, disk: string, tenant: string = DEFAULT_TENANT): Promise<SessionInfo> {
+  async beginSession(
+    host: string,
+    disk: string,
+    tenant: string = DEFAULT_TENANT,
+    key?: SessionKey,
+  ): Promise<SessionInfo> {
     checkName('host name', host);
     checkName('disk name', disk);
     checkName('tenant name', tenant);
+    if (key !== undefined && !/^[0-9a-f]{32}$/.test(key.keyId))
+      throw new InvalidInputError('a key id is 32 lowercase hex characters');
     return this.mutation(() => {
       const now = this.opts.now();
-      const previous = this.index.newestSnapshot(tenant, host, disk);
+      const previous = this.newestInDomain(tenant, host, disk, key?.keyId);
       const row: SessionRow = {
         id: randomBytes(16).toString('hex'),
         tenant,
@@ -288,8 +298,21 @@ export class Repository implements RepositoryApi {
       };
       this.index.insertSession(row);
       this.touched.set(row.id, new TouchedSet());
+      if (key !== undefined) this.sessionKeys.set(row.id, key.keyId);
       return this.sessionInfo(row);
     });
+  }
+
+  /**
+   * The newest snapshot of a disk made with the same end-to-end key (or none, for a plaintext session):
+   * only its chunk ids can seed the session's known-set.
+   */
+  private newestInDomain(tenant: string, host: string, disk: string, keyId: string | undefined) {
+    const newest = this.index.newestSnapshot(tenant, host, disk);
+    if (newest === undefined || newest.e2e?.keyId === keyId) return newest;
+    const all = this.index.listSnapshots({ tenant, host, disk });
+    for (let i = all.length - 1; i >= 0; i--) if (all[i]?.e2e?.keyId === keyId) return all[i];
+    return undefined;
   }
 
   touchSession(sessionId: string): SessionInfo {
@@ -304,6 +327,7 @@ export class Repository implements RepositoryApi {
   private endSession(sessionId: string): void {
     this.index.deleteSession(sessionId);
     this.touched.delete(sessionId);
+    this.sessionKeys.delete(sessionId);
   }
 
   /**
@@ -333,7 +357,8 @@ export class Repository implements RepositoryApi {
       tenant: row.tenant,
       chunker: this.chunker,
       expiresAt: new Date(row.expires_at).toISOString(),
-      previous: this.index.newestSnapshot(row.tenant, row.host, row.disk) ?? null,
+      previous: this.newestInDomain(row.tenant, row.host, row.disk, this.sessionKeys.get(row.id)) ?? null,
+      ...(this.sessionKeys.has(row.id) ? { keyId: this.sessionKeys.get(row.id) } : {}),
     };
   }
 
@@ -396,13 +421,19 @@ export class Repository implements RepositoryApi {
     sessionId: string,
     id: string,
     payload: Buffer,
-    encoding: 'raw' | 'zstd',
+    encoding: 'raw' | 'zstd' | 'sealed',
   ): Promise<{ stored: boolean; written: boolean }> {
     return this.mutation(async () => {
       const session = this.liveSession(sessionId);
-      // The hash is checked before anything else, also for a chunk already stored: ownership is granted
-      // only to a tenant that proved it holds the bytes.
-      const upload = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding);
+      const keyId = this.sessionKeys.get(session.id);
+      // A session is either end to end (sealed chunks of its key only) or plaintext (hash-checked ones only).
+      if (keyId !== undefined && encoding !== 'sealed')
+        throw new InvalidInputError(
+          `session ${sessionId} was opened with an end-to-end key: its chunks must be sealed`,
+        );
+      // The hash (or for a sealed chunk, its binding to the session's key) is checked before anything else,
+      // also for a chunk already stored: ownership is granted only to a tenant that proved it holds the bytes.
+      const upload = this.chunks.verifyUpload(id, payload, encoding as ChunkEncoding, keyId);
       // The answer says whether the tenant held a good copy before, never whether another tenant does:
       // `stored` is true unless this tenant already owned the chunk and its copy is not known damaged.
       let checkedGood = false;
@@ -448,7 +479,7 @@ export class Repository implements RepositoryApi {
   /** Reads the stored copy whole and checks it; a damaged one is marked so (and false). */
   private async storedCopyIsGood(id: string): Promise<boolean> {
     try {
-      await this.chunks.readRaw(id, { bypassCache: true });
+      await this.chunks.readRaw(id, { bypassCache: true, sealedAsIs: true });
       return true;
     } catch (err) {
       if (!isDamage(err)) throw err;
@@ -545,6 +576,13 @@ export class Repository implements RepositoryApi {
       mayBackdate,
     });
     checkUnreadableRanges(h);
+    const keyId = this.sessionKeys.get(session.id);
+    if ((h.e2e?.keyId ?? null) !== (keyId ?? null))
+      throw new InvalidInputError(
+        keyId === undefined
+          ? 'an end-to-end manifest needs an upload session opened with its key'
+          : `the session was opened with key ${keyId}; the manifest ${h.e2e ? `names key ${h.e2e.keyId}` : 'is not end to end'}`,
+      );
     const header: StoredHeader = {
       ...h,
       id: givenId ?? randomBytes(32).toString('hex'),
@@ -572,6 +610,7 @@ export class Repository implements RepositoryApi {
       staging.drop();
     }
     this.touched.delete(session.id);
+    this.sessionKeys.delete(session.id);
     const info = this.index.getSnapshot(header.id);
     if (!info) throw new Error(`snapshot ${header.id} vanished right after its commit`);
     this.opts.log(
@@ -837,7 +876,10 @@ export class Repository implements RepositoryApi {
       return await this.mutation(() => {
         const now = this.opts.now();
         const reaped = this.index.reapExpiredSessions(now);
-        for (const id of reaped) this.touched.delete(id);
+        for (const id of reaped) {
+          this.touched.delete(id);
+          this.sessionKeys.delete(id);
+        }
         const ended = this.index.reapExpiredLeases(now);
         if (reaped.length + ended.length > 0)
           this.opts.log(`gc: ${reaped.length} expired sessions and ${ended.length} expired leases closed`);

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { ChunkerParams, ManifestHeader } from './manifest-codec.js';
+import type { ChunkerParams, ManifestE2e, ManifestHeader } from './manifest-codec.js';
 
 export interface SnapshotInfo {
   id: string;
@@ -22,6 +22,11 @@ export interface SnapshotInfo {
   tenant: string;
   /** Forget, delete and gc never remove a protected snapshot. The server always sets it. */
   protected?: boolean;
+  /**
+   * Set when the snapshot was made with an end-to-end key: its chunks are sealed by the agent, `sha256` is
+   * empty and the secrets (the image's SHA-256) are in `e2e.sealed`, which only the key opens.
+   */
+  e2e?: ManifestE2e;
 }
 
 /** One disk of one host (in one tenant): the series its nightly snapshots form. */
@@ -51,8 +56,13 @@ export interface SessionInfo {
   chunker: ChunkerParams;
   /** ISO 8601: the lease ends here unless the session is used again. */
   expiresAt: string;
-  /** The newest snapshot of the same host and disk, so the agent can seed its known-set from it. */
+  /**
+   * The newest snapshot of the same host and disk (made with the same end-to-end key, or plaintext for a
+   * plaintext session), so the agent can seed its known-set from it.
+   */
   previous: SnapshotInfo | null;
+  /** The end-to-end key id of a session opened with one. */
+  keyId?: string;
 }
 
 export interface RetentionPolicy {
@@ -201,7 +211,8 @@ export interface RepoStats {
 
 /** How a chunk is handed out: its stored payload as is, so the server never recompresses. */
 export interface StoredChunk {
-  encoding: 'raw' | 'zstd';
+  /** 'sealed': an end-to-end sealed chunk (sealed-chunk.ts), to be handed out as is. */
+  encoding: 'raw' | 'zstd' | 'sealed';
   rawLength: number;
   payload: Buffer;
 }
@@ -225,6 +236,11 @@ export interface CommitOptions {
   id?: string;
 }
 
+/** An upload session's end-to-end key: its uploads are sealed chunks of this key id (32 hex). */
+export interface SessionKey {
+  keyId: string;
+}
+
 /**
  * The engine's public surface, as the API server and the tests use it. `Repository` (repository.ts)
  * implements it; `api/` codes against this interface only.
@@ -232,7 +248,8 @@ export interface CommitOptions {
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
-  beginSession(host: string, disk: string, tenant?: string): Promise<SessionInfo>;
+  /** `key`: an end-to-end session, whose uploads are sealed chunks of that key (the caller proved it). */
+  beginSession(host: string, disk: string, tenant?: string, key?: SessionKey): Promise<SessionInfo>;
   /** Renews the lease; throws NotFound for an unknown or expired session. */
   touchSession(sessionId: string): SessionInfo;
   /** Ids (64 hex) this session must upload: the rest are known to the session's tenant. */
@@ -250,7 +267,7 @@ export interface RepositoryApi {
     sessionId: string,
     id: string,
     payload: Buffer,
-    encoding: 'raw' | 'zstd',
+    encoding: 'raw' | 'zstd' | 'sealed',
   ): Promise<{ stored: boolean; written: boolean }>;
   /**
    * Reads the whole binary manifest from `body`, checks every chunk is present and the snapshot's time is

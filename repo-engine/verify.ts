@@ -125,7 +125,7 @@ export async function verifyRepository(
         const known = codec.chunkIdFromKey(key) ?? idByKey.get(key);
         try {
           const raw = known
-            ? await ctx.chunks.readRaw(known, { bypassCache: true })
+            ? await ctx.chunks.readRaw(known, { bypassCache: true, sealedAsIs: true })
             : (await ctx.chunks.readRawByKey(key)).raw;
           bytesRead += raw.length;
         } catch (err) {

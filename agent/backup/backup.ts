@@ -11,6 +11,8 @@ import {
 } from '../../repo-engine/manifest-codec.js';
 import { ChunkSender } from '../chunk-sender.js';
 import type { DiskvaultClient } from '../client.js';
+import type { E2eKeys } from '../e2e/e2e-keys.js';
+import { sealedHeader, workerKeys } from '../e2e/snapshot-key.js';
 import { untilAborted } from '../interrupt.js';
 import type { ImageSource } from '../source.js';
 import { ChunkUploader } from './chunk-uploader.js';
@@ -52,6 +54,8 @@ export interface BackupOptions {
   commitAttempts?: number;
   /** Unreadable bytes accepted before the backup stops and commits nothing (see UnreadableBudget). Default: no limit. */
   maxUnreadable?: { bytes: number; asGiven: string };
+  /** An end-to-end backup's key: chunks are keyed and sealed, the image's hash sealed in the manifest. */
+  e2e?: E2eKeys;
   onProgress?: (p: BackupProgress) => void;
   /** Stops the backup (Ctrl-C): the session is aborted and nothing is committed; run() rejects with its reason. */
   signal?: AbortSignal;
@@ -113,7 +117,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   const { client, source } = o;
 
   o.signal?.throwIfAborted();
-  const session = await client.createSession(o.host, o.disk);
+  const session = await client.createSession(
+    o.host,
+    o.disk,
+    undefined,
+    o.e2e ? { proof: o.e2e.proof.toString('base64') } : undefined,
+  );
   const chunker = session.chunker;
   const pad = chunker.max;
   const windowBytes = Math.max(o.windowBytes ?? 16 * MiB, chunker.max);
@@ -138,7 +147,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   try {
     spool = await ManifestSpool.create();
     const workers = Math.max(1, o.workers ?? availableParallelism());
-    pool = new WorkerPool(workers, { slots: ring.sabs, chunker, warmBytes: pad + windowBytes });
+    pool = new WorkerPool(workers, {
+      slots: ring.sabs,
+      chunker,
+      warmBytes: pad + windowBytes,
+      ...(o.e2e ? { e2e: workerKeys(o.e2e) } : {}),
+    });
     hasher = new WorkerPool(1, { slots: ring.sabs, chunker, warmBytes: 0 });
     const known = new IdSet(4096);
     // The previous snapshot's chunks are almost all still there: learn them while the first window is read.
@@ -167,6 +181,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       // fresh ones per chunk: fresh megabytes page-fault on first touch and are unmapped again when collected.
       compressedBuffers: new BufferRecycler(64 * MiB, 4 * MiB),
       level,
+      sealed: o.e2e !== undefined,
       progress,
       failed: () => chain.firstError !== null,
     });
@@ -219,9 +234,11 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       concurrency,
       attempts: o.commitAttempts ?? 4,
       progress,
+      ...(o.e2e ? { e2e: o.e2e } : {}),
     });
     o.signal?.throwIfAborted();
-    const snapshot = await committer.commit(header);
+    // End to end, the image's hash travels sealed; the summary still reports it (the agent knows it).
+    const snapshot = await committer.commit(sealedHeader(o.e2e, header));
     return summarize(snapshot, header, progress, chain.reusedBytes, (performance.now() - started) / 1000);
   } catch (err) {
     // Leave nothing half-open on the server; a rerun uploads only what it still lacks.

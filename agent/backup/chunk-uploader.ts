@@ -4,6 +4,7 @@ import type { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES } from '../../repo-engine/manifest-codec.js';
 import type { ChunkSender } from '../chunk-sender.js';
 import type { DiskvaultClient } from '../client.js';
+import { SEALED_CHUNK_OVERHEAD } from '../e2e/chunk-sealing.js';
 import type { BackupProgress } from './backup.js';
 import { IdSet } from './id-set.js';
 import type { ManifestSpool } from './manifest-spool.js';
@@ -38,6 +39,8 @@ export interface ChunkUploaderOptions {
   compressedBuffers: BufferRecycler;
   /** zstd level. */
   level: number;
+  /** End to end: the worker's 'compress' jobs return whole sealed chunks, sent as such. */
+  sealed?: boolean;
   progress: BackupProgress;
   /** True once the backup is lost: queued uploads are then dropped instead of spending their retries. */
   failed: () => boolean;
@@ -166,7 +169,8 @@ export class ChunkUploader {
         g.forEach((i, k) => {
           ranges[k * 2] = starts[i];
           ranges[k * 2 + 1] = ends[i];
-          room += zstdBinding.compressBound(ends[i] - starts[i]);
+          room +=
+            zstdBinding.compressBound(ends[i] - starts[i]) + (this.o.sealed ? SEALED_CHUNK_OVERHEAD : 0);
         });
         const out = compressedBuffers.take(room);
         const packed = await pool.run({ type: 'compress', slot: w.slot, ranges, level, out }, [out]);
@@ -183,7 +187,11 @@ export class ChunkUploader {
                 ? Buffer.from(packed.out, packed.offsets[k], packed.offsets[k + 1] - packed.offsets[k])
                 : slotBuffers[w.slot].subarray(starts[i], ends[i]);
               const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
-              await this.o.sender.put(id, payload, packed.compressed[k] ? 'zstd' : 'raw');
+              await this.o.sender.put(
+                id,
+                payload,
+                this.o.sealed ? 'sealed' : packed.compressed[k] ? 'zstd' : 'raw',
+              );
               progress.newChunks++;
               progress.newBytes += ends[i] - starts[i];
               progress.bytesUploaded += payload.length;

@@ -5,6 +5,8 @@ import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../commo
 import { compressionWorthwhile } from '../../common/limits.js';
 import type { ManifestHeader } from '../../repo-engine/manifest-codec.js';
 import type { DiskvaultClient } from '../client.js';
+import { e2eChunkId, sealChunk } from '../e2e/chunk-sealing.js';
+import type { E2eKeys } from '../e2e/e2e-keys.js';
 import type { ImageSource } from '../source.js';
 import type { BackupProgress } from './backup.js';
 import type { ManifestSpool } from './manifest-spool.js';
@@ -23,6 +25,8 @@ export interface CommitterOptions {
   /** Commits tried when the server names chunks it lacks. */
   attempts: number;
   progress: BackupProgress;
+  /** An end-to-end backup's key: chunks uploaded again are keyed and sealed like the others. */
+  e2e?: E2eKeys;
 }
 
 /**
@@ -72,7 +76,9 @@ export class Committer {
         gate.use(async () => {
           const buf = Buffer.alloc(c.length);
           const got = await readResilient(o.source, buf, c.offset);
-          const actual = createHash('sha256').update(buf.subarray(0, got.bytes)).digest('hex');
+          const piece = buf.subarray(0, got.bytes);
+          const keyed = o.e2e ? e2eChunkId(o.e2e, piece) : undefined;
+          const actual = keyed ? keyed.id.toString('hex') : createHash('sha256').update(piece).digest('hex');
           if (got.bytes !== c.length || actual !== c.id) {
             throw new InvalidInputError(
               `the source changed during the backup: bytes ${c.offset}..${c.offset + c.length} no longer match chunk ${c.id}`,
@@ -80,10 +86,12 @@ export class Committer {
           }
           const z = compress(buf, { compressionLevel: level });
           const useZ = compressionWorthwhile(z.length, buf.length);
-          await o.client.putChunk(o.sessionId, c.id, useZ ? z : buf, useZ ? 'zstd' : 'raw');
+          const payload =
+            keyed && o.e2e ? sealChunk(o.e2e, keyed.kid, buf.length, useZ ? z : buf, useZ) : useZ ? z : buf;
+          await o.client.putChunk(o.sessionId, c.id, payload, keyed ? 'sealed' : useZ ? 'zstd' : 'raw');
           progress.newChunks++;
           progress.newBytes += c.length;
-          progress.bytesUploaded += useZ ? z.length : buf.length;
+          progress.bytesUploaded += payload.length;
         }),
       ),
     );

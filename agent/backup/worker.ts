@@ -3,6 +3,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import zstdBinding from 'zstd-napi/binding.js';
 import { compressionWorthwhile } from '../../common/limits.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
+import { e2eChunkId, sealChunk } from '../e2e/chunk-sealing.js';
+import type { E2eWorkerKeys } from '../e2e/e2e-keys.js';
 import { cutOffsets, reserveCutCapacity } from './fastcdc-direct.js';
 import type { PreviousSlice } from './previous-manifest.js';
 import { cutWindow } from './window-cutter.js';
@@ -16,6 +18,11 @@ import { zeroRunCutter } from './zero-runs.js';
 export interface WorkerInit {
   slots: SharedArrayBuffer[];
   chunker: ChunkerParams;
+  /**
+   * An end-to-end backup's keys: chunk ids are then keyed (repo-engine/sealed-chunk.ts domainChunkId of
+   * HMAC-SHA256(idKey, raw)) and 'compress' jobs return sealed chunks.
+   */
+  e2e?: E2eWorkerKeys;
   /** Largest range a cut job covers: fastcdc's WASM memory is grown to it once, up front. */
   warmBytes: number;
 }
@@ -35,8 +42,9 @@ export type Job =
   /** Chunks whose `skip` flag is 1 were hashed by the cut already: their ids come back as zeros. */
   | { type: 'hash'; slot: number; from: number; ends: Uint32Array; skip?: Uint8Array }
   /**
-   * `out` (transferred, and back in the result) has room for zstdBound of every range: the compressed
-   * chunks are written into it one after another, so no buffer is allocated per chunk.
+   * `out` (transferred, and back in the result) has room for zstdBound of every range (plus
+   * SEALED_CHUNK_OVERHEAD each in an end-to-end backup): the compressed chunks are written into it one
+   * after another, so no buffer is allocated per chunk. End to end, each is a whole sealed chunk.
    */
   | { type: 'compress'; slot: number; ranges: Uint32Array; level: number; out: ArrayBuffer }
   | { type: 'image-update'; slot: number; from: number; to: number }
@@ -81,18 +89,32 @@ const cutPoints = zeroRunCutter(cutOffsets);
 // The first cut of a large range grows WASM memory (slow); pay that once here, not in the first window.
 if (init.warmBytes > 0) reserveCutCapacity(init.warmBytes);
 
+const e2e = init.e2e
+  ? {
+      keyId: init.e2e.keyId,
+      keyIdBytes: Buffer.from(init.e2e.keyId, 'hex'),
+      idKey: Buffer.from(init.e2e.idKey),
+      chunkKey: Buffer.from(init.e2e.chunkKey),
+    }
+  : undefined;
+
+/** The repository id of a chunk's bytes: SHA-256, or end to end the key's domain id of its keyed id. */
+function idOf(piece: Uint8Array): Buffer {
+  return e2e ? e2eChunkId(e2e, piece).id : createHash('sha256').update(piece).digest();
+}
+
 /** A chunk's id; all-zero chunks (sparse regions) are recognised by memcmp and hashed once per length. */
 function chunkId(piece: Uint8Array): Buffer {
   const len = piece.length;
   if (len <= zeros.length && zeros.subarray(0, len).equals(piece)) {
     let id = zeroIds.get(len);
     if (!id) {
-      id = createHash('sha256').update(piece).digest();
+      id = idOf(piece);
       zeroIds.set(len, id);
     }
     return id;
   }
-  return createHash('sha256').update(piece).digest();
+  return idOf(piece);
 }
 
 function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
@@ -156,6 +178,12 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
       let at = 0;
       for (let k = 0; k < n; k++) {
         const raw = buf.subarray(job.ranges[k * 2], job.ranges[k * 2 + 1]);
+        if (e2e) {
+          at += sealInto(out, at, raw, job.level);
+          compressed[k] = 1;
+          offsets[k + 1] = at;
+          continue;
+        }
         const length = cctx.compress(
           out.subarray(at, at + zstdBinding.compressBound(raw.length)),
           raw,
@@ -183,6 +211,23 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
       return { result: { type: 'image-digest', sha256 }, transfer: [] };
     }
   }
+}
+
+let sealScratch: Buffer | undefined;
+
+/**
+ * Seals one chunk end to end into out[at..]: compressed first (when that saves 3%), then encrypted, the
+ * whole sealed chunk written where the main thread sends it from. Returns its length.
+ */
+function sealInto(out: Uint8Array, at: number, raw: Uint8Array, level: number): number {
+  if (!e2e) throw new Error('not an end-to-end backup');
+  const bound = zstdBinding.compressBound(raw.length);
+  if (!sealScratch || sealScratch.length < bound) sealScratch = Buffer.allocUnsafe(bound);
+  const packed = cctx.compress(sealScratch.subarray(0, bound), raw, level);
+  const zstd = compressionWorthwhile(packed, raw.length);
+  const { kid } = e2eChunkId(e2e, raw);
+  const target = Buffer.from(out.buffer, out.byteOffset + at, out.byteLength - at);
+  return sealChunk(e2e, kid, raw.length, zstd ? sealScratch.subarray(0, packed) : raw, zstd, target).length;
 }
 
 parentPort!.on('message', (msg: { seq: number; job: Job }) => {

@@ -13,6 +13,9 @@ import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { commandKey, keyPathOf } from '../e2e/key-store.js';
+import { KEY_OPTIONS, type KeyFlags } from '../e2e/snapshot-key.js';
+import { verifyWithKey } from '../e2e/verify-with-key.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
@@ -62,7 +65,8 @@ const USAGE: Record<string, string> = {
   before any is removed.
 `,
   gc: 'usage: diskvault gc [--json]\n',
-  verify: 'usage: diskvault verify [--read-data] [--json]\n  exits 1 when a problem is found\n',
+  verify:
+    'usage: diskvault verify [--read-data] [--json]\n       diskvault verify --key FILE [--password-file FILE] --read-data [--json]\n  exits 1 when a problem is found. With --key (or DISKVAULT_KEY) the agent checks every snapshot of that\n  end-to-end key itself: each chunk downloaded, authenticated, decrypted and checked against its keyed id.\n',
   stats: 'usage: diskvault stats [--json]\n',
 };
 const CONNECTION_HELP =
@@ -90,7 +94,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     command === 'forget'
       ? FORGET
       : command === 'verify'
-        ? { ...COMMON, 'read-data': { type: 'boolean' } }
+        ? { ...COMMON, 'read-data': { type: 'boolean' }, ...KEY_OPTIONS }
         : COMMON;
   if (!USAGE[command]) throw new UsageError(`unknown admin command ${command}`);
   let values: Record<string, string | boolean | string[] | undefined>;
@@ -122,6 +126,8 @@ export async function run(argv: string[], command: string): Promise<number> {
       case 'gc':
         return await gc(client, json);
       case 'verify':
+        if (keyPathOf(values.key as string | undefined) !== undefined)
+          return await verifyKey(client, values as KeyFlags, values['read-data'] === true, json);
         return await verify(client, values['read-data'] === true, json);
       default:
         return await stats(client, json);
@@ -332,6 +338,37 @@ async function verify(client: DiskvaultClient, readData: boolean, json: boolean)
       );
     if (r.healedSnapshots?.length)
       process.stdout.write(`snapshots restorable again: ${r.healedSnapshots.join(', ')}\n`);
+    process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
+  }
+  return r.ok ? EXIT_OK : EXIT_FAILURE;
+}
+
+/** `verify --key FILE --read-data`: the agent opens every chunk of the key's snapshots (agent/e2e/). */
+async function verifyKey(
+  client: DiskvaultClient,
+  flags: KeyFlags,
+  readData: boolean,
+  json: boolean,
+): Promise<number> {
+  if (!readData) throw new UsageError('verify --key checks chunk content from the agent: add --read-data');
+  const keys = await commandKey(flags);
+  if (!keys) throw new UsageError('verify --key needs a key file');
+  const r = await verifyWithKey(client, keys, {
+    onProgress: json
+      ? undefined
+      : (done, total) => {
+          if (process.stderr.isTTY) process.stderr.write(`\rchecked ${done}/${total} chunks`);
+        },
+  });
+  if (!json && process.stderr.isTTY) process.stderr.write('\n');
+  if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+  else {
+    process.stdout.write(
+      `key ${r.keyId}: checked ${r.snapshotsChecked} snapshots, ${r.chunksChecked} chunks, read ${formatBytes(r.bytesRead)} in ${r.seconds.toFixed(1)} s\n`,
+    );
+    for (const m of r.badManifests) process.stdout.write(`bad manifest ${m.snapshot}: ${m.detail}\n`);
+    for (const p of r.problems)
+      process.stdout.write(`${p.kind} chunk ${p.chunk} (${p.detail}), used by ${p.snapshots.join(', ')}\n`);
     process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
   }
   return r.ok ? EXIT_OK : EXIT_FAILURE;

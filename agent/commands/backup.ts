@@ -5,6 +5,8 @@ import { formatBytes, parseSize } from '../../common/units.js';
 import { type BackupProgress, type BackupSummary, runBackup } from '../backup/backup.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { commandKey } from '../e2e/key-store.js';
+import { KEY_OPTIONS } from '../e2e/snapshot-key.js';
 import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter } from '../progress.js';
@@ -31,6 +33,8 @@ options:
   --limit-upload RATE    cap upload bandwidth: KiB/s as in restic (2048), or 500K, 20M, 1G
   --max-unreadable LIMIT unreadable bytes accepted as zeros before the backup stops and commits
                          nothing: a size (0, 64M) or a share of the image (default 1%, at most 1G)
+  --key FILE             encrypt end to end with this key file (or DISKVAULT_KEY; 'diskvault key create')
+  --password-file FILE   the key's passphrase (or DISKVAULT_PASSWORD, or a prompt on a terminal)
   --json                 progress as JSON lines on stderr, the summary as JSON on stdout
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some ranges could not be read (stored as zeros)
@@ -44,6 +48,7 @@ export async function run(argv: string[]): Promise<number> {
     concurrency: { type: 'string' },
     'compression-level': { type: 'string' },
     'max-unreadable': { type: 'string' },
+    ...KEY_OPTIONS,
   });
   if (values.help) {
     process.stdout.write(HELP);
@@ -75,6 +80,8 @@ export async function run(argv: string[]): Promise<number> {
     throw new UsageError(`--format ${format}: expected raw, qcow2, vhd, vmdk or vdi`);
   }
   const cfg = resolveClientConfig(values);
+  // Opened before anything is read or sent: a wrong passphrase stops the backup at once.
+  const e2e = await commandKey(values);
 
   // Parsed before the source is opened, so a bad value is a usage error whatever the source.
   const unreadableLimit = parseUnreadableLimit(values['max-unreadable']);
@@ -106,6 +113,7 @@ export async function run(argv: string[]): Promise<number> {
       concurrency,
       compressionLevel,
       maxUnreadable,
+      ...(e2e ? { e2e } : {}),
       signal: interrupt.signal,
       ...tuningFromEnv(),
       onProgress: (p: BackupProgress) =>

@@ -5,6 +5,7 @@ import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { KEY_OPTIONS, keyForSnapshot, openedHeader, workerKeys } from '../e2e/snapshot-key.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
 import { warnIfPlainHttp } from '../plain-http.js';
@@ -30,6 +31,7 @@ options:
   --name NAME                              the export's name (default the snapshot id; '' also reaches it)
   --cache SIZE                             chunk cache (default 256M)
   --limit-download RATE                    cap download bandwidth: KiB/s as in restic, or 500K, 20M, 1G
+  --key FILE, --password-file FILE         the key of an end-to-end snapshot (or DISKVAULT_KEY), its passphrase
   --json                                   the listening line as JSON
 
 then, for example:
@@ -43,6 +45,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     listen: { type: 'string' },
     name: { type: 'string' },
     cache: { type: 'string' },
+    ...KEY_OPTIONS,
   });
   if (values.help) {
     process.stdout.write(USAGE);
@@ -62,26 +65,30 @@ export async function run(argv: string[], command: string): Promise<number> {
   warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
   const fetcher = clientChunkFetcher(client);
-  const decoders = new DecodePool();
+  let decoders: DecodePool | undefined;
   let server: NbdServer | undefined;
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, positionals[0], { host: values.host, disk: values.disk });
+    // An end-to-end snapshot is served only with its key, opened before anything listens.
+    const e2e = await keyForSnapshot(snapshot, values);
+    const pool = new DecodePool(undefined, undefined, e2e ? workerKeys(e2e) : undefined);
+    decoders = pool;
     // Held for as long as we serve: a snapshot forgotten meanwhile stays readable until we stop.
     hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
     const image = await SnapshotImage.load(
-      { ...reader.header, id: reader.header.id ?? snapshot.id },
+      openedHeader(e2e, { ...reader.header, id: reader.header.id ?? snapshot.id }, snapshot.id),
       reader.entryBatches(),
       async (id, length) => {
         // As in a restore: decompression and the hash check run on worker threads, off the thread that
         // answers the NBD clients.
         const fetched = await fetcher.fetch(id, length);
-        return fetched.verified
+        return fetched.verified && !e2e
           ? decodeChunk(fetched, id, length)
-          : await decoders.decode(fetched, id, length);
+          : await pool.decode(fetched, id, length);
       },
       cacheBytes,
     );
@@ -129,7 +136,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   } finally {
     await server?.close();
     await hold?.release();
-    await decoders.close();
+    await decoders?.close();
     client.close();
   }
 }

@@ -3,6 +3,13 @@ import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import {
+  KEY_OPTIONS,
+  keyForSnapshot,
+  openedHeader,
+  passphraseGiven,
+  workerKeys,
+} from '../e2e/snapshot-key.js';
 import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
@@ -32,6 +39,8 @@ options:
   --fsync                                  flush a file target to disk before reporting success
   --concurrency N                          chunk downloads in flight (default 12)
   --limit-download RATE                    cap download bandwidth: KiB/s as in restic, or 500K, 20M, 1G
+  --key FILE                               the key file of an end-to-end snapshot (or DISKVAULT_KEY)
+  --password-file FILE                     its passphrase (or DISKVAULT_PASSWORD, or a prompt on a terminal)
   --json                                   progress and summary as JSON lines (on stderr when TARGET is -)
 `;
 
@@ -45,6 +54,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     fsync: { type: 'boolean' },
     format: { type: 'string' },
     concurrency: { type: 'string' },
+    ...KEY_OPTIONS,
   });
   if (values.help) {
     process.stdout.write(USAGE);
@@ -73,12 +83,19 @@ export async function run(argv: string[], command: string): Promise<number> {
   let hold: ChunkHold | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
+    // A missing key, a wrong passphrase or another key stops the restore below, before the target is
+    // opened. With the passphrase given (not prompted for), the key file's scrypt runs while the hold is
+    // taken and the manifest starts; a prompt comes first, so no download waits on a person.
+    const keyOpening = keyForSnapshot(snapshot, values);
+    keyOpening.catch(() => {});
+    if (!passphraseGiven(values)) await keyOpening;
     // Before the manifest is read: a snapshot forgotten from here on stays readable until we are done.
     hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
-    const header = { ...reader.header, id: reader.header.id ?? snapshot.id };
+    const e2e = await keyOpening;
+    const header = openedHeader(e2e, { ...reader.header, id: reader.header.id ?? snapshot.id }, snapshot.id);
 
     if (header.unreadable.length > 0) {
       process.stderr.write(
@@ -106,6 +123,7 @@ export async function run(argv: string[], command: string): Promise<number> {
         header,
         entryBatches: reader.entryBatches(),
         fetcher: clientChunkFetcher(client),
+        ...(e2e ? { e2e: workerKeys(e2e) } : {}),
         target,
         inPlace,
         verify,

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import binding from 'zstd-napi/binding.js';
 import { CorruptError, HashMismatchError } from '../../common/errors.js';
+import { checkKeyedId, openChunk } from '../e2e/chunk-sealing.js';
 import type { FetchedChunk } from './chunk-fetcher.js';
 
 // binding.js is CommonJS that loads the addon by computed path: Node cannot see its named exports.
@@ -12,7 +13,14 @@ let dctx: InstanceType<typeof DCtx> | undefined;
  * into a buffer of exactly the manifest's length (zstd refuses to overflow it, so a hostile payload cannot
  * make us allocate more), and SHA-256 of the result must equal the id before anyone writes it to a disk.
  */
-export function decodeChunk(fetched: FetchedChunk, id: string, length: number, into?: ArrayBuffer): Buffer {
+export function decodeChunk(
+  fetched: FetchedChunk,
+  id: string,
+  length: number,
+  into?: ArrayBuffer,
+  e2e?: ChunkOpeningKeys,
+): Buffer {
+  if (e2e !== undefined || fetched.encoding === 'sealed') return decodeSealed(fetched, id, length, into, e2e);
   const raw =
     fetched.encoding === 'zstd' ? decompressExact(fetched.payload, length, id, into) : fetched.payload;
   if (raw.length !== length) {
@@ -25,6 +33,40 @@ export function decodeChunk(fetched: FetchedChunk, id: string, length: number, i
     if (actual !== id)
       throw new HashMismatchError(`chunk ${id}: content hashes to ${actual}`, { chunk: id, actual });
   }
+  return raw;
+}
+
+/** What opening sealed chunks takes (agent/e2e/e2e-keys.ts), as a worker thread receives it. */
+export interface ChunkOpeningKeys {
+  keyId: string;
+  idKey: Uint8Array;
+  chunkKey: Uint8Array;
+}
+
+/**
+ * An end-to-end chunk: authenticated and decrypted (tag, key id, id bound to the keyed id), decompressed
+ * within the manifest's length, and its bytes checked against the keyed id before anyone writes them.
+ */
+function decodeSealed(
+  fetched: FetchedChunk,
+  id: string,
+  length: number,
+  into: ArrayBuffer | undefined,
+  e2e: ChunkOpeningKeys | undefined,
+): Buffer {
+  if (e2e === undefined)
+    throw new CorruptError(`chunk ${id} is sealed end to end: restoring it needs its key (--key FILE)`, {
+      chunk: id,
+    });
+  if (fetched.encoding !== 'sealed')
+    throw new CorruptError(`chunk ${id} is not sealed, but the snapshot is end to end`, { chunk: id });
+  const opened = openChunk(e2e, id, length, fetched.payload);
+  const raw = opened.zstd ? decompressExact(opened.body, length, id, into) : opened.body;
+  if (raw.length !== length)
+    throw new CorruptError(`chunk ${id}: got ${raw.length} bytes, the manifest says ${length}`, {
+      chunk: id,
+    });
+  checkKeyedId(e2e.idKey, id, opened.kid, raw);
   return raw;
 }
 

@@ -4,7 +4,8 @@
  * same hash check guards both.
  */
 export interface FetchedChunk {
-  encoding: 'raw' | 'zstd';
+  /** 'sealed': an end-to-end sealed chunk, opened with the restore's key (agent/e2e/chunk-sealing.ts). */
+  encoding: 'raw' | 'zstd' | 'sealed';
   payload: Buffer;
   /** True when the fetcher already checked SHA-256(raw) === id on these very bytes (the core then skips it). */
   verified?: boolean;

@@ -11,7 +11,7 @@ interface PayloadClient {
     id: string,
     maxRawLength?: number,
     alloc?: BufferAllocator,
-  ): Promise<{ encoding: 'raw' | 'zstd'; payload: Buffer }>;
+  ): Promise<{ encoding: 'raw' | 'zstd' | 'sealed'; payload: Buffer }>;
 }
 
 /**

@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DiskvaultError, type ErrorCode } from '../../common/errors.js';
 import { type BufferRecycler, ownedArrayBuffer } from '../../repo-engine/buffer-recycler.js';
+import type { ChunkOpeningKeys } from './chunk-decoder.js';
 import type { FetchedChunk } from './chunk-fetcher.js';
 import type { DecodeJob, DecodeReply } from './decode-worker.js';
 
@@ -20,9 +21,11 @@ export class DecodePool {
   constructor(
     size = Math.max(2, Math.min(4, availableParallelism())),
     private readonly recycler?: BufferRecycler,
+    /** An end-to-end restore's keys: the workers open sealed chunks with them. */
+    e2e?: ChunkOpeningKeys,
   ) {
     this.workers = Array.from({ length: size }, () => {
-      const w = new Worker(new URL('./decode-worker.js', import.meta.url));
+      const w = new Worker(new URL('./decode-worker.js', import.meta.url), { workerData: { e2e } });
       w.on('message', (msg: DecodeReply) => {
         for (const ab of msg.spare) this.recycler?.give(ab);
         if ('raw' in msg) this.recycler?.adopt(msg.raw);
@@ -61,7 +64,7 @@ export class DecodePool {
       this.recycler?.transferable(buf) ??
       ownedArrayBuffer(buf) ??
       (Uint8Array.prototype.slice.call(buf).buffer as ArrayBuffer);
-    const into = fetched.encoding === 'zstd' ? this.recycler?.take(length) : undefined;
+    const into = fetched.encoding !== 'raw' ? this.recycler?.take(length) : undefined;
     const job: DecodeJob = {
       seq,
       id,

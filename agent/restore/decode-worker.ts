@@ -1,13 +1,13 @@
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { isDiskvaultError } from '../../common/errors.js';
-import { decodeChunk } from './chunk-decoder.js';
+import { type ChunkOpeningKeys, decodeChunk } from './chunk-decoder.js';
 
 /** Decompresses and hash-checks chunks for decode-pool.ts, so the main thread only moves bytes. */
 export interface DecodeJob {
   seq: number;
   id: string;
   length: number;
-  encoding: 'raw' | 'zstd';
+  encoding: 'raw' | 'zstd' | 'sealed';
   payload: ArrayBuffer;
   payloadLength: number;
   /** Where to decompress to, when the pool has a recycled buffer for it. */
@@ -25,6 +25,8 @@ export type DecodeReply =
 
 const port = parentPort;
 if (!port) throw new Error('decode-worker must run as a worker thread');
+/** An end-to-end restore's keys (the pool's `e2e`): every chunk is then sealed and opened with them. */
+const e2e = (workerData as { e2e?: ChunkOpeningKeys } | undefined)?.e2e;
 
 port.on('message', (job: DecodeJob) => {
   try {
@@ -33,6 +35,7 @@ port.on('message', (job: DecodeJob) => {
       job.id,
       job.length,
       job.into,
+      e2e,
     );
     // The result starts at offset 0 of `into`, of the payload (a raw chunk) or of a buffer of its own; a
     // small allocation may be a slice of Node's shared pool, which must never be transferred.

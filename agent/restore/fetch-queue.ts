@@ -1,6 +1,6 @@
 import type { DiskvaultError } from '../../common/errors.js';
 import type { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
-import { decodeChunk } from './chunk-decoder.js';
+import { type ChunkOpeningKeys, decodeChunk } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { DecodePool } from './decode-pool.js';
 import type { ZeroChunks } from './zero-chunks.js';
@@ -25,6 +25,8 @@ export interface FetchQueueOptions {
   concurrency: number;
   /** Takes the queue's head, in image order (writes it, hashes it). */
   consume: (slot: Slot) => Promise<void>;
+  /** An end-to-end snapshot's key: every chunk is opened and checked with it (agent/e2e/). */
+  e2e?: ChunkOpeningKeys;
 }
 
 /**
@@ -104,11 +106,11 @@ export class FetchQueue {
       .fetch(id, length, recycler)
       .then(async (fetched) => {
         // Already-checked bytes only need their length checked, which is cheap enough for this thread.
-        if (!fetched.verified) this.decoders ??= new DecodePool(undefined, recycler);
+        if (!fetched.verified) this.decoders ??= new DecodePool(undefined, recycler, this.o.e2e);
         const raw =
           this.decoders && !fetched.verified
             ? await this.decoders.decode(fetched, id, length)
-            : decodeChunk(fetched, id, length);
+            : decodeChunk(fetched, id, length, undefined, this.o.e2e);
         zeros.learn(id, raw);
         return raw;
       })

@@ -1,6 +1,8 @@
 import { InvalidInputError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from '../../repo-engine/manifest-codec.js';
+import { e2eChunkId } from '../e2e/chunk-sealing.js';
+import type { ChunkOpeningKeys } from './chunk-decoder.js';
 import type { ChunkFetcher } from './chunk-fetcher.js';
 import { FetchQueue } from './fetch-queue.js';
 import { ImageHasher } from './image-hasher.js';
@@ -26,6 +28,8 @@ export interface RestoreOptions {
   concurrency?: number;
   onProgress?: (p: RestoreProgress) => void;
   onDamage?: (d: DamagedChunk) => void;
+  /** An end-to-end snapshot's key: every chunk is opened and checked with it (agent/e2e/). */
+  e2e?: ChunkOpeningKeys;
   /**
    * Stops the restore (Ctrl-C): no new chunk is written once it fires, the writes already started settle, and
    * restoreSnapshot rejects with its reason. The target keeps what was written (--in-place resumes it).
@@ -82,11 +86,24 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
   const { header, target, fetcher } = opts;
   const verify = opts.verify ?? true;
   const maxChunk = Math.max(header.chunker.max, 1);
-  const zeros = new ZeroChunks([header.chunker.max], Math.min(maxChunk, 64 * 1024 * 1024));
+  const e2e = opts.e2e;
+  const zeros = new ZeroChunks(
+    [header.chunker.max],
+    Math.min(maxChunk, 64 * 1024 * 1024),
+    e2e
+      ? (b) =>
+          e2eChunkId({ idKey: e2e.idKey, keyIdBytes: Buffer.from(e2e.keyId, 'hex') }, b).id.toString('hex')
+      : undefined,
+  );
   if (opts.inPlace && target.kind === 'stream')
     throw new InvalidInputError('--in-place needs a file or a block device');
   const scanner = opts.inPlace
-    ? new TargetScanner({ path: target.path, size: header.size, zeroIds: zeros.knownIds() })
+    ? new TargetScanner({
+        path: target.path,
+        size: header.size,
+        zeroIds: zeros.knownIds(),
+        ...(opts.e2e ? { e2e: opts.e2e } : {}),
+      })
     : undefined;
   // Chunk buffers go round (download, decode, write, hash, back) instead of being allocated per chunk.
   const recycler = new BufferRecycler();
@@ -128,6 +145,7 @@ export async function restoreSnapshot(opts: RestoreOptions): Promise<RestoreResu
     zeros,
     concurrency: Math.max(1, opts.concurrency ?? 12),
     consume: (slot) => writer.finish(slot),
+    ...(opts.e2e ? { e2e: opts.e2e } : {}),
   });
 
   try {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import { MANIFEST_ENTRY_BYTES } from '../../repo-engine/manifest-codec.js';
+import { e2eChunkId } from '../e2e/chunk-sealing.js';
 import { SequentialReader } from './sequential-reader.js';
 
 /**
@@ -14,6 +15,8 @@ export interface ScanInit {
   size: number;
   /** Ids known to be zero runs: compared with memcmp instead of hashed. */
   zeroIds: string[];
+  /** An end-to-end snapshot's keys: its ids are keyed (agent/e2e/chunk-sealing.ts e2eChunkId), not SHA-256. */
+  e2e?: { keyId: string; idKey: Uint8Array };
 }
 
 export type ScanRequest = { t: 'batch'; entries: ArrayBuffer };
@@ -23,6 +26,11 @@ const port = parentPort;
 if (!port) throw new Error('target-scan-worker must run as a worker thread');
 const init = workerData as ScanInit;
 const zeroIds = new Set(init.zeroIds);
+const e2e = init.e2e
+  ? { idKey: Buffer.from(init.e2e.idKey), keyIdBytes: Buffer.from(init.e2e.keyId, 'hex') }
+  : undefined;
+const idOf = (b: Buffer) =>
+  e2e ? e2eChunkId(e2e, b).id.toString('hex') : createHash('sha256').update(b).digest('hex');
 const zeros = Buffer.alloc(4 * 1024 * 1024);
 
 const fh = await open(init.path, 'r');
@@ -51,13 +59,7 @@ port.on('message', (msg: ScanRequest) => {
         const at = i * MANIFEST_ENTRY_BYTES;
         const id = entries.toString('hex', at, at + 32);
         const current = await reader.take(entries.readUInt32BE(at + 32));
-        flags[i] = (
-          zeroIds.has(id)
-            ? isZero(current)
-            : createHash('sha256').update(current).digest('hex') === id
-        )
-          ? 1
-          : 0;
+        flags[i] = (zeroIds.has(id) ? isZero(current) : idOf(current) === id) ? 1 : 0;
       }
       port.postMessage({ t: 'matches', flags: flags.buffer } satisfies ScanReply, [flags.buffer]);
     } catch (err) {

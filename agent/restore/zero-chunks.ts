@@ -11,11 +11,15 @@ export class ZeroChunks {
   private readonly zeroIds = new Set<string>();
   private readonly zeros: Buffer;
 
-  constructor(likelyLengths: number[], maxLength: number) {
+  /**
+   * `idOf`: how the snapshot names a chunk's bytes, when not by SHA-256 (an end-to-end snapshot's ids are
+   * keyed, agent/e2e/chunk-sealing.ts e2eChunkId).
+   */
+  constructor(likelyLengths: number[], maxLength: number, idOf?: (bytes: Buffer) => string) {
     this.zeros = Buffer.alloc(Math.max(1, maxLength));
+    const id = idOf ?? ((b: Buffer) => createHash('sha256').update(b).digest('hex'));
     for (const len of likelyLengths) {
-      if (len > 0 && len <= maxLength)
-        this.zeroIds.add(createHash('sha256').update(this.zeros.subarray(0, len)).digest('hex'));
+      if (len > 0 && len <= maxLength) this.zeroIds.add(id(this.zeros.subarray(0, len)));
     }
   }
 

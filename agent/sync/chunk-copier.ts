@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { DiskvaultError, HashMismatchError } from '../../common/errors.js';
+import { sealedChunkProblem } from '../../repo-engine/sealed-chunk.js';
 import type { DiskvaultClient } from '../client.js';
 import { decompressExactly } from '../zstd-bounded.js';
 
@@ -55,6 +56,16 @@ export class ChunkCopier {
         `chunk ${c.id}: the source sent ${rawLength} bytes, its manifest says ${c.length}`,
         { chunk: c.id },
       );
+    if (encoding === 'sealed') {
+      // An end-to-end chunk is copied as it is: what can be checked without its key is checked.
+      const problem = sealedChunkProblem(payload, c.id, c.length, { expectRawLength: c.length });
+      if (problem)
+        throw new DiskvaultError('Corrupt', `chunk ${c.id} from the source is corrupt: ${problem}`, {
+          chunk: c.id,
+        });
+      await this.destination.putChunk(sessionId, c.id, payload, 'sealed');
+      return { sent: payload.length, raw: rawLength };
+    }
     const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${c.id}`) : payload;
     const actual = createHash('sha256').update(raw).digest('hex');
     if (actual !== c.id)

@@ -49,7 +49,13 @@ export async function copySnapshot(opts: {
 }): Promise<SnapshotCopyResult> {
   const { source, destination, copier, snapshot: snap } = opts;
   const { header, entries } = await readManifest(source, snap);
-  const session = await destination.createSession(snap.host, snap.disk, opts.tenant);
+  // An end-to-end snapshot is copied sealed, into a session of its key (opened by key id: an admin's).
+  const session = await destination.createSession(
+    snap.host,
+    snap.disk,
+    opts.tenant,
+    snap.e2e ? { keyId: snap.e2e.keyId } : undefined,
+  );
   const result: SnapshotCopyResult = {
     outcome: 'copied',
     chunks: header.chunkCount,

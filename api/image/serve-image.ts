@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RepositoryApi, SnapshotInfo } from '../../repo-engine/types.js';
 import { sendJson } from '../context.js';
+import { refuseSealedSnapshot } from '../sealed-snapshots.js';
 import { parseRange } from './byte-range.js';
 import { ImageIndexCache } from './image-index.js';
 import { streamImage, ZeroChunkIds } from './image-stream.js';
@@ -49,6 +50,7 @@ export async function serveImage(
   req: IncomingMessage,
   res: ServerResponse,
 ): Promise<void> {
+  refuseSealedSnapshot(snap, 'its image');
   const size = snap.size;
   const etag = `"${snap.id}"`;
   const ifRange = req.headers['if-range'];

@@ -4,6 +4,7 @@ import { decompress } from 'zstd-napi';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common/errors.js';
 import { zstdBound } from '../../common/limits.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
+import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../../repo-engine/sealed-chunk.js';
 import type { ChunkLease } from '../../repo-engine/types.js';
 import { requireWriter, tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
@@ -12,11 +13,17 @@ import { type ApiContext, param, query, route } from '../context.js';
 import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
 import { checkId, checkSessionId } from '../validation.js';
 
-function requestEncoding(req: IncomingMessage): 'raw' | 'zstd' {
+function requestEncoding(req: IncomingMessage): 'raw' | 'zstd' | 'sealed' {
+  // A sealed chunk (end-to-end) is sent as its own content type, never content-encoded.
+  if (isSealedBody(req.headers['content-type'])) return 'sealed';
   const h = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
   if (h === '' || h === 'identity') return 'raw';
   if (h === 'zstd') return 'zstd';
   throw new InvalidInputError(`unsupported Content-Encoding ${JSON.stringify(h)} (use zstd or none)`);
+}
+
+function isSealedBody(type: string | undefined): boolean {
+  return type !== undefined && type.split(';')[0].trim().toLowerCase() === SEALED_CHUNK_CONTENT_TYPE;
 }
 
 function acceptsZstd(req: IncomingMessage): boolean {
@@ -50,7 +57,7 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       const sid = checkSessionId(query(req).get('session') ?? undefined);
       const encoding = requestEncoding(req);
       const max = repo.chunker.max;
-      const cap = encoding === 'zstd' ? zstdBound(max) : max;
+      const cap = encoding === 'sealed' ? sealedChunkBound(max) : encoding === 'zstd' ? zstdBound(max) : max;
       // Refusing by Content-Length happens before any byte of the body is read (see readCapped).
       sessions.require(sid, p);
       const payload = await readCapped(req, cap, 'chunk', takeBody);
@@ -98,7 +105,11 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
           else body = decompress(chunk.payload);
         }
         res.statusCode = 200;
-        res.setHeader('content-type', CHUNK_CONTENT_TYPE);
+        // A sealed chunk goes out as stored: only its key's holder can open it (docs/security.md).
+        res.setHeader(
+          'content-type',
+          chunk.encoding === 'sealed' ? SEALED_CHUNK_CONTENT_TYPE : CHUNK_CONTENT_TYPE,
+        );
         res.setHeader('content-length', body.length);
         res.setHeader(RAW_LENGTH_HEADER, chunk.rawLength);
         res.setHeader('vary', 'accept-encoding');

@@ -1,7 +1,9 @@
 import type { Server } from 'restify';
 import { CHUNK_STREAM_PROTOCOL } from '../../common/chunk-stream.js';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
-import { mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
+import { keyIdOfProof } from '../../repo-engine/sealed-chunk.js';
+import type { SessionKey } from '../../repo-engine/types.js';
+import { isGlobalAdmin, mayUseHost, requireAdmin, requireWriter, sessionTenant } from '../auth.js';
 import { capped, readCapped, readJson, refuseDeclaredOver } from '../body.js';
 import { type ApiContext, param, query, route, sendJson, sendNoContent } from '../context.js';
 import { forbidden } from '../errors.js';
@@ -42,6 +44,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       const disk = checkName(body.disk, 'disk');
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
       const tenant = sessionTenant(p, optionalName(body.tenant, 'tenant'));
+      const key = sessionKey(body.e2e, isGlobalAdmin(p));
       const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, Date.now());
       if ('retryAfterS' in place) {
         res.setHeader('retry-after', String(place.retryAfterS));
@@ -53,7 +56,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       }
       let info: Awaited<ReturnType<typeof repo.beginSession>>;
       try {
-        info = await repo.beginSession(host, disk, tenant);
+        info = await repo.beginSession(host, disk, tenant, key);
         sessions.bind(info.id, p, info);
       } finally {
         place.release();
@@ -67,6 +70,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         expiresAt: info.expiresAt,
         previous,
         chunkStream: CHUNK_STREAM_PROTOCOL,
+        ...(key ? { keyId: key.keyId } : {}),
       };
       sendJson(res, 201, out);
     }),
@@ -150,6 +154,30 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       sendNoContent(res);
     }),
   );
+}
+
+/**
+ * The end-to-end key of a new session: the key id its proof hashes to (a holder of the key proves it so);
+ * a global admin (the operator's own token, who could change storage anyway) may name the key id itself,
+ * to copy sealed snapshots it cannot open. Undefined: plaintext.
+ */
+function sessionKey(value: unknown, isAdmin: boolean): SessionKey | undefined {
+  if (value === undefined || value === null) return undefined;
+  const o = asObject(value);
+  if (typeof o.proof === 'string') {
+    const proof = Buffer.from(o.proof, 'base64');
+    if (proof.length !== 32 || proof.toString('base64') !== o.proof)
+      throw new InvalidInputError('e2e.proof is 32 bytes in base64');
+    return { keyId: keyIdOfProof(proof) };
+  }
+  if (typeof o.keyId === 'string') {
+    if (!isAdmin)
+      throw forbidden('only an admin may open an end-to-end session by key id; agents send e2e.proof');
+    if (!/^[0-9a-f]{32}$/.test(o.keyId))
+      throw new InvalidInputError('e2e.keyId is 32 lowercase hex characters');
+    return { keyId: o.keyId };
+  }
+  throw new InvalidInputError('e2e needs a proof (base64) or, for an admin, a keyId');
 }
 
 function isIdsBody(type: string | undefined): boolean {

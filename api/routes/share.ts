@@ -6,6 +6,7 @@ import { type ApiContext, param, route, sendJson } from '../context.js';
 import { forbidden } from '../errors.js';
 import { serveImage } from '../image/serve-image.js';
 import type { ShareInfo } from '../protocol.js';
+import { refuseSealedSnapshot } from '../sealed-snapshots.js';
 import { type ShareRecord, ShareStore } from '../share-store.js';
 import { asObject, checkId } from '../validation.js';
 
@@ -62,6 +63,7 @@ export function registerShareRoutes(server: Server, ctx: ApiContext): void {
         );
       const snap = ctx.repo.getSnapshot(id);
       if (!snap || !maySeeSnapshot(p, snap)) throw new NotFoundError(`snapshot ${id} not found`);
+      refuseSealedSnapshot(snap, 'a share link to it');
       const { record, link } = await shares.create({
         snapshot: snap.id,
         host: snap.host,

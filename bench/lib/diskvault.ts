@@ -1,5 +1,5 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,9 +70,20 @@ export interface DiskvaultPeer extends Peer {
 export function diskvault(
   dir: string,
   /** `encryption` 'none' makes a plaintext (format 1) repository; the default is the server's (encrypted). */
-  opts: { name?: string; s3?: S3Target; chunkAvg?: number; encryption?: 'aes-256-gcm' | 'none' } = {},
+  opts: {
+    name?: string;
+    s3?: S3Target;
+    chunkAvg?: number;
+    encryption?: 'aes-256-gcm' | 'none';
+    /** Back up and restore end to end, with a key file made in `dir` at init. */
+    e2e?: boolean;
+  } = {},
 ): DiskvaultPeer {
   const data = join(dir, 'data');
+  const keyFile = join(dir, 'e2e.key');
+  const passwordFile = join(dir, 'e2e.pw');
+  /** The agent's flags of an end-to-end run (none otherwise). */
+  const keyArgs = () => (opts.e2e ? ['--key', keyFile, '--password-file', passwordFile] : []);
   let server: ChildProcess | undefined;
   let url = '';
   let token = '';
@@ -105,6 +116,17 @@ export function diskvault(
       if (opts.encryption) args.push('--encryption', opts.encryption);
       server = spawn(DISKVAULT, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
       await waitForListening(server);
+      if (opts.e2e) {
+        writeFileSync(passwordFile, 'diskvault bench passphrase\n', { mode: 0o600 });
+        const made = spawnSync(
+          DISKVAULT,
+          ['key', 'create', '--out', keyFile, '--password-file', passwordFile],
+          {
+            encoding: 'utf8',
+          },
+        );
+        if (made.status !== 0) throw new Error(`key create failed: ${made.stderr}`);
+      }
       token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
     },
     async backup(image, night) {
@@ -120,6 +142,7 @@ export function diskvault(
         '--disk',
         'sda',
         '--json',
+        ...keyArgs(),
       ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: `backup night${night}`, m, repoBytes: await self.repoBytes() };
@@ -138,6 +161,7 @@ export function diskvault(
         '--token',
         token,
         '--json',
+        ...keyArgs(),
       ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: `restore night${night}`, m };
@@ -153,6 +177,7 @@ export function diskvault(
         '--token',
         token,
         '--json',
+        ...keyArgs(),
       ]);
       self.lastSummary = lastJson(m.stdout);
       return { step: 'in-place restore night3 over night2', m };

@@ -253,3 +253,59 @@ function dumpedBytes(stdout: string): Buffer {
 function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }
+
+test.serial(
+  'an end-to-end snapshot: served bit for bit with its key; without it, nbd stops before listening and names the key',
+  async (t) => {
+    const pw = join(dir, 'e2e.pw');
+    await writeFile(pw, 'nbd passphrase\n');
+    const key = join(dir, 'e2e.key');
+    const made = await runCli(['key', 'create', '--out', key, '--password-file', pw], env);
+    t.is(made.code, 0, made.stderr);
+    const b = await runCli(
+      [
+        'backup',
+        join(dir, 'disk.img'),
+        '--host',
+        'nbd1',
+        '--disk',
+        'sdb',
+        '--json',
+        '--key',
+        key,
+        '--password-file',
+        pw,
+      ],
+      env,
+    );
+    t.is(b.code, 0, b.stderr);
+    const without = await runCli(
+      ['nbd', 'latest', '--host', 'nbd1', '--disk', 'sdb', '--listen', '127.0.0.1:0'],
+      env,
+    );
+    t.is(without.code, 1);
+    t.regex(without.stderr, /is encrypted end to end with key [0-9a-f]{32}: give its key file with --key/);
+    const nbd = await startNbd([
+      'latest',
+      '--host',
+      'nbd1',
+      '--disk',
+      'sdb',
+      '--key',
+      key,
+      '--password-file',
+      pw,
+    ]);
+    try {
+      const out = join(dir, 'e2e-copy.raw');
+      await execFileP(
+        'qemu-img',
+        ['convert', '-f', 'raw', '-O', 'raw', `nbd://127.0.0.1:${nbd.port}`, out],
+        QEMU,
+      );
+      t.is(sha256(await readFile(out)), sha256(image));
+    } finally {
+      t.is(await stop(nbd.child), 0);
+    }
+  },
+);
