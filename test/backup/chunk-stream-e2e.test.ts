@@ -6,6 +6,7 @@ import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { isDiskvaultError } from '../../common/errors.js';
 import { zstdBound } from '../../common/limits.js';
+import { SEALED_CHUNK_CONTENT_TYPE } from '../../repo-engine/sealed-chunk.js';
 import { call, chunkOf, openSession, zstd } from '../helpers/api-client.js';
 import { runCli, sha256File } from '../helpers/backup-e2e.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
@@ -107,7 +108,20 @@ for (const storage of ['local', 's3'] as const) {
     const real = chunkOf('stream-real');
     const claimed = chunkOf('stream-claimed');
     const big = Buffer.alloc(zstdBound(TEST_CHUNKER.max) + 1, 1);
-    const cases: { what: string; id: string; body: Buffer; encoding: 'raw' | 'zstd'; code: string }[] = [
+    const cases: {
+      what: string;
+      id: string;
+      body: Buffer;
+      encoding: 'raw' | 'zstd' | 'sealed';
+      code: string;
+    }[] = [
+      {
+        what: 'sealed, in a plain session',
+        id: real.id,
+        body: real.data,
+        encoding: 'sealed',
+        code: 'InvalidInput',
+      },
       { what: 'wrong id, raw', id: claimed.id, body: real.data, encoding: 'raw', code: 'HashMismatch' },
       {
         what: 'wrong id, zstd',
@@ -125,7 +139,12 @@ for (const storage of ['local', 's3'] as const) {
       for (const c of cases) {
         const put = await call(srv.url, token, 'PUT', `/v1/chunks/${c.id}?session=${session}`, {
           body: c.body,
-          headers: c.encoding === 'zstd' ? { 'content-encoding': 'zstd' } : {},
+          headers:
+            c.encoding === 'zstd'
+              ? { 'content-encoding': 'zstd' }
+              : c.encoding === 'sealed'
+                ? { 'content-type': SEALED_CHUNK_CONTENT_TYPE }
+                : {},
         });
         t.is(put.json.code, c.code, `${c.what}: ${put.bytes.toString()}`);
         // A refusal ends the stream it came on: each case gets its own.
