@@ -27,10 +27,12 @@ import {
   type VerifyReport,
   type VerifyRequest,
 } from '../api/protocol.js';
+import { CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
 import { DiskvaultError, HashMismatchError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
+import { ChunkStream } from './chunk-stream-client.js';
 import { errorFrom, readBounded, readJson } from './http/body-read.js';
 import { RetryPolicy } from './http/retry-policy.js';
 import {
@@ -91,6 +93,8 @@ export class DiskvaultClient {
   private binaryMissing = true;
   private readonly downloadLimiter: RateLimiter | null;
   private readonly signal: AbortSignal | undefined;
+  /** Uploads are paced (--limit-upload): they go per request, where the pacing applies. */
+  private readonly limitsUploads: boolean;
   readonly concurrency: number;
 
   constructor(cfg: ClientOptions) {
@@ -102,6 +106,7 @@ export class DiskvaultClient {
       ...(cfg.ca ? { ca: cfg.ca } : {}),
       uploadLimiter: cfg.limitUpload ? new RateLimiter(cfg.limitUpload) : null,
     });
+    this.limitsUploads = Boolean(cfg.limitUpload);
     this.retries = new RetryPolicy(cfg);
     this.downloadLimiter = cfg.limitDownload ? new RateLimiter(cfg.limitDownload) : null;
     this.signal = cfg.signal;
@@ -178,6 +183,32 @@ export class DiskvaultClient {
     if (encoding === 'zstd') headers['content-encoding'] = 'zstd';
     const res = await this.send('PUT', `v1/chunks/${enc(id)}?session=${enc(sessionId)}`, payload, headers);
     return (await readJson(res)) as PutChunkResponse;
+  }
+
+  /**
+   * Opens the chunk stream of a session (common/chunk-stream.ts): one connection carrying every upload of
+   * the backup. Undefined when it cannot be used: a server that predates it, or an upload rate limit (which
+   * paces the per-chunk requests). Rejects with the server's error when it refuses the session or token.
+   */
+  async openChunkStream(sessionId: string): Promise<ChunkStream | undefined> {
+    if (this.limitsUploads) return undefined;
+    const url = this.transport.url(`v1/sessions/${enc(sessionId)}/chunk-stream`);
+    let opened: Awaited<ReturnType<HttpTransport['upgrade']>>;
+    try {
+      opened = await this.transport.upgrade(url, CHUNK_STREAM_PROTOCOL, 15_000);
+    } catch (err) {
+      throw networkError(err, url);
+    }
+    if ('socket' in opened) return new ChunkStream(opened.socket, opened.head);
+    const res = opened.response;
+    // An older server answers the GET as a plain request, or has no such route: send per chunk.
+    if (res.status >= 200 && res.status < 300) {
+      res.stream.resume();
+      return undefined;
+    }
+    const err = await errorFrom(res);
+    if (res.status === 404 && err.message === 'no such route') return undefined;
+    throw err;
   }
 
   /**

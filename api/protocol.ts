@@ -34,6 +34,11 @@ export interface CreateSessionResponse {
   chunker: ChunkerParams;
   expiresAt: string;
   previous: SnapshotInfo | null;
+  /**
+   * The chunk stream protocol this server accepts uploads of the session over (common/chunk-stream.ts);
+   * absent from servers that only take one request per chunk.
+   */
+  chunkStream?: string;
   /** The key id of an end-to-end session. */
   keyId?: string;
 }

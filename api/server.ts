@@ -5,6 +5,7 @@ import type { Server as TlsServer } from 'node:tls';
 import restify, { type Request, type Response, type Server } from 'restify';
 import { DiskvaultError } from '../common/errors.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
+import { attachChunkStream, destroyChunkStreams } from './chunk-stream.js';
 import { CommitGate } from './commit-gate.js';
 import { type ApiContext, closeIfBodyUnread } from './context.js';
 import { errorResponse } from './errors.js';
@@ -148,6 +149,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   http.timeout = opts.idleTimeoutMs ?? 120_000;
   enforceDeadlines(http, headersTimeout, requestTimeout);
   answerMalformedRequests(http);
+  attachChunkStream(http, ctx, http.timeout);
   // An idle keep-alive socket must be closed by the keep-alive timer (which clients are told about), not
   // cut by the idle timeout while a client believes it still usable.
   http.keepAliveTimeout = Math.max(100, Math.min(5_000, http.timeout - 1_000));
@@ -179,6 +181,8 @@ function enforceDeadlines(http: HttpServer, headersTimeout: number, requestTimeo
     armHeads(socket);
     socket.once('close', () => clearTimeout(headTimers.get(socket)));
   });
+  // An upgraded connection (the chunk stream) has sent its head; it keeps its own idle timeout.
+  http.on('upgrade', (req: IncomingMessage) => clearTimeout(headTimers.get(req.socket)));
   http.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
     clearTimeout(headTimers.get(socket));
@@ -253,7 +257,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const close = (graceMs = 5_000) => {
     closing ??= new Promise<void>((resolve) => {
       const http = server.server;
-      const timer = setTimeout(() => http.closeAllConnections(), graceMs);
+      const timer = setTimeout(() => {
+        http.closeAllConnections();
+        destroyChunkStreams(http);
+      }, graceMs);
       timer.unref();
       http.close(() => {
         clearTimeout(timer);

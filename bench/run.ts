@@ -3,7 +3,7 @@
  * Prints a table with ratios and writes everything to bench/results/<time>.json. See docs/performance.md.
  *
  * Environment: DV_BENCH_WORK (where workloads and repositories live; default bench/.work),
- * DV_BENCH_SKIP (comma list of sections to skip: plaintext, peers, s3, chunker, large).
+ * DV_BENCH_SKIP (comma list of sections to skip: plaintext, e2e, peers, s3, chunker, large).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -14,6 +14,14 @@ import { fileURLToPath } from 'node:url';
 import { type DiskvaultPeer, diskvault, type S3Target } from './lib/diskvault.js';
 import { measure } from './lib/measure.js';
 import { borg, ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
+import {
+  cpuTable,
+  fastestPeerTable,
+  pairTable,
+  type Row,
+  resticTargets,
+  withServerStepCpu,
+} from './lib/report.js';
 import { ensureWorkload } from './lib/workload.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -21,21 +29,6 @@ const work = process.env.DV_BENCH_WORK ?? join(root, 'bench', '.work');
 const skip = new Set((process.env.DV_BENCH_SKIP ?? '').split(',').filter(Boolean));
 const started = Date.now();
 
-interface Row {
-  tool: string;
-  step: string;
-  wall: number;
-  cpu: number;
-  /** The parts of `cpu` (a step with far more system time than usual waited on the kernel: writeback, reclaim). */
-  userCpu?: number;
-  systemCpu?: number;
-  rssMiB: number;
-  serverRssMiB?: number;
-  /** The server process's CPU since it started (cumulative: subtract the previous row's for one step). */
-  serverCpu?: number;
-  repoMiB?: number;
-  extra?: Record<string, unknown>;
-}
 const rows: Row[] = [];
 const checks: { what: string; ok: boolean; detail: string }[] = [];
 
@@ -60,9 +53,12 @@ function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Recor
     repoMiB: s.repoBytes !== undefined && Number.isFinite(s.repoBytes) ? s.repoBytes / 2 ** 20 : undefined,
     extra,
   });
-  const serverText = usage ? ` server ${usage.peakRssMiB.toFixed(0)} MiB` : '';
+  const serverText = usage ? `, server ${usage.peakRssMiB.toFixed(0)} MiB` : '';
+  const stepRow = withServerStepCpu(rows.filter((r) => r.tool === tool)).at(-1);
+  const serverCpuText =
+    stepRow?.serverStepCpu !== undefined ? ` + server ${stepRow.serverStepCpu.toFixed(2)} s` : '';
   process.stderr.write(
-    `  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`,
+    `  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s wall, cpu ${s.m.cpuSeconds.toFixed(2)} s${serverCpuText}, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`,
   );
 }
 
@@ -77,14 +73,8 @@ async function intoPageCache(file: string): Promise<void> {
   await measure('cat', [file], { stdoutFile: '/dev/null' });
 }
 
-/** Backs up every night, restores the last, and checks the restore is the image, byte for byte. */
-async function runPeer(
-  peer: Peer,
-  images: string[],
-  dir: string,
-  original: string,
-  dv?: DiskvaultPeer,
-): Promise<string[]> {
+/** Backs up every night into a fresh repository; returns diskvault's snapshot ids (empty for a peer). */
+async function backupNights(peer: Peer, images: string[], dv?: DiskvaultPeer): Promise<string[]> {
   await peer.init();
   const summaries: string[] = [];
   for (const [n, img] of images.entries()) {
@@ -94,17 +84,40 @@ async function runPeer(
     if (sum && typeof sum.snapshot === 'string') summaries.push(sum.snapshot);
     record(peer.name, s, dv, sum ? pick(sum, ['chunks', 'newChunks', 'bytesUploaded', 'size']) : undefined);
   }
+  return summaries;
+}
+
+/** Restores the newest snapshot and checks it is the image, byte for byte. */
+async function restoreChecked(
+  peer: Peer,
+  dir: string,
+  night: number,
+  original: string,
+  dv?: DiskvaultPeer,
+  round?: number,
+): Promise<void> {
   const out = join(dir, 'restored.img');
-  const r = await peer.restore(out, images.length - 1);
-  record(peer.name, r, dv);
+  const r = await peer.restore(out, night);
+  record(peer.name, r, dv, round === undefined ? undefined : { round });
   const same = (await sha256File(out)) === original;
   checks.push({
-    what: `${peer.name} restore equals night${images.length - 1}`,
+    what: `${peer.name} restore equals night${night}${round === undefined ? '' : ` (run ${round})`}`,
     ok: same,
     detail: same ? 'sha256 equal' : 'DIFFERS',
   });
   rmSync(out, { force: true });
-  return summaries;
+}
+
+/** Backs up every night, restores the last once, checks it (the sections outside the peer comparison). */
+async function runPeer(
+  peer: Peer,
+  images: string[],
+  dir: string,
+  original: string,
+  dv?: DiskvaultPeer,
+): Promise<void> {
+  await backupNights(peer, images, dv);
+  await restoreChecked(peer, dir, images.length - 1, original, dv);
 }
 
 function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
@@ -165,58 +178,25 @@ async function floor(image: string): Promise<void> {
   }
 }
 
-function ratio(a?: Row, b?: Row): string {
-  return a && b ? (a.wall / b.wall).toFixed(2) : '-';
-}
-
 function printTable(): string {
-  const lines: string[] = [];
-  const head = ['tool', 'step', 'wall s', 'cpu s', 'peak RSS MiB', 'server RSS MiB', 'repo MiB'];
-  lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
-  for (const r of rows) {
-    lines.push(
-      `| ${r.tool} | ${r.step} | ${r.wall.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.rssMiB.toFixed(0)} | ${r.serverRssMiB?.toFixed(0) ?? ''} | ${r.repoMiB?.toFixed(1) ?? ''} |`,
-    );
-  }
-  const find = (tool: string, step: string) => rows.find((r) => r.tool === tool && r.step === step);
-  lines.push(
+  const all = withServerStepCpu(rows);
+  const lines = [
+    'Wall time and CPU per side (agent: the measured command; server: its process during the step)',
     '',
-    '| step | diskvault/restic | diskvault/borg lz4 | diskvault/borg zstd | target |',
-    '|---|---|---|---|---|',
+  ];
+  lines.push(
+    ...cpuTable(all),
+    '',
+    'Each step against the fastest peer (restores: best of two, alternating order)',
+    '',
   );
-  const steps = [...new Set(rows.filter((r) => r.tool === 'diskvault').map((r) => r.step))].filter(
-    (s) => !s.startsWith('in-place'),
-  );
-  for (const step of steps) {
-    const dv = find('diskvault', step);
-    const target =
-      step === 'backup night0'
-        ? '≤ 0.33 restic'
-        : step.startsWith('backup')
-          ? '≤ 0.5 restic, ≤ 0.5 borg'
-          : '≤ 0.5 restic, ≤ 1 borg';
-    lines.push(
-      `| ${step} | ${ratio(dv, find('restic', step))} | ${ratio(dv, find('borg lz4', step))} | ${ratio(dv, find('borg zstd', step))} | ${target} |`,
-    );
-  }
-  if (rows.some((r) => r.tool === 'dv plaintext')) {
-    lines.push('', '| step | encrypted/plaintext | target |', '|---|---|---|');
-    for (const step of steps)
-      lines.push(`| ${step} | ${ratio(find('diskvault', step), find('dv plaintext', step))} | ≤ 1.10 |`);
-  }
-  if (rows.some((r) => r.tool === 'dv end to end')) {
-    lines.push('', '| step | end to end/at rest | target |', '|---|---|---|');
-    for (const step of steps)
-      lines.push(`| ${step} | ${ratio(find('dv end to end', step), find('diskvault', step))} | ≤ 1.10 |`);
-  }
-  const repo = (tool: string) => find(tool, 'backup night3')?.repoMiB;
-  const dvRepo = repo('diskvault');
-  const rRepo = repo('restic');
-  if (dvRepo && rRepo)
-    lines.push(
-      '',
-      `repository after night3: diskvault ${dvRepo.toFixed(1)} MiB, restic ${rRepo.toFixed(1)} MiB (ratio ${(dvRepo / rRepo).toFixed(2)}, target ≤ 1)`,
-    );
+  lines.push(...fastestPeerTable(all));
+  const targets = resticTargets(all);
+  if (targets.length > 0) lines.push('', 'CPU and size against restic', '', ...targets.map((t) => `- ${t}`));
+  if (all.some((r) => r.tool === 'dv plaintext'))
+    lines.push('', ...pairTable(all, 'diskvault', 'dv plaintext', '≤ 1.10'));
+  if (all.some((r) => r.tool === 'dv end to end'))
+    lines.push('', ...pairTable(all, 'dv end to end', 'diskvault', '≤ 1.10'));
   return lines.join('\n');
 }
 
@@ -227,10 +207,54 @@ async function main(): Promise<void> {
   process.stderr.write('floor\n');
   await floor(images[0]);
 
+  // Every tool backs up all nights first; the restores follow in alternating order (forward, then backward)
+  // and the best of each tool's two counts, so no tool always restores into the page cache another left.
+  const restorers: { peer: Peer; dir: string; dv?: DiskvaultPeer }[] = [];
   process.stderr.write('diskvault (local storage)\n');
   const dvDir = join(work, 'diskvault');
   const dv = diskvault(dvDir);
-  const ids = await runPeer(dv, images, dvDir, original3, dv);
+  const ids = await backupNights(dv, images, dv);
+  restorers.push({ peer: dv, dir: dvDir, dv });
+
+  // The same runs on a plaintext (format 1) repository: what encryption at rest costs, step by step.
+  let plain: DiskvaultPeer | undefined;
+  if (!skip.has('plaintext')) {
+    process.stderr.write('diskvault plaintext (local storage)\n');
+    const dir = join(work, 'diskvault-plaintext');
+    plain = diskvault(dir, { name: 'dv plaintext', encryption: 'none' });
+    await backupNights(plain, images, plain);
+    restorers.push({ peer: plain, dir, dv: plain });
+  }
+
+  // The same runs end to end (backup and restore with --key), on the default encrypted repository: what
+  // end-to-end keys cost on top of encryption at rest.
+  let e2e: DiskvaultPeer | undefined;
+  if (!skip.has('e2e')) {
+    process.stderr.write('diskvault end to end (local storage)\n');
+    const dir = join(work, 'diskvault-e2e');
+    e2e = diskvault(dir, { name: 'dv end to end', e2e: true });
+    await backupNights(e2e, images, e2e);
+    restorers.push({ peer: e2e, dir, dv: e2e });
+  }
+
+  if (!skip.has('peers')) {
+    for (const peer of [
+      restic(join(work, 'restic')),
+      borg(join(work, 'borg-lz4'), 'lz4'),
+      borg(join(work, 'borg-zstd'), 'zstd'),
+    ]) {
+      process.stderr.write(`${peer.name}\n`);
+      await backupNights(peer, images);
+      restorers.push({ peer, dir: join(work, peer.name.replace(' ', '-')) });
+    }
+  }
+
+  process.stderr.write('restores\n');
+  for (const round of [1, 2]) {
+    const order = round === 1 ? restorers : [...restorers].reverse();
+    for (const r of order) await restoreChecked(r.peer, r.dir, images.length - 1, original3, r.dv, round);
+  }
+
   // In place: a disk that holds night2 is brought to night3, fetching only what differs.
   const target = join(dvDir, 'inplace.img');
   copyFileSync(images[2], target);
@@ -250,37 +274,9 @@ async function main(): Promise<void> {
   const unchanged = await dv.inPlaceRestore(ids[3], target);
   record('diskvault', { ...unchanged, step: 'in-place restore, disk unchanged' }, dv);
   await dv.stop();
+  await plain?.stop();
+  await e2e?.stop();
   rmSync(target, { force: true });
-
-  // The same runs on a plaintext (format 1) repository: what encryption at rest costs, step by step.
-  if (!skip.has('plaintext')) {
-    process.stderr.write('diskvault plaintext (local storage)\n');
-    const dir = join(work, 'diskvault-plaintext');
-    const plain = diskvault(dir, { name: 'dv plaintext', encryption: 'none' });
-    await runPeer(plain, images, dir, original3, plain);
-    await plain.stop();
-  }
-
-  // The same runs end to end (backup and restore with --key), on the default encrypted repository: what
-  // end-to-end keys cost on top of encryption at rest.
-  if (!skip.has('e2e')) {
-    process.stderr.write('diskvault end to end (local storage)\n');
-    const dir = join(work, 'diskvault-e2e');
-    const e2e = diskvault(dir, { name: 'dv end to end', e2e: true });
-    await runPeer(e2e, images, dir, original3, e2e);
-    await e2e.stop();
-  }
-
-  if (!skip.has('peers')) {
-    for (const peer of [
-      restic(join(work, 'restic')),
-      borg(join(work, 'borg-lz4'), 'lz4'),
-      borg(join(work, 'borg-zstd'), 'zstd'),
-    ]) {
-      process.stderr.write(`${peer.name}\n`);
-      await runPeer(peer, images, join(work, peer.name.replace(' ', '-')), original3);
-    }
-  }
 
   if (!skip.has('s3')) {
     process.stderr.write('diskvault (fake S3)\n');

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import type { SnapshotInfo } from '../../api/protocol.js';
+import { CHUNK_STREAM_PROTOCOL } from '../../common/chunk-stream.js';
 import { InvalidInputError } from '../../common/errors.js';
 import { checkName, TAG_PATTERN } from '../../common/names.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
@@ -8,6 +9,7 @@ import {
   MANIFEST_FORMAT_VERSION,
   type ManifestHeader,
 } from '../../repo-engine/manifest-codec.js';
+import { ChunkSender } from '../chunk-sender.js';
 import type { DiskvaultClient } from '../client.js';
 import type { E2eKeys } from '../e2e/e2e-keys.js';
 import { sealedHeader, workerKeys } from '../e2e/snapshot-key.js';
@@ -45,6 +47,8 @@ export interface BackupOptions {
   /** Windows held at once (one read/cut, one hashed, one uploading). Default 3: more only costs memory (measured). */
   windowsInFlight?: number;
   /** zstd level for uploads. Default 1. */
+  /** Send new chunks over the session's chunk stream when the server offers it (default), else one request each. */
+  chunkStream?: boolean;
   compressionLevel?: number;
   /** Commits tried when the server names chunks it lacks. Default 4. */
   commitAttempts?: number;
@@ -131,6 +135,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   let pool: WorkerPool | null = null;
   let hasher: WorkerPool | null = null;
   let spool: ManifestSpool | null = null;
+  let sender: ChunkSender | null = null;
 
   const progress = freshProgress(source.size);
   const report = () => o.onProgress?.({ ...progress });
@@ -156,9 +161,16 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
       : Promise.resolve(null);
     const seeded = previousLoad.then(() => {});
     seeded.catch(() => {});
+    // New chunks go over one long connection when the server offers it, not a request each.
+    sender = await ChunkSender.open(
+      client,
+      session.id,
+      (o.chunkStream ?? true) && session.chunkStream === CHUNK_STREAM_PROTOCOL,
+    );
     const uploader = new ChunkUploader({
       client,
       sessionId: session.id,
+      sender,
       pool,
       spool,
       slotBuffers: ring.buffers,
@@ -193,6 +205,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     );
     // A read waiting on a slow pipe does not notice the signal: stop waiting for the chain instead.
     await untilAborted(chained, o.signal);
+    await sender.close();
     await seeded;
 
     const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
@@ -233,6 +246,7 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     throw err;
   } finally {
     clearInterval(ticker);
+    sender?.destroy();
     await Promise.all([pool?.close(), hasher?.close(), spool?.close()]);
   }
 }

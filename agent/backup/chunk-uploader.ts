@@ -2,6 +2,7 @@ import zstdBinding from 'zstd-napi/binding.js';
 import { MAX_MISSING_IDS } from '../../api/protocol.js';
 import type { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { MANIFEST_ENTRY_BYTES } from '../../repo-engine/manifest-codec.js';
+import type { ChunkSender } from '../chunk-sender.js';
 import type { DiskvaultClient } from '../client.js';
 import { SEALED_CHUNK_OVERHEAD } from '../e2e/chunk-sealing.js';
 import type { BackupProgress } from './backup.js';
@@ -23,6 +24,8 @@ export interface CutChunks {
 export interface ChunkUploaderOptions {
   client: DiskvaultClient;
   sessionId: string;
+  /** Where new chunks go: the session's chunk stream, or one request each. */
+  sender: ChunkSender;
   pool: WorkerPool;
   spool: ManifestSpool;
   /** The ring's slot buffers: an incompressible chunk is sent straight from its window. */
@@ -144,7 +147,7 @@ export class ChunkUploader {
     ends: Uint32Array,
     ids: Uint8Array,
   ): Promise<void> {
-    const { pool, progress, client, compressedBuffers, uploads, level, slotBuffers } = this.o;
+    const { pool, progress, compressedBuffers, uploads, level, slotBuffers } = this.o;
     // Compress in groups of ~8 MiB so uploads start before the whole window is compressed.
     const groups: number[][] = [];
     let group: number[] = [];
@@ -184,8 +187,7 @@ export class ChunkUploader {
                 ? Buffer.from(packed.out, packed.offsets[k], packed.offsets[k + 1] - packed.offsets[k])
                 : slotBuffers[w.slot].subarray(starts[i], ends[i]);
               const id = Buffer.from(ids.buffer, ids.byteOffset + i * 32, 32).toString('hex');
-              await client.putChunk(
-                this.o.sessionId,
+              await this.o.sender.put(
                 id,
                 payload,
                 this.o.sealed ? 'sealed' : packed.compressed[k] ? 'zstd' : 'raw',

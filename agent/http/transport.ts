@@ -1,5 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
+import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { AGENT_USER_AGENT } from '../../api/version.js';
 import { DiskvaultError } from '../../common/errors.js';
@@ -93,6 +94,56 @@ export class HttpTransport {
         src.on('error', (err) => req.destroy(err));
         src.pipe(req);
       }
+    });
+  }
+
+  /**
+   * Asks to switch the connection to `protocol` (GET with Upgrade). Resolves with the socket once the server
+   * agrees (101 naming that protocol), or with the response when it answers as to a plain request; rejects
+   * on a network failure or when no answer comes within `timeoutMs`. No upload limit applies: a caller
+   * with one sends per request instead.
+   */
+  upgrade(
+    url: URL,
+    protocol: string,
+    timeoutMs: number,
+  ): Promise<{ socket: Socket; head: Buffer } | { response: Response }> {
+    return new Promise((resolve, reject) => {
+      const req = this.module.request(url, {
+        method: 'GET',
+        agent: this.agent,
+        headers: {
+          authorization: this.auth,
+          'user-agent': AGENT_USER_AGENT,
+          connection: 'Upgrade',
+          upgrade: protocol,
+        },
+      });
+      req.on('upgrade', (res, socket, head) => {
+        if ((res.headers.upgrade ?? '').toLowerCase() !== protocol) {
+          socket.destroy();
+          reject(
+            new DiskvaultError(
+              'Unavailable',
+              `the server upgraded to ${res.headers.upgrade}, not ${protocol}`,
+            ),
+          );
+          return;
+        }
+        // The open's time limit is not the connection's: its user may pause for longer.
+        socket.setTimeout(0);
+        socket.setNoDelay(true);
+        resolve({ socket, head });
+      });
+      req.on('response', (stream) =>
+        resolve({ response: { status: stream.statusCode ?? 0, headers: stream.headers, stream } }),
+      );
+      req.on('error', reject);
+      // A server that announced the protocol answers at once; one that does not is not waited for.
+      req.setTimeout(timeoutMs, () =>
+        req.destroy(Object.assign(new Error('no answer'), { code: 'ETIMEDOUT' })),
+      );
+      req.end();
     });
   }
 

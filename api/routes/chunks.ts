@@ -8,6 +8,7 @@ import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../../repo-engine/s
 import type { ChunkLease } from '../../repo-engine/types.js';
 import { requireWriter, tenantScope } from '../auth.js';
 import { readCapped } from '../body.js';
+import { storeUploadedChunk } from '../chunk-upload.js';
 import { type ApiContext, param, query, route } from '../context.js';
 import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
 import { checkId, checkSessionId } from '../validation.js';
@@ -61,17 +62,11 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       sessions.require(sid, p);
       const payload = await readCapped(req, cap, 'chunk', takeBody);
       let stored: boolean;
-      let written: boolean;
       try {
-        if (payload.length === 0) throw new InvalidInputError('empty chunk body');
-        const info = repo.touchSession(sid);
-        sessions.renewed(sid, info.expiresAt);
-        ({ stored, written } = await repo.putChunk(sid, id, payload, encoding));
+        ({ stored } = await storeUploadedChunk(ctx, sid, id, payload, encoding));
       } finally {
         bodies.giveBack(payload);
       }
-      if (written) ctx.metrics.chunksStored++;
-      else ctx.metrics.chunksDeduplicated++;
       // 201 when the tenant did not hold the chunk before, 200 when it did: never what other tenants hold.
       const body: PutChunkResponse = { id, stored };
       const text = JSON.stringify(body);

@@ -1,4 +1,5 @@
 import type { Server } from 'restify';
+import { CHUNK_STREAM_PROTOCOL } from '../../common/chunk-stream.js';
 import { DiskvaultError, InvalidInputError, isDiskvaultError } from '../../common/errors.js';
 import { keyIdOfProof } from '../../repo-engine/sealed-chunk.js';
 import type { SessionKey } from '../../repo-engine/types.js';
@@ -68,6 +69,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         chunker: info.chunker,
         expiresAt: info.expiresAt,
         previous,
+        chunkStream: CHUNK_STREAM_PROTOCOL,
         ...(key ? { keyId: key.keyId } : {}),
       };
       sendJson(res, 201, out);

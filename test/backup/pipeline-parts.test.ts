@@ -9,6 +9,7 @@ import { ManifestSpool } from '../../agent/backup/manifest-spool.js';
 import { Semaphore } from '../../agent/backup/semaphore.js';
 import { type Window, WindowRing } from '../../agent/backup/window-ring.js';
 import { WorkerPool } from '../../agent/backup/worker-pool.js';
+import { ChunkSender } from '../../agent/chunk-sender.js';
 import { DiskvaultClient } from '../../agent/client.js';
 import type { DiskvaultError } from '../../common/errors.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
@@ -166,9 +167,12 @@ test('the uploader spools every chunk in order, uploads only what the server lac
     const spool = await ManifestSpool.create();
     try {
       const p = progress();
+      const sender = await ChunkSender.open(client, session.id);
+      t.true(sender.streaming, 'the test server offers the chunk stream');
       const uploader = new ChunkUploader({
         client,
         sessionId: session.id,
+        sender,
         pool,
         spool,
         slotBuffers: ring.buffers,
@@ -192,6 +196,7 @@ test('the uploader spools every chunk in order, uploads only what the server lac
         previous: null,
       });
       await uploader.process(w, pad, cut);
+      await sender.close();
       const batches: Buffer[] = [];
       for await (const b of spool.batches()) batches.push(b);
       const entries = Buffer.concat(batches);
