@@ -129,6 +129,25 @@ export class ObjectSealer {
     return out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
   }
 
+  /**
+   * open(), decrypting in place: the plaintext lies in `sealed`'s own memory (which the chunk read path
+   * recycles), so opening an object allocates nothing as large as the object. For a caller that owns
+   * `sealed` and no longer needs it sealed; after a SealedObjectError it holds unauthenticated bytes.
+   */
+  openInPlace(storageKey: string, sealed: Buffer): Buffer {
+    const opener = new SegmentOpener(this, storageKey, sealed.subarray(0, SEALED_HEADER_BYTES));
+    const body = sealed.subarray(SEALED_HEADER_BYTES);
+    const step = opener.segmentSize + TAG_BYTES;
+    const count = Math.max(1, Math.ceil(body.length / step));
+    let plainLength = 0;
+    for (let i = 0; i < count; i++) {
+      const segment = body.subarray(i * step, Math.min(body.length, (i + 1) * step));
+      // Each segment's plaintext moves down over the tags before it: never over bytes not yet read.
+      plainLength += opener.openInto(segment, i === count - 1, body, plainLength);
+    }
+    return body.subarray(0, plainLength);
+  }
+
   /** A Transform sealing what is written through it, in segments of STREAM_SEGMENT_BYTES. */
   sealStream(storageKey: string, segmentSize = STREAM_SEGMENT_BYTES): Transform {
     const salt = randomBytes(SALT_BYTES);
@@ -265,7 +284,41 @@ class SegmentOpener {
     this.index++;
     return plain;
   }
+
+  /**
+   * open(), writing the plaintext to `into` at `at` (which may be the segment's own memory or lie before
+   * it: bytes are written only after they were read). Decrypts in pieces whose outputs are small and
+   * short-lived, so their memory is reused instead of fresh pages being touched for a whole object.
+   * Returns the plaintext's length.
+   */
+  openInto(segment: Buffer, last: boolean, into: Buffer, at: number): number {
+    if (segment.length < TAG_BYTES || segment.length > this.segmentSize + TAG_BYTES)
+      throw new SealedObjectError(`segment ${this.index} is truncated`);
+    if (!last && segment.length !== this.segmentSize + TAG_BYTES)
+      throw new SealedObjectError(`segment ${this.index} is truncated`);
+    const decipher = createDecipheriv(CIPHER, this.key, nonce(this.index, last));
+    decipher.setAAD(this.aad);
+    const cipherLength = segment.length - TAG_BYTES;
+    decipher.setAuthTag(Buffer.from(segment.subarray(cipherLength)));
+    let written = 0;
+    for (let from = 0; from < cipherLength; from += OPEN_PIECE_BYTES) {
+      const piece = decipher.update(segment.subarray(from, Math.min(cipherLength, from + OPEN_PIECE_BYTES)));
+      written += piece.copy(into, at + written);
+    }
+    try {
+      written += decipher.final().copy(into, at + written);
+    } catch {
+      throw new SealedObjectError(
+        `segment ${this.index} fails authentication (changed bytes, or an object from another name or repository)`,
+      );
+    }
+    this.index++;
+    return written;
+  }
 }
+
+/** The piece size of an in-place open: small enough for malloc to hand the same memory back each time. */
+const OPEN_PIECE_BYTES = 32 * 1024;
 
 /** HMAC-SHA256 of a 32-byte id under the names key, hex: a storage name that says nothing of the id. */
 export function keyedName(namesKey: Buffer, id: string): string {

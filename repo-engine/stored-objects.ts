@@ -37,7 +37,8 @@ export interface ObjectCodec {
   sealChunk(id: string, stored: Buffer): Buffer;
   /**
    * A chunk object's stored form and the id it was written for; CorruptError naming the chunk (`expectId`,
-   * or the storage key when the id is not known) when it does not open or holds another chunk.
+   * or the storage key when the id is not known) when it does not open or holds another chunk. `object` is
+   * the caller's to give up (a fresh read from storage): an encrypted one is decrypted in its own memory.
    */
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer };
   sealManifest(key: string, bytes: Buffer): Buffer;
@@ -98,7 +99,7 @@ export class EncryptedObjects implements ObjectCodec {
     const what = expectId ? `chunk ${expectId}` : `chunk object ${key}`;
     let plain: Buffer;
     try {
-      plain = this.sealer.open(key, object);
+      plain = this.sealer.openInPlace(key, object);
     } catch (err) {
       if (!(err instanceof SealedObjectError)) throw err;
       throw new CorruptError(`${what} is corrupt: ${err.message}`, chunkDetails(expectId, key));

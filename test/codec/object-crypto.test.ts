@@ -29,8 +29,19 @@ test('sealed objects open whole and as streams, for any segment size and piece s
         sealed.subarray(i * 77, (i + 1) * 77),
       );
       t.deepEqual(await collect(Readable.from(pieces).pipe(sealer.openStream('k'))), data);
+      // In place: the same plaintext, lying in the sealed object's own memory.
+      const inPlace = sealer.openInPlace('k', Buffer.from(sealed));
+      t.deepEqual(inPlace, data, `in place, size ${size} segment ${segment}`);
     }
+    const whole = sealer.seal('k', [data]);
+    const opened = sealer.openInPlace('k', whole);
+    t.deepEqual(opened, data);
+    t.is(opened.buffer, whole.buffer, 'opened in the memory it was read into');
   }
+  // Larger than one decryption piece, so pieces are written back over bytes already read.
+  const large = randomBytes(300_000);
+  t.deepEqual(sealer.openInPlace('k', await sealStreamed('k', large, 70_000, 4096)), large);
+  t.deepEqual(sealer.openInPlace('k', sealer.seal('k', [large])), large);
 });
 
 test('a changed byte, another name, a dropped or swapped segment, a cut or appended tail all fail to open', async (t) => {
@@ -58,6 +69,7 @@ test('a changed byte, another name, a dropped or swapped segment, a cut or appen
   ];
   for (const [what, bytes, key] of variants) {
     t.throws(() => sealer.open(key, bytes), { instanceOf: SealedObjectError }, what);
+    t.throws(() => sealer.openInPlace(key, Buffer.from(bytes)), { instanceOf: SealedObjectError }, what);
     await t.throwsAsync(collect(Readable.from([bytes]).pipe(sealer.openStream(key))), undefined, what);
   }
 });
