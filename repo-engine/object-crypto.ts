@@ -119,14 +119,7 @@ export class ObjectSealer {
 
   /** The plaintext of a whole sealed object; SealedObjectError when it is not one or fails authentication. */
   open(storageKey: string, sealed: Buffer): Buffer {
-    const opener = new SegmentOpener(this, storageKey, sealed.subarray(0, SEALED_HEADER_BYTES));
-    const body = sealed.subarray(SEALED_HEADER_BYTES);
-    const step = opener.segmentSize + TAG_BYTES;
-    const count = Math.max(1, Math.ceil(body.length / step));
-    const out: Buffer[] = [];
-    for (let i = 0; i < count; i++)
-      out.push(opener.open(body.subarray(i * step, Math.min(body.length, (i + 1) * step)), i === count - 1));
-    return out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
+    return this.openInPlace(storageKey, Buffer.from(sealed));
   }
 
   /**
@@ -265,24 +258,10 @@ class SegmentOpener {
     this.aad = Buffer.concat([head, Buffer.from(storageKey, 'utf8')]);
   }
 
+  /** The plaintext of the next segment, in a buffer of its own. */
   open(segment: Buffer, last: boolean): Buffer {
-    if (segment.length < TAG_BYTES || segment.length > this.segmentSize + TAG_BYTES)
-      throw new SealedObjectError(`segment ${this.index} is truncated`);
-    if (!last && segment.length !== this.segmentSize + TAG_BYTES)
-      throw new SealedObjectError(`segment ${this.index} is truncated`);
-    const decipher = createDecipheriv(CIPHER, this.key, nonce(this.index, last));
-    decipher.setAAD(this.aad);
-    decipher.setAuthTag(segment.subarray(segment.length - TAG_BYTES));
-    const plain = decipher.update(segment.subarray(0, segment.length - TAG_BYTES));
-    try {
-      decipher.final();
-    } catch {
-      throw new SealedObjectError(
-        `segment ${this.index} fails authentication (changed bytes, or an object from another name or repository)`,
-      );
-    }
-    this.index++;
-    return plain;
+    const plain = Buffer.allocUnsafe(Math.max(0, segment.length - TAG_BYTES));
+    return plain.subarray(0, this.openInto(segment, last, plain, 0));
   }
 
   /**

@@ -86,13 +86,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     case 'add': {
       const path = onePath();
-      const opened = await openKey(path, src);
-      const passphrase = await newPassphrase(
-        'new passphrase',
-        values['new-password-file'],
-        'DISKVAULT_NEW_PASSWORD',
-      );
-      const { file, slot } = await addSlot(opened.file, opened.master, passphrase);
+      const { file, slot } = await withNewSlot(path, src, values['new-password-file']);
       writeKeyFileAtomic(path, file);
       say(`added slot ${slot.id} to ${path}`, { file: path, slot: slot.id, slots: file.slots.length });
       return EXIT_OK;
@@ -113,13 +107,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     case 'passwd': {
       const path = onePath();
-      const opened = await openKey(path, src);
-      const passphrase = await newPassphrase(
-        'new passphrase',
-        values['new-password-file'],
-        'DISKVAULT_NEW_PASSWORD',
-      );
-      const { file: added, slot } = await addSlot(opened.file, opened.master, passphrase);
+      const { opened, file: added, slot } = await withNewSlot(path, src, values['new-password-file']);
       const file = removeSlot(added, opened.slot.id, path);
       writeKeyFileAtomic(path, file);
       say(`changed the passphrase of ${path}: slot ${opened.slot.id} replaced by ${slot.id}`, {
@@ -132,6 +120,20 @@ export async function run(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown key command '${sub}' (create, add, list, remove, passwd)`);
   }
+}
+
+/**
+ * Opens the key file (proving the right to change it) and seals its master key under a new passphrase in a
+ * new slot: the changed file, not yet written, and the slot the passphrase opened.
+ */
+async function withNewSlot(
+  path: string,
+  src: Parameters<typeof openKey>[1],
+  newPasswordFile: string | undefined,
+) {
+  const opened = await openKey(path, src);
+  const passphrase = await newPassphrase('new passphrase', newPasswordFile, 'DISKVAULT_NEW_PASSWORD');
+  return { opened, ...(await addSlot(opened.file, opened.master, passphrase)) };
 }
 
 const KEY_OPTIONS = {

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { type CliRun, runCli, sha256File } from '../helpers/backup-e2e.js';
+import { pollUntil } from '../helpers/poll.js';
 import { hasStackTrace } from '../helpers/reliability-harness.js';
 import { type SpawnedServer, spawnServer, startTestServer } from '../helpers/server.js';
 
@@ -107,10 +108,14 @@ test('an HTTPS server is reached through --cacert, DISKVAULT_CACERT or the confi
     });
     try {
       t.regex(server.url, /^https:\/\/127\.0\.0\.1:\d+$/);
-      t.regex(
-        server.output().stdout,
-        /TLS certificate: IP Address:127\.0\.0\.1, DNS:localhost, valid until 20/,
+      // The line follows the listening line, and may arrive through the pipe after it.
+      const stdout = await pollUntil(
+        () => server.output().stdout,
+        (out) => out.includes('TLS certificate:'),
+        'the TLS certificate line',
+        { timeoutMs: 10_000 },
       );
+      t.regex(stdout, /TLS certificate: IP Address:127\.0\.0\.1, DNS:localhost, valid until 20/);
       const env = { DISKVAULT_SERVER: server.url, DISKVAULT_TOKEN: server.adminToken };
       const ca1 = join(dir, 'ca1.pem');
       const ca2 = join(dir, 'ca2.pem');
