@@ -162,7 +162,7 @@ export class ChunkStore {
   /** The object to store: `stored` itself in a plaintext repository; else sealed, and `stored` recycled. */
   private sealed(id: string, stored: Buffer): Buffer {
     if (!this.codec.encrypted) return stored;
-    const sealed = this.codec.sealChunk(id, stored);
+    const sealed = this.codec.sealChunk(id, stored, (n) => this.objects.takeBuffer(n));
     this.objects.giveBack(stored);
     return sealed;
   }

@@ -33,8 +33,11 @@ export interface ObjectCodec {
    */
   chunkIdFromKey(key: string): string | undefined;
   isChunkKey(key: string): boolean;
-  /** The object to store for chunk `id`'s stored form (chunk-format.ts). */
-  sealChunk(id: string, stored: Buffer): Buffer;
+  /**
+   * The object to store for chunk `id`'s stored form (chunk-format.ts): `stored` itself when objects are
+   * stored as they are, else a sealed copy in memory from `alloc`.
+   */
+  sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer;
   /**
    * A chunk object's stored form and the id it was written for; CorruptError naming the chunk (`expectId`,
    * or the storage key when the id is not known) when it does not open or holds another chunk. `object` is
@@ -91,8 +94,8 @@ export class EncryptedObjects implements ObjectCodec {
     return chunkNameFromKey(key) !== undefined;
   }
 
-  sealChunk(id: string, stored: Buffer): Buffer {
-    return this.sealer.seal(this.chunkKey(id), [Buffer.from(id, 'hex'), stored]);
+  sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer {
+    return this.sealer.seal(this.chunkKey(id), [Buffer.from(id, 'hex'), stored], alloc);
   }
 
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer } {
