@@ -122,7 +122,9 @@ export class ObjectSealer {
     let at = head.copy(out, 0);
     for (const part of parts)
       for (let from = 0; from < part.length; from += OPEN_PIECE_BYTES)
-        at += cipher.update(part.subarray(from, Math.min(part.length, from + OPEN_PIECE_BYTES))).copy(out, at);
+        at += cipher
+          .update(part.subarray(from, Math.min(part.length, from + OPEN_PIECE_BYTES)))
+          .copy(out, at);
     at += cipher.final().copy(out, at);
     cipher.getAuthTag().copy(out, at);
     return out;
