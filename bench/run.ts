@@ -7,16 +7,19 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, createReadStream, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_CHUNKER } from '../repo-engine/config.js';
 import { type DiskvaultPeer, diskvault, type S3Target } from './lib/diskvault.js';
+import { floorOfWorkload } from './lib/floor.js';
 import { measure } from './lib/measure.js';
 import { borg, ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
 import {
   cpuTable,
   fastestPeerTable,
+  floorTable,
   pairTable,
   type Row,
   resticTargets,
@@ -149,34 +152,8 @@ async function startFakeS3Process(): Promise<{
   };
 }
 
-async function floor(image: string): Promise<void> {
-  {
-    const cat = await measure('cat', [image], { stdoutFile: '/dev/null' });
-    const size = statSync(image).size;
-    rows.push({
-      tool: 'floor',
-      step: 'cat night0 > /dev/null',
-      wall: cat.wallSeconds,
-      cpu: cat.cpuSeconds,
-      userCpu: cat.userSeconds,
-      systemCpu: cat.systemSeconds,
-      rssMiB: cat.peakRssMiB,
-      extra: { GBps: size / cat.wallSeconds / 1e9 },
-    });
-    const buf = Buffer.alloc(256 << 20, 7);
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < 4; i++) createHash('sha256').update(buf).digest();
-    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    rows.push({
-      tool: 'floor',
-      step: 'node crypto SHA-256 (1 GiB)',
-      wall: secs,
-      cpu: secs,
-      rssMiB: 0,
-      extra: { GBps: 2 ** 30 / secs / 1e9 },
-    });
-  }
-}
+/** The floor of every step (bench/lib/floor.ts), measured before any tool runs; printed beside diskvault's figures. */
+let floor: ReturnType<typeof floorOfWorkload> | undefined;
 
 function printTable(): string {
   const all = withServerStepCpu(rows);
@@ -191,6 +168,10 @@ function printTable(): string {
     '',
   );
   lines.push(...fastestPeerTable(all));
+  if (floor) {
+    const imageGiB = (floor.nights[0]?.imageBytes ?? 2 ** 30) / 2 ** 30;
+    lines.push('', ...floorTable(floor.floors, all, imageGiB));
+  }
   const targets = resticTargets(all);
   if (targets.length > 0) lines.push('', 'CPU and size against restic', '', ...targets.map((t) => `- ${t}`));
   if (all.some((r) => r.tool === 'dv plaintext'))
@@ -204,8 +185,8 @@ async function main(): Promise<void> {
   ensurePeerTools();
   const images = await ensureWorkload(work, 3, '2G');
   const original3 = await sha256File(images[3]);
-  process.stderr.write('floor\n');
-  await floor(images[0]);
+  process.stderr.write('floor: the rates of the required primitives and the work of each night\n');
+  floor = floorOfWorkload(images, DEFAULT_CHUNKER, cpus().length);
 
   // Every tool backs up all nights first; the restores follow in alternating order (forward, then backward)
   // and the best of each tool's two counts, so no tool always restores into the page cache another left.
@@ -321,6 +302,7 @@ async function main(): Promise<void> {
       node: process.version,
     },
     seconds: (Date.now() - started) / 1000,
+    floor,
     rows,
     checks,
   };

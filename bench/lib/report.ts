@@ -151,3 +151,36 @@ export function pairTable(rows: Row[], a: string, b: string, target: string): st
   }
   return lines;
 }
+
+/** A step's floor (bench/lib/floor.ts): the CPU each side cannot avoid and the wall time it allows. */
+export interface FloorRow {
+  step: string;
+  agent: number;
+  server: number;
+  wall: number;
+}
+
+/**
+ * Each step's floor against what `tool` spends, per GiB of image: agent, server and total CPU, and wall
+ * time; restic's total and the fastest peer's wall beside them, so a target below the floor shows as such.
+ */
+export function floorTable(floors: FloorRow[], rows: Row[], imageGiB: number, tool = 'diskvault'): string[] {
+  const g = (n: number | undefined) => (n === undefined ? '' : (n / imageGiB).toFixed(2));
+  const lines = [
+    `CPU and wall seconds per GiB of image: the floor (required work at this machine's rates) against ${tool}`,
+    '',
+    '| step | agent floor | agent | server floor | server | total floor | total | restic total | wall floor | wall | fastest peer wall | total / floor |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const f of floors) {
+    const dv = best(rows, tool, f.step);
+    const restic = best(rows, 'restic', f.step);
+    const peers = PEERS.map((p) => best(rows, p, f.step)).filter((p): p is Row => p !== undefined);
+    const fastest = peers.length > 0 ? Math.min(...peers.map((p) => p.wall)) : undefined;
+    const floorTotal = f.agent + f.server;
+    lines.push(
+      `| ${f.step} | ${g(f.agent)} | ${g(dv?.cpu)} | ${g(f.server)} | ${g(dv?.serverStepCpu)} | ${g(floorTotal)} | ${g(dv && totalCpu(dv))} | ${g(restic?.cpu)} | ${g(f.wall)} | ${g(dv?.wall)} | ${g(fastest)} | ${dv ? (totalCpu(dv) / floorTotal).toFixed(2) : ''} |`,
+    );
+  }
+  return lines;
+}

@@ -3,6 +3,7 @@ import {
   best,
   cpuTable,
   fastestPeerTable,
+  floorTable,
   pairTable,
   type Row,
   resticTargets,
@@ -89,4 +90,26 @@ test('two diskvault variants compare wall and total CPU step by step', (t) => {
   t.deepEqual(pairTable(rows, 'diskvault', 'dv plaintext', '≤ 1.10').slice(2), [
     '| backup night0 | 1.10 | 1.10 | ≤ 1.10 |',
   ]);
+});
+
+test('the floor table puts each side per GiB beside its floor, with restic and the fastest peer', (t) => {
+  const rows = withServerStepCpu(sample());
+  const floors = [
+    { step: 'backup night0', agent: 4, server: 2, wall: 3 },
+    { step: 'restore night3', agent: 2, server: 1, wall: 1.5 },
+  ];
+  const lines = floorTable(floors, rows, 2);
+  const night0 = lines.find((l) => l.startsWith('| backup night0 |'));
+  // Per GiB of a 2 GiB image: agent 4/2 against 6/2, server 2/2 against 4/2, total 6/2 against 10/2 (1.67),
+  // restic 16/2, wall floor 3/2 against 10/2, fastest peer borg lz4 7/2.
+  t.is(
+    night0,
+    '| backup night0 | 2.00 | 3.00 | 1.00 | 2.00 | 3.00 | 5.00 | 8.00 | 1.50 | 5.00 | 3.50 | 1.67 |',
+  );
+  const restore = lines.find((l) => l.startsWith('| restore night3 |'));
+  // The faster of the two restores (server share 2 s) counts.
+  t.is(
+    restore,
+    '| restore night3 | 1.00 | 2.50 | 0.50 | 1.00 | 1.50 | 3.50 | 3.00 | 0.75 | 2.50 | 2.00 | 2.33 |',
+  );
 });
