@@ -43,6 +43,13 @@ const ENCODINGS: Record<number, StreamEncoding> = {
 const OUTSTANDING = 64;
 
 /**
+ * A stream with fetches unanswered that receives nothing for this long is taken for lost (a server or a
+ * link that stalled without closing) and closed, so its fetches are asked for again: the server's own
+ * idle timeout is as long, and a chunk is read from storage in far less.
+ */
+export const FETCH_STALL_MS = 120_000;
+
+/**
  * The agent's end of the fetch stream (common/chunk-stream.ts): chunk downloads over one upgraded
  * connection. `fetch` resolves with the payload exactly as `GET /v1/chunks/:id` would give it (read into a
  * buffer from the caller's allocator, bounded by the raw length asked for), or rejects with the error that
@@ -62,6 +69,7 @@ export class ChunkFetchStream {
   constructor(
     private readonly socket: Duplex,
     head: Buffer,
+    stallMs = FETCH_STALL_MS,
   ) {
     this.splitter = new FrameSplitter(
       (h) => this.check(h),
@@ -85,6 +93,11 @@ export class ChunkFetchStream {
     });
     socket.on('error', (err) => this.breakOff(new ChunkStreamBroken(`fetch stream failed: ${err.message}`)));
     socket.on('close', () => this.breakOff(new ChunkStreamBroken('the server closed the fetch stream')));
+    const timed = socket as Duplex & { setTimeout?(ms: number, cb: () => void): void };
+    timed.setTimeout?.(stallMs, () => {
+      if (this.pending > 0 || this.receiving)
+        this.breakOff(new ChunkStreamBroken(`the fetch stream received nothing for ${stallMs / 1000} s`));
+    });
     if (head.length > 0) socket.emit('data', head);
   }
 
@@ -119,7 +132,9 @@ export class ChunkFetchStream {
       writeFrameHeader(Buffer.allocUnsafe(FETCH_FRAME_HEADER_BYTES), FetchFrameKind.End, 0, 0, undefined, 0),
     );
     this.rejectAll(this.broken);
-    // Every answer is in: nothing the server still sends matters.
+    // Every answer is in: nothing the server still sends matters, nor may its DONE and close keep the
+    // process alive.
+    (this.socket as Duplex & { unref?(): void }).unref?.();
     setTimeout(() => this.socket.destroy(), 2_000).unref();
   }
 

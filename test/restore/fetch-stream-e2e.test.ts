@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -7,12 +8,15 @@ import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { REPOSITORY_KEY_FILE } from '../../api/repository-key-file.js';
 import { CHUNK_FETCH_PROTOCOL } from '../../common/chunk-stream.js';
+import { EXIT_INTERRUPTED } from '../../common/cli.js';
 import { isDiskvaultError } from '../../common/errors.js';
 import { parseConfig } from '../../repo-engine/config.js';
 import { deriveSubkeys } from '../../repo-engine/object-crypto.js';
 import { objectCodec } from '../../repo-engine/stored-objects.js';
 import { call } from '../helpers/api-client.js';
 import { corruptStoredChunk, readSnapshot, runCli, sha256File } from '../helpers/backup-e2e.js';
+import { DISKVAULT } from '../helpers/diskvault-command.js';
+import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
 
 /**
@@ -57,6 +61,55 @@ async function chunkObjectKey(srv: TestServer, id: string): Promise<string> {
 async function randomChunkOf(client: DiskvaultClient, snapshot: string, nth: number): Promise<string> {
   const { entries } = await readSnapshot(client, snapshot);
   return entries[nth].id;
+}
+
+/**
+ * A TCP proxy to `server`: 'cut' closes the first connection to have carried 1 MiB towards the agent (a lost
+ * link), 'stall' stops passing that connection's bytes towards the agent but keeps it open (a hung link).
+ */
+async function startProxy(server: string, mode: 'cut' | 'stall') {
+  const target = new URL(server);
+  let tripped = false;
+  const sockets = new Set<net.Socket>();
+  const proxy = net.createServer((down) => {
+    const up = net.connect(Number(target.port), target.hostname);
+    sockets.add(up).add(down);
+    let carried = 0;
+    let stalled = false;
+    up.on('data', (d: Buffer) => {
+      carried += d.length;
+      if (stalled) return;
+      if (!tripped && carried > 1 << 20) {
+        tripped = true;
+        if (mode === 'cut') {
+          down.destroy();
+          up.destroy();
+        } else stalled = true;
+        return;
+      }
+      down.write(d);
+    });
+    down.on('data', (d: Buffer) => up.write(d));
+    for (const [a, b] of [
+      [up, down],
+      [down, up],
+    ]) {
+      a.on('error', () => b.destroy());
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+    }
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
+    tripped: () => tripped,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => proxy.close(resolve));
+    },
+  };
 }
 
 /** `args` of the CLI, which must end (with any code) within `ms`. */
@@ -109,39 +162,14 @@ for (const storage of ['local', 's3'] as const) {
   test.serial(
     `[${storage}] a stream lost mid-restore is opened again and the restore completes`,
     async (t) => {
-      // A proxy that cuts the first connection to have carried 1 MiB towards the agent: the fetch stream.
-      const target = new URL(srv.url);
-      let cut = false;
-      const proxy = net.createServer((down) => {
-        const up = net.connect(Number(target.port), target.hostname);
-        let carried = 0;
-        up.on('data', (d: Buffer) => {
-          carried += d.length;
-          if (!cut && carried > 1 << 20) {
-            cut = true;
-            down.destroy();
-            up.destroy();
-            return;
-          }
-          down.write(d);
-        });
-        down.on('data', (d: Buffer) => up.write(d));
-        down.on('error', () => up.destroy());
-        up.on('error', () => down.destroy());
-        down.on('close', () => up.destroy());
-        up.on('close', () => down.destroy());
-      });
-      await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+      // Cuts the first connection to have carried 1 MiB towards the agent: the fetch stream.
+      const proxy = await startProxy(srv.url, 'cut');
       try {
-        const port = (proxy.address() as net.AddressInfo).port;
         const before = srv.logs.length;
         const out = path.join(dir, 'through-cut.img');
-        const r = await runCli(['restore', snapshot, out, '--json'], {
-          ...env,
-          DISKVAULT_SERVER: `http://127.0.0.1:${port}`,
-        });
+        const r = await runCli(['restore', snapshot, out, '--json'], { ...env, DISKVAULT_SERVER: proxy.url });
         t.is(r.code, 0, r.stderr);
-        t.true(cut, 'the proxy cut a connection');
+        t.true(proxy.tripped(), 'the proxy cut a connection');
         t.is(await sha256File(out), await sha256File(image));
         const logs = srv.logs.slice(before);
         const streams = streamLines(logs);
@@ -149,10 +177,34 @@ for (const storage of ['local', 's3'] as const) {
         t.is(streams[1].outcome, 'done');
         t.is(getLines(logs).length, 0, 'the rest came over the new stream, not per chunk');
       } finally {
-        await new Promise((resolve) => proxy.close(resolve));
+        await proxy.stop();
       }
     },
   );
+
+  test.serial(`[${storage}] Ctrl-C ends a restore whose stream has stalled, promptly`, async (t) => {
+    // Stops passing bytes towards the agent once the stream has carried 1 MiB, keeping the connection open.
+    const proxy = await startProxy(srv.url, 'stall');
+    try {
+      const out = path.join(dir, 'interrupted.img');
+      const child = spawn(DISKVAULT, ['restore', snapshot, out], {
+        env: { ...process.env, ...env, DISKVAULT_SERVER: proxy.url },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+      await pollUntil(proxy.tripped, Boolean, 'the stream to stall', { timeoutMs: 20_000 });
+      const sent = Date.now();
+      child.kill('SIGINT');
+      const code = await exited;
+      t.true(Date.now() - sent < 5_000, `exited ${Date.now() - sent} ms after SIGINT`);
+      t.is(code, EXIT_INTERRUPTED, stderr);
+      t.regex(stderr, /interrupted/);
+    } finally {
+      await proxy.stop();
+    }
+  });
 
   test.serial(
     `[${storage}] another tenant's chunk and an unknown one are NotFound over the stream`,
