@@ -146,6 +146,7 @@ export function serveFetchStream(
     const lease = chunk;
     lent.add(lease);
     chunks++;
+    ctx.metrics.chunksFetchStreamed++;
     bytes += lease.payload.length;
     socket.cork();
     socket.write(

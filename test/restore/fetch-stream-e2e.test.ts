@@ -7,7 +7,13 @@ import path from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { REPOSITORY_KEY_FILE } from '../../api/repository-key-file.js';
-import { CHUNK_FETCH_PROTOCOL } from '../../common/chunk-stream.js';
+import {
+  CHUNK_FETCH_PROTOCOL,
+  FETCH_FRAME_HEADER_BYTES,
+  FetchFrameKind,
+  FrameSplitter,
+  writeFrameHeader,
+} from '../../common/chunk-stream.js';
 import { EXIT_INTERRUPTED } from '../../common/cli.js';
 import { isDiskvaultError } from '../../common/errors.js';
 import { parseConfig } from '../../repo-engine/config.js';
@@ -16,7 +22,7 @@ import { objectCodec } from '../../repo-engine/stored-objects.js';
 import { call } from '../helpers/api-client.js';
 import { corruptStoredChunk, readSnapshot, runCli, sha256File } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
-import { pollUntil } from '../helpers/poll.js';
+import { pollUntil, pollUntilSteady } from '../helpers/poll.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
 
 /**
@@ -250,6 +256,81 @@ for (const storage of ['local', 's3'] as const) {
       }
     },
   );
+
+  test.serial(`[${storage}] an agent that stops reading stops the server's reads`, async (t) => {
+    const client = new DiskvaultClient({ server: srv.url, token: env.DISKVAULT_TOKEN });
+    const { entries } = await readSnapshot(client, snapshot);
+    client.close();
+    // The first quarter of the image is random: chunks that do not compress, so few fit in socket buffers.
+    const ids = entries.slice(0, 20);
+    const asked = 3000;
+    const target = new URL(srv.url);
+    const socket = net.connect(Number(target.port), target.hostname);
+    const metric = async () => {
+      const m = await call(srv.url, srv.adminToken, 'GET', '/metrics');
+      return Number(/^diskvault_fetch_stream_chunks_total (\d+)$/m.exec(m.bytes.toString())?.[1]);
+    };
+    try {
+      const before = await metric();
+      socket.write(
+        `GET /v1/chunk-fetch-stream HTTP/1.1\r\nhost: ${target.host}\r\nauthorization: Bearer ${env.DISKVAULT_TOKEN}\r\nconnection: Upgrade\r\nupgrade: ${CHUNK_FETCH_PROTOCOL}\r\n\r\n`,
+      );
+      let head = Buffer.alloc(0);
+      await new Promise<void>((resolve) => {
+        const onData = (d: Buffer) => {
+          head = Buffer.concat([head, d]);
+          if (head.includes('\r\n\r\n')) {
+            socket.off('data', onData);
+            socket.pause();
+            resolve();
+          }
+        };
+        socket.on('data', onData);
+      });
+      t.regex(head.toString('latin1'), /^HTTP\/1.1 101 /);
+      const requests = Buffer.alloc(asked * FETCH_FRAME_HEADER_BYTES);
+      for (let i = 0; i < asked; i++) {
+        const e = ids[i % ids.length];
+        writeFrameHeader(
+          requests.subarray(i * FETCH_FRAME_HEADER_BYTES),
+          FetchFrameKind.Request,
+          0,
+          0,
+          Buffer.from(e.id, 'hex'),
+          e.length,
+        );
+      }
+      socket.write(requests);
+      // Nothing is read here: the server fills the socket's buffers, then must stop reading from storage.
+      const stalled = (await pollUntilSteady(metric, 'the chunks the server sent')) - before;
+      t.true(
+        stalled >= 12 && stalled < 600,
+        `${stalled} of ${asked} chunks read while the agent read nothing`,
+      );
+      // Reading again, every request is answered.
+      let chunks = 0;
+      const splitter = new FrameSplitter(
+        () => {},
+        (n) => Buffer.allocUnsafe(n),
+        (h) => {
+          if (h.kind === FetchFrameKind.Chunk) chunks++;
+        },
+        FETCH_FRAME_HEADER_BYTES,
+      );
+      const rest = head.subarray(head.indexOf('\r\n\r\n') + 4);
+      if (rest.length > 0) splitter.push(rest);
+      socket.on('data', (d: Buffer) => splitter.push(d));
+      socket.resume();
+      await pollUntil(
+        () => chunks,
+        (n) => n === asked,
+        'every request answered',
+      );
+      t.is((await metric()) - before, asked);
+    } finally {
+      socket.destroy();
+    }
+  });
 
   for (const damage of ['missing', 'corrupt', 'wrong content'] as const) {
     if (storage === 's3' && damage !== 'missing') continue;
