@@ -76,15 +76,19 @@ export function serveFetchStream(
   const header = (kind: number, flags: number, length: number, id?: Buffer, rawLength = 0) =>
     writeFrameHeader(Buffer.allocUnsafe(FETCH_FRAME_HEADER_BYTES), kind, flags, length, id, rawLength);
 
-  const sendError = (id: Buffer | undefined, err: unknown) => {
+  /** `written` runs once the kernel holds the frame (or the socket is gone), as for a chunk. */
+  const sendError = (id: Buffer | undefined, err: unknown, written?: () => void) => {
     const { status, body, internal } = errorResponse(err);
     if (internal)
       ctx.log(JSON.stringify({ level: 'error', msg: 'chunk fetch stream read failed', error: String(err) }));
     const json = Buffer.from(JSON.stringify({ status, ...body }));
-    if (closed) return;
+    if (closed) {
+      written?.();
+      return;
+    }
     socket.cork();
     socket.write(header(FetchFrameKind.Error, 0, json.length, id));
-    socket.write(json);
+    socket.write(json, written && (() => written()));
     socket.uncork();
   };
 
@@ -133,9 +137,11 @@ export function serveFetchStream(
       }
     } catch (err) {
       errors++;
-      sendError(id, err);
-      inFlight--;
-      pump();
+      // An answer waiting in the socket holds its place like a chunk: errors cannot pile up unread either.
+      sendError(id, err, () => {
+        inFlight--;
+        pump();
+      });
       return;
     }
     if (closed || !chunk) {
