@@ -54,9 +54,10 @@ export function streamChunkFetcher(
       return stream;
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
-      // A refusal of the token or the route is what every GET would meet too: it ends the read.
-      if (isRefusal(err)) throw err;
-      broke();
+      // A refused upgrade (a token the GETs will meet as refused too, or a proxy in between that does not
+      // pass upgrades) leaves the read to the GETs, which answer as they always have.
+      if (isRefusal(err)) givenUp = true;
+      else broke();
       return undefined;
     }
   };
