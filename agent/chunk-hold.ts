@@ -3,6 +3,8 @@ import type { DiskvaultClient } from './client.js';
 export interface ChunkHold {
   /** Ends the hold; never throws (a lease that cannot be released ends by itself when it expires). */
   release(): Promise<void>;
+  /** The fetch stream protocol the server offered with the lease (common/chunk-stream.ts), if any. */
+  fetchStream?: string;
 }
 
 type LeaseClient = Pick<DiskvaultClient, 'takeLease' | 'renewLease' | 'releaseLease'>;
@@ -22,7 +24,7 @@ export async function holdSnapshot(
   snapshotId: string,
   warn: (message: string) => void,
 ): Promise<ChunkHold> {
-  let lease: { leaseId: string; expiresAt: string };
+  let lease: { leaseId: string; expiresAt: string; chunkFetchStream?: string };
   try {
     lease = await client.takeLease(snapshotId);
   } catch (err) {
@@ -57,6 +59,7 @@ export async function holdSnapshot(
   );
   timer.unref();
   return {
+    ...(lease.chunkFetchStream !== undefined ? { fetchStream: lease.chunkFetchStream } : {}),
     release: async () => {
       clearInterval(timer);
       await renewing;

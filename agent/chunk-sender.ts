@@ -4,13 +4,13 @@ import { type ChunkStream, ChunkStreamBroken } from './chunk-stream-client.js';
 import type { DiskvaultClient } from './client.js';
 
 /** A server error worth asking again about (what DiskvaultClient retries for a per-chunk request). */
-function isPassing(err: DiskvaultError): boolean {
+export function isPassing(err: DiskvaultError): boolean {
   const status = typeof err.details?.status === 'number' ? err.details.status : 0;
   return (status === 429 || (status >= 500 && status !== 501 && status !== 507)) && err.code !== 'Corrupt';
 }
 
 /** A server's answer that asking again cannot change (a 4xx other than 429). */
-function isRefusal(err: unknown): boolean {
+export function isRefusal(err: unknown): boolean {
   const status = isDiskvaultError(err) ? err.details?.status : undefined;
   return typeof status === 'number' && status >= 400 && status < 500 && status !== 429;
 }

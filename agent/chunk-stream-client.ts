@@ -159,7 +159,7 @@ export class ChunkStream {
 export class ChunkStreamBroken extends Error {}
 
 /** An ERROR frame's body, as the DiskvaultError the PUT route's answer would have become. */
-function errorOfFrame(payload: Buffer): DiskvaultError {
+export function errorOfFrame(payload: Buffer): DiskvaultError {
   let body: { status?: unknown; code?: unknown; message?: unknown; details?: unknown } = {};
   try {
     body = JSON.parse(payload.toString('utf8'));

@@ -27,11 +27,12 @@ import {
   type VerifyReport,
   type VerifyRequest,
 } from '../api/protocol.js';
-import { CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
+import { CHUNK_FETCH_PROTOCOL, CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
 import { DiskvaultError, HashMismatchError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
+import { ChunkFetchStream } from './chunk-fetch-stream-client.js';
 import { ChunkStream } from './chunk-stream-client.js';
 import { errorFrom, readBounded, readJson } from './http/body-read.js';
 import { RetryPolicy } from './http/retry-policy.js';
@@ -274,6 +275,33 @@ export class DiskvaultClient {
   async getManifest(id: string): Promise<Readable> {
     const res = await this.send('GET', `v1/snapshots/${enc(id)}/manifest`);
     return res.stream;
+  }
+
+  /**
+   * Opens a fetch stream (common/chunk-stream.ts): one connection carrying many chunk downloads. Undefined
+   * when it cannot be used: a server without it (one that answers the GET as a plain request, or has no
+   * such route), or a download rate limit (which paces the per-chunk responses). Rejects with the server's
+   * error when it refuses the token, and on a network failure.
+   */
+  async openChunkFetchStream(): Promise<ChunkFetchStream | undefined> {
+    if (this.downloadLimiter) return undefined;
+    this.signal?.throwIfAborted();
+    const url = this.transport.url('v1/chunk-fetch-stream');
+    let opened: Awaited<ReturnType<HttpTransport['upgrade']>>;
+    try {
+      opened = await this.transport.upgrade(url, CHUNK_FETCH_PROTOCOL, 15_000);
+    } catch (err) {
+      throw networkError(err, url);
+    }
+    if ('socket' in opened) return new ChunkFetchStream(opened.socket, opened.head);
+    const res = opened.response;
+    if (res.status >= 200 && res.status < 300) {
+      res.stream.resume();
+      return undefined;
+    }
+    const err = await errorFrom(res);
+    if (res.status === 404 && err.message === 'no such route') return undefined;
+    throw err;
   }
 
   /**

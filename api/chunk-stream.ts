@@ -1,6 +1,7 @@
 import type { Server as HttpServer, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
+  CHUNK_FETCH_PROTOCOL,
   CHUNK_STREAM_PROTOCOL,
   ENCODING_CODE,
   FRAME_HEADER_BYTES,
@@ -14,7 +15,8 @@ import { InvalidInputError, NotFoundError } from '../common/errors.js';
 import { zstdBound } from '../common/limits.js';
 import { BufferRecycler } from '../repo-engine/buffer-recycler.js';
 import { sealedChunkBound } from '../repo-engine/sealed-chunk.js';
-import { authenticate, requireWriter } from './auth.js';
+import { authenticate, type Principal, requireWriter } from './auth.js';
+import { FETCH_STREAM_PATH, openFetchStream, serveFetchStream } from './chunk-fetch-stream.js';
 import { storeUploadedChunk } from './chunk-upload.js';
 import type { ApiContext } from './context.js';
 import { errorResponse, tooLarge } from './errors.js';
@@ -41,6 +43,22 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
   // Stream payloads are read into recycled buffers: nothing keeps one once its chunk is stored.
   const bodies = new BufferRecycler(32 * 1024 * 1024);
   http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (FETCH_STREAM_PATH.test(req.url ?? '')) {
+      let principal: Principal;
+      try {
+        principal = openFetchStream(req, ctx);
+      } catch (err) {
+        refuse(socket, err, ctx);
+        return;
+      }
+      streams.add(socket);
+      socket.once('close', () => streams.delete(socket));
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CHUNK_FETCH_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`,
+      );
+      serveFetchStream(socket, head, req, principal, ctx, idleTimeoutMs);
+      return;
+    }
     let sid: string;
     try {
       sid = openStream(req, ctx);
@@ -57,7 +75,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
   });
 }
 
-/** Cuts every open chunk stream of `http` (the server is closing and its grace time is over). */
+/** Cuts every open chunk stream (uploads and fetches) of `http` (the server is closing and its grace time is over). */
 export function destroyChunkStreams(http: HttpServer): void {
   for (const s of streamsOf.get(http) ?? []) s.destroy();
 }

@@ -14,6 +14,8 @@ export class Metrics {
   bytesOut = 0;
   chunksStored = 0;
   chunksDeduplicated = 0;
+  /** Chunks sent over fetch streams (api/chunk-fetch-stream.ts), which the request counts do not see. */
+  chunksFetchStreamed = 0;
   commits = 0;
 
   observe(
@@ -63,6 +65,9 @@ export class Metrics {
     ]);
     metric('diskvault_chunks_deduplicated_total', 'counter', 'Chunk uploads of data already held.', [
       `diskvault_chunks_deduplicated_total ${this.chunksDeduplicated}`,
+    ]);
+    metric('diskvault_fetch_stream_chunks_total', 'counter', 'Chunks sent over fetch streams.', [
+      `diskvault_fetch_stream_chunks_total ${this.chunksFetchStreamed}`,
     ]);
     metric('diskvault_commits_total', 'counter', 'Snapshots committed.', [
       `diskvault_commits_total ${this.commits}`,

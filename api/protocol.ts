@@ -152,6 +152,11 @@ export interface SnapshotLeaseResponse {
   leaseId: string;
   snapshot: string;
   expiresAt: string;
+  /**
+   * The fetch stream protocol this server serves the snapshot's chunks over (common/chunk-stream.ts, `GET
+   * /v1/chunk-fetch-stream`); absent from servers that only answer one request per chunk.
+   */
+  chunkFetchStream?: string;
 }
 
 /** A share link as the API shows it (POST/GET /v1/shares, DELETE /v1/shares/:id): never its secret or hash. */

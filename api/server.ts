@@ -57,6 +57,8 @@ export interface ServerOptions {
   maxWaitingCommits?: number;
   /** How long a commit waits for its turn before it is refused with 503. Default 10 min. */
   commitWaitMs?: number;
+  /** Offer restores the fetch stream (one connection for every download). Default true. */
+  chunkFetchStream?: boolean;
 }
 
 export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
@@ -92,6 +94,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
       opts.maxWaitingCommits ?? 1024,
       opts.commitWaitMs ?? 600_000,
     ),
+    chunkFetchStream: opts.chunkFetchStream ?? true,
   };
   const server = restify.createServer({
     name: 'diskvault',

@@ -22,6 +22,37 @@ export const CHUNK_STREAM_PROTOCOL = 'diskvault-chunks/1';
 export const FRAME_HEADER_BYTES = 40;
 export const ID_FIELD_BYTES = 32;
 
+/**
+ * The fetch stream: a restore's downloads over one upgraded connection instead of one `GET /v1/chunks/<id>`
+ * per chunk. The agent asks `GET /v1/chunk-fetch-stream` with `Upgrade: diskvault-fetch/1` (the server
+ * names the protocol as `chunkFetchStream` in its snapshot lease answer); after `101 Switching Protocols`
+ * the connection carries frames both ways until the agent sends END.
+ *
+ * Its frames have the header above followed by one more field, so the header is 44 bytes:
+ *
+ *   bytes 40–43  raw length: in a REQUEST the most raw bytes the agent accepts for the chunk (the
+ *                manifest's length), in a CHUNK the chunk's raw length; zero otherwise
+ *
+ * Agent → server: REQUEST (no payload: the chunk id and the raw length are the whole request) and END.
+ * Server → agent: CHUNK (flags: the payload's encoding, 0 raw, 1 zstd, 2 sealed; the payload is exactly the
+ * body `GET /v1/chunks/<id>` answers an agent that accepts zstd), ERROR (the JSON error body
+ * `{status, code, message}` that GET would have answered, for the chunk named; with a zero id the stream
+ * itself is refused and closes) and DONE (after END, every request answered). Answers come in the order
+ * chunks are read, not the order they were asked for; the same id asked twice is answered twice.
+ */
+export const CHUNK_FETCH_PROTOCOL = 'diskvault-fetch/1';
+export const FETCH_FRAME_HEADER_BYTES = FRAME_HEADER_BYTES + 4;
+
+export const FetchFrameKind = {
+  /** Agent → server. */
+  Request: 1,
+  End: 2,
+  /** Server → agent. */
+  Chunk: 1,
+  Done: 2,
+  Error: 3,
+} as const;
+
 export const FrameKind = {
   /** Agent → server. */
   Chunk: 1,
@@ -45,15 +76,21 @@ export interface FrameHeader {
   length: number;
   /** The 32-byte id field, as a view into the header buffer: copy it to keep it. */
   id: Buffer;
+  /** The raw length field of a fetch stream frame; 0 for a 40-byte header. */
+  rawLength: number;
 }
 
-/** Writes a header into `out` (at least FRAME_HEADER_BYTES long); `id` is 32 bytes or omitted (zeros). */
+/**
+ * Writes a header into `out` (at least FRAME_HEADER_BYTES long); `id` is 32 bytes or omitted (zeros). With
+ * `rawLength` it is a fetch stream header (FETCH_FRAME_HEADER_BYTES, `out` that long).
+ */
 export function writeFrameHeader(
   out: Buffer,
   kind: number,
   flags: number,
   length: number,
   id?: Buffer,
+  rawLength?: number,
 ): Buffer {
   out[0] = kind;
   out[1] = flags;
@@ -62,13 +99,24 @@ export function writeFrameHeader(
   out.writeUInt32LE(length, 4);
   if (id) id.copy(out, 8, 0, ID_FIELD_BYTES);
   else out.fill(0, 8, FRAME_HEADER_BYTES);
-  return out.subarray(0, FRAME_HEADER_BYTES);
+  if (rawLength === undefined) return out.subarray(0, FRAME_HEADER_BYTES);
+  out.writeUInt32LE(rawLength, FRAME_HEADER_BYTES);
+  return out.subarray(0, FETCH_FRAME_HEADER_BYTES);
 }
 
-/** Reads a header; a frame whose reserved bytes are not zero is not ours. */
-export function readFrameHeader(h: Buffer): FrameHeader | undefined {
-  if (h.length < FRAME_HEADER_BYTES || h[2] !== 0 || h[3] !== 0) return undefined;
-  return { kind: h[0], flags: h[1], length: h.readUInt32LE(4), id: h.subarray(8, FRAME_HEADER_BYTES) };
+/**
+ * Reads a header of `headerBytes` (FRAME_HEADER_BYTES, or FETCH_FRAME_HEADER_BYTES for the fetch stream);
+ * a frame whose reserved bytes are not zero is not ours.
+ */
+export function readFrameHeader(h: Buffer, headerBytes = FRAME_HEADER_BYTES): FrameHeader | undefined {
+  if (h.length < headerBytes || h[2] !== 0 || h[3] !== 0) return undefined;
+  return {
+    kind: h[0],
+    flags: h[1],
+    length: h.readUInt32LE(4),
+    id: h.subarray(8, FRAME_HEADER_BYTES),
+    rawLength: headerBytes > FRAME_HEADER_BYTES ? h.readUInt32LE(FRAME_HEADER_BYTES) : 0,
+  };
 }
 
 /**
@@ -77,7 +125,7 @@ export function readFrameHeader(h: Buffer): FrameHeader | undefined {
  * way the bytes were cut into pieces on the wire. `onFrame` owns the payload it is given.
  */
 export class FrameSplitter {
-  private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
+  private readonly header: Buffer;
   private headerAt = 0;
   private current: FrameHeader | undefined;
   private payload: Buffer | undefined;
@@ -87,9 +135,14 @@ export class FrameSplitter {
   constructor(
     /** Checks a header before its payload is read; throws to refuse it (then nothing more is split). */
     private readonly accept: (h: FrameHeader) => void,
-    private readonly payloadBuffer: (length: number) => Buffer,
+    /** Where a payload of `length` bytes goes (`h` is its frame's header, after `accept`). */
+    private readonly payloadBuffer: (length: number, h: FrameHeader) => Buffer,
     private readonly onFrame: (h: FrameHeader, payload: Buffer) => void,
-  ) {}
+    /** FRAME_HEADER_BYTES, or FETCH_FRAME_HEADER_BYTES for the fetch stream. */
+    private readonly headerBytes = FRAME_HEADER_BYTES,
+  ) {
+    this.header = Buffer.alloc(headerBytes);
+  }
 
   /** Bytes in the middle of a frame (a header or payload begun and not finished). */
   get midFrame(): boolean {
@@ -106,19 +159,19 @@ export class FrameSplitter {
     let at = 0;
     while (at < piece.length && !this.stopped) {
       if (!this.current) {
-        const n = Math.min(FRAME_HEADER_BYTES - this.headerAt, piece.length - at);
+        const n = Math.min(this.headerBytes - this.headerAt, piece.length - at);
         piece.copy(this.header, this.headerAt, at, at + n);
         this.headerAt += n;
         at += n;
-        if (this.headerAt < FRAME_HEADER_BYTES) return;
+        if (this.headerAt < this.headerBytes) return;
         this.headerAt = 0;
-        const h = readFrameHeader(this.header);
+        const h = readFrameHeader(this.header, this.headerBytes);
         if (!h) throw new FrameError('a frame header with nonzero reserved bytes');
         // The id is copied out of the header buffer, which the next frame overwrites.
         const frame = { ...h, id: Buffer.from(h.id) };
         this.accept(frame);
         this.current = frame;
-        this.payload = frame.length > 0 ? this.payloadBuffer(frame.length) : Buffer.alloc(0);
+        this.payload = frame.length > 0 ? this.payloadBuffer(frame.length, frame) : Buffer.alloc(0);
         this.payloadAt = 0;
       }
       const payload = this.payload!;

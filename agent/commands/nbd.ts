@@ -10,8 +10,8 @@ import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { decodeChunk } from '../restore/chunk-decoder.js';
-import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { DecodePool } from '../restore/decode-pool.js';
+import { fetcherFor } from '../restore/fetcher-for.js';
 import { formatRange } from '../restore/ranges.js';
 import { selectSnapshot } from '../restore/snapshot-selector.js';
 
@@ -64,7 +64,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const cfg = resolveClientConfig(values);
   warnIfPlainHttp(cfg.server, command, values.json === true);
   const client = new DiskvaultClient({ ...cfg, concurrency: 16 });
-  const fetcher = clientChunkFetcher(client);
+  let fetcher: ReturnType<typeof fetcherFor> | undefined;
   let decoders: DecodePool | undefined;
   let server: NbdServer | undefined;
   let hold: ChunkHold | undefined;
@@ -78,6 +78,8 @@ export async function run(argv: string[], command: string): Promise<number> {
     hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
+    const chunks = fetcherFor(client, hold);
+    fetcher = chunks;
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
     const image = await SnapshotImage.load(
       openedHeader(e2e, { ...reader.header, id: reader.header.id ?? snapshot.id }, snapshot.id),
@@ -85,7 +87,7 @@ export async function run(argv: string[], command: string): Promise<number> {
       async (id, length) => {
         // As in a restore: decompression and the hash check run on worker threads, off the thread that
         // answers the NBD clients.
-        const fetched = await fetcher.fetch(id, length);
+        const fetched = await chunks.fetch(id, length);
         return fetched.verified && !e2e
           ? decodeChunk(fetched, id, length)
           : await pool.decode(fetched, id, length);
@@ -135,6 +137,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     return EXIT_OK;
   } finally {
     await server?.close();
+    fetcher?.close();
     await hold?.release();
     await decoders?.close();
     client.close();

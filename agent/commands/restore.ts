@@ -12,7 +12,7 @@ import {
 } from '../e2e/snapshot-key.js';
 import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
-import { clientChunkFetcher } from '../restore/client-fetcher.js';
+import { fetcherFor } from '../restore/fetcher-for.js';
 import { rereadPartitionTable } from '../restore/partition-table.js';
 import { createRestoreProgress } from '../restore/progress.js';
 import { openQcow2Target } from '../restore/qcow2-target.js';
@@ -81,6 +81,7 @@ export async function run(argv: string[], command: string): Promise<number> {
   const interrupt = interruptOnSigint();
   const client = new DiskvaultClient({ ...cfg, concurrency, signal: interrupt.signal });
   let hold: ChunkHold | undefined;
+  let fetcher: ReturnType<typeof fetcherFor> | undefined;
   try {
     const snapshot = await selectSnapshot(client, spec, { host: values.host, disk: values.disk });
     // A missing key, a wrong passphrase or another key stops the restore below, before the target is
@@ -93,6 +94,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     hold = await holdSnapshot(client, snapshot.id, (m) =>
       process.stderr.write(`diskvault ${command}: warning: ${m}\n`),
     );
+    fetcher = fetcherFor(client, hold, interrupt.signal);
     const reader = await ManifestReader.open(await client.getManifest(snapshot.id), 'wire');
     const e2e = await keyOpening;
     const header = openedHeader(e2e, { ...reader.header, id: reader.header.id ?? snapshot.id }, snapshot.id);
@@ -122,7 +124,7 @@ export async function run(argv: string[], command: string): Promise<number> {
       result = await restoreSnapshot({
         header,
         entryBatches: reader.entryBatches(),
-        fetcher: clientChunkFetcher(client),
+        fetcher,
         ...(e2e ? { e2e: workerKeys(e2e) } : {}),
         target,
         inPlace,
@@ -169,6 +171,7 @@ export async function run(argv: string[], command: string): Promise<number> {
     return EXIT_INTERRUPTED;
   } finally {
     interrupt.dispose();
+    fetcher?.close();
     await hold?.release();
     client.close();
   }

@@ -1,4 +1,5 @@
 import type { Server } from 'restify';
+import { CHUNK_FETCH_PROTOCOL } from '../../common/chunk-stream.js';
 import { DiskvaultError, NotFoundError } from '../../common/errors.js';
 import type { SnapshotLeaseInfo } from '../../repo-engine/types.js';
 import { maySeeSnapshot, type Principal } from '../auth.js';
@@ -38,7 +39,7 @@ export function registerLeaseRoutes(server: Server, ctx: ApiContext): void {
         );
       }
       const lease = await repo.takeLease(snap.id, p.tokenId);
-      sendJson(res, 201, toResponse(lease));
+      sendJson(res, 201, toResponse(lease, ctx));
     }),
   );
 
@@ -47,7 +48,7 @@ export function registerLeaseRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       const id = checkId(param(req, 'id'), 'lease id');
       ownLease(p, id);
-      sendJson(res, 200, toResponse(repo.renewLease(id)));
+      sendJson(res, 200, toResponse(repo.renewLease(id), ctx));
     }),
   );
 
@@ -62,6 +63,12 @@ export function registerLeaseRoutes(server: Server, ctx: ApiContext): void {
   );
 }
 
-function toResponse(l: SnapshotLeaseInfo): SnapshotLeaseResponse {
-  return { leaseId: l.id, snapshot: l.snapshot, expiresAt: l.expiresAt };
+/** A reader holding a lease is about to fetch the snapshot's chunks: the answer says how it may. */
+function toResponse(l: SnapshotLeaseInfo, ctx: ApiContext): SnapshotLeaseResponse {
+  return {
+    leaseId: l.id,
+    snapshot: l.snapshot,
+    expiresAt: l.expiresAt,
+    ...(ctx.chunkFetchStream !== false ? { chunkFetchStream: CHUNK_FETCH_PROTOCOL } : {}),
+  };
 }

@@ -35,6 +35,8 @@ export interface TestServerOptions {
   idleTimeoutMs?: number;
   /** Encryption of a repository this start creates (the server's default: aes-256-gcm). */
   encryption?: 'aes-256-gcm' | 'none';
+  /** False: the server offers no fetch stream (restores fetch one chunk per request). */
+  chunkFetchStream?: boolean;
 }
 
 export interface TestServer {
@@ -94,6 +96,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
       server: {
         ...(opts.maxManifestBytes !== undefined ? { maxManifestBytes: opts.maxManifestBytes } : {}),
         ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+        ...(opts.chunkFetchStream !== undefined ? { chunkFetchStream: opts.chunkFetchStream } : {}),
       },
     });
   } catch (err) {
