@@ -153,9 +153,8 @@ class LocalStorage implements StorageAdapter {
   async get(key: string, range?: ByteRange): Promise<Readable> {
     const file = this.pathOf(key);
     if (range) checkRange(range);
-    const handle = await openForRead(file, key);
+    const { handle, size } = await openForRead(file, key);
     try {
-      const { size } = await handle.stat();
       const bounds = range && clampRange(range, size, key);
       return handle.createReadStream(bounds ? { start: bounds.start, end: bounds.end } : {});
     } catch (err) {
@@ -170,9 +169,8 @@ class LocalStorage implements StorageAdapter {
    */
   async getBytes(key: string, range?: ByteRange, alloc?: BufferAllocator): Promise<Buffer> {
     if (range) checkRange(range);
-    const handle = await openForRead(this.pathOf(key), key);
+    const { handle, size } = await openForRead(this.pathOf(key), key);
     try {
-      const { size } = await handle.stat();
       const bounds = range ? clampRange(range, size, key) : { start: 0, end: size - 1 };
       const length = Math.max(0, bounds.end - bounds.start + 1);
       const out = alloc ? alloc(length) : Buffer.allocUnsafe(length);
@@ -281,7 +279,8 @@ class LocalStorage implements StorageAdapter {
   async close(): Promise<void> {}
 }
 
-async function openForRead(file: string, key: string): Promise<FileHandle> {
+/** An object opened for reading, and its size from the one fstat that also tells a file from a folder. */
+async function openForRead(file: string, key: string): Promise<{ handle: FileHandle; size: number }> {
   try {
     const handle = await open(file, 'r');
     const info = await handle.stat();
@@ -289,7 +288,7 @@ async function openForRead(file: string, key: string): Promise<FileHandle> {
       await handle.close();
       throw new NotFoundError(`storage key ${key} not found`, { key });
     }
-    return handle;
+    return { handle, size: info.size };
   } catch (err) {
     if (isAbsent(err) || (err as NodeJS.ErrnoException).code === 'EISDIR') {
       throw new NotFoundError(`storage key ${key} not found`, { key });
