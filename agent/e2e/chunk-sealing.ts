@@ -23,6 +23,12 @@ function chunkCipherKey(chunkKey: Uint8Array, salt: Uint8Array): Buffer {
   return Buffer.from(hkdfSync('sha256', chunkKey, salt, CHUNK_LABEL, 32));
 }
 
+/**
+ * Sealing and opening go in pieces this size: node's ciphers return a fresh buffer per call, and small
+ * short-lived ones are memory malloc hands back, where a chunk-sized one is fresh pages every time.
+ */
+const CIPHER_PIECE_BYTES = 32 * 1024;
+
 /** Bytes a sealed chunk adds to its body: the header and the tag. */
 export const SEALED_CHUNK_OVERHEAD = SEALED_CHUNK_HEADER_BYTES + SEALED_CHUNK_TAG_BYTES;
 
@@ -46,7 +52,8 @@ export function sealChunk(
   const cipher = createCipheriv('aes-256-gcm', chunkCipherKey(keys.chunkKey, salt), ZERO_NONCE);
   cipher.setAAD(out.subarray(0, SEALED_CHUNK_HEADER_BYTES));
   let at = SEALED_CHUNK_HEADER_BYTES;
-  at += cipher.update(body).copy(out, at);
+  for (let from = 0; from < body.length; from += CIPHER_PIECE_BYTES)
+    at += cipher.update(body.subarray(from, Math.min(body.length, from + CIPHER_PIECE_BYTES))).copy(out, at);
   at += cipher.final().copy(out, at);
   cipher.getAuthTag().copy(out, at);
   return out;
@@ -55,7 +62,9 @@ export function sealChunk(
 /**
  * Opens sealed chunk `id` (manifest length `length`): checks its key id and that `id` is its keyed id's in
  * this key's domain, authenticates and decrypts it, and returns the body and whether it is a zstd frame.
- * The caller decompresses and then must check `checkKeyedId` on the raw bytes. Any failure names the chunk.
+ * The body is decrypted in place: it is a view into `sealed`, whose sealed bytes are gone (after a failure
+ * `sealed` holds unauthenticated bytes). The caller decompresses and then must check `checkKeyedId` on the
+ * raw bytes. Any failure names the chunk.
  */
 export function openChunk(
   keys: { keyId: string; keyIdBytes?: Buffer; chunkKey: Uint8Array },
@@ -80,11 +89,12 @@ export function openChunk(
   const decipher = createDecipheriv('aes-256-gcm', chunkCipherKey(keys.chunkKey, h.salt), ZERO_NONCE);
   decipher.setAAD(sealed.subarray(0, SEALED_CHUNK_HEADER_BYTES));
   decipher.setAuthTag(sealed.subarray(end));
-  // GCM's final() returns no bytes: the body is update()'s output itself, not a concatenated copy.
-  let body = decipher.update(sealed.subarray(SEALED_CHUNK_HEADER_BYTES, end));
+  // GCM's output is as long as its input: each piece's plaintext goes back over the ciphertext it came from.
+  let at = SEALED_CHUNK_HEADER_BYTES;
+  for (let from = at; from < end; from += CIPHER_PIECE_BYTES)
+    at += decipher.update(sealed.subarray(from, Math.min(end, from + CIPHER_PIECE_BYTES))).copy(sealed, at);
   try {
-    const tail = decipher.final();
-    if (tail.length > 0) body = Buffer.concat([body, tail]);
+    at += decipher.final().copy(sealed, at);
   } catch {
     throw new CorruptError(
       `chunk ${id} is corrupt: its authentication tag does not match (changed in storage or in transit)`,
@@ -93,6 +103,7 @@ export function openChunk(
       },
     );
   }
+  const body = sealed.subarray(SEALED_CHUNK_HEADER_BYTES, at);
   return { body, zstd: h.zstd, kid: Buffer.from(h.keyedId) };
 }
 

@@ -61,13 +61,24 @@ function decodeSealed(
   if (fetched.encoding !== 'sealed')
     throw new CorruptError(`chunk ${id} is not sealed, but the snapshot is end to end`, { chunk: id });
   const opened = openChunk(e2e, id, length, fetched.payload);
-  const raw = opened.zstd ? decompressExact(opened.body, length, id, into) : opened.body;
+  const raw = opened.zstd ? decompressExact(opened.body, length, id, into) : intoStart(opened.body, into);
   if (raw.length !== length)
     throw new CorruptError(`chunk ${id}: got ${raw.length} bytes, the manifest says ${length}`, {
       chunk: id,
     });
   checkKeyedId(e2e.idKey, id, opened.kid, raw);
   return raw;
+}
+
+/**
+ * A stored body copied to the start of `into` when it is large enough (a recycled buffer that can travel
+ * between threads whole), else as it is: a view into the opened payload.
+ */
+function intoStart(body: Buffer, into?: ArrayBuffer): Buffer {
+  if (into === undefined || into.byteLength < body.length) return body;
+  const out = Buffer.from(into, 0, body.length);
+  body.copy(out);
+  return out;
 }
 
 /** Decompresses into the start of `into` when it is large enough (a recycled buffer), else into a new one. */
