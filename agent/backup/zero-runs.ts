@@ -40,6 +40,8 @@ export function nextZeroRun(bytes: Uint8Array, from: number, need: number): numb
  * all zero, the cut is at s + Z, Z being its cut over max zeros (learned once per parameter set). Elsewhere
  * `cut` runs on a stretch reaching 2 × max past the next zero run (or to the end), and only the cuts of
  * chunks that saw max bytes ahead inside that stretch are kept: exactly fastcdc's over the whole range.
+ * Fewer than max zeros left at the end of the range (a window's edge in free space) are cut as fastcdc cuts
+ * the first bytes of max zeros, once Z is known: it scans them with the same masks and the same hash.
  */
 export function zeroRunCutter(cut: CutFunction): CutFunction {
   const zeroCuts = new Map<string, number>();
