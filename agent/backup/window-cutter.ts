@@ -94,9 +94,13 @@ export function cutWindow(job: WindowCutJob, cut: CutFunction, chunkId: IdFuncti
       }
     }
     if (next >= pending.length) {
-      // Short spans while cuts keep meeting last night's boundaries (an edit in place: the fast path resumes
-      // right after it); growing ones when they do not (data shifted), which ends in plain windowed CDC.
-      span = aligned ? firstSpan : Math.min(2 * span, to - job.from);
+      // While cuts keep meeting last night's boundaries (an edit in place), the span ends just past the next
+      // one, so fastcdc reads no further than the chunk the fast path resumes after; growing spans when they
+      // do not (data shifted), which ends in plain windowed CDC.
+      if (aligned && prev) {
+        const target = guessEnd > p ? guessEnd : nextBoundary(prev, k, job, p);
+        span = target === null ? firstSpan : target - p + job.chunker.min;
+      } else span = Math.min(2 * span, to - job.from);
       aligned = false;
       pending = cutSpan(buf, p, to, final, span, job.chunker, cut);
       next = 0;
@@ -108,6 +112,19 @@ export function cutWindow(job: WindowCutJob, cut: CutFunction, chunkId: IdFuncti
     p = end;
   }
   return { ends, ids, carryFrom: p, reusedBytes };
+}
+
+/**
+ * The first boundary of the previous image (a chunk start, or its end) at least `min` bytes after buffer
+ * position p, as a buffer position, or null when the slice has none: where fastcdc's next cut most likely
+ * falls. `k` indexes the first previous chunk starting at or after p.
+ */
+function nextBoundary(prev: PreviousSlice, k: number, job: WindowCutJob, p: number): number | null {
+  const a = job.imageOffset + (p - job.from) + job.chunker.min;
+  let j = k;
+  while (j < prev.starts.length && prev.starts[j] < a) j++;
+  const b = j < prev.starts.length ? prev.starts[j] : prev.ends[prev.ends.length - 1];
+  return b === undefined || b < a ? null : job.from + (b - job.imageOffset);
 }
 
 /** Bytes from p to the end of the image, or null when that is not known yet and could matter (< max). */

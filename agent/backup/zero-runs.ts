@@ -40,6 +40,8 @@ export function nextZeroRun(bytes: Uint8Array, from: number, need: number): numb
  * all zero, the cut is at s + Z, Z being its cut over max zeros (learned once per parameter set). Elsewhere
  * `cut` runs on a stretch reaching 2 × max past the next zero run (or to the end), and only the cuts of
  * chunks that saw max bytes ahead inside that stretch are kept: exactly fastcdc's over the whole range.
+ * Fewer than max zeros left at the end of the range (a window's edge in free space) are cut as fastcdc cuts
+ * the first bytes of max zeros, once Z is known: it scans them with the same masks and the same hash.
  */
 export function zeroRunCutter(cut: CutFunction): CutFunction {
   const zeroCuts = new Map<string, number>();
@@ -55,8 +57,6 @@ export function zeroRunCutter(cut: CutFunction): CutFunction {
   };
   return (bytes, min, avg, max) => {
     const length = bytes.length;
-    // Under two maximum chunks there is no whole zero chunk to step over that a scan would find first.
-    if (length < 2 * max) return cut(bytes, min, avg, max);
     const out: number[] = [0];
     let s = 0;
     /** bytes[zeroFrom, zeroTo) are known to be zero. */
@@ -77,6 +77,15 @@ export function zeroRunCutter(cut: CutFunction): CutFunction {
     while (s < length) {
       if (length - s >= max && zeroThrough(s, s + max)) {
         s += zeroCut(bytes.subarray(s, s + max), min, avg, max);
+        out.push(s);
+        continue;
+      }
+      // Fewer than max zeros up to the end: fastcdc scans them as it scans the first bytes of max zeros, so it
+      // cuts where it cuts those (if that is inside), else takes them all (as it does up to min).
+      const z = zeroCuts.get(`${min}/${avg}/${max}`);
+      if (z !== undefined && zeroThrough(s, length)) {
+        const n = length - s;
+        s += n > min && z <= n ? z : n;
         out.push(s);
         continue;
       }

@@ -3,6 +3,7 @@ import { InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
 import { RawFileSource } from './raw-file.js';
 import { StreamSource } from './stdin.js';
+import { StdinFileSource } from './stdin-file.js';
 
 export interface OpenSourceOptions {
   /** 'raw' forces raw reading; a container name forces that reader; absent: detect. */
@@ -22,7 +23,9 @@ export async function openSource(path: string, opts: OpenSourceOptions = {}): Pr
   if (path === '-') {
     if (opts.format && opts.format !== 'raw')
       throw new InvalidInputError('a piped image (-) can only be raw');
-    return new StreamSource((opts.stdin ?? process.stdin) as import('node:stream').Readable);
+    // A file or device redirected to stdin is read into the windows directly, not through a stream.
+    const direct = opts.stdin ? null : await StdinFileSource.open(0);
+    return direct ?? new StreamSource((opts.stdin ?? process.stdin) as import('node:stream').Readable);
   }
   const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT' || err.code === 'ENOTDIR')

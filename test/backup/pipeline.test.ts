@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -190,6 +191,43 @@ test('an image piped on stdin gives the same snapshot as the file, and sends not
       t.is(fromPipe.summary!.chunks, fromFile.summary!.chunks);
       t.is(fromPipe.summary!.newChunks, 0);
       t.is(fromPipe.summary!.bytesUploaded, 0);
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('an image redirected to stdin from a file (< disk.img) gives the same snapshot as the file, from where the descriptor stands', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dv-backup-stdin-file-'));
+  try {
+    const head = randomBytes(4096);
+    const data = diskLike(5 * MiB + 7);
+    const file = join(dir, 'disk.img');
+    await writeFile(file, Buffer.concat([head, data]));
+    await writeFile(join(dir, 'image.img'), data);
+    await withServer(async (server, token) => {
+      const env = { DISKVAULT_SERVER: server.url, DISKVAULT_TOKEN: token };
+      const fromFile = await runCli(
+        ['backup', join(dir, 'image.img'), '--host', 'host1', '--disk', 'a', '--json'],
+        env,
+      );
+      t.is(fromFile.code, 0, fromFile.stderr);
+      // A descriptor already past a header, as after `(head -c 4096 >/dev/null; diskvault backup -) < disk.img`.
+      const fd = openSync(file, 'r');
+      try {
+        readSync(fd, Buffer.alloc(head.length), 0, head.length, null);
+        const redirected = await runCli(['backup', '-', '--host', 'host1', '--disk', 'b', '--json'], env, {
+          stdinFd: fd,
+        });
+        t.is(redirected.code, 0, redirected.stderr);
+        t.is(redirected.summary!.sha256, sha(data));
+        t.is(redirected.summary!.size, data.length);
+        t.is(redirected.summary!.chunks, fromFile.summary!.chunks);
+        t.is(redirected.summary!.newChunks, 0);
+        t.is(redirected.summary!.sourceFormat, 'raw');
+      } finally {
+        closeSync(fd);
+      }
     });
   } finally {
     await rm(dir, { recursive: true, force: true });

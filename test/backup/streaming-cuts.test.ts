@@ -327,3 +327,40 @@ test('the fast path with the production chunker parameters cuts like one whole-b
   t.is(got.reused, reusable(base, edited, min, avg, max));
   t.true(got.reused > 0);
 });
+
+test('a byte rewritten inside one chunk costs fastcdc that chunk and min bytes more, not a fixed span', (t) => {
+  const [min, avg, max] = [256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
+  const base = randomBytes(16 * 1024 * 1024);
+  const previous = manifestOf(base, min, avg, max);
+  const before = whole(base, min, avg, max);
+  // the chunk around the middle of the image, edited in its middle (fastcdc still cuts at its end)
+  const k = before.findIndex((end) => end > 8 * 1024 * 1024);
+  const [a, b] = [before[k - 1], before[k]];
+  const edited = Buffer.from(base);
+  edited[a + Math.floor((b - a) / 2)] ^= 0x5a;
+  const expected = whole(edited, min, avg, max);
+  t.deepEqual(expected, before, 'the edit moved no cut');
+  let fed = 0;
+  const counting = (bytes: Uint8Array, mn: number, av: number, mx: number) => {
+    fed += bytes.length;
+    return cutOffsets(bytes, mn, av, mx);
+  };
+  const got = cutWindow(
+    {
+      buf: edited,
+      from: 0,
+      to: edited.length,
+      final: true,
+      imageOffset: 0,
+      imageSize: edited.length,
+      chunker: { min, avg, max },
+      previous: previous.slice(0, edited.length),
+    },
+    counting,
+    sha,
+  );
+  t.deepEqual(got.ends, expected);
+  t.is(got.reusedBytes, edited.length - (b - a));
+  // fastcdc read the edited chunk (its first min bytes are skipped, the next chunk's first min are not read)
+  t.is(fed, b - a + min);
+});

@@ -93,3 +93,56 @@ for (const p of PARAMS) {
     t.true(spy.bytes() < bytes.length / 2);
   });
 }
+
+for (const p of PARAMS) {
+  const { min, avg, max } = p;
+  const tag = `${avg >> 10} KiB`;
+  test(`[${tag}] short ranges and zero tails shorter than max are cut like fastcdc, without it once zeros are learnt`, (t) => {
+    const spy = counting(cutOffsets);
+    const zr = zeroRunCutter(spy.cut);
+    // The first zero chunk teaches the cutter fastcdc's cut over max zeros (one probe of max bytes).
+    t.deepEqual(
+      Array.from(zr(Buffer.alloc(max), min, avg, max)),
+      Array.from(cutOffsets(Buffer.alloc(max), min, avg, max)),
+    );
+    const learnt = spy.bytes();
+    t.is(learnt, max);
+    const tails = [1, min - 1, min, min + 1, avg, max - 4097, max - 1];
+    for (const n of tails) {
+      // all zeros, shorter than max: a window's carry in free space
+      const zeros = Buffer.alloc(n);
+      t.deepEqual(
+        Array.from(zr(zeros, min, avg, max)),
+        Array.from(cutOffsets(zeros, min, avg, max)),
+        `${n} zeros`,
+      );
+      // max zeros and then such a tail
+      const longer = Buffer.alloc(max + n);
+      t.deepEqual(
+        Array.from(zr(longer, min, avg, max)),
+        Array.from(cutOffsets(longer, min, avg, max)),
+        `max + ${n} zeros`,
+      );
+      // data, then a zero tail: the data goes to fastcdc, the tail need not
+      const mixed = withZeros(`tail ${n}`, max + n, [[max, n]]);
+      t.deepEqual(
+        Array.from(zr(mixed, min, avg, max)),
+        Array.from(cutOffsets(mixed, min, avg, max)),
+        `data + ${n} zeros`,
+      );
+      // short data ranges of every kind still go through fastcdc
+      const data = random(`short ${n}`, n);
+      t.deepEqual(
+        Array.from(zr(data, min, avg, max)),
+        Array.from(cutOffsets(data, min, avg, max)),
+        `${n} random`,
+      );
+    }
+    // Only the ranges holding data went through fastcdc (data then a tail: all of it, one call), none of the
+    // zero ranges.
+    t.is(
+      spy.bytes() - learnt,
+      tails.reduce((sum, n) => sum + max + n + n, 0),
+    );
+  });
+}

@@ -38,12 +38,17 @@ export interface CliRun {
 export function runCli(
   args: string[],
   env: Record<string, string>,
-  opts: { stdinFile?: string; onStderr?: (text: string, kill: () => void) => void } = {},
+  opts: {
+    stdinFile?: string;
+    /** A descriptor for the child's standard input, as a shell's `< FILE` gives (the caller closes it). */
+    stdinFd?: number;
+    onStderr?: (text: string, kill: () => void) => void;
+  } = {},
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(DISKVAULT, args, {
       env: { ...process.env, ...env },
-      stdio: [opts.stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      stdio: [opts.stdinFd ?? (opts.stdinFile ? 'pipe' : 'ignore'), 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
