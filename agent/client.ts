@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type http from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import {
   CHUNK_CONTENT_TYPE,
@@ -193,16 +194,28 @@ export class DiskvaultClient {
    */
   async openChunkStream(sessionId: string): Promise<ChunkStream | undefined> {
     if (this.limitsUploads) return undefined;
-    const url = this.transport.url(`v1/sessions/${enc(sessionId)}/chunk-stream`);
+    const opened = await this.upgrade(`v1/sessions/${enc(sessionId)}/chunk-stream`, CHUNK_STREAM_PROTOCOL);
+    return opened && new ChunkStream(opened.socket, opened.head);
+  }
+
+  /**
+   * Upgrades a GET of `path` to `protocol`: the connection, or undefined when the server does not offer it
+   * (an older server answers the GET as a plain request, or has no such route). Rejects with the server's
+   * error when it refuses.
+   */
+  private async upgrade(
+    path: string,
+    protocol: string,
+  ): Promise<{ socket: Socket; head: Buffer } | undefined> {
+    const url = this.transport.url(path);
     let opened: Awaited<ReturnType<HttpTransport['upgrade']>>;
     try {
-      opened = await this.transport.upgrade(url, CHUNK_STREAM_PROTOCOL, 15_000);
+      opened = await this.transport.upgrade(url, protocol, 15_000);
     } catch (err) {
       throw networkError(err, url);
     }
-    if ('socket' in opened) return new ChunkStream(opened.socket, opened.head);
+    if ('socket' in opened) return opened;
     const res = opened.response;
-    // An older server answers the GET as a plain request, or has no such route: send per chunk.
     if (res.status >= 200 && res.status < 300) {
       res.stream.resume();
       return undefined;
@@ -286,22 +299,8 @@ export class DiskvaultClient {
   async openChunkFetchStream(): Promise<ChunkFetchStream | undefined> {
     if (this.downloadLimiter) return undefined;
     this.signal?.throwIfAborted();
-    const url = this.transport.url('v1/chunk-fetch-stream');
-    let opened: Awaited<ReturnType<HttpTransport['upgrade']>>;
-    try {
-      opened = await this.transport.upgrade(url, CHUNK_FETCH_PROTOCOL, 15_000);
-    } catch (err) {
-      throw networkError(err, url);
-    }
-    if ('socket' in opened) return new ChunkFetchStream(opened.socket, opened.head);
-    const res = opened.response;
-    if (res.status >= 200 && res.status < 300) {
-      res.stream.resume();
-      return undefined;
-    }
-    const err = await errorFrom(res);
-    if (res.status === 404 && err.message === 'no such route') return undefined;
-    throw err;
+    const opened = await this.upgrade('v1/chunk-fetch-stream', CHUNK_FETCH_PROTOCOL);
+    return opened && new ChunkFetchStream(opened.socket, opened.head);
   }
 
   /**

@@ -42,6 +42,12 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
   streamsOf.set(http, streams);
   // Stream payloads are read into recycled buffers: nothing keeps one once its chunk is stored.
   const bodies = new BufferRecycler(32 * 1024 * 1024);
+  /** Switches an accepted upgrade to `protocol`; the socket is tracked until it closes. */
+  const accept = (socket: Duplex, protocol: string) => {
+    streams.add(socket);
+    socket.once('close', () => streams.delete(socket));
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${protocol}\r\nconnection: Upgrade\r\n\r\n`);
+  };
   http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (FETCH_STREAM_PATH.test(req.url ?? '')) {
       let principal: Principal;
@@ -51,11 +57,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
         refuse(socket, err, ctx);
         return;
       }
-      streams.add(socket);
-      socket.once('close', () => streams.delete(socket));
-      socket.write(
-        `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CHUNK_FETCH_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`,
-      );
+      accept(socket, CHUNK_FETCH_PROTOCOL);
       serveFetchStream(socket, head, req, principal, ctx, idleTimeoutMs);
       return;
     }
@@ -66,11 +68,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
       refuse(socket, err, ctx);
       return;
     }
-    streams.add(socket);
-    socket.once('close', () => streams.delete(socket));
-    socket.write(
-      `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${CHUNK_STREAM_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`,
-    );
+    accept(socket, CHUNK_STREAM_PROTOCOL);
     serveStream(socket, head, sid, ctx, bodies, idleTimeoutMs);
   });
 }
