@@ -195,7 +195,7 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)
-  --chunk-avg BYTES      average chunk size of a NEW repository (default 512K; min avg/4, max 4*avg);
+  --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
                          fixed at creation, since changing it would break dedup
   --repository-key-file FILE  the repository key (default DIR/repository.key, made with a new
                          repository; also $DISKVAULT_REPOSITORY_KEY_FILE). Without it an encrypted

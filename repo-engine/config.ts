@@ -26,7 +26,7 @@ export const ENCRYPTED_FORMAT_VERSION = 2;
 export const REPOSITORY_FORMAT_VERSION = ENCRYPTED_FORMAT_VERSION;
 export const ENCRYPTION_SCHEME = 'aes-256-gcm-hkdf-sha256';
 export type EncryptionChoice = 'aes-256-gcm' | 'none';
-export const DEFAULT_CHUNKER: ChunkerParams = { min: 128 * 1024, avg: 512 * 1024, max: 2 * 1024 * 1024 };
+export const DEFAULT_CHUNKER: ChunkerParams = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
 
 export interface RepositoryConfig {
   formatVersion: number;
