@@ -273,7 +273,7 @@ async function main(): Promise<void> {
   }
 
   if (!skip.has('chunker')) {
-    for (const avg of [256 << 10, 1 << 20, 4 << 20]) {
+    for (const avg of [256 << 10, 512 << 10, 4 << 20]) {
       const name = `dv avg ${avg >> 10}K`;
       process.stderr.write(`${name}\n`);
       const dir = join(work, `chunker-${avg}`);
