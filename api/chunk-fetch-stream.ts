@@ -54,7 +54,6 @@ export function serveFetchStream(
   req: IncomingMessage,
   principal: Principal,
   ctx: ApiContext,
-  idleTimeoutMs: number,
 ): void {
   const { repo } = ctx;
   const started = process.hrtime.bigint();
@@ -248,10 +247,5 @@ export function serveFetchStream(
       }),
     );
   });
-  // The server's own idle timeout does not cover an upgraded socket: a silent agent is cut here.
-  if ('setTimeout' in socket && typeof socket.setTimeout === 'function')
-    (socket as unknown as { setTimeout(ms: number, cb: () => void): void }).setTimeout(idleTimeoutMs, () =>
-      socket.destroy(),
-    );
   if (head.length > 0) onData(head);
 }

@@ -42,10 +42,17 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
   streamsOf.set(http, streams);
   // Stream payloads are read into recycled buffers: nothing keeps one once its chunk is stored.
   const bodies = new BufferRecycler(32 * 1024 * 1024);
-  /** Switches an accepted upgrade to `protocol`; the socket is tracked until it closes. */
+  /**
+   * Switches an accepted upgrade to `protocol`; the socket is tracked until it closes, and cut once silent
+   * for `idleTimeoutMs` (the server's own idle timeout does not cover an upgraded socket).
+   */
   const accept = (socket: Duplex, protocol: string) => {
     streams.add(socket);
     socket.once('close', () => streams.delete(socket));
+    if ('setTimeout' in socket && typeof socket.setTimeout === 'function')
+      (socket as unknown as { setTimeout(ms: number, cb: () => void): void }).setTimeout(idleTimeoutMs, () =>
+        socket.destroy(),
+      );
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${protocol}\r\nconnection: Upgrade\r\n\r\n`);
   };
   http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -58,7 +65,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
         return;
       }
       accept(socket, CHUNK_FETCH_PROTOCOL);
-      serveFetchStream(socket, head, req, principal, ctx, idleTimeoutMs);
+      serveFetchStream(socket, head, req, principal, ctx);
       return;
     }
     let sid: string;
@@ -69,7 +76,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
       return;
     }
     accept(socket, CHUNK_STREAM_PROTOCOL);
-    serveStream(socket, head, sid, ctx, bodies, idleTimeoutMs);
+    serveStream(socket, head, sid, ctx, bodies);
   });
 }
 
@@ -108,7 +115,6 @@ function serveStream(
   sid: string,
   ctx: ApiContext,
   bodies: BufferRecycler,
-  idleTimeoutMs: number,
 ): void {
   const started = process.hrtime.bigint();
   const maxRaw = ctx.repo.chunker.max;
@@ -247,10 +253,5 @@ function serveStream(
       }),
     );
   });
-  // The server's own idle timeout does not cover an upgraded socket: a silent agent is cut here.
-  if ('setTimeout' in socket && typeof socket.setTimeout === 'function')
-    (socket as unknown as { setTimeout(ms: number, cb: () => void): void }).setTimeout(idleTimeoutMs, () =>
-      socket.destroy(),
-    );
   if (head.length > 0) onData(head);
 }

@@ -16,7 +16,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const work = process.env.DV_BENCH_WORK ?? join(root, 'bench', '.work');
 
 const images = await ensureWorkload(work, 3, '2G');
-const { rates, nights, floors } = floorOfWorkload(images, DEFAULT_CHUNKER, cpus().length);
+const { rates, nights, floors } = await floorOfWorkload(images, DEFAULT_CHUNKER, cpus().length);
 const gb = (n: number) => `${(n / 1e9).toFixed(2)} GB/s`;
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 process.stdout.write(

@@ -14,10 +14,9 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import { cutOffsets } from '../agent/backup/fastcdc-direct.js';
-import { cutWindow } from '../agent/backup/window-cutter.js';
-import { isZero, zeroRunCutter } from '../agent/backup/zero-runs.js';
+import { isZero } from '../agent/backup/zero-runs.js';
 import { DEFAULT_CHUNKER } from '../repo-engine/config.js';
+import { chunkEnds } from './lib/chunk-ends.js';
 
 const WINDOW = 16 * 1024 * 1024;
 const SLOTS = 3;
@@ -81,7 +80,7 @@ async function main(): Promise<void> {
   if (!image) throw new Error('usage: node dist/bench/later-night-floor.js IMAGE [ROUNDS]');
   const file = await open(image, 'r');
   const size = (await file.stat()).size;
-  const cuts = await chunkEnds(file, size);
+  const cuts = await chunkEnds(file, size, DEFAULT_CHUNKER);
   const sabs = Array.from({ length: SLOTS }, () => new SharedArrayBuffer(WINDOW));
   const slots = sabs.map((s) => Buffer.from(s));
   for (const s of slots) s.fill(1); // touched before the clock starts
@@ -149,38 +148,4 @@ async function main(): Promise<void> {
   }
   await worker.terminate();
   await file.close();
-}
-
-/** Chunk ends of one whole-image fastcdc pass, windowed as the agent cuts (untimed). */
-async function chunkEnds(file: import('node:fs/promises').FileHandle, size: number): Promise<number[]> {
-  const chunker = DEFAULT_CHUNKER;
-  const pad = chunker.max;
-  const cut = zeroRunCutter(cutOffsets);
-  let slot = Buffer.alloc(pad + WINDOW);
-  let other = Buffer.alloc(pad + WINDOW);
-  const ends: number[] = [];
-  let carryFrom = pad;
-  let carryEnd = pad;
-  for (let offset = 0; ; ) {
-    const fresh = Math.min(WINDOW, size - offset);
-    const carry = carryEnd - carryFrom;
-    other.copy(slot, pad - carry, carryFrom, carryEnd);
-    await file.read(slot, pad, fresh, offset);
-    const eof = offset + fresh >= size;
-    const from = pad - carry;
-    const to = pad + fresh;
-    const imageOffset = offset - carry;
-    const w = cutWindow(
-      { buf: slot, from, to, final: eof, imageOffset, imageSize: size, chunker, previous: null },
-      cut,
-      () => new Uint8Array(32),
-    );
-    for (const end of w.ends) ends.push(offset + (end - pad));
-    [slot, other] = [other, slot];
-    carryFrom = w.carryFrom;
-    carryEnd = to;
-    offset += fresh;
-    if (eof) break;
-  }
-  return ends;
 }

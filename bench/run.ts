@@ -153,7 +153,7 @@ async function startFakeS3Process(): Promise<{
 }
 
 /** The floor of every step (bench/lib/floor.ts), measured before any tool runs; printed beside diskvault's figures. */
-let floor: ReturnType<typeof floorOfWorkload> | undefined;
+let floor: Awaited<ReturnType<typeof floorOfWorkload>> | undefined;
 
 function printTable(): string {
   const all = withServerStepCpu(rows);
@@ -186,7 +186,7 @@ async function main(): Promise<void> {
   const images = await ensureWorkload(work, 3, '2G');
   const original3 = await sha256File(images[3]);
   process.stderr.write('floor: the rates of the required primitives and the work of each night\n');
-  floor = floorOfWorkload(images, DEFAULT_CHUNKER, cpus().length);
+  floor = await floorOfWorkload(images, DEFAULT_CHUNKER, cpus().length);
 
   // Every tool backs up all nights first; the restores follow in alternating order (forward, then backward)
   // and the best of each tool's two counts, so no tool always restores into the page cache another left.

@@ -7,6 +7,7 @@ import {
   timingSafeEqual,
 } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
+import { updateInto } from '../common/cipher-pieces.js';
 
 /**
  * Authenticated encryption of stored objects: AES-256-GCM in the STREAM construction that age uses (a
@@ -120,11 +121,7 @@ export class ObjectSealer {
     const total = SEALED_HEADER_BYTES + length + TAG_BYTES;
     const out = alloc(total).subarray(0, total);
     let at = head.copy(out, 0);
-    for (const part of parts)
-      for (let from = 0; from < part.length; from += OPEN_PIECE_BYTES)
-        at += cipher
-          .update(part.subarray(from, Math.min(part.length, from + OPEN_PIECE_BYTES)))
-          .copy(out, at);
+    for (const part of parts) at += updateInto(cipher, part, out, at);
     at += cipher.final().copy(out, at);
     cipher.getAuthTag().copy(out, at);
     return out;
@@ -292,11 +289,7 @@ class SegmentOpener {
     decipher.setAAD(this.aad);
     const cipherLength = segment.length - TAG_BYTES;
     decipher.setAuthTag(Buffer.from(segment.subarray(cipherLength)));
-    let written = 0;
-    for (let from = 0; from < cipherLength; from += OPEN_PIECE_BYTES) {
-      const piece = decipher.update(segment.subarray(from, Math.min(cipherLength, from + OPEN_PIECE_BYTES)));
-      written += piece.copy(into, at + written);
-    }
+    let written = updateInto(decipher, segment.subarray(0, cipherLength), into, at);
     try {
       written += decipher.final().copy(into, at + written);
     } catch {
@@ -308,9 +301,6 @@ class SegmentOpener {
     return written;
   }
 }
-
-/** The piece size of sealing and of an in-place open: small enough for malloc to hand the same memory back. */
-const OPEN_PIECE_BYTES = 32 * 1024;
 
 /** HMAC-SHA256 of a 32-byte id under the names key, hex: a storage name that says nothing of the id. */
 export function keyedName(namesKey: Buffer, id: string): string {

@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { updateInto } from '../../common/cipher-pieces.js';
 import { CorruptError, HashMismatchError } from '../../common/errors.js';
 import {
   domainChunkId,
@@ -23,12 +24,6 @@ function chunkCipherKey(chunkKey: Uint8Array, salt: Uint8Array): Buffer {
   return Buffer.from(hkdfSync('sha256', chunkKey, salt, CHUNK_LABEL, 32));
 }
 
-/**
- * Sealing and opening go in pieces this size: node's ciphers return a fresh buffer per call, and small
- * short-lived ones are memory malloc hands back, where a chunk-sized one is fresh pages every time.
- */
-const CIPHER_PIECE_BYTES = 32 * 1024;
-
 /** Bytes a sealed chunk adds to its body: the header and the tag. */
 export const SEALED_CHUNK_OVERHEAD = SEALED_CHUNK_HEADER_BYTES + SEALED_CHUNK_TAG_BYTES;
 
@@ -52,8 +47,7 @@ export function sealChunk(
   const cipher = createCipheriv('aes-256-gcm', chunkCipherKey(keys.chunkKey, salt), ZERO_NONCE);
   cipher.setAAD(out.subarray(0, SEALED_CHUNK_HEADER_BYTES));
   let at = SEALED_CHUNK_HEADER_BYTES;
-  for (let from = 0; from < body.length; from += CIPHER_PIECE_BYTES)
-    at += cipher.update(body.subarray(from, Math.min(body.length, from + CIPHER_PIECE_BYTES))).copy(out, at);
+  at += updateInto(cipher, body, out, at);
   at += cipher.final().copy(out, at);
   cipher.getAuthTag().copy(out, at);
   return out;
@@ -91,8 +85,7 @@ export function openChunk(
   decipher.setAuthTag(sealed.subarray(end));
   // GCM's output is as long as its input: each piece's plaintext goes back over the ciphertext it came from.
   let at = SEALED_CHUNK_HEADER_BYTES;
-  for (let from = at; from < end; from += CIPHER_PIECE_BYTES)
-    at += decipher.update(sealed.subarray(from, Math.min(end, from + CIPHER_PIECE_BYTES))).copy(sealed, at);
+  at += updateInto(decipher, sealed.subarray(at, end), sealed, at);
   try {
     at += decipher.final().copy(sealed, at);
   } catch {

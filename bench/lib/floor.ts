@@ -1,8 +1,12 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import zstdBinding from 'zstd-napi/binding.js';
 import { cutOffsets } from '../../agent/backup/fastcdc-direct.js';
+import { isZero } from '../../agent/backup/zero-runs.js';
+import { updateInto } from '../../common/cipher-pieces.js';
 import type { ChunkerParams } from '../../repo-engine/manifest-codec.js';
+import { chunkEnds } from './chunk-ends.js';
 
 /**
  * The floor of each benchmark step: the work the format requires of each side, priced at this machine's
@@ -65,50 +69,36 @@ export interface StepFloor {
   wall: number;
 }
 
-const WINDOW = 256 << 20;
-const PIECE = 32 * 1024;
-
 /** CPU seconds since `start` (a process.cpuUsage() reading): this script's own, whatever else runs. */
 function seconds(start: NodeJS.CpuUsage): number {
   const used = process.cpuUsage(start);
   return (used.user + used.system) / 1e6;
 }
 
-function isZero(b: Uint8Array): boolean {
-  const z = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-  // Compares in 64 KiB steps against a zero buffer: memcmp speed.
-  for (let at = 0; at < z.length; at += ZEROS.length) {
-    const n = Math.min(ZEROS.length, z.length - at);
-    if (z.compare(ZEROS, 0, n, at, at + n) !== 0) return false;
-  }
-  return true;
-}
-const ZEROS = Buffer.alloc(64 * 1024);
-
 /**
- * Cuts every night's image as the agent does (FastCDC with the repository's parameters), and for each night
+ * Cuts every night's image as the agent does (chunk-ends.ts: FastCDC with the repository's parameters, zero
+ * runs stepped over), and for each night
  * counts its non-zero bytes, its new chunks' raw and stored bytes and the stored bytes its restore reads;
  * compresses the new chunks at level 1 on the way, timing it, and times decompressing them.
  */
-export function measureWork(
+export async function measureWork(
   images: string[],
   chunker: ChunkerParams,
-): { nights: NightWork[]; zstdCompress: number; zstdDecompress: number } {
+): Promise<{ nights: NightWork[]; zstdCompress: number; zstdDecompress: number }> {
   /** Stored size of every chunk seen, negative when stored raw. */
   const storedSize = new Map<string, number>();
   const cctx = new zstdBinding.CCtx();
   const dctx = new zstdBinding.DCtx();
   const out = Buffer.allocUnsafe(zstdBinding.compressBound(chunker.max));
   const back = Buffer.allocUnsafe(chunker.max);
-  const buf = Buffer.allocUnsafe(WINDOW + chunker.max);
   let compressSeconds = 0;
   let compressedRaw = 0;
   let decompressSeconds = 0;
   let decompressedRaw = 0;
   const nights: NightWork[] = [];
   for (const [night, image] of images.entries()) {
-    const fd = openSync(image, 'r');
-    const imageBytes = fstatSync(fd).size;
+    const file = await open(image, 'r');
+    const imageBytes = (await file.stat()).size;
     const seen = new Set<string>();
     let dataBytes = 0;
     let newRawBytes = 0;
@@ -117,54 +107,43 @@ export function measureWork(
     let snapshotRawBytes = 0;
     let snapshotZstdRawBytes = 0;
     let snapshotStoredBytes = 0;
-    let carry = 0;
-    let pos = 0;
-    for (;;) {
-      const got = readSync(fd, buf, carry, WINDOW, pos);
-      pos += got;
-      const end = carry + got;
-      const final = pos >= imageBytes || got === 0;
-      const cuts = cutOffsets(buf.subarray(0, end), chunker.min, chunker.avg, chunker.max);
-      let start = 0;
-      for (let i = 1; i < cuts.length; i++) {
-        // The last cut of a window that is not the image's end is not final: cut it again with what follows.
-        if (!final && start + chunker.max > end) break;
-        const chunk = buf.subarray(start, cuts[i]);
-        start = cuts[i];
-        if (isZero(chunk)) continue;
-        dataBytes += chunk.length;
-        const id = createHash('sha256').update(chunk).digest('hex');
-        let stored = storedSize.get(id);
-        if (stored === undefined) {
-          const t0 = process.cpuUsage();
-          const packed = cctx.compress(out, chunk, 1);
-          compressSeconds += seconds(t0);
-          compressedRaw += chunk.length;
-          const zstd = packed <= chunk.length * 0.97;
-          if (zstd) {
-            const t1 = process.cpuUsage();
-            dctx.decompress(back, out.subarray(0, packed));
-            decompressSeconds += seconds(t1);
-            decompressedRaw += chunk.length;
-            newZstdRawBytes += chunk.length;
-          }
-          stored = zstd ? packed : -chunk.length;
-          storedSize.set(id, stored);
-          newRawBytes += chunk.length;
-          newStoredBytes += Math.abs(stored);
+    const chunk = Buffer.allocUnsafe(chunker.max);
+    let start = 0;
+    for (const end of await chunkEnds(file, imageBytes, chunker)) {
+      const length = end - start;
+      await file.read(chunk, 0, length, start);
+      start = end;
+      const bytes = chunk.subarray(0, length);
+      if (isZero(bytes, 0, length)) continue;
+      dataBytes += length;
+      const id = createHash('sha256').update(bytes).digest('hex');
+      let stored = storedSize.get(id);
+      if (stored === undefined) {
+        const t0 = process.cpuUsage();
+        const packed = cctx.compress(out, bytes, 1);
+        compressSeconds += seconds(t0);
+        compressedRaw += length;
+        const zstd = packed <= length * 0.97;
+        if (zstd) {
+          const t1 = process.cpuUsage();
+          dctx.decompress(back, out.subarray(0, packed));
+          decompressSeconds += seconds(t1);
+          decompressedRaw += length;
+          newZstdRawBytes += length;
         }
-        if (!seen.has(id)) {
-          seen.add(id);
-          snapshotRawBytes += chunk.length;
-          if (stored > 0) snapshotZstdRawBytes += chunk.length;
-          snapshotStoredBytes += Math.abs(stored);
-        }
+        stored = zstd ? packed : -length;
+        storedSize.set(id, stored);
+        newRawBytes += length;
+        newStoredBytes += Math.abs(stored);
       }
-      if (final) break;
-      buf.copy(buf, 0, start, end);
-      carry = end - start;
+      if (!seen.has(id)) {
+        seen.add(id);
+        snapshotRawBytes += length;
+        if (stored > 0) snapshotZstdRawBytes += length;
+        snapshotStoredBytes += Math.abs(stored);
+      }
     }
-    closeSync(fd);
+    await file.close();
     nights.push({
       night,
       imageBytes,
@@ -223,9 +202,7 @@ export function measurePrimitives(chunker: ChunkerParams): Pick<Rates, 'fastcdc'
   const iv = randomBytes(12);
   const seal = () => {
     const cipher = createCipheriv('aes-256-gcm', key, iv);
-    let at = 0;
-    for (let from = 0; from < data.length; from += PIECE)
-      at += cipher.update(data.subarray(from, from + PIECE)).copy(into, at);
+    updateInto(cipher, data, into, 0);
     cipher.final();
   };
   for (let i = 0; i < 3; i++) {
@@ -280,12 +257,12 @@ export function stepFloors(nights: NightWork[], rates: Rates, cores: number): St
 }
 
 /** Rates, work and floors of a workload in one call (about a minute for the 2 GiB set with three nights). */
-export function floorOfWorkload(
+export async function floorOfWorkload(
   images: string[],
   chunker: ChunkerParams,
   cores: number,
-): { rates: Rates; nights: NightWork[]; floors: StepFloor[] } {
-  const work = measureWork(images, chunker);
+): Promise<{ rates: Rates; nights: NightWork[]; floors: StepFloor[] }> {
+  const work = await measureWork(images, chunker);
   const rates: Rates = {
     read: measureRead(images[0]),
     ...measurePrimitives(chunker),

@@ -1,35 +1,18 @@
-import { spawn } from 'node:child_process';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'ava';
 import { deriveE2eKeys } from '../../agent/e2e/e2e-keys.js';
 import { openKeyFile, parseKeyFile } from '../../agent/key-file.js';
-import { DISKVAULT } from '../helpers/diskvault-command.js';
+import { type CliRun, runCli } from '../helpers/backup-e2e.js';
 import { removeDir, tempDir } from '../helpers/reliability-harness.js';
 
-/** `diskvault key ...` as users run it (the launcher, no terminal: stdin is a pipe). */
-function key(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(DISKVAULT, ['key', ...args], {
-      env: {
-        ...process.env,
-        DISKVAULT_PASSWORD: '',
-        DISKVAULT_NEW_PASSWORD: '',
-        DISKVAULT_PASSWORD_FILE: '',
-        ...env,
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    child.stdin.end();
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+/** `diskvault key ...` as users run it (the launcher, no terminal: stdin is not a tty). */
+function key(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runCli(['key', ...args], {
+    DISKVAULT_PASSWORD: '',
+    DISKVAULT_NEW_PASSWORD: '',
+    DISKVAULT_PASSWORD_FILE: '',
+    ...env,
   });
 }
 
