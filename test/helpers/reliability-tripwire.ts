@@ -15,6 +15,8 @@ export interface Tripwire {
   target: { host: string; port: number };
   /** Fires once per arm() when `pattern` shows up in client->server bytes (after they were forwarded). */
   arm(pattern: RegExp, onMatch: () => void): void;
+  /** Fires once when `bytes` more client->server bytes have been forwarded (mid-upload, whatever its speed). */
+  armBytes(bytes: number, onReached: (forwarded: number) => void): void;
   close(): Promise<void>;
 }
 
@@ -22,6 +24,7 @@ export async function startTripwire(targetUrl: string): Promise<Tripwire> {
   const u = new URL(targetUrl);
   const target = { host: u.hostname, port: Number(u.port) };
   let armed: { pattern: RegExp; onMatch: () => void } | undefined;
+  let counting: { left: number; forwarded: number; onReached: (forwarded: number) => void } | undefined;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(target.port, target.host);
@@ -30,6 +33,15 @@ export async function startTripwire(targetUrl: string): Promise<Tripwire> {
     let tail = '';
     client.on('data', (d: Buffer) => {
       upstream.write(d);
+      if (counting) {
+        counting.forwarded += d.length;
+        counting.left -= d.length;
+        if (counting.left <= 0) {
+          const { onReached, forwarded } = counting;
+          counting = undefined;
+          onReached(forwarded);
+        }
+      }
       if (!armed) return;
       // The previous segment's tail joins this one, so a request line split across two segments still
       // matches; the test runs before trimming, so a head followed by kilobytes of body in one segment
@@ -59,6 +71,9 @@ export async function startTripwire(targetUrl: string): Promise<Tripwire> {
     target,
     arm(pattern, onMatch) {
       armed = { pattern, onMatch };
+    },
+    armBytes(bytes, onReached) {
+      counting = { left: bytes, forwarded: 0, onReached };
     },
     close: () =>
       new Promise<void>((resolve) => {
