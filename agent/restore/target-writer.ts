@@ -8,6 +8,12 @@ import type { RestoreTarget } from './restore-target.js';
 import type { ZeroChunks } from './zero-chunks.js';
 
 const DAMAGE_CODES = new Set(['HashMismatch', 'Corrupt', 'NotFound']);
+/**
+ * Positional writes in flight, by target kind. A file's buffered writes all take its inode lock, so more than
+ * two only spin on it (restore of the 2 GiB workload: agent CPU 0.89x and wall 0.92x with one in flight
+ * against four; two measured the same as one). A block device keeps four: it was not measured.
+ */
+const WRITES_IN_FLIGHT = { file: 2, device: 4 } as const;
 
 export interface TargetWriterOptions {
   target: RestoreTarget;
@@ -124,8 +130,8 @@ export class TargetWriter {
       await target.write(buf, offset);
       return { done: Promise.resolve() };
     }
-    // Positional writes overlap with downloads; a handful in flight keeps the disk busy without piling up.
-    while (writes.size >= 4) await Promise.race(writes);
+    // Positional writes overlap with downloads; a few in flight keep the disk busy without piling up.
+    while (writes.size >= WRITES_IN_FLIGHT[target.kind]) await Promise.race(writes);
     const w = target.write(buf, offset).then(
       () => {
         writes.delete(w);
