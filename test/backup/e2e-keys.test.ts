@@ -8,6 +8,7 @@ import type { Repository } from '../../repo-engine/repository.js';
 import { domainChunkId } from '../../repo-engine/sealed-chunk.js';
 import { call } from '../helpers/api-client.js';
 import { readSnapshot } from '../helpers/backup-e2e.js';
+import { pollUntil } from '../helpers/poll.js';
 import {
   backupCli,
   type Conn,
@@ -175,13 +176,26 @@ for (const storage of ['local', 's3'] as const) {
       const stats = await dv(['stats', '--json'], conn);
       t.is(stats.code, 0, stats.stderr);
 
-      // The agent's own verify with the key: every chunk opened once, nothing wrong yet.
+      // The agent's own verify with the key: every chunk opened once, nothing wrong yet, and every one
+      // downloaded over a single fetch stream rather than a request each.
+      const logsBefore = srv.logs.length;
       const clean = await dv(['verify', '--key', key, '--password-file', pw, '--read-data', '--json'], conn);
       t.is(clean.code, 0, clean.stderr);
       const cleanReport = JSON.parse(clean.stdout);
       t.true(cleanReport.ok);
       t.is(cleanReport.snapshotsChecked, 1);
       t.is(cleanReport.chunksChecked, new Set(entries.map((e) => e.id)).size);
+      const streamLog = await pollUntil(
+        () => srv.logs.slice(logsBefore).filter((l) => l.includes('"msg":"chunk fetch stream"')),
+        (lines) => lines.length > 0,
+        'the fetch stream to be logged as closed',
+      );
+      t.is(streamLog.length, 1, streamLog.join('\n'));
+      t.is(JSON.parse(streamLog[0] as string).chunks, cleanReport.chunksChecked);
+      const gets = srv.logs
+        .slice(logsBefore)
+        .filter((l) => /"method":"GET","route":"\/v1\/chunks\/:id"/.test(l));
+      t.is(gets.length, 0, gets.join('\n'));
 
       // A flipped byte in a stored chunk's ciphertext: the server cannot see it, the agent names the chunk.
       const victim = entries[Math.floor(entries.length / 2)]?.id as string;

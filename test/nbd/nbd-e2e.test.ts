@@ -10,6 +10,7 @@ import { DiskvaultClient } from '../../agent/client.js';
 import { runJob } from '../helpers/api-client.js';
 import { backupNights, corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
+import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -22,6 +23,8 @@ const execFileP = promisify(execFile);
 /** A hung qemu must fail its test, not outlive it. */
 const QEMU = { timeout: 60_000 };
 const MiB = 1024 * 1024;
+/** The server's request-log line of one chunk read as its own request. */
+const GET_CHUNK = /"method":"GET","route":"\/v1\/chunks\/:id"/;
 
 let server: TestServer;
 let env: Record<string, string>;
@@ -88,8 +91,9 @@ async function stop(child: ChildProcess): Promise<number | null> {
 }
 
 test.serial(
-  'diskvault nbd serves a snapshot that qemu-img copies bit for bit, and stops cleanly on SIGTERM',
+  'diskvault nbd serves a snapshot that qemu-img copies bit for bit, over the fetch stream, and stops cleanly on SIGTERM',
   async (t) => {
+    const logsBefore = server.logs.length;
     const nbd = await startNbd(['latest', '--host', 'nbd1', '--disk', 'sda']);
     try {
       t.is(nbd.info.type, 'listening');
@@ -126,6 +130,16 @@ test.serial(
     } finally {
       t.is(await stop(nbd.child), 0);
     }
+    // Every chunk the export read came over the one fetch stream its lease offered, none as its own GET.
+    const streamLog = await pollUntil(
+      () => server.logs.slice(logsBefore).filter((l) => l.includes('"msg":"chunk fetch stream"')),
+      (lines) => lines.length > 0,
+      'the fetch stream to be logged as closed',
+    );
+    t.is(streamLog.length, 1, streamLog.join('\n'));
+    t.true(JSON.parse(streamLog[0] as string).chunks > 0, streamLog[0]);
+    const gets = server.logs.slice(logsBefore).filter((l) => GET_CHUNK.test(l));
+    t.is(gets.length, 0, gets.join('\n'));
   },
 );
 
