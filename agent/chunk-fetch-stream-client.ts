@@ -14,6 +14,7 @@ import { zstdBound } from '../common/limits.js';
 import { sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
 import { ChunkStreamBroken, errorOfFrame } from './chunk-stream-client.js';
+import type { RateLimiter } from './rate-limit.js';
 
 export interface FetchedPayload {
   encoding: StreamEncoding;
@@ -66,10 +67,15 @@ export class ChunkFetchStream {
   private broken: Error | undefined;
   private readonly splitter: FrameSplitter;
 
+  /**
+   * `limiter` (a download rate limit) is paid for every piece received: while it makes us wait the socket is
+   * paused, its buffer fills and TCP slows the server down, as a paced per-chunk response does.
+   */
   constructor(
     private readonly socket: Duplex,
     head: Buffer,
     stallMs = FETCH_STALL_MS,
+    limiter?: RateLimiter | null,
   ) {
     this.splitter = new FrameSplitter(
       (h) => this.check(h),
@@ -78,6 +84,11 @@ export class ChunkFetchStream {
       FETCH_FRAME_HEADER_BYTES,
     );
     socket.on('data', (piece: Buffer) => {
+      const paid = limiter?.take(piece.length);
+      if (paid) {
+        socket.pause();
+        void paid.then(() => socket.resume());
+      }
       try {
         this.splitter.push(piece);
       } catch (err) {

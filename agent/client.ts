@@ -33,7 +33,7 @@ import { DiskvaultError, HashMismatchError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
-import { ChunkFetchStream } from './chunk-fetch-stream-client.js';
+import { ChunkFetchStream, FETCH_STALL_MS } from './chunk-fetch-stream-client.js';
 import { ChunkStream } from './chunk-stream-client.js';
 import { errorFrom, readBounded, readJson } from './http/body-read.js';
 import { RetryPolicy } from './http/retry-policy.js';
@@ -293,14 +293,13 @@ export class DiskvaultClient {
   /**
    * Opens a fetch stream (common/chunk-stream.ts): one connection carrying many chunk downloads. Undefined
    * when it cannot be used: a server without it (one that answers the GET as a plain request, or has no
-   * such route), or a download rate limit (which paces the per-chunk responses). Rejects with the server's
-   * error when it refuses the token, and on a network failure.
+   * such route). A download rate limit paces the stream as it paces per-chunk responses. Rejects with the
+   * server's error when it refuses the token, and on a network failure.
    */
   async openChunkFetchStream(): Promise<ChunkFetchStream | undefined> {
-    if (this.downloadLimiter) return undefined;
     this.signal?.throwIfAborted();
     const opened = await this.upgrade('v1/chunk-fetch-stream', CHUNK_FETCH_PROTOCOL);
-    return opened && new ChunkFetchStream(opened.socket, opened.head);
+    return opened && new ChunkFetchStream(opened.socket, opened.head, FETCH_STALL_MS, this.downloadLimiter);
   }
 
   /**

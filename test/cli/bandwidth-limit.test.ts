@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import test from 'ava';
 import { parseRate, RateLimiter } from '../../agent/rate-limit.js';
 import { runCli, sha256File } from '../helpers/backup-e2e.js';
-import { startTestServer } from '../helpers/server.js';
+import { pollUntil } from '../helpers/poll.js';
+import { startTestServer, type TestServer } from '../helpers/server.js';
 
 // --limit-upload / --limit-download through the real CLI and a real server. Only lower bounds on time are
 // asserted: a limit can be proven by what could not have gone faster, never by how fast a loaded machine is.
@@ -18,7 +19,7 @@ const MiB = 1024 * 1024;
  */
 async function withRepository(
   imageBytes: number,
-  fn: (ctx: { env: Record<string, string>; dir: string; image: string }) => Promise<void>,
+  fn: (ctx: { env: Record<string, string>; dir: string; image: string; server: TestServer }) => Promise<void>,
 ): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'dv-limit-'));
   const server = await startTestServer({ storage: 'local' });
@@ -26,7 +27,7 @@ async function withRepository(
     const env = { DISKVAULT_SERVER: server.url, DISKVAULT_TOKEN: await server.makeToken('agent', ['host1']) };
     const image = join(dir, 'disk.img');
     await writeFile(image, randomBytes(imageBytes));
-    await fn({ env, dir, image });
+    await fn({ env, dir, image, server });
   } finally {
     await server.stop();
     await rm(dir, { recursive: true, force: true });
@@ -60,7 +61,7 @@ test('the limiter lets no more than its burst plus the rate through, however man
 });
 
 test('backup --limit-upload and restore --limit-download keep to their rates, and the restore is exact', async (t) => {
-  await withRepository(6 * MiB, async ({ env, dir, image }) => {
+  await withRepository(6 * MiB, async ({ env, dir, image, server }) => {
     const rate = 2 * MiB;
     const burst = new RateLimiter(rate).burst;
 
@@ -80,15 +81,33 @@ test('backup --limit-upload and restore --limit-download keep to their rates, an
     const config = join(dir, 'agent.json');
     await writeFile(config, JSON.stringify({ limitDownload: 2048 }));
     const target = join(dir, 'restored.img');
+    const logsBefore = server.logs.length;
     const restore = await runCli(['restore', up.snapshot, target, '--json', '--config', config], env);
     t.is(restore.code, 0, restore.stderr);
-    const down = restore.summary as unknown as { bytesFetched: number; seconds: number; verified: boolean };
+    const down = restore.summary as unknown as {
+      bytesFetched: number;
+      chunksFetched: number;
+      seconds: number;
+      verified: boolean;
+    };
     t.true(down.verified);
     t.is(await sha256File(target), await sha256File(image));
     t.true(
       down.seconds >= (down.bytesFetched - burst) / rate,
       `${down.bytesFetched} bytes fetched in ${down.seconds} s at a 2 MiB/s limit`,
     );
+    // The limit paces the fetch stream itself: the chunks still came over it, none as its own GET.
+    const streamLog = await pollUntil(
+      () => server.logs.slice(logsBefore).filter((l) => l.includes('"msg":"chunk fetch stream"')),
+      (lines) => lines.length > 0,
+      'the fetch stream to be logged as closed',
+    );
+    t.is(streamLog.length, 1, streamLog.join('\n'));
+    t.is(JSON.parse(streamLog[0] as string).chunks, down.chunksFetched);
+    const gets = server.logs
+      .slice(logsBefore)
+      .filter((l) => /"method":"GET","route":"\/v1\/chunks\/:id"/.test(l));
+    t.is(gets.length, 0, gets.join('\n'));
   });
 });
 
