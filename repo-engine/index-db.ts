@@ -537,7 +537,8 @@ export class IndexDb {
    * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
    * row was already gone (a concurrent delete) or is protected: then nothing is lowered.
    */
-  removeSnapshot(id: string, entries: Buffer, log: (m: string) => void, now: number): boolean {
+  /** `entries`: the manifest's entry batches, in any number of pieces (whole entries each). */
+  removeSnapshot(id: string, entries: readonly Buffer[], log: (m: string) => void, now: number): boolean {
     const lower = this.stmt('UPDATE chunks SET refcount = refcount - 1 WHERE id = ? AND refcount > 0');
     return this.transaction(() => {
       // A protected row is never removed, whatever the caller checked before.
@@ -555,10 +556,12 @@ export class IndexDb {
       ).map((r) => r[0]);
       const hold = this.stmt('INSERT OR IGNORE INTO held_chunks (holder, chunk) VALUES (?, ?)');
       let underflow = 0;
-      for (let at = 0; at < entries.length; at += MANIFEST_ENTRY_BYTES) {
-        const chunk = entries.subarray(at, at + 32);
-        for (const holder of holders) hold.run(holder, chunk);
-        if (lower.run(chunk).changes !== 1) underflow++;
+      for (const batch of entries) {
+        for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES) {
+          const chunk = batch.subarray(at, at + 32);
+          for (const holder of holders) hold.run(holder, chunk);
+          if (lower.run(chunk).changes !== 1) underflow++;
+        }
       }
       if (underflow > 0)
         log(

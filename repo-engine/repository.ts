@@ -793,9 +793,10 @@ export class Repository implements RepositoryApi {
       if (this.requireSnapshot(id).protected || (await this.protection.isMarked(id)))
         throw new SnapshotProtectedError(id);
       // Read whole before lowering anything: a manifest that fails half way must not lower half its counts.
+      // Kept as the batches it arrives in, not joined: joining would hold every entry twice at once.
       const batches: Buffer[] = [];
       for await (const b of this.manifests.entryBatches(id)) batches.push(b);
-      const removed = this.index.removeSnapshot(id, Buffer.concat(batches), this.opts.log, this.opts.now());
+      const removed = this.index.removeSnapshot(id, batches, this.opts.log, this.opts.now());
       if (!removed) {
         if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
         throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
