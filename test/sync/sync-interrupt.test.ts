@@ -139,8 +139,10 @@ for (const json of [true, false]) {
           'the first snapshot copied',
           { timeoutMs: 60_000 },
         );
+        const interruptedAt = performance.now();
         run.child.kill('SIGINT');
         const { code, signal } = await run.exit;
+        t.log(`exited ${Math.round(performance.now() - interruptedAt)} ms after SIGINT`);
         t.is(signal, null, `killed by ${signal}: SIGINT was not handled`);
         t.is(code, 130, run.stderr());
 
@@ -154,6 +156,7 @@ for (const json of [true, false]) {
           /^diskvault sync: interrupted: 1 of 3 snapshots copied \(\d+ chunks, [\d.]+ [KMG]?i?B sent\); run sync again to finish$/,
         );
         t.false(run.stderr().includes('    at '), 'no stack trace');
+        t.log(forPeople[0]);
         const summary = summaryOf(run.stdout());
         if (json) {
           t.like(summary, { interrupted: true, snapshotsCopied: 1, snapshotsFailed: 0, failures: [] });
