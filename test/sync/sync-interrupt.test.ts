@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -108,25 +109,45 @@ async function restoredHash(server: TestServer, id: string, dir: string): Promis
   return hash;
 }
 
+interface Primary {
+  dir: string;
+  src: TestServer;
+  /** Snapshot ids, oldest first. */
+  ids: string[];
+  imageOf: Map<string, string>;
+  reader: string;
+}
+
+/** A source server holding SNAPSHOTS backups of distinct random images, and a reader token of it. */
+async function primary(): Promise<Primary> {
+  const dir = await mkdtemp(join(tmpdir(), 'dv-sync-int-'));
+  const src = await startTestServer({ storage: 'local' });
+  try {
+    const images: string[] = [];
+    for (let i = 0; i < SNAPSHOTS; i++) {
+      const image = join(dir, `night${i}.img`);
+      await writeFile(image, randomBytes(IMAGE_BYTES));
+      images.push(image);
+    }
+    const agentEnv = { DISKVAULT_SERVER: src.url, DISKVAULT_TOKEN: await src.makeToken('agent', ['h']) };
+    const ids = await backupNights(agentEnv, images, 'h', 'd');
+    const imageOf = new Map(ids.map((id, i) => [id, images[i] as string]));
+    return { dir, src, ids, imageOf, reader: await src.makeToken('reader') };
+  } catch (err) {
+    await src.stop();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
 for (const json of [true, false]) {
   test.serial(
     `Ctrl-C during a rate-limited sync${json ? ' --json' : ''} commits only whole snapshots, exits 130; run again, it copies the rest once`,
     async (t) => {
       t.timeout(5 * 60_000);
-      const dir = await mkdtemp(join(tmpdir(), 'dv-sync-int-'));
-      const src = await startTestServer({ storage: 'local' });
+      const { dir, src, ids, imageOf, reader } = await primary();
       const dst = await startTestServer({ storage: 'local' });
       try {
-        const images: string[] = [];
-        for (let i = 0; i < SNAPSHOTS; i++) {
-          const image = join(dir, `night${i}.img`);
-          await writeFile(image, randomBytes(IMAGE_BYTES));
-          images.push(image);
-        }
-        const agentEnv = { DISKVAULT_SERVER: src.url, DISKVAULT_TOKEN: await src.makeToken('agent', ['h']) };
-        const ids = await backupNights(agentEnv, images, 'h', 'd');
-        const imageOf = new Map(ids.map((id, i) => [id, images[i] as string]));
-        const reader = await src.makeToken('reader');
         const sourceChunks = src.repo.stats().uniqueChunks;
         const env = { DISKVAULT_SERVER: dst.url, DISKVAULT_TOKEN: dst.adminToken };
         const syncArgs = ['sync', '--from', src.url, '--from-token', reader];
@@ -198,3 +219,93 @@ for (const json of [true, false]) {
     },
   );
 }
+
+/**
+ * A TCP pass-through to `target` that, once frozen, forwards nothing more either way and keeps what the
+ * client sends: a server that stopped answering, with the requests that reached it visible to the test.
+ */
+async function freezingProxy(target: string) {
+  const u = new URL(target);
+  let frozen = false;
+  let heldBack = '';
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(u.port), u.hostname);
+    for (const s of [client, upstream]) sockets.add(s);
+    client.on('data', (d: Buffer) => {
+      if (frozen) heldBack += d.toString('latin1');
+      else upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      if (!frozen) client.write(d);
+    });
+    const end = () => {
+      for (const s of [client, upstream]) {
+        s.destroy();
+        sockets.delete(s);
+      }
+    };
+    for (const s of [client, upstream]) s.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    freeze() {
+      frozen = true;
+    },
+    /** What clients sent since the freeze. */
+    heldBack: () => heldBack,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+test.serial(
+  'a second Ctrl-C ends a sync at once while its wind-down waits on a destination that stopped answering',
+  async (t) => {
+    t.timeout(5 * 60_000);
+    const { dir, src, ids, reader } = await primary();
+    const dst = await startTestServer({ storage: 'local' });
+    const proxy = await freezingProxy(dst.url);
+    try {
+      const env = { DISKVAULT_SERVER: proxy.url, DISKVAULT_TOKEN: dst.adminToken };
+      const run = start(
+        ['sync', '--from', src.url, '--from-token', reader, '--json', '--limit-download', SLOW],
+        env,
+      );
+      await pollUntil(
+        () => copiedIds(run.stdout(), true, ids).length,
+        (n) => n >= 1,
+        'the first snapshot copied',
+        { timeoutMs: 60_000 },
+      );
+      proxy.freeze();
+      run.child.kill('SIGINT');
+      // The first Ctrl-C's clean-up, aborting the upload session, now waits on a destination that never answers.
+      await pollUntil(
+        () => /DELETE \/v1\/sessions\//.test(proxy.heldBack()),
+        (seen) => seen,
+        'the session abort sent after the first Ctrl-C',
+      );
+      const second = performance.now();
+      run.child.kill('SIGINT');
+      const { code, signal } = await run.exit;
+      t.log(`exited ${Math.round(performance.now() - second)} ms after the second SIGINT`);
+      t.is(signal, null);
+      t.is(code, 130);
+      t.false(run.stderr().includes('interrupted:'), 'ended at once, not after the wind-down');
+      t.false(run.stderr().includes('    at '), 'no stack trace');
+      t.is(summaryOf(run.stdout()), undefined);
+      // Nothing half-made on the destination: the snapshot copied whole, and only it.
+      t.deepEqual(await listIds(dst), copiedIds(run.stdout(), true, ids));
+    } finally {
+      await proxy.close();
+      await dst.stop();
+      await src.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
