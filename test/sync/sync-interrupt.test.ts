@@ -115,6 +115,8 @@ interface Primary {
   /** Snapshot ids, oldest first. */
   ids: string[];
   imageOf: Map<string, string>;
+  /** Chunks of each snapshot: all distinct, in the repository once. */
+  chunkCount: Map<string, number>;
   reader: string;
 }
 
@@ -132,7 +134,10 @@ async function primary(): Promise<Primary> {
     const agentEnv = { DISKVAULT_SERVER: src.url, DISKVAULT_TOKEN: await src.makeToken('agent', ['h']) };
     const ids = await backupNights(agentEnv, images, 'h', 'd');
     const imageOf = new Map(ids.map((id, i) => [id, images[i] as string]));
-    return { dir, src, ids, imageOf, reader: await src.makeToken('reader') };
+    const listed = new DiskvaultClient({ server: src.url, token: src.adminToken });
+    const chunkCount = new Map((await listed.listSnapshots()).map((s) => [s.id, s.chunkCount]));
+    listed.close();
+    return { dir, src, ids, imageOf, chunkCount, reader: await src.makeToken('reader') };
   } catch (err) {
     await src.stop();
     await rm(dir, { recursive: true, force: true });
@@ -140,12 +145,32 @@ async function primary(): Promise<Primary> {
   }
 }
 
+/**
+ * Waits until the sync has committed its first snapshot and chunks of the second are landing on the
+ * destination: its upload session is open and, at the --limit-download pace, seconds of copying are left.
+ */
+async function secondSnapshotUnderway(run: Running, json: boolean, p: Primary, dst: TestServer) {
+  const [first] = await pollUntil(
+    () => copiedIds(run.stdout(), json, p.ids),
+    (copied) => copied.length >= 1,
+    'the first snapshot copied',
+    { timeoutMs: 60_000 },
+  );
+  const firstChunks = p.chunkCount.get(first as string) as number;
+  await pollUntil(
+    () => dst.repo.stats().uniqueChunks,
+    (n) => n > firstChunks,
+    'chunks of the second snapshot on the destination',
+  );
+}
+
 for (const json of [true, false]) {
   test.serial(
     `Ctrl-C during a rate-limited sync${json ? ' --json' : ''} commits only whole snapshots, exits 130; run again, it copies the rest once`,
     async (t) => {
       t.timeout(5 * 60_000);
-      const { dir, src, ids, imageOf, reader } = await primary();
+      const p = await primary();
+      const { dir, src, ids, imageOf, reader } = p;
       const dst = await startTestServer({ storage: 'local' });
       try {
         const sourceChunks = src.repo.stats().uniqueChunks;
@@ -153,13 +178,7 @@ for (const json of [true, false]) {
         const syncArgs = ['sync', '--from', src.url, '--from-token', reader];
 
         const run = start([...syncArgs, ...(json ? ['--json'] : []), '--limit-download', SLOW], env);
-        // Copying is under way once the first snapshot is committed; the second then has seconds to go.
-        await pollUntil(
-          () => copiedIds(run.stdout(), json, ids).length,
-          (n) => n >= 1,
-          'the first snapshot copied',
-          { timeoutMs: 60_000 },
-        );
+        await secondSnapshotUnderway(run, json, p, dst);
         const interruptedAt = performance.now();
         run.child.kill('SIGINT');
         const { code, signal } = await run.exit;
@@ -267,7 +286,8 @@ test.serial(
   'a second Ctrl-C ends a sync at once while its wind-down waits on a destination that stopped answering',
   async (t) => {
     t.timeout(5 * 60_000);
-    const { dir, src, ids, reader } = await primary();
+    const p = await primary();
+    const { dir, src, ids, reader } = p;
     const dst = await startTestServer({ storage: 'local' });
     const proxy = await freezingProxy(dst.url);
     try {
@@ -276,12 +296,7 @@ test.serial(
         ['sync', '--from', src.url, '--from-token', reader, '--json', '--limit-download', SLOW],
         env,
       );
-      await pollUntil(
-        () => copiedIds(run.stdout(), true, ids).length,
-        (n) => n >= 1,
-        'the first snapshot copied',
-        { timeoutMs: 60_000 },
-      );
+      await secondSnapshotUnderway(run, true, p, dst);
       proxy.freeze();
       run.child.kill('SIGINT');
       // The first Ctrl-C's clean-up, aborting the upload session, now waits on a destination that never answers.
