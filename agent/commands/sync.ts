@@ -264,9 +264,10 @@ async function sync(
 
 /** The one line Ctrl-C leaves: how far the run got, and that running it again finishes the job. */
 function interruptedLine(summary: Summary, toCopy: number | undefined): string {
-  if (toCopy === undefined) return 'interrupted before any snapshot was copied; run sync again to finish';
+  if (toCopy === undefined)
+    return 'interrupted: no snapshot copied (still listing them); run sync again to finish';
   const failed = summary.snapshotsFailed > 0 ? `, ${summary.snapshotsFailed} failed` : '';
-  return `interrupted: ${summary.snapshotsCopied} of ${toCopy} snapshots copied${failed} (${summary.chunksCopied} chunks, ${formatBytes(summary.bytesCopied)} sent); run sync again to finish`;
+  return `interrupted: ${summary.snapshotsCopied} of ${toCopy} snapshots copied${failed}; run sync again to finish`;
 }
 
 /**

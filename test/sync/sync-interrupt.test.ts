@@ -191,12 +191,8 @@ for (const json of [true, false]) {
           .split('\n')
           .filter((l) => l !== '' && !l.startsWith('{'));
         t.is(forPeople.length, 1, run.stderr());
-        t.regex(
-          forPeople[0] ?? '',
-          /^diskvault sync: interrupted: 1 of 3 snapshots copied \(\d+ chunks, [\d.]+ [KMG]?i?B sent\); run sync again to finish$/,
-        );
+        t.is(forPeople[0], 'diskvault sync: interrupted: 1 of 3 snapshots copied; run sync again to finish');
         t.false(run.stderr().includes('    at '), 'no stack trace');
-        t.log(forPeople[0]);
         const summary = summaryOf(run.stdout());
         if (json) {
           t.like(summary, { interrupted: true, snapshotsCopied: 1, snapshotsFailed: 0, failures: [] });
