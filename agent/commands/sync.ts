@@ -1,16 +1,17 @@
 import { readFileSync } from 'node:fs';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { EXIT_FAILURE, EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
+import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, parseCommandLine, UsageError } from '../../common/cli.js';
 import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
 import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { CLIENT_OPTIONS, resolveClientConfig, trustedCertificates } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { interruptOnSigint } from '../interrupt.js';
 import { warnIfPlainHttp } from '../plain-http.js';
 import { createProgressReporter } from '../progress.js';
 import { ChunkCopier } from '../sync/chunk-copier.js';
 import { copySnapshot } from '../sync/copy-snapshot.js';
-import { planSync, type SyncScope, targetTenant } from '../sync/plan.js';
+import { planSync, type SyncPlan, type SyncScope, targetTenant } from '../sync/plan.js';
 
 const USAGE = `usage: diskvault sync --from URL (--from-token T | --from-token-file FILE) [--host H] [--disk D]
                       [--remove-vanished] [--transfers N] [--from-cacert FILE] [--json]
@@ -33,7 +34,13 @@ only once all its chunks are stored. Killed at any point and run again, it finis
   --limit-download RATE  bandwidth from the source; --limit-upload RATE: to the destination
   --json                 progress as JSON lines on stderr; a line per snapshot and the summary on stdout
 
-Exit status: 0 when every snapshot was copied (or was there already), 1 when any failed.
+Ctrl-C stops it cleanly: no further chunk or snapshot is started, the transfers in flight are cancelled, the
+snapshot being copied is not committed (its chunks already stored stay, so the next run does not copy them
+again), and one line says how many snapshots were copied (with --json, the summary too, "interrupted":true).
+A second Ctrl-C exits at once. Run sync again to finish.
+
+Exit status: 0 when every snapshot was copied (or was there already), 1 when any failed, 130 when
+interrupted by Ctrl-C.
 `;
 
 const OPTIONS = {
@@ -61,6 +68,8 @@ interface Summary {
   rawBytesCopied: number;
   seconds: number;
   failures: { snapshot: string; code: string; message: string }[];
+  /** Ended by Ctrl-C: snapshots after the last one counted were not copied (run sync again). */
+  interrupted: boolean;
 }
 
 /** Errors that end the whole run: asking again for the next snapshot would meet them too. */
@@ -95,14 +104,23 @@ export async function run(argv: string[], _command: string): Promise<number> {
   // Both ends get a token: the source a reader's, the destination an admin's.
   warnIfPlainHttp(values.from, 'sync', json);
   warnIfPlainHttp(cfg.server, 'sync', json);
+  const ca = sourceCertificates(values['from-cacert']);
+  // Ctrl-C cancels every request in flight on both sides; aborting a session is clean-up and still goes.
+  const interrupt = interruptOnSigint();
   const source = new DiskvaultClient({
     server: values.from,
     token: fromToken,
-    ca: sourceCertificates(values['from-cacert']),
+    ca,
     limitDownload: cfg.limitDownload,
     concurrency: transfers,
+    signal: interrupt.signal,
   });
-  const destination = new DiskvaultClient({ ...cfg, limitDownload: null, concurrency: transfers });
+  const destination = new DiskvaultClient({
+    ...cfg,
+    limitDownload: null,
+    concurrency: transfers,
+    signal: interrupt.signal,
+  });
   try {
     return await sync(source, destination, {
       from: values.from.replace(/\/+$/, ''),
@@ -111,8 +129,10 @@ export async function run(argv: string[], _command: string): Promise<number> {
       removeVanished: values['remove-vanished'] === true,
       transfers,
       json,
+      signal: interrupt.signal,
     });
   } finally {
+    interrupt.dispose();
     source.close();
     destination.close();
   }
@@ -159,33 +179,33 @@ async function scopes(source: DiskvaultClient, destination: DiskvaultClient): Pr
   };
 }
 
+interface SyncOptions {
+  from: string;
+  host?: string;
+  disk?: string;
+  removeVanished: boolean;
+  transfers: number;
+  json: boolean;
+  /** Fired by Ctrl-C: the run stops starting work, and whatever was in flight fails with its reason. */
+  signal: AbortSignal;
+}
+
+/** A line per snapshot: for people, or (--json) a JSON event, on stdout. */
+type Say = (human: string, event: Record<string, unknown>) => void;
+
 async function sync(
   source: DiskvaultClient,
   destination: DiskvaultClient,
-  opts: {
-    from: string;
-    host?: string;
-    disk?: string;
-    removeVanished: boolean;
-    transfers: number;
-    json: boolean;
-  },
+  opts: SyncOptions,
 ): Promise<number> {
   const started = performance.now();
-  const scope = await scopes(source, destination);
-  const filter = { host: opts.host, disk: opts.disk };
-  const [fromList, toList] = await Promise.all([
-    source.listSnapshots(filter),
-    destination.listSnapshots(filter),
-  ]);
-  const plan = planSync(fromList, toList, scope);
   const summary: Summary = {
     type: 'summary',
     source: opts.from,
     snapshotsCopied: 0,
-    snapshotsPresent: plan.present.length,
+    snapshotsPresent: 0,
     snapshotsFailed: 0,
-    snapshotsVanished: plan.vanished.length,
+    snapshotsVanished: 0,
     snapshotsRemoved: 0,
     chunksCopied: 0,
     chunksPresent: 0,
@@ -193,21 +213,88 @@ async function sync(
     rawBytesCopied: 0,
     seconds: 0,
     failures: [],
+    interrupted: false,
   };
-  const say = (human: string, event: Record<string, unknown>) => {
+  const say: Say = (human, event) => {
     if (opts.json) process.stdout.write(`${JSON.stringify(event)}\n`);
     else process.stdout.write(`${human}\n`);
   };
+  // How many snapshots the run set out to copy: unknown until both sides are listed.
+  let toCopy: number | undefined;
+  try {
+    const scope = await scopes(source, destination);
+    const filter = { host: opts.host, disk: opts.disk };
+    const [fromList, toList] = await Promise.all([
+      source.listSnapshots(filter),
+      destination.listSnapshots(filter),
+    ]);
+    const plan = planSync(fromList, toList, scope);
+    toCopy = plan.copy.length;
+    summary.snapshotsPresent = plan.present.length;
+    summary.snapshotsVanished = plan.vanished.length;
+    await copySnapshots(source, destination, plan, scope, opts, summary, say);
+    if (opts.removeVanished) await removeVanished(destination, plan, opts.signal, summary, say);
+  } catch (err) {
+    // Once Ctrl-C has fired, whatever a cancelled request threw is the interruption, not a failure.
+    if (!opts.signal.aborted) throw err;
+    summary.interrupted = true;
+  }
+
+  summary.seconds = Math.round(performance.now() - started) / 1000;
+  if (opts.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+  if (summary.interrupted) {
+    process.stderr.write(`diskvault sync: ${interruptedLine(summary, toCopy)}\n`);
+    return EXIT_INTERRUPTED;
+  }
+  if (!opts.json) {
+    const vanished =
+      summary.snapshotsVanished > 0
+        ? opts.removeVanished
+          ? `, ${summary.snapshotsRemoved} vanished from the source and removed`
+          : `, ${summary.snapshotsVanished} vanished from the source and kept`
+        : '';
+    process.stdout.write(
+      `sync from ${opts.from}: ${summary.snapshotsCopied} snapshots copied, ${summary.snapshotsPresent} already present${vanished}${summary.snapshotsFailed ? `, ${summary.snapshotsFailed} FAILED` : ''}\n` +
+        `  chunks    ${summary.chunksCopied} copied (${formatBytes(summary.rawBytesCopied)} raw, ${formatBytes(summary.bytesCopied)} sent), ${summary.chunksPresent} already present\n` +
+        `  time      ${summary.seconds.toFixed(1)} s\n`,
+    );
+  }
+  return summary.snapshotsFailed > 0 ? EXIT_FAILURE : EXIT_OK;
+}
+
+/** The one line Ctrl-C leaves: how far the run got, and that running it again finishes the job. */
+function interruptedLine(summary: Summary, toCopy: number | undefined): string {
+  if (toCopy === undefined)
+    return 'interrupted: no snapshot copied (still listing them); run sync again to finish';
+  const failed = summary.snapshotsFailed > 0 ? `, ${summary.snapshotsFailed} failed` : '';
+  return `interrupted: ${summary.snapshotsCopied} of ${toCopy} snapshots copied${failed}; run sync again to finish`;
+}
+
+/**
+ * Copies the plan's snapshots in order, counting each into `summary`. A snapshot whose chunks are damaged or
+ * gone fails alone; errors every snapshot would meet, and Ctrl-C, end the run (thrown). No snapshot is
+ * started once the signal has fired, and the one in flight is not committed (copySnapshot aborts its session).
+ */
+async function copySnapshots(
+  source: DiskvaultClient,
+  destination: DiskvaultClient,
+  plan: SyncPlan,
+  scope: SyncScope,
+  opts: SyncOptions,
+  summary: Summary,
+  say: Say,
+): Promise<void> {
   const total = plan.copy.reduce((n, s) => n + s.size, 0);
   const reporter = createProgressReporter({
     json: opts.json,
     describe: (s) =>
       `snapshot ${s.snapshot}/${s.snapshots}, ${s.chunksCopied} chunks copied (${formatBytes(Number(s.bytesCopied))} sent)`,
   });
-  const copier = new ChunkCopier(source, destination, opts.transfers);
+  const copier = new ChunkCopier(source, destination, opts.transfers, opts.signal);
   let doneBefore = 0;
   try {
     for (const [i, snap] of plan.copy.entries()) {
+      opts.signal.throwIfAborted();
       const report = (p: { doneBytes: number; chunksCopied: number; bytesCopied: number }) =>
         reporter.update({
           done: doneBefore + p.doneBytes,
@@ -237,6 +324,7 @@ async function sync(
           { type: 'snapshot', action: r.outcome, ...describe(snap), ...r },
         );
       } catch (err) {
+        if (opts.signal.aborted) throw err;
         const code = isDiskvaultError(err) ? err.code : 'Internal';
         if (code === 'NotFound' && !(await stillOnSource(source, snap.id))) {
           // Forgotten on the source since it was listed: nothing to copy, and nothing was committed.
@@ -265,8 +353,18 @@ async function sync(
   } finally {
     reporter.finish();
   }
+}
 
-  for (const snap of opts.removeVanished ? plan.vanished : []) {
+/** --remove-vanished: forgets the destination's snapshots the source no longer lists, except protected ones. */
+async function removeVanished(
+  destination: DiskvaultClient,
+  plan: SyncPlan,
+  signal: AbortSignal,
+  summary: Summary,
+  say: Say,
+): Promise<void> {
+  for (const snap of plan.vanished) {
+    signal.throwIfAborted();
     try {
       await destination.deleteSnapshot(snap.id);
       summary.snapshotsRemoved++;
@@ -289,23 +387,6 @@ async function sync(
       });
     }
   }
-
-  summary.seconds = Math.round(performance.now() - started) / 1000;
-  if (opts.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
-  else {
-    const vanished =
-      summary.snapshotsVanished > 0
-        ? opts.removeVanished
-          ? `, ${summary.snapshotsRemoved} vanished from the source and removed`
-          : `, ${summary.snapshotsVanished} vanished from the source and kept`
-        : '';
-    process.stdout.write(
-      `sync from ${opts.from}: ${summary.snapshotsCopied} snapshots copied, ${summary.snapshotsPresent} already present${vanished}${summary.snapshotsFailed ? `, ${summary.snapshotsFailed} FAILED` : ''}\n` +
-        `  chunks    ${summary.chunksCopied} copied (${formatBytes(summary.rawBytesCopied)} raw, ${formatBytes(summary.bytesCopied)} sent), ${summary.chunksPresent} already present\n` +
-        `  time      ${summary.seconds.toFixed(1)} s\n`,
-    );
-  }
-  return summary.snapshotsFailed > 0 ? EXIT_FAILURE : EXIT_OK;
 }
 
 /**

@@ -28,14 +28,19 @@ export class ChunkCopier {
     private readonly source: DiskvaultClient,
     private readonly destination: DiskvaultClient,
     private readonly transfers: number,
+    /** Once it fires (Ctrl-C), no further chunk is started and `copy` rejects with its reason. */
+    private readonly signal?: AbortSignal,
   ) {}
 
-  /** Every chunk of `chunks` stored under `sessionId`; the first failure stops the others and is thrown. */
+  /**
+   * Every chunk of `chunks` stored under `sessionId`; the first failure stops the others and is thrown. A fired
+   * signal stops them likewise: `copy` never resolves unless every chunk was stored.
+   */
   async copy(sessionId: string, chunks: ChunkRef[], onCopied: (c: ChunkRef, done: CopiedChunk) => void) {
     let next = 0;
     let failure: unknown;
     const worker = async () => {
-      while (failure === undefined && next < chunks.length) {
+      while (failure === undefined && !this.signal?.aborted && next < chunks.length) {
         const c = chunks[next++] as ChunkRef;
         try {
           onCopied(c, await this.copyOne(sessionId, c));
@@ -46,6 +51,7 @@ export class ChunkCopier {
     };
     await Promise.all(Array.from({ length: Math.min(this.transfers, chunks.length) }, worker));
     if (failure !== undefined) throw failure;
+    this.signal?.throwIfAborted();
   }
 
   private async copyOne(sessionId: string, c: ChunkRef): Promise<CopiedChunk> {
