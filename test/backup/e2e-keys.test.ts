@@ -8,7 +8,7 @@ import type { Repository } from '../../repo-engine/repository.js';
 import { domainChunkId } from '../../repo-engine/sealed-chunk.js';
 import { call } from '../helpers/api-client.js';
 import { readSnapshot } from '../helpers/backup-e2e.js';
-import { pollUntil } from '../helpers/poll.js';
+import { downloadsLoggedSince } from '../helpers/download-logs.js';
 import {
   backupCli,
   type Conn,
@@ -185,16 +185,9 @@ for (const storage of ['local', 's3'] as const) {
       t.true(cleanReport.ok);
       t.is(cleanReport.snapshotsChecked, 1);
       t.is(cleanReport.chunksChecked, new Set(entries.map((e) => e.id)).size);
-      const streamLog = await pollUntil(
-        () => srv.logs.slice(logsBefore).filter((l) => l.includes('"msg":"chunk fetch stream"')),
-        (lines) => lines.length > 0,
-        'the fetch stream to be logged as closed',
-      );
-      t.is(streamLog.length, 1, streamLog.join('\n'));
-      t.is(JSON.parse(streamLog[0] as string).chunks, cleanReport.chunksChecked);
-      const gets = srv.logs
-        .slice(logsBefore)
-        .filter((l) => /"method":"GET","route":"\/v1\/chunks\/:id"/.test(l));
+      const { streams, gets } = await downloadsLoggedSince(srv, logsBefore);
+      t.is(streams.length, 1, JSON.stringify(streams));
+      t.is(streams[0]!.chunks, cleanReport.chunksChecked);
       t.is(gets.length, 0, gets.join('\n'));
 
       // A flipped byte in a stored chunk's ciphertext: the server cannot see it, the agent names the chunk.

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { parseRate, RateLimiter } from '../../agent/rate-limit.js';
 import { runCli, sha256File } from '../helpers/backup-e2e.js';
-import { pollUntil } from '../helpers/poll.js';
+import { downloadsLoggedSince } from '../helpers/download-logs.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 // --limit-upload / --limit-download through the real CLI and a real server. Only lower bounds on time are
@@ -97,16 +97,9 @@ test('backup --limit-upload and restore --limit-download keep to their rates, an
       `${down.bytesFetched} bytes fetched in ${down.seconds} s at a 2 MiB/s limit`,
     );
     // The limit paces the fetch stream itself: the chunks still came over it, none as its own GET.
-    const streamLog = await pollUntil(
-      () => server.logs.slice(logsBefore).filter((l) => l.includes('"msg":"chunk fetch stream"')),
-      (lines) => lines.length > 0,
-      'the fetch stream to be logged as closed',
-    );
-    t.is(streamLog.length, 1, streamLog.join('\n'));
-    t.is(JSON.parse(streamLog[0] as string).chunks, down.chunksFetched);
-    const gets = server.logs
-      .slice(logsBefore)
-      .filter((l) => /"method":"GET","route":"\/v1\/chunks\/:id"/.test(l));
+    const { streams, gets } = await downloadsLoggedSince(server, logsBefore);
+    t.is(streams.length, 1, JSON.stringify(streams));
+    t.is(streams[0]!.chunks, down.chunksFetched);
     t.is(gets.length, 0, gets.join('\n'));
   });
 });

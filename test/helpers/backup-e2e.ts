@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import type { DiskvaultClient } from '../../agent/client.js';
@@ -76,7 +76,23 @@ export async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-/** The header and chunk list of a stored snapshot, read over HTTP. */
+/** SHA-256 of snapshot `id` restored by the real CLI with the server's admin token (the file is removed again). */
+export async function restoredHash(
+  server: { url: string; adminToken: string },
+  id: string,
+  dir: string,
+): Promise<string> {
+  const out = join(dir, `restored-${id.slice(0, 8)}.img`);
+  const r = await runCli(['restore', id, out, '--json'], {
+    DISKVAULT_SERVER: server.url,
+    DISKVAULT_TOKEN: server.adminToken,
+  });
+  if (r.code !== 0) throw new Error(`restore ${id} failed: ${r.stderr}`);
+  const hash = await sha256File(out);
+  await rm(out, { force: true });
+  return hash;
+}
+
 /**
  * Backs up `files` in order as successive snapshots of one host and disk with the real CLI (each dated when
  * it ran, so later files are newer), and returns their snapshot ids; a backup that fails throws with its stderr.
@@ -96,6 +112,7 @@ export async function backupNights(
   return ids;
 }
 
+/** The header and chunk list of a stored snapshot, read over HTTP. */
 export async function readSnapshot(
   client: DiskvaultClient,
   id: string,

@@ -22,6 +22,7 @@ import { objectCodec } from '../../repo-engine/stored-objects.js';
 import { call } from '../helpers/api-client.js';
 import { corruptStoredChunk, readSnapshot, runCli, sha256File } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
+import { chunkGetLines, fetchStreamLines } from '../helpers/download-logs.js';
 import { pollUntil, pollUntilSteady } from '../helpers/poll.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
 
@@ -46,11 +47,6 @@ async function makeImage(file: string, seed: string): Promise<void> {
   const text = Buffer.alloc(part, `${seed}: the quick brown fox jumps over the lazy dog, again and again. `);
   await writeFile(file, Buffer.concat([random(`${seed}a`), Buffer.alloc(part), text, random(`${seed}b`)]));
 }
-
-const GET_CHUNK = /"method":"GET","route":"\/v1\/chunks\/:id"/;
-const streamLines = (logs: string[]) =>
-  logs.filter((l) => l.includes('"msg":"chunk fetch stream"')).map((l) => JSON.parse(l));
-const getLines = (logs: string[]) => logs.filter((l) => GET_CHUNK.test(l));
 
 /** Where a chunk's object lies in the server's storage, local or S3. */
 async function chunkObjectKey(srv: TestServer, id: string): Promise<string> {
@@ -157,12 +153,12 @@ for (const storage of ['local', 's3'] as const) {
     const fetched = r.summary!.chunksFetched as number;
     t.true(fetched >= 60 && fetched < chunks, `${fetched} of ${chunks} chunks fetched`);
     const logs = srv.logs.slice(before);
-    const streams = streamLines(logs);
+    const streams = fetchStreamLines(logs);
     t.is(streams.length, 1, logs.join('\n'));
     t.is(streams[0].outcome, 'done');
     t.is(streams[0].chunks, fetched);
     t.is(streams[0].errors, 0);
-    t.is(getLines(logs).length, 0, 'no chunk went as its own request');
+    t.is(chunkGetLines(logs).length, 0, 'no chunk went as its own request');
   });
 
   test.serial(
@@ -178,10 +174,10 @@ for (const storage of ['local', 's3'] as const) {
         t.true(proxy.tripped(), 'the proxy cut a connection');
         t.is(await sha256File(out), await sha256File(image));
         const logs = srv.logs.slice(before);
-        const streams = streamLines(logs);
+        const streams = fetchStreamLines(logs);
         t.is(streams.length, 2, logs.join('\n'));
         t.is(streams[1].outcome, 'done');
-        t.is(getLines(logs).length, 0, 'the rest came over the new stream, not per chunk');
+        t.is(chunkGetLines(logs).length, 0, 'the rest came over the new stream, not per chunk');
       } finally {
         await proxy.stop();
       }
@@ -362,7 +358,7 @@ for (const storage of ['local', 's3'] as const) {
         t.is(naming.length, 1, r.stderr);
         t.regex(naming[0], /^diskvault restore: /);
         t.notRegex(r.stderr, /\n\s+at /, 'no stack trace');
-        const streams = streamLines(srv.logs.slice(before));
+        const streams = fetchStreamLines(srv.logs.slice(before));
         t.is(streams.length, 1, 'the chunk was asked for over the stream');
       },
     );
@@ -391,8 +387,8 @@ for (const storage of ['local', 's3'] as const) {
       t.is(r.code, 0, r.stderr);
       t.is(await sha256File(out), await sha256File(image));
       const logs = plain.logs.slice(before);
-      t.is(streamLines(logs).length, 0);
-      t.is(getLines(logs).length, r.summary!.chunksFetched as number);
+      t.is(fetchStreamLines(logs).length, 0);
+      t.is(chunkGetLines(logs).length, r.summary!.chunksFetched as number);
       // And the route itself is absent, as on a server that predates it.
       const client = new DiskvaultClient({ server: plain.url, token: penv.DISKVAULT_TOKEN, attempts: 1 });
       t.is(await client.openChunkFetchStream(), undefined);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { call } from '../helpers/api-client.js';
-import { backupNights, type CliRun, runCli, sha256File } from '../helpers/backup-e2e.js';
+import { backupNights, type CliRun, restoredHash, runCli, sha256File } from '../helpers/backup-e2e.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { workload256M } from '../helpers/workload.js';
 
@@ -110,18 +110,6 @@ const publicView = (list: Record<string, unknown>[]) =>
     sourceFormat,
     tenant,
   }));
-
-async function restoredHash(server: TestServer, id: string, dir: string): Promise<string> {
-  const out = join(dir, `restored-${id.slice(0, 8)}.img`);
-  const r = await runCli(['restore', id, out, '--json'], {
-    DISKVAULT_SERVER: server.url,
-    DISKVAULT_TOKEN: server.adminToken,
-  });
-  if (r.code !== 0) throw new Error(`restore ${id} failed: ${r.stderr}`);
-  const hash = await sha256File(out);
-  await rm(out, { force: true });
-  return hash;
-}
 
 async function verifyClean(
   server: TestServer,

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
-import { backupNights, runCli, sha256File } from '../helpers/backup-e2e.js';
+import { backupNights, restoredHash, runCli, sha256File } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { pollUntil, pollUntilSteady } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -95,18 +95,6 @@ async function verifyReadData(server: TestServer): Promise<{ ok: boolean; snapsh
     DISKVAULT_TOKEN: server.adminToken,
   });
   return JSON.parse(r.stdout);
-}
-
-async function restoredHash(server: TestServer, id: string, dir: string): Promise<string> {
-  const out = join(dir, `restored-${id.slice(0, 8)}.img`);
-  const r = await runCli(['restore', id, out, '--json'], {
-    DISKVAULT_SERVER: server.url,
-    DISKVAULT_TOKEN: server.adminToken,
-  });
-  if (r.code !== 0) throw new Error(`restore ${id} failed: ${r.stderr}`);
-  const hash = await sha256File(out);
-  await rm(out, { force: true });
-  return hash;
 }
 
 interface Primary {
