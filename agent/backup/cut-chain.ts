@@ -72,7 +72,9 @@ export class CutChain {
       this.track(hashing.then(() => ring.release(w)));
       let following: Window | null = null;
       let guess: PendingCut | null = null;
-      const predicted = w.eof ? null : (this.previous?.carryStartAt(w.offset + w.bytes) ?? null);
+      const predicted = w.eof
+        ? null
+        : (this.previous?.carryStartAt(w.offset + w.bytes, this.o.imageSize !== null) ?? null);
       if (predicted !== null && w.offset + w.bytes - predicted <= pad) {
         following = await next;
         readAhead(following);

@@ -90,13 +90,17 @@ export class PreviousManifest {
   /**
    * Where the cut of a window ending at image offset `end` will most likely leave its carry: the start of
    * last night's chunk that straddles `end`, or `end` itself when one of last night's chunks ends there.
+   * From a pipe (`sizeKnown` false) the cut stops earlier, at the first of last night's boundaries less than
+   * max bytes before `end` (window-cutter.ts: whether the image ends within max bytes is not known there yet).
    * Exact wherever the disk is unchanged around `end`; a guess to be checked, never trusted.
    */
-  carryStartAt(end: number): number | null {
+  carryStartAt(end: number, sizeKnown = true): number | null {
     if (end <= 0 || end >= this.imageSize) return null;
-    const i = this.lowerBound(end);
-    if (i < this.bounds.length && this.bounds[i] === end) return end;
-    return i > 0 ? this.bounds[i - 1] : null;
+    const i = this.lowerBound(sizeKnown ? end : end - this.chunker.max + 1);
+    if (i < this.bounds.length && (sizeKnown ? this.bounds[i] === end : this.bounds[i] <= end))
+      return this.bounds[i];
+    const straddling = this.lowerBound(end);
+    return straddling > 0 ? this.bounds[straddling - 1] : null;
   }
 
   /** First chunk index whose start is >= offset. */

@@ -70,6 +70,10 @@ export function cutWindow(job: WindowCutJob, cut: CutFunction, chunkId: IdFuncti
         const len = prev.ends[k] - a;
         // fastcdc sees min(bytes left, max) of each image: it must be the same in both, and known now.
         const left = bytesLeft(job, p);
+        // A pipe has not told yet whether its image ends within max bytes of p: the next window will, and the
+        // bytes from p (a true boundary, fewer than max) fit its carry. Cutting them here would run fastcdc
+        // over them only for its last cut to be carried anyway.
+        if (left === null) break;
         // (A chunk over max cannot come from fastcdc; the carry could not hold it either.)
         const sameBounds =
           len <= max && left !== null && Math.min(left, max) === Math.min(prev.imageSize - a, max);
