@@ -37,9 +37,13 @@ test('an agent token cannot date snapshots in the future or back, so fakes canno
     }
     clock = today;
     const known = [chunkOf('night 0')];
+    // Each refused commit leaves its session open (a real agent could retry it): abort it, as an agent that
+    // gives up does, or the token's session limit would refuse the later attempts instead.
     const attempt = async (time: string) => {
       const sid = await openSession(srv.url, agent, 'web1', 'sda');
-      return commit(srv.url, agent, sid, manifestFor('web1', 'sda', known, { time }));
+      const answer = await commit(srv.url, agent, sid, manifestFor('web1', 'sda', known, { time }));
+      t.is((await call(srv.url, agent, 'DELETE', `/v1/sessions/${sid}`)).status, 204);
+      return answer;
     };
 
     // 22 snapshots dated 2097-2099: each refused, nothing stored.

@@ -17,11 +17,15 @@ export interface ConsoleFleet {
 
 const DAY = 86_400_000;
 
-/** 02:00 UTC `daysAgo` days before today: the nightly backup's time. */
+/**
+ * The nightly backup's time `daysAgo` nights before the last one: 02:00 UTC, of today once that has passed,
+ * else of yesterday (a snapshot dated ahead of the server's clock is refused).
+ */
 export function night(daysAgo: number, now = Date.now()): string {
-  const d = new Date(now - daysAgo * DAY);
-  d.setUTCHours(2, 0, 0, 0);
-  return d.toISOString();
+  const last = new Date(now);
+  last.setUTCHours(2, 0, 0, 0);
+  if (last.getTime() > now) last.setTime(last.getTime() - DAY);
+  return new Date(last.getTime() - daysAgo * DAY).toISOString();
 }
 
 /**
