@@ -25,8 +25,6 @@ export interface ApiContext {
   commits: CommitGate;
   /** False: no fetch stream (common/chunk-stream.ts) is offered or served; restores fetch per chunk. */
   chunkFetchStream?: boolean;
-  /** The repository's clock, which session expiry times are on. */
-  now: () => number;
 }
 
 /** The token id of each request, for the request log (never the token itself). */

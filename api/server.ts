@@ -59,8 +59,6 @@ export interface ServerOptions {
   commitWaitMs?: number;
   /** Offer restores the fetch stream (one connection for every download). Default true. */
   chunkFetchStream?: boolean;
-  /** The clock upload sessions expire by: the repository's own (tests give both one). Default Date.now. */
-  now?: () => number;
 }
 
 export const DEFAULT_MAX_SESSIONS_PER_TOKEN = 16;
@@ -97,7 +95,6 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
       opts.commitWaitMs ?? 600_000,
     ),
     chunkFetchStream: opts.chunkFetchStream ?? true,
-    now: opts.now ?? Date.now,
   };
   const server = restify.createServer({
     name: 'diskvault',
@@ -160,7 +157,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
   // cut by the idle timeout while a client believes it still usable.
   http.keepAliveTimeout = Math.max(100, Math.min(5_000, http.timeout - 1_000));
 
-  const sweep = setInterval(() => ctx.sessions.sweep(ctx.now(), 60_000), 60_000);
+  const sweep = setInterval(() => ctx.sessions.sweep(ctx.repo.now(), 60_000), 60_000);
   sweep.unref();
   http.once('close', () => clearInterval(sweep));
   return { server, ctx };

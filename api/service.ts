@@ -95,7 +95,6 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       log,
       ...(opts.tls ? { tls: opts.tls } : {}),
       ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
-      ...(opts.now ? { now: opts.now } : {}),
       ...opts.server,
     });
   } catch (err) {

@@ -262,6 +262,10 @@ export class Repository implements RepositoryApi {
     return { ...this.config.chunker };
   }
 
+  now(): number {
+    return this.opts.now();
+  }
+
   get repositoryId(): string {
     return this.config.id;
   }

@@ -248,6 +248,8 @@ export interface SessionKey {
 export interface RepositoryApi {
   readonly chunker: ChunkerParams;
   readonly repositoryId: string;
+  /** The clock sessions, leases and snapshots are dated by (milliseconds; tests give the repository one). */
+  now(): number;
   /** `key`: an end-to-end session, whose uploads are sealed chunks of that key (the caller proved it). */
   beginSession(host: string, disk: string, tenant?: string, key?: SessionKey): Promise<SessionInfo>;
   /** Renews the lease; throws NotFound for an unknown or expired session. */

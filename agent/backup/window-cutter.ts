@@ -75,8 +75,7 @@ export function cutWindow(job: WindowCutJob, cut: CutFunction, chunkId: IdFuncti
         // over them only for its last cut to be carried anyway.
         if (left === null) break;
         // (A chunk over max cannot come from fastcdc; the carry could not hold it either.)
-        const sameBounds =
-          len <= max && left !== null && Math.min(left, max) === Math.min(prev.imageSize - a, max);
+        const sameBounds = len <= max && Math.min(left, max) === Math.min(prev.imageSize - a, max);
         // Last night's chunk runs past this window: check it in the next one rather than cut it here (p is a
         // true boundary, and to - p < len <= max fits the carry).
         if (sameBounds && p + len > to && !final) break;

@@ -82,19 +82,25 @@ export async function run(argv: string[], _command: string): Promise<number> {
     process.stderr.write(`diskvault server: ${explained}\n`);
     return EXIT_FAILURE;
   }
-  if (service.createdAdminToken) {
-    process.stdout.write(
-      `created the first admin token (shown once; also saved to ${config.dataDir}/${ADMIN_TOKEN_FILE}, mode 0600):\n${service.createdAdminToken}\n`,
-    );
-  }
-  process.stdout.write(
-    `diskvault ${DISKVAULT_VERSION} server listening on ${service.url} (storage ${service.storage.description})\n`,
-  );
-  if (tls) process.stdout.write(`TLS certificate: ${tls.description}\n`);
-  if (tls && tls.validTo.getTime() < Date.now())
-    process.stderr.write(
-      `diskvault server: warning: the TLS certificate expired on ${tls.validTo.toISOString()}\n`,
-    );
+  // Signals are handled before the first line that says the server listens: a signal sent on seeing that
+  // line must find its handler, not node's default (which ends the process at once).
+  const stopped = new Promise<number>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`diskvault server: ${signal} received, finishing in-flight requests\n`);
+      service.stop(SHUTDOWN_GRACE_MS).then(
+        () => resolve(EXIT_OK),
+        (err) => {
+          process.stderr.write(`diskvault server: error while closing: ${(err as Error)?.message ?? err}\n`);
+          resolve(EXIT_FAILURE);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
   const running = service;
   process.on('SIGHUP', () => {
     if (!tlsFiles) {
@@ -114,22 +120,19 @@ export async function run(argv: string[], _command: string): Promise<number> {
         ),
     );
   });
+  if (service.createdAdminToken) {
+    process.stdout.write(
+      `created the first admin token (shown once; also saved to ${config.dataDir}/${ADMIN_TOKEN_FILE}, mode 0600):\n${service.createdAdminToken}\n`,
+    );
+  }
+  process.stdout.write(
+    `diskvault ${DISKVAULT_VERSION} server listening on ${service.url} (storage ${service.storage.description})\n`,
+  );
+  if (tls) process.stdout.write(`TLS certificate: ${tls.description}\n`);
+  if (tls && tls.validTo.getTime() < Date.now())
+    process.stderr.write(
+      `diskvault server: warning: the TLS certificate expired on ${tls.validTo.toISOString()}\n`,
+    );
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) return;
-      stopping = true;
-      process.stderr.write(`diskvault server: ${signal} received, finishing in-flight requests\n`);
-      service.stop(SHUTDOWN_GRACE_MS).then(
-        () => resolve(EXIT_OK),
-        (err) => {
-          process.stderr.write(`diskvault server: error while closing: ${(err as Error)?.message ?? err}\n`);
-          resolve(EXIT_FAILURE);
-        },
-      );
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  });
+  return stopped;
 }

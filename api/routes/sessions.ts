@@ -45,7 +45,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
       if (!mayUseHost(p, host)) throw forbidden(`this token may not back up host ${host}`);
       const tenant = sessionTenant(p, optionalName(body.tenant, 'tenant'));
       const key = sessionKey(body.e2e, isGlobalAdmin(p));
-      const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, ctx.now());
+      const place = sessions.reserve(p.tokenId, ctx.maxSessionsPerToken, repo.now());
       if ('retryAfterS' in place) {
         res.setHeader('retry-after', String(place.retryAfterS));
         throw new DiskvaultError(

@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,36 +5,12 @@ import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { runCli, sha256File } from '../helpers/backup-e2e.js';
-import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { pollUntil } from '../helpers/poll.js';
+import { startCli } from '../helpers/running-cli.js';
 import { startTestServer } from '../helpers/server.js';
 
 /** Ctrl-C in the middle of a real `diskvault backup` / `restore`: a clean stop, exit 130, one line. */
 const MiB = 1024 * 1024;
-
-interface Running {
-  child: ChildProcess;
-  stderr: () => string;
-  stdout: () => string;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function start(args: string[], env: Record<string, string>): Running {
-  const child = spawn(DISKVAULT, args, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-    err += d;
-  });
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  child.stdin!.on('error', () => {});
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    child.on('close', (code, signal) => r({ code, signal })),
-  );
-  return { child, stderr: () => err, stdout: () => out, exit };
-}
 
 const progressLines = (stderr: string) =>
   stderr.split('\n').filter((l) => l.startsWith('{') && JSON.parse(l).type === 'progress');
@@ -44,7 +19,7 @@ test('Ctrl-C during a backup from a slow pipe aborts the session, commits nothin
   const server = await startTestServer({ storage: 'local' });
   try {
     const env = { DISKVAULT_SERVER: server.url, DISKVAULT_TOKEN: await server.makeToken('agent', ['h']) };
-    const run = start(['backup', '-', '--host', 'h', '--disk', 'd', '--json'], env);
+    const run = startCli(['backup', '-', '--host', 'h', '--disk', 'd', '--json'], env);
     // A pipe that delivers 3 MiB and then nothing more: the backup is under way and waiting for the rest.
     run.child.stdin!.write(randomBytes(3 * MiB));
     await pollUntil(
@@ -85,7 +60,7 @@ test('Ctrl-C during a rate-limited restore stops it with exit 130; --in-place th
     const backup = await runCli(['backup', image, '--host', 'h', '--disk', 'd', '--json'], env);
     t.is(backup.code, 0, backup.stderr);
     const target = join(dir, 'restored.img');
-    const run = start(
+    const run = startCli(
       ['restore', 'latest', target, '--host', 'h', '--disk', 'd', '--json', '--limit-download', '1M'],
       env,
     );

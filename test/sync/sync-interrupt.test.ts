@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -7,8 +6,8 @@ import { join } from 'node:path';
 import test from 'ava';
 import { DiskvaultClient } from '../../agent/client.js';
 import { backupNights, restoredHash, runCli, sha256File } from '../helpers/backup-e2e.js';
-import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { pollUntil, pollUntilSteady } from '../helpers/poll.js';
+import { type RunningCli, startCli } from '../helpers/running-cli.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 // Ctrl-C in the middle of a real `diskvault sync` between two real servers: the snapshot being copied is not
@@ -21,32 +20,6 @@ const SNAPSHOTS = 3;
 const IMAGE_BYTES = 6 * MiB;
 /** --limit-download for the interrupted run: about 3 s a snapshot, so Ctrl-C lands inside the second one. */
 const SLOW = '2M';
-
-interface Running {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function start(args: string[], env: Record<string, string>): Running {
-  const child = spawn(DISKVAULT, args, {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-    err += d;
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    child.on('close', (code, signal) => r({ code, signal })),
-  );
-  return { child, stdout: () => out, stderr: () => err, exit };
-}
 
 interface SyncSummary {
   type: 'summary';
@@ -137,7 +110,7 @@ async function primary(): Promise<Primary> {
  * Waits until the sync has committed its first snapshot and chunks of the second are landing on the
  * destination: its upload session is open and, at the --limit-download pace, seconds of copying are left.
  */
-async function secondSnapshotUnderway(run: Running, json: boolean, p: Primary, dst: TestServer) {
+async function secondSnapshotUnderway(run: RunningCli, json: boolean, p: Primary, dst: TestServer) {
   const [first] = await pollUntil(
     () => copiedIds(run.stdout(), json, p.ids),
     (copied) => copied.length >= 1,
@@ -165,7 +138,7 @@ for (const json of [true, false]) {
         const env = { DISKVAULT_SERVER: dst.url, DISKVAULT_TOKEN: dst.adminToken };
         const syncArgs = ['sync', '--from', src.url, '--from-token', reader];
 
-        const run = start([...syncArgs, ...(json ? ['--json'] : []), '--limit-download', SLOW], env);
+        const run = startCli([...syncArgs, ...(json ? ['--json'] : []), '--limit-download', SLOW], env);
         await secondSnapshotUnderway(run, json, p, dst);
         const interruptedAt = performance.now();
         run.child.kill('SIGINT');
@@ -276,7 +249,7 @@ test.serial(
     const proxy = await freezingProxy(dst.url);
     try {
       const env = { DISKVAULT_SERVER: proxy.url, DISKVAULT_TOKEN: dst.adminToken };
-      const run = start(
+      const run = startCli(
         ['sync', '--from', src.url, '--from-token', reader, '--json', '--limit-download', SLOW],
         env,
       );

@@ -188,6 +188,8 @@ browserTest(
       const secret = await page.$eval('.secret pre code', (el) => el.textContent ?? '');
       t.like((await call(srv.url, secret, 'GET', '/v1/whoami')).json, { role: 'agent', hosts: ['web9'] });
       const id = secret.split('_')[1];
+      // The list is fetched again after the secret is shown: its new row may come a moment later.
+      await page.waitForSelector(`tr[data-token="${id}"] button`);
       await page.click(`tr[data-token="${id}"] button`);
       await page.waitForFunction((tid) => !document.querySelector(`tr[data-token="${tid}"]`), {}, id);
       t.is((await call(srv.url, secret, 'GET', '/v1/whoami')).status, 401);
