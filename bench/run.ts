@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { DEFAULT_CHUNKER } from '../repo-engine/config.js';
 import { type DiskvaultPeer, diskvault, type S3Target } from './lib/diskvault.js';
 import { floorOfWorkload } from './lib/floor.js';
-import { measure } from './lib/measure.js';
+import { intoPageCache } from './lib/measure.js';
 import { borg, ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
 import {
   cpuTable,
@@ -63,17 +63,6 @@ function record(tool: string, s: PeerStep, server?: DiskvaultPeer, extra?: Recor
   process.stderr.write(
     `  ${tool.padEnd(14)} ${s.step.padEnd(36)} ${s.m.wallSeconds.toFixed(2)} s wall, cpu ${s.m.cpuSeconds.toFixed(2)} s${serverCpuText}, ${s.m.peakRssMiB.toFixed(0)} MiB${serverText}\n`,
   );
-}
-
-/**
- * Reads a file once, untimed, so the step that follows reads it from the page cache. The workloads (2 GiB
- * and 8 GiB images, every tool's repository and restores) outgrow this machine's memory, so without this
- * whoever read an image first after it was evicted paid for reading it back and for the reclaim that made
- * room: 3–6 s of system time on diskvault's night1 and night2 in the 06:13 run, the first tool to run,
- * against ≈0.6 s for the tools after it.
- */
-async function intoPageCache(file: string): Promise<void> {
-  await measure('cat', [file], { stdoutFile: '/dev/null' });
 }
 
 /** Backs up every night into a fresh repository; returns diskvault's snapshot ids (empty for a peer). */
