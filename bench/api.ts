@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { DiskvaultClient } from '../agent/client.js';
 import { startService } from '../api/service.js';
 import type { RepositoryApi } from '../repo-engine/types.js';
+import { median } from './lib/measure.js';
 
 /**
  * What the HTTP layer costs: chunk upload MB/s over loopback (1 MiB chunks, 8 in flight) against calling
@@ -91,11 +92,6 @@ function processCpuSeconds(pid: number | undefined): number {
   } catch {
     return Number.NaN;
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 async function main(): Promise<void> {

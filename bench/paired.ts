@@ -16,7 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { diskvault } from './lib/diskvault.js';
-import { intoPageCache } from './lib/measure.js';
+import { intoPageCache, median } from './lib/measure.js';
 import { ensurePeerTools, type Peer, type PeerStep, restic } from './lib/peers.js';
 import { ensureWorkload } from './lib/workload.js';
 
@@ -84,12 +84,6 @@ async function resticSide(images: string[], night: number): Promise<Side> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 function spread(name: string, xs: number[]): string {

@@ -535,9 +535,9 @@ export class IndexDb {
 
   /**
    * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
-   * row was already gone (a concurrent delete) or is protected: then nothing is lowered.
+   * row was already gone (a concurrent delete) or is protected: then nothing is lowered. `entries`: the
+   * manifest's entry batches as read, in any number of pieces of whole entries.
    */
-  /** `entries`: the manifest's entry batches, in any number of pieces (whole entries each). */
   removeSnapshot(id: string, entries: readonly Buffer[], log: (m: string) => void, now: number): boolean {
     const lower = this.stmt('UPDATE chunks SET refcount = refcount - 1 WHERE id = ? AND refcount > 0');
     return this.transaction(() => {

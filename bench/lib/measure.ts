@@ -97,3 +97,10 @@ export function processUsage(pid: number): { cpuSeconds: number; peakRssMiB: num
 export async function intoPageCache(file: string): Promise<void> {
   await measure('cat', [file], { stdoutFile: '/dev/null' });
 }
+
+/** The middle value; the mean of the two middle ones for an even count. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
