@@ -9,10 +9,11 @@ import { encodeEntry, encodeManifestHead, MANIFEST_ENTRY_BYTES } from '../repo-e
 import { DISKVAULT } from './lib/diskvault.js';
 
 /**
- * What a big commit costs the server: a manifest of ENTRIES entries (default 1 million, 34 MiB) committed
- * to a real `diskvault server`, with its resident memory before and at peak during the commit, and the
- * latency of /v1/health polled every 10 ms while the commit runs (the event loop must stay responsive).
- * The chunk rows are put into the index directly: the bench is about the commit, not the uploads.
+ * What a big commit and its delete cost the server: a manifest of ENTRIES entries (default 1 million, 34
+ * MiB) committed to a real `diskvault server`, then the snapshot deleted, each with the server's resident
+ * memory before and at peak, and the latency of /v1/health polled every 10 ms while it runs (the event loop
+ * must stay responsive). The chunk rows are put into the index directly: the bench is about the commit and
+ * the delete, not the uploads.
  * Run: node dist/bench/commit-latency.js [entries=1000000]
  */
 const ENTRIES = Number(process.argv[2] ?? 1_000_000);
@@ -43,6 +44,52 @@ function stop(child: ChildProcess): Promise<void> {
 async function procStatus(pid: number, key: 'VmRSS' | 'VmHWM'): Promise<number> {
   const m = new RegExp(`${key}:\\s+(\\d+) kB`).exec(await readFile(`/proc/${pid}/status`, 'utf8'));
   return Number(m?.[1] ?? 0) * 1024;
+}
+
+/**
+ * Runs `work` against the server while /v1/health is polled every 10 ms: its seconds, the server's resident
+ * memory before and at peak, and the health latencies.
+ */
+async function whileWatching(url: string, pid: number, work: () => Promise<void>) {
+  const rssBefore = await procStatus(pid, 'VmRSS');
+  await writeFile(`/proc/${pid}/clear_refs`, '5'); // resets VmHWM to the current RSS
+  let running = true;
+  const latencies: number[] = [];
+  let healthErrors = 0;
+  const poll = (async () => {
+    while (running) {
+      const t0 = performance.now();
+      try {
+        await (await fetch(`${url}/v1/health`)).arrayBuffer();
+      } catch {
+        healthErrors++;
+      }
+      latencies.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  const t0 = performance.now();
+  try {
+    await work();
+  } finally {
+    running = false;
+    await poll;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const peak = await procStatus(pid, 'VmHWM');
+  latencies.sort((a, b) => a - b);
+  const at = (q: number) => Number((latencies[Math.floor((latencies.length - 1) * q)] ?? 0).toFixed(1));
+  const mib = (b: number) => Math.round(b / 1048576);
+  return {
+    seconds: Number(seconds.toFixed(2)),
+    rssBeforeMiB: mib(rssBefore),
+    rssPeakMiB: mib(peak),
+    healthSamples: latencies.length,
+    healthErrors,
+    healthMedianMs: at(0.5),
+    healthP99Ms: at(0.99),
+    healthMaxMs: at(1),
+  };
 }
 
 async function main(): Promise<void> {
@@ -102,53 +149,39 @@ async function main(): Promise<void> {
     });
     const session = ((await opened.json()) as { id: string }).id;
     await new Promise((r) => setTimeout(r, 500));
-    const rssBefore = await procStatus(pid, 'VmRSS');
-    await writeFile(`/proc/${pid}/clear_refs`, '5'); // resets VmHWM to the current RSS
-
-    let running = true;
-    const latencies: number[] = [];
-    let healthErrors = 0;
-    const poll = (async () => {
-      while (running) {
-        const t0 = performance.now();
-        try {
-          await (await fetch(`${server.url}/v1/health`)).arrayBuffer();
-        } catch {
-          healthErrors++;
-        }
-        latencies.push(performance.now() - t0);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    })();
-    const t0 = performance.now();
-    const res = await fetch(`${server.url}/v1/sessions/${session}/commit`, {
-      method: 'POST',
-      headers: { ...auth, 'content-type': 'application/x-diskvault-manifest' },
-      body: manifest,
+    let commitStatus = 0;
+    let answer = '';
+    let snapshot = '';
+    const commit = await whileWatching(server.url, pid, async () => {
+      const res = await fetch(`${server.url}/v1/sessions/${session}/commit`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/x-diskvault-manifest' },
+        body: manifest,
+      });
+      commitStatus = res.status;
+      answer = await res.text();
+      if (res.status === 201) snapshot = (JSON.parse(answer) as { snapshot: { id: string } }).snapshot.id;
     });
-    const answer = await res.text();
-    const seconds = (performance.now() - t0) / 1000;
-    running = false;
-    await poll;
-    const peak = await procStatus(pid, 'VmHWM');
+    let deleteStatus = 0;
+    const removal = snapshot
+      ? await whileWatching(server.url, pid, async () => {
+          const res = await fetch(`${server.url}/v1/snapshots/${snapshot}`, {
+            method: 'DELETE',
+            headers: auth,
+          });
+          deleteStatus = res.status;
+          await res.arrayBuffer();
+        })
+      : undefined;
     await stop(server.child);
-    latencies.sort((a, b) => a - b);
-    const at = (q: number) => Number((latencies[Math.floor((latencies.length - 1) * q)] ?? 0).toFixed(1));
-    const mib = (b: number) => Math.round(b / 1048576);
     process.stdout.write(
       `${JSON.stringify({
         entries: ENTRIES,
         manifestMiB: Number((manifest.length / 1048576).toFixed(1)),
-        status: res.status,
-        commitSeconds: Number(seconds.toFixed(2)),
-        rssBeforeMiB: mib(rssBefore),
-        rssPeakMiB: mib(peak),
-        healthSamples: latencies.length,
-        healthErrors,
-        healthMedianMs: at(0.5),
-        healthP99Ms: at(0.99),
-        healthMaxMs: at(1),
-        ...(res.status !== 201 ? { answer: answer.slice(0, 300) } : {}),
+        status: commitStatus,
+        ...commit,
+        ...(commitStatus !== 201 ? { answer: answer.slice(0, 300) } : {}),
+        delete: removal && { status: deleteStatus, ...removal },
       })}\n`,
     );
   } finally {

@@ -486,9 +486,9 @@ export class IndexDb {
     return present;
   }
 
-  /** A place for one commit's references while its manifest streams in (see CommitStaging). */
-  stageCommit(): CommitStaging {
-    return new CommitStaging(this.db);
+  /** A place for one manifest's references while it streams in, for a commit or a delete (see ReferenceStaging). */
+  stageReferences(): ReferenceStaging {
+    return new ReferenceStaging(this.db);
   }
 
   /** A commit's last step, once every reference is counted: the snapshot row, and the session closed. */
@@ -534,19 +534,19 @@ export class IndexDb {
   }
 
   /**
-   * Removes the snapshot row and lowers the refcount of every entry, in one transaction. False when the
-   * row was already gone (a concurrent delete) or is protected: then nothing is lowered. `entries`: the
-   * manifest's entry batches as read, in any number of pieces of whole entries.
+   * Removes the snapshot row and lowers the refcount of every reference `staged` holds (its manifest's,
+   * staged whole before this is called), in one transaction. False when the row was already gone (a
+   * concurrent delete) or is protected: then nothing is lowered.
    */
-  removeSnapshot(id: string, entries: readonly Buffer[], log: (m: string) => void, now: number): boolean {
-    const lower = this.stmt('UPDATE chunks SET refcount = refcount - 1 WHERE id = ? AND refcount > 0');
+  removeSnapshot(id: string, staged: ReferenceStaging, log: (m: string) => void, now: number): boolean {
+    const refs = `temp.${staged.table}`;
     return this.transaction(() => {
       // A protected row is never removed, whatever the caller checked before.
       if (this.stmt('DELETE FROM snapshots WHERE id = ? AND protected = 0').run(id).changes !== 1)
         return false;
       // A reader holding this snapshot (a lease, or a session offered it as its base) may still fetch or
       // name any of its chunks: they are kept for that holder until it ends. Other snapshots' references
-      // protect a chunk only while they exist, so every entry is recorded, not only those dropping to zero.
+      // protect a chunk only while they exist, so every chunk is recorded, not only those dropping to zero.
       const holders = (
         this.stmt(
           'SELECT id FROM leases WHERE snapshot = ? AND expires_at > ? UNION SELECT id FROM sessions WHERE base_snapshot = ? AND expires_at > ?',
@@ -554,15 +554,22 @@ export class IndexDb {
           .raw()
           .all(id, now, id, now) as [string][]
       ).map((r) => r[0]);
-      const hold = this.stmt('INSERT OR IGNORE INTO held_chunks (holder, chunk) VALUES (?, ?)');
-      let underflow = 0;
-      for (const batch of entries) {
-        for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES) {
-          const chunk = batch.subarray(at, at + 32);
-          for (const holder of holders) hold.run(holder, chunk);
-          if (lower.run(chunk).changes !== 1) underflow++;
-        }
-      }
+      const hold = this.db.prepare(
+        `INSERT OR IGNORE INTO held_chunks (holder, chunk) SELECT ?, chunk FROM ${refs}`,
+      );
+      for (const holder of holders) hold.run(holder);
+      // References beyond a chunk's count (or to a chunk the index lacks) cannot be lowered.
+      const underflow = this.db
+        .prepare(
+          `SELECT COALESCE(SUM(r.n - MIN(r.n, COALESCE(c.refcount, 0))), 0) FROM ${refs} r LEFT JOIN chunks c ON c.id = r.chunk`,
+        )
+        .pluck()
+        .get() as number;
+      this.db
+        .prepare(
+          `UPDATE chunks SET refcount = MAX(refcount - (SELECT r.n FROM ${refs} r WHERE r.chunk = chunks.id), 0) WHERE id IN (SELECT chunk FROM ${refs})`,
+        )
+        .run();
       if (underflow > 0)
         log(
           `snapshot ${id}: ${underflow} references had no count to lower; the index was inconsistent (run verify)`,
@@ -739,14 +746,15 @@ export class IndexDb {
 }
 
 /**
- * One commit's references, gathered while its manifest streams in: a temporary table (in SQLite's temp
- * database, a file of its own: neither the index's WAL nor the process's heap holds them) of each chunk
- * and how often the manifest names it, kept in id order. Counting from it walks the chunks table in id
- * order, so pieces of a few thousand ids committed one after the other touch each index page about
- * once, where the manifest's own (random) order would rewrite most pages in every piece.
+ * One manifest's references, gathered while it streams in (a commit's from its body, a delete's from
+ * storage): a temporary table (in SQLite's temp database, a file of its own: neither the index's WAL nor
+ * the process's heap holds them) of each chunk and how often the manifest names it, kept in id order.
+ * Counting from it walks the chunks table in id order, so pieces of a few thousand ids committed one after
+ * the other touch each index page about once, where the manifest's own (random) order would rewrite most
+ * pages in every piece.
  */
-export class CommitStaging {
-  private readonly table = `commit_refs_${randomBytes(8).toString('hex')}`;
+export class ReferenceStaging {
+  readonly table = `commit_refs_${randomBytes(8).toString('hex')}`;
   private readonly addStmt: Database.Statement;
   private readonly nextStmt: Database.Statement;
   private readonly firstStmt: Database.Statement;

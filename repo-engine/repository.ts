@@ -8,10 +8,10 @@ import { ChunkStore, checkChunkId } from './chunk-store.js';
 import { type EncryptionChoice, loadOrCreateConfig, type RepositoryConfig } from './config.js';
 import { collectGarbage, DeletionsInFlight } from './gc.js';
 import {
-  type CommitStaging,
   IndexDb,
   IndexUnusable,
   type LeaseRow,
+  type ReferenceStaging,
   replaceDbFile,
   type SessionRow,
   type StoredHeader,
@@ -595,7 +595,7 @@ export class Repository implements RepositoryApi {
     };
     // The manifest goes to storage as it arrives, each piece checked first and its references staged;
     // nothing of it is held whole.
-    const staging = this.index.stageCommit();
+    const staging = this.index.stageReferences();
     try {
       await this.manifests.writeStreamed(header, this.checkedEntries(session, reader, staging));
       try {
@@ -635,7 +635,7 @@ export class Repository implements RepositoryApi {
   private async *checkedEntries(
     session: SessionRow,
     reader: ManifestReader,
-    staging: CommitStaging,
+    staging: ReferenceStaging,
   ): AsyncGenerator<Buffer> {
     const missing = new Set<string>();
     let first = 0;
@@ -674,7 +674,7 @@ export class Repository implements RepositoryApi {
   private async countReferences(
     session: SessionRow,
     header: StoredHeader,
-    staging: CommitStaging,
+    staging: ReferenceStaging,
   ): Promise<void> {
     let last: Buffer | undefined;
     try {
@@ -796,14 +796,18 @@ export class Repository implements RepositoryApi {
       // The index flag answers fast; the marker is the truth (a protect may have stored it a moment ago).
       if (this.requireSnapshot(id).protected || (await this.protection.isMarked(id)))
         throw new SnapshotProtectedError(id);
-      // Read whole before lowering anything: a manifest that fails half way must not lower half its counts.
-      // Kept as the batches it arrives in, not joined: joining would hold every entry twice at once.
-      const batches: Buffer[] = [];
-      for await (const b of this.manifests.entryBatches(id)) batches.push(b);
-      const removed = this.index.removeSnapshot(id, batches, this.opts.log, this.opts.now());
-      if (!removed) {
-        if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
-        throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+      // Staged whole before lowering anything: a manifest that fails half way must not lower half its
+      // counts. Staged on disk, not held in memory: a 16 TiB disk's manifest holds 16 million entries.
+      const staging = this.index.stageReferences();
+      try {
+        for await (const batch of this.manifests.entryBatches(id)) staging.add(batch);
+        const removed = this.index.removeSnapshot(id, staging, this.opts.log, this.opts.now());
+        if (!removed) {
+          if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
+          throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+        }
+      } finally {
+        staging.drop();
       }
       // After the counts: a crash here leaves a manifest without a row, which reindex would adopt again
       // (keeping data), never a row whose manifest is gone.

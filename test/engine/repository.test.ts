@@ -1,7 +1,9 @@
 import { rm, writeFile } from 'node:fs/promises';
 import test from 'ava';
+import Database from 'better-sqlite3';
 import { compress } from 'zstd-napi';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
+import { snapshotKey } from '../../repo-engine/manifest-store.js';
 import {
   Backends,
   backup,
@@ -205,6 +207,54 @@ for (const name of backends.names) {
       const again = await fx.repo.reindex();
       t.is(again.snapshots, 4);
       t.deepEqual(indexRefcounts(fx.indexPath), before);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test(`${name}: deleting a snapshot whose manifest cannot be read lowers no count and keeps the snapshot`, async (t) => {
+    const fx = await openFixture(backends, name);
+    try {
+      const rand = seededRandom(61);
+      const palette = makePalette(rand, 4);
+      const snap = await backup(fx.repo, Buffer.concat([palette[0], palette[1], palette[1]] as Buffer[]));
+      const before = indexRefcounts(fx.indexPath);
+      // The manifest's tail (its trailer, or the last sealed segment) is damaged: it fails only at the end.
+      const key = snapshotKey(snap.id);
+      const manifest = await fx.storage.getBytes(key);
+      manifest[manifest.length - 1] ^= 0xff;
+      await fx.storage.put(key, manifest);
+      await t.throwsAsync(fx.repo.deleteSnapshot(snap.id));
+      t.deepEqual(indexRefcounts(fx.indexPath), before);
+      t.is(fx.repo.getSnapshot(snap.id)?.id, snap.id);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test(`${name}: a delete lowers every reference it can and logs those the index had no count for`, async (t) => {
+    const fx = await openFixture(backends, name);
+    try {
+      const rand = seededRandom(62);
+      const palette = makePalette(rand, 4);
+      const twice = palette[1] as Buffer;
+      const snap = await backup(fx.repo, Buffer.concat([palette[0], twice, twice] as Buffer[]));
+      t.is(indexRefcounts(fx.indexPath).get(sha256(twice)), 2);
+      // An inconsistent index: one of the two references to `twice` is not counted.
+      const db = new Database(fx.indexPath);
+      try {
+        db.prepare('UPDATE chunks SET refcount = 1 WHERE id = ?').run(Buffer.from(sha256(twice), 'hex'));
+      } finally {
+        db.close();
+      }
+      await fx.repo.deleteSnapshot(snap.id);
+      const after = indexRefcounts(fx.indexPath);
+      t.is(after.get(sha256(twice)), 0);
+      t.is(after.get(sha256(palette[0] as Buffer)), 0);
+      t.true(
+        fx.logs.some((m) => m.includes(`snapshot ${snap.id}: 1 references had no count to lower`)),
+        fx.logs.join('\n'),
+      );
     } finally {
       await fx.cleanup();
     }
