@@ -88,7 +88,7 @@ export function destroyChunkStreams(http: HttpServer): void {
 /** Checks the upgrade request as the PUT route checks each request; returns the session id. */
 function openStream(req: IncomingMessage, ctx: ApiContext): string {
   const m = STREAM_PATH.exec(req.url ?? '');
-  if (!m || req.method !== 'GET') throw new NotFoundError('no such route');
+  if (!m || req.method !== 'GET' || ctx.chunkStream === false) throw new NotFoundError('no such route');
   if ((req.headers.upgrade ?? '').toLowerCase() !== CHUNK_STREAM_PROTOCOL)
     throw new InvalidInputError(`this route upgrades to ${CHUNK_STREAM_PROTOCOL} only`);
   const p = authenticate(req, ctx.tokens);

@@ -33,6 +33,11 @@ export interface ServerConfig {
   repositoryKeyFile?: string;
   /** Encryption of a repository created by this start (default aes-256-gcm); an existing one keeps its own. */
   encryption?: 'aes-256-gcm' | 'none';
+  /**
+   * False: the upload and fetch streams (HTTP upgrades) are neither offered nor served, so agents send and
+   * fetch one request per chunk: for a proxy in front of the server that does not pass upgrades on.
+   */
+  streams?: boolean;
 }
 
 export const SERVER_OPTIONS = {
@@ -58,6 +63,7 @@ export const SERVER_OPTIONS = {
   'headers-timeout': { type: 'string' },
   'request-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'no-streams': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -163,6 +169,7 @@ export function parseServerArgs(argv: string[]): { help: true } | { help: false;
       throw new ConfigError(`--encryption ${encryption}: aes-256-gcm or none`);
     config.encryption = encryption;
   }
+  if (get('no-streams') === true) config.streams = false;
   const avg = str('chunk-avg');
   if (avg !== undefined) {
     const n = parseSize(avg);
@@ -195,6 +202,8 @@ export const SERVER_USAGE = `usage: diskvault server [options]
   --headers-timeout DURATION  a request head must arrive within this (default 30s)
   --request-timeout DURATION  a whole request (default 60m; chunk uploads at most 5m)
   --idle-timeout DURATION     a socket silent this long is closed (default 2m)
+  --no-streams           offer no upload or fetch stream (HTTP upgrades): agents then send and fetch
+                         one request per chunk, slower; for a proxy that does not pass upgrades on
   --chunk-avg BYTES      average chunk size of a NEW repository (default 1M; min avg/4, max 4*avg);
                          fixed at creation, since changing it would break dedup
   --repository-key-file FILE  the repository key (default DIR/repository.key, made with a new

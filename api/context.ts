@@ -23,6 +23,8 @@ export interface ApiContext {
   maxSessionsPerToken: number;
   /** Bounds concurrent commits (api/commit-gate.ts). */
   commits: CommitGate;
+  /** False: no upload stream (api/chunk-stream.ts) is offered or served; backups upload per chunk. */
+  chunkStream?: boolean;
   /** False: no fetch stream (common/chunk-stream.ts) is offered or served; restores fetch per chunk. */
   chunkFetchStream?: boolean;
 }

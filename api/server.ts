@@ -57,6 +57,8 @@ export interface ServerOptions {
   maxWaitingCommits?: number;
   /** How long a commit waits for its turn before it is refused with 503. Default 10 min. */
   commitWaitMs?: number;
+  /** Offer backups the upload stream (one connection for every upload). Default true. */
+  chunkStream?: boolean;
   /** Offer restores the fetch stream (one connection for every download). Default true. */
   chunkFetchStream?: boolean;
 }
@@ -94,6 +96,7 @@ export function createApiServer(opts: ServerOptions): { server: Server; ctx: Api
       opts.maxWaitingCommits ?? 1024,
       opts.commitWaitMs ?? 600_000,
     ),
+    chunkStream: opts.chunkStream ?? true,
     chunkFetchStream: opts.chunkFetchStream ?? true,
   };
   const server = restify.createServer({

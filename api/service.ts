@@ -95,6 +95,7 @@ export async function startService(opts: ServiceOptions): Promise<RunningService
       log,
       ...(opts.tls ? { tls: opts.tls } : {}),
       ...(opts.maxSessionsPerToken !== undefined ? { maxSessionsPerToken: opts.maxSessionsPerToken } : {}),
+      ...(opts.streams === false ? { chunkStream: false, chunkFetchStream: false } : {}),
       ...opts.server,
     });
   } catch (err) {

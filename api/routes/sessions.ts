@@ -69,7 +69,7 @@ export function registerSessionRoutes(server: Server, ctx: ApiContext): void {
         chunker: info.chunker,
         expiresAt: info.expiresAt,
         previous,
-        chunkStream: CHUNK_STREAM_PROTOCOL,
+        ...(ctx.chunkStream !== false ? { chunkStream: CHUNK_STREAM_PROTOCOL } : {}),
         ...(key ? { keyId: key.keyId } : {}),
       };
       sendJson(res, 201, out);

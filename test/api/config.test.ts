@@ -21,6 +21,27 @@ test('listen addresses parse host, port and bracketed IPv6', (t) => {
   t.throws(() => parseListen('h:70000'));
 });
 
+test('--no-streams (or "no-streams": true in the config file) turns the upload and fetch streams off', async (t) => {
+  const flag = parseServerArgs(['--no-streams']);
+  if (flag.help) return t.fail();
+  t.is(flag.config.streams, false);
+  const none = parseServerArgs([]);
+  if (none.help) return t.fail();
+  t.is(none.config.streams, undefined);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dv-cfg-'));
+  try {
+    const file = path.join(dir, 'server.json');
+    await writeFile(file, JSON.stringify({ 'no-streams': true }));
+    const r = parseServerArgs(['--config', file]);
+    if (r.help) return t.fail();
+    t.is(r.config.streams, false);
+    await writeFile(file, JSON.stringify({ 'no-streams': 'yes' }));
+    t.throws(() => parseServerArgs(['--config', file]), { message: /no-streams must be a boolean/ });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('no flags means 127.0.0.1:8420 and ./diskvault-data; a config file fills what flags leave out', async (t) => {
   const r = parseServerArgs([]);
   if (r.help) return t.fail();

@@ -72,6 +72,48 @@ for (const storage of ['local', 's3'] as const) {
     },
   );
 
+  test.serial(
+    `[${storage}] a server started with --no-streams offers neither stream and takes a backup and a restore one chunk per request`,
+    async (t) => {
+      const plain = await startTestServer({ storage, chunker: TEST_CHUNKER, streams: false });
+      try {
+        const image = path.join(dir, 'no-streams.img');
+        await makeImage(image);
+        const token = await plain.makeToken('agent', ['ns1']);
+        const env = { DISKVAULT_SERVER: plain.url, DISKVAULT_TOKEN: token };
+        const session = await call(plain.url, token, 'POST', '/v1/sessions', {
+          json: { host: 'ns1', disk: 'x' },
+        });
+        t.is(session.status, 201);
+        t.is(session.json.chunkStream, undefined);
+        // The route itself is absent, as on a server that predates it.
+        const client = new DiskvaultClient({ server: plain.url, token, attempts: 1 });
+        t.is(await client.openChunkStream(session.json.id), undefined);
+        t.is(await client.openChunkFetchStream(), undefined);
+        client.close();
+        const before = plain.logs.length;
+        const r = await runCli(['backup', image, '--host', 'ns1', '--disk', 'sda', '--json'], env);
+        t.is(r.code, 0, r.stderr);
+        const s = r.summary!;
+        const logs = plain.logs.slice(before);
+        t.is(logs.filter((l) => l.includes('"msg":"chunk stream"')).length, 0, logs.join('\n'));
+        t.is(logs.filter((l) => l.includes(PUT_ROUTE)).length, s.newChunks);
+        const lease = await call(plain.url, token, 'POST', `/v1/snapshots/${s.snapshot}/lease`, { json: {} });
+        t.is(lease.status, 201);
+        t.is(lease.json.chunkFetchStream, undefined);
+        await call(plain.url, token, 'DELETE', `/v1/leases/${lease.json.leaseId}`);
+        const out = path.join(dir, 'no-streams-restored.img');
+        const mark = plain.logs.length;
+        const back = await runCli(['restore', s.snapshot, out, '--json'], env);
+        t.is(back.code, 0, back.stderr);
+        t.is(await sha256File(out), await sha256File(image));
+        t.is(plain.logs.slice(mark).filter((l) => l.includes('"msg":"chunk fetch stream"')).length, 0);
+      } finally {
+        await plain.stop();
+      }
+    },
+  );
+
   test.serial(`[${storage}] the stream is refused to whom PUT refuses, with the same answer`, async (t) => {
     const owner = await srv.makeToken('agent', ['st3']);
     const other = await srv.makeToken('agent', ['st3']);

@@ -37,6 +37,8 @@ export interface TestServerOptions {
   encryption?: 'aes-256-gcm' | 'none';
   /** False: the server offers no fetch stream (restores fetch one chunk per request). */
   chunkFetchStream?: boolean;
+  /** False: neither the upload nor the fetch stream, as `diskvault server --no-streams`. */
+  streams?: boolean;
 }
 
 export interface TestServer {
@@ -92,6 +94,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
       ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.encryption ? { encryption: opts.encryption } : {}),
+      ...(opts.streams !== undefined ? { streams: opts.streams } : {}),
       log: (line) => logs.push(line),
       server: {
         ...(opts.maxManifestBytes !== undefined ? { maxManifestBytes: opts.maxManifestBytes } : {}),
