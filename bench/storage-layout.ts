@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { chunkKeyOfName } from '../repo-engine/stored-objects.js';
 import { openLocalStorage } from '../storage-adapters/local.js';
+import { forEachLimited } from './lib/for-each-limited.js';
 import { median } from './lib/measure.js';
 import { PACK_BYTES, packsOf, workloadOf } from './lib/storage-layout.js';
 
@@ -62,18 +63,6 @@ function parse(): { objects: number; meanKiB: number; rounds: number } {
     throw new Error('--mean-kib takes 4..8192');
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error('--rounds takes 1..50');
   return { objects, meanKiB, rounds };
-}
-
-async function forEachLimited(
-  count: number,
-  limit: number,
-  work: (i: number) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) await work(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
 }
 
 async function storeOnce(

@@ -6,6 +6,7 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { openLocalStorage } from '../storage-adapters/local.js';
 import { openS3Storage } from '../storage-adapters/s3.js';
 import { startFakeS3 } from '../test/helpers/fake-s3.js';
+import { forEachLimited } from './lib/for-each-limited.js';
 
 /**
  * Put and get throughput of each adapter: OBJECTS objects of 1 MiB, CONCURRENCY in flight, keys fanned
@@ -15,18 +16,6 @@ import { startFakeS3 } from '../test/helpers/fake-s3.js';
 const MiB = 1024 * 1024;
 const OBJECTS = Number(process.argv[2] ?? 512);
 const CONCURRENCY = Number(process.argv[3] ?? 8);
-
-async function forEachLimited(
-  count: number,
-  limit: number,
-  work: (i: number) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) await work(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-}
 
 function keyOf(i: number): string {
   const hex = i.toString(16).padStart(8, '0');
