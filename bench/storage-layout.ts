@@ -1,11 +1,11 @@
 /**
- * `npm run bench:storage-layout -- [--objects N] [--mean-kib S] [--rounds K]`: what storing a first backup's chunks costs the
- * server's process on local storage, one object per chunk (the repository's layout) against the same bytes
- * in 16 MiB pack objects (the layout restic and borg use), with nothing else running.
+ * `npm run bench:storage-layout -- [--objects N] [--mean-kib S] [--rounds K]`: what storing a first backup's
+ * chunks costs the server's process on local storage, one object per chunk (the repository's layout) against
+ * the same bytes in 16 MiB pack objects (as restic and borg store), with nothing else running.
  *
- * A first backup of the 2 GiB workload stores about 1,150 chunks of 640 KB on average (735 MB). Each mode
- * stores that many objects of sizes drawn around that mean, through the real local adapter (temp file,
- * write, fsync, rename, fsync of the folder: the same crash-safe put the repository makes):
+ * A first backup of the 2 GiB workload stores about 1,150 chunks of 640 KiB on average (735 MB), the
+ * defaults here. Each mode stores the same objects through the real local adapter (temp file, write, fsync,
+ * rename, fsync of the folder: the same crash-safe put the repository makes):
  *   - `objects, new repository`: one object per chunk under `chunks/ab/cd/<name>`, into an empty root, so
  *     most puts also create their fan-out folder, as a first backup into a fresh repository does;
  *   - `objects, folders exist`: the same, with every folder made beforehand (untimed), as in a repository

@@ -754,7 +754,7 @@ export class IndexDb {
  * pages in every piece.
  */
 export class ReferenceStaging {
-  readonly table = `commit_refs_${randomBytes(8).toString('hex')}`;
+  readonly table = `manifest_refs_${randomBytes(8).toString('hex')}`;
   private readonly addStmt: Database.Statement;
   private readonly nextStmt: Database.Statement;
   private readonly firstStmt: Database.Statement;
