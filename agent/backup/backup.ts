@@ -141,7 +141,13 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
   const budget = o.maxUnreadable
     ? new UnreadableBudget(o.maxUnreadable.bytes, o.maxUnreadable.asGiven)
     : undefined;
-  const ring = new WindowRing(source, pad, windowBytes, Math.max(3, o.windowsInFlight ?? WINDOWS_IN_FLIGHT), budget);
+  const ring = new WindowRing(
+    source,
+    pad,
+    windowBytes,
+    Math.max(3, o.windowsInFlight ?? WINDOWS_IN_FLIGHT),
+    budget,
+  );
   let pool: WorkerPool | null = null;
   let hasher: WorkerPool | null = null;
   let spool: ManifestSpool | null = null;
