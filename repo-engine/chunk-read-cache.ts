@@ -15,7 +15,7 @@ export type ReadHold = 'keep' | 'lease';
  *
  * Why reuse: serving a restore read each chunk into a fresh buffer, and the server spent more CPU on those
  * buffers (page faults, and a full garbage collection every few dozen megabytes of external memory) than
- * on serving: 1.5–1.9 s of user time for 589 MB against 0.6–1.1 s with reused buffers (docs/performance.md).
+ * on serving: 1.5–1.9 s of user time for 589 MB against 0.6–1.1 s with reused buffers.
  *
  * Why two parts (the 2Q policy): one restore reads each chunk once. Had every read gone into one LRU, each
  * buffer would stay there for a whole cache's worth of later reads, so a restore would allocate nearly all

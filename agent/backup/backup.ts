@@ -320,7 +320,7 @@ function checkNames(host: string, disk: string, tags: string[], time: string): v
  * One cutting, hashing and compressing thread per CPU but one, and at least one: the whole-image hash runs on
  * a thread of its own (`hasher`), busy for much of every backup, so this many cutters fill the machine. On
  * 2 CPUs, one cutter against two, agent and server on one machine: first backup CPU 0.96x, wall 0.96x,
- * peak memory -26 MiB; a later night CPU 0.95x, wall 0.98x (farm-bench, 6 pairs each; docs/performance.md).
+ * peak memory -26 MiB; a later night CPU 0.95x, wall 0.98x (farm-bench, 6 pairs each; docs/performance-notes.md).
  */
 export function defaultCutWorkers(): number {
   return Math.max(1, availableParallelism() - 1);

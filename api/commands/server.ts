@@ -45,7 +45,7 @@ function silenceRestifyDeprecation(): void {
  * Turns V8's incremental marking off for the server's process. With it on, a first backup of the 2 GiB
  * benchmark image started about 60 major collections on a heap of 17 MB that each freed almost nothing
  * (17.0 -> 16.8 MB), a fifth of the server's CPU samples in marking and sweeping; with it off, old space is
- * collected when it fills, 3 times in the same backup (docs/performance.md, "Garbage collection"). The cost
+ * collected when it fills, 3 times in the same backup (docs/performance-notes.md, "Garbage collection"). The cost
  * is that such a collection pauses the process whole: milliseconds per 10 MB of live heap, which a backup
  * server, whose latency no person waits on, can take.
  */
