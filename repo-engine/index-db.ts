@@ -534,11 +534,12 @@ export class IndexDb {
   }
 
   /**
-   * Removes the snapshot row and lowers the refcount of every reference `staged` holds (its manifest's,
-   * staged whole before this is called), in one transaction. False when the row was already gone (a
-   * concurrent delete) or is protected: then nothing is lowered.
+   * A delete's first step, in one transaction: removes the snapshot row and keeps every chunk `staged` holds
+   * (its manifest's references, staged whole before this is called) for each reader still holding the
+   * snapshot. False when the row was already gone (a concurrent delete) or is protected: then nothing
+   * changes. The counts come down afterwards, in pieces (ReferenceStaging.lowerNext).
    */
-  removeSnapshot(id: string, staged: ReferenceStaging, log: (m: string) => void, now: number): boolean {
+  beginRemoveSnapshot(id: string, staged: ReferenceStaging, now: number): boolean {
     const refs = `temp.${staged.table}`;
     return this.transaction(() => {
       // A protected row is never removed, whatever the caller checked before.
@@ -547,6 +548,7 @@ export class IndexDb {
       // A reader holding this snapshot (a lease, or a session offered it as its base) may still fetch or
       // name any of its chunks: they are kept for that holder until it ends. Other snapshots' references
       // protect a chunk only while they exist, so every chunk is recorded, not only those dropping to zero.
+      // Recorded here, with the row's removal, so no holder can end between the two and leave rows behind.
       const holders = (
         this.stmt(
           'SELECT id FROM leases WHERE snapshot = ? AND expires_at > ? UNION SELECT id FROM sessions WHERE base_snapshot = ? AND expires_at > ?',
@@ -558,22 +560,6 @@ export class IndexDb {
         `INSERT OR IGNORE INTO held_chunks (holder, chunk) SELECT ?, chunk FROM ${refs}`,
       );
       for (const holder of holders) hold.run(holder);
-      // References beyond a chunk's count (or to a chunk the index lacks) cannot be lowered.
-      const underflow = this.db
-        .prepare(
-          `SELECT COALESCE(SUM(r.n - MIN(r.n, COALESCE(c.refcount, 0))), 0) FROM ${refs} r LEFT JOIN chunks c ON c.id = r.chunk`,
-        )
-        .pluck()
-        .get() as number;
-      this.db
-        .prepare(
-          `UPDATE chunks SET refcount = MAX(refcount - (SELECT r.n FROM ${refs} r WHERE r.chunk = chunks.id), 0) WHERE id IN (SELECT chunk FROM ${refs})`,
-        )
-        .run();
-      if (underflow > 0)
-        log(
-          `snapshot ${id}: ${underflow} references had no count to lower; the index was inconsistent (run verify)`,
-        );
       return true;
     });
   }
@@ -745,6 +731,9 @@ export class IndexDb {
   }
 }
 
+/** Sorts before every chunk id: where a delete's first piece starts. */
+const NO_CHUNK = Buffer.alloc(0);
+
 /**
  * One manifest's references, gathered while it streams in (a commit's from its body, a delete's from
  * storage): a temporary table (in SQLite's temp database, a file of its own: neither the index's WAL nor
@@ -760,6 +749,9 @@ export class ReferenceStaging {
   private readonly firstStmt: Database.Statement;
   private readonly bump: Database.Statement;
   private readonly lower: Database.Statement;
+  private readonly lastOfNext: Database.Statement;
+  private readonly underflowIn: Database.Statement;
+  private readonly lowerIn: Database.Statement;
   private dropped = false;
 
   constructor(private readonly db: Database.Database) {
@@ -775,6 +767,20 @@ export class ReferenceStaging {
       'UPDATE chunks SET refcount = refcount + ? WHERE id = ? AND stored_size > 0 AND EXISTS (SELECT 1 FROM owners WHERE chunk = ? AND tenant = ?)',
     );
     this.lower = db.prepare('UPDATE chunks SET refcount = MAX(refcount - ?, 0) WHERE id = ?');
+    // The pieces of a delete are ranges of the staged ids, (after, last], lowered by two set statements.
+    this.lastOfNext = db
+      .prepare(
+        `SELECT max(chunk) FROM (SELECT chunk FROM temp.${this.table} WHERE chunk > ? ORDER BY chunk LIMIT ?)`,
+      )
+      .pluck();
+    this.underflowIn = db
+      .prepare(
+        `SELECT COALESCE(SUM(r.n - MIN(r.n, COALESCE(c.refcount, 0))), 0) FROM temp.${this.table} r LEFT JOIN chunks c ON c.id = r.chunk WHERE r.chunk > ? AND r.chunk <= ?`,
+      )
+      .pluck();
+    this.lowerIn = db.prepare(
+      `UPDATE chunks SET refcount = MAX(refcount - (SELECT r.n FROM temp.${this.table} r WHERE r.chunk = chunks.id), 0) WHERE id IN (SELECT chunk FROM temp.${this.table} WHERE chunk > ? AND chunk <= ?)`,
+    );
   }
 
   /** Adds a batch of 36-byte manifest entries. */
@@ -818,6 +824,23 @@ export class ReferenceStaging {
       if (err !== rollback) throw err;
     }
     return { last: missing.length > 0 ? undefined : rows[rows.length - 1]?.[0], missing };
+  }
+
+  /**
+   * A delete's counting: lowers the count of each of the next `limit` staged chunks after `after` by the
+   * times the manifest names it, in one transaction. Returns the last chunk lowered (undefined when none was
+   * left) and how many references had no count to lower (an index that was inconsistent before).
+   */
+  lowerNext(after: Buffer | undefined, limit: number): { last: Buffer | undefined; underflow: number } {
+    const last = (this.lastOfNext.get(after ?? NO_CHUNK, limit) as Buffer | undefined) ?? undefined;
+    if (last === undefined) return { last: undefined, underflow: 0 };
+    const from = after ?? NO_CHUNK;
+    const underflow = this.db.transaction(() => {
+      const missing = this.underflowIn.get(from, last) as number;
+      this.lowerIn.run(from, last);
+      return missing;
+    })();
+    return { last, underflow };
   }
 
   /** Takes back, in one transaction, what countNext counted for the next `limit` chunks after `after`. */

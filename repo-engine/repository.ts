@@ -86,10 +86,11 @@ const DEFAULT_GRACE_MS = 24 * 3_600_000;
 const DEFAULT_LEASE_MS = 15 * 60_000;
 const DEFAULT_SESSION_MAX_AGE_MS = 24 * 3_600_000;
 /**
- * A commit checks, stores and counts its manifest in pieces of this many entries, the event loop getting a
- * turn between them: a piece costs a few milliseconds of index work, so other requests wait at most that.
+ * A commit checks, stores and counts its manifest in pieces of this many entries, and a delete lowers its
+ * counts in pieces of this many chunks, the event loop getting a turn between them: a piece costs a few
+ * milliseconds of index work, so other requests wait at most that.
  */
-const COMMIT_SLICE = 1024;
+const REFERENCE_SLICE = 1024;
 const MAX_MISSING_REPORTED = 1000;
 
 class UnavailableError extends DiskvaultError {
@@ -624,7 +625,7 @@ export class Repository implements RepositoryApi {
   }
 
   /**
-   * The commit body's entries in pieces of COMMIT_SLICE, each checked before it is passed on to storage:
+   * The commit body's entries in pieces of REFERENCE_SLICE, each checked before it is passed on to storage:
    * every chunk present for the tenant (not owned by the tenant counts as missing: another tenant's chunk
    * must be uploaded, proving the bytes are held, before it can be referenced, so commit is no oracle for
    * other tenants' data), every length right. Missing chunks are collected to the end of the body (up to
@@ -639,7 +640,7 @@ export class Repository implements RepositoryApi {
   ): AsyncGenerator<Buffer> {
     const missing = new Set<string>();
     let first = 0;
-    for await (const batch of reader.entryBatches(COMMIT_SLICE)) {
+    for await (const batch of reader.entryBatches(REFERENCE_SLICE)) {
       this.renewDuringCommit(session);
       const ids: Buffer[] = [];
       for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
@@ -664,7 +665,7 @@ export class Repository implements RepositoryApi {
   }
 
   /**
-   * Counts the staged references (the manifest is in storage by now) in transactions of COMMIT_SLICE
+   * Counts the staged references (the manifest is in storage by now) in transactions of REFERENCE_SLICE
    * chunks, in id order, the event loop getting a turn between them, then inserts the snapshot row and
    * closes the session. A crash half way leaves a manifest the index does not know with some references
    * counted: at the next open it is adopted by rebuilding the index from storage, which recounts
@@ -680,7 +681,7 @@ export class Repository implements RepositoryApi {
     try {
       for (;;) {
         this.renewDuringCommit(session);
-        const piece = staging.countNext(last, COMMIT_SLICE, header.tenant);
+        const piece = staging.countNext(last, REFERENCE_SLICE, header.tenant);
         if (piece.missing.length > 0) throw missingConflict(piece.missing);
         if (piece.last === undefined) break;
         last = piece.last;
@@ -690,7 +691,7 @@ export class Repository implements RepositoryApi {
     } catch (err) {
       try {
         for (let at: Buffer | undefined, upTo = last; upTo !== undefined; ) {
-          at = staging.uncountNext(at, COMMIT_SLICE, upTo);
+          at = staging.uncountNext(at, REFERENCE_SLICE, upTo);
           if (at === undefined || at.equals(upTo)) break;
           await yieldToEventLoop();
         }
@@ -801,11 +802,11 @@ export class Repository implements RepositoryApi {
       const staging = this.index.stageReferences();
       try {
         for await (const batch of this.manifests.entryBatches(id)) staging.add(batch);
-        const removed = this.index.removeSnapshot(id, staging, this.opts.log, this.opts.now());
-        if (!removed) {
+        if (!this.index.beginRemoveSnapshot(id, staging, this.opts.now())) {
           if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
           throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
         }
+        await this.lowerReferences(id, staging);
       } finally {
         staging.drop();
       }
@@ -814,6 +815,35 @@ export class Repository implements RepositoryApi {
       await this.manifests.delete(id);
       this.opts.log(`snapshot ${id} deleted`);
     });
+  }
+
+  /**
+   * Lowers a removed snapshot's counts in pieces, the event loop getting a turn between them, so the server
+   * keeps answering while a large disk's snapshot is deleted. Every piece leaves each count at or above what
+   * the remaining snapshots need. Stopped half way (a crash, a failing index), the row is gone and the
+   * manifest is still in storage: the next open adopts that manifest by rebuilding the index from storage
+   * (adoptUnindexedManifests), which brings the snapshot back with exact counts.
+   */
+  private async lowerReferences(id: string, staging: ReferenceStaging): Promise<void> {
+    let underflow = 0;
+    try {
+      for (let after: Buffer | undefined; ; ) {
+        const piece = staging.lowerNext(after, REFERENCE_SLICE);
+        underflow += piece.underflow;
+        if (piece.last === undefined) break;
+        after = piece.last;
+        await yieldToEventLoop();
+      }
+    } catch (err) {
+      this.opts.log(
+        `snapshot ${id}: its delete stopped after lowering part of its counts (${(err as Error).message}); the index is rebuilt from storage at the next start, which restores the snapshot`,
+      );
+      throw err;
+    }
+    if (underflow > 0)
+      this.opts.log(
+        `snapshot ${id}: ${underflow} references had no count to lower; the index was inconsistent (run verify)`,
+      );
   }
 
   /** The policy's plan, with every protected snapshot kept (reason "protected"), whatever the rules say. */
