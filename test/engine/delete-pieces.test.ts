@@ -2,6 +2,7 @@ import test from 'ava';
 import Database from 'better-sqlite3';
 import { IndexDb } from '../../repo-engine/index-db.js';
 import { MANIFEST_ENTRY_BYTES } from '../../repo-engine/manifest-codec.js';
+import type { Repository } from '../../repo-engine/repository.js';
 import {
   Backends,
   backup,
@@ -40,14 +41,20 @@ function countsOf(indexPath: string, ids: string[]): number[] {
   }
 }
 
+/** Two snapshots: `keep` of 64 KiB (`shared`), `drop` of about 1,500 chunks of its own (`own`) then `shared`. */
+async function keepAndDrop(repo: Repository, seed: number) {
+  const shared = randomImage(seed, 64 * 1024);
+  const keep = await backup(repo, shared, { disk: 'sdb' });
+  const own = randomImage(seed + 1, 6 * 1024 * 1024);
+  const drop = await backup(repo, Buffer.concat([own, shared]));
+  return { shared, own, keep, drop };
+}
+
 for (const name of ['memory', 'local'] as const) {
   test(`${name}: a delete lowers its counts in pieces that others see committed one by one, and ends exact`, async (t) => {
     const fx = await openFixture(backends, name);
     try {
-      const shared = randomImage(71, 64 * 1024);
-      const keep = await backup(fx.repo, shared, { disk: 'sdb' });
-      const own = randomImage(72, 6 * 1024 * 1024);
-      const drop = await backup(fx.repo, Buffer.concat([own, shared]));
+      const { shared, keep, drop } = await keepAndDrop(fx.repo, 71);
       const keepIds = new Set((await manifestEntries(fx.repo, keep.id)).map((e) => e.id));
       const ownIds = [...new Set((await manifestEntries(fx.repo, drop.id)).map((e) => e.id))].filter(
         (id) => !keepIds.has(id),
@@ -85,10 +92,7 @@ for (const name of ['memory', 'local'] as const) {
   test(`${name}: a delete stopped after its first piece is undone at the next open, with exact counts`, async (t) => {
     const fx = await openFixture(backends, name);
     try {
-      const shared = randomImage(73, 64 * 1024);
-      const keep = await backup(fx.repo, shared, { disk: 'sdb' });
-      const own = randomImage(74, 6 * 1024 * 1024);
-      const drop = await backup(fx.repo, Buffer.concat([own, shared]));
+      const { shared, own, keep, drop } = await keepAndDrop(fx.repo, 73);
       const before = indexRefcounts(fx.indexPath);
       const snapshots = fx.repo.listSnapshots();
       const entries = await manifestEntries(fx.repo, drop.id);
