@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { compress } from 'zstd-napi';
@@ -97,7 +97,8 @@ async function countNight(
   const file = await open(image, 'r');
   try {
     const { size } = await file.stat();
-    ledger.startNight(image, previous ? await changedSince(previous, image, size) : null);
+    // Recorded by name: results are kept in the checkout, the workload lives wherever DV_BENCH_WORK says.
+    ledger.startNight(basename(image), previous ? await changedSince(previous, image, size) : null);
     const ends = await chunkEnds(file, size, o.chunker);
     const scratch = Buffer.alloc(o.chunker.max);
     let start = 0;
@@ -136,10 +137,9 @@ console.log(`|---|---|---|---|---|${o.levels.map(() => '---|').join('')}`);
 for (const [i, image] of images.entries()) {
   const night = await countNight(image, images[i - 1], ledger, o);
   nights.push(night);
-  const name = image.split('/').pop() ?? image;
   const changed = night.changedBytes === null ? '' : mib(night.changedBytes);
   console.log(
-    `| ${name} | ${night.chunks} (+ ${night.zeroChunks}) | ${night.newChunks} | ${changed} | ${mib(night.newRawBytes)} | ${night.newStoredBytes.map(mib).join(' | ')} |`,
+    `| ${night.image} | ${night.chunks} (+ ${night.zeroChunks}) | ${night.newChunks} | ${changed} | ${mib(night.newRawBytes)} | ${night.newStoredBytes.map(mib).join(' | ')} |`,
   );
 }
 const totals = o.levels.map((_, i) => nights.reduce((sum, n) => sum + (n.newStoredBytes[i] ?? 0), 0));
