@@ -6,10 +6,12 @@
  * A first backup of the 2 GiB workload stores about 1,150 chunks of 640 KiB on average (735 MB), the
  * defaults here. Each mode stores the same objects through the real local adapter (temp file, write, fsync,
  * rename, fsync of the folder: the same crash-safe put the repository makes):
- *   - `objects, new repository`: one object per chunk under `chunks/ab/cd/<name>`, into an empty root, so
- *     most puts also create their fan-out folder, as a first backup into a fresh repository does;
- *   - `objects, folders exist`: the same, with every folder made beforehand (untimed), as in a repository
- *     that has stored tens of thousands of chunks;
+ *   - `one folder level, new`: one object per chunk under `chunks/ab/<name>` (the layout of new
+ *     repositories, stored-objects.ts), into an empty root, so the first puts also create the 256 folders;
+ *   - `two folder levels, new`: one object per chunk under `chunks/ab/cd/<name>` (repositories whose config
+ *     names no fanout), into an empty root, so most puts also create a folder, as a first backup did;
+ *   - `two folder levels, exist`: the same, with every folder made beforehand (untimed), as in such a
+ *     repository that has stored tens of thousands of chunks;
  *   - `16 MiB packs`: the same bytes, consecutive objects joined into one put per 16 MiB.
  * The modes take turns in each round (a drift of the machine's speed falls on all of them) and the page
  * cache's dirty data is written out (`sync`) before each. CPU is the process's user + system time, all of
@@ -25,7 +27,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { chunkKeyOfName } from '../repo-engine/stored-objects.js';
+import { type ChunkFanout, chunkKeyOfName } from '../repo-engine/stored-objects.js';
 import { openLocalStorage } from '../storage-adapters/local.js';
 import { forEachLimited } from './lib/for-each-limited.js';
 import { median } from './lib/measure.js';
@@ -38,8 +40,18 @@ const OBJECT_CONCURRENCY = 8;
 /** A pack writer fills the next pack while the last one is written out. */
 const PACK_CONCURRENCY = 2;
 
-type Mode = 'objects, new repository' | 'objects, folders exist' | '16 MiB packs';
-const MODES: Mode[] = ['objects, new repository', 'objects, folders exist', '16 MiB packs'];
+type Mode = 'one folder level, new' | 'two folder levels, new' | 'two folder levels, exist' | '16 MiB packs';
+const MODES: Mode[] = [
+  'one folder level, new',
+  'two folder levels, new',
+  'two folder levels, exist',
+  '16 MiB packs',
+];
+const FANOUT: Record<Exclude<Mode, '16 MiB packs'>, ChunkFanout> = {
+  'one folder level, new': 1,
+  'two folder levels, new': 2,
+  'two folder levels, exist': 2,
+};
 
 interface Timing {
   wallSeconds: number;
@@ -75,8 +87,8 @@ async function storeOnce(
 ): Promise<Timing> {
   const storage = await openLocalStorage(dir);
   try {
-    if (mode === 'objects, folders exist') {
-      for (const name of names) await mkdir(dirname(join(dir, chunkKeyOfName(name))), { recursive: true });
+    if (mode === 'two folder levels, exist') {
+      for (const name of names) await mkdir(dirname(join(dir, chunkKeyOfName(name, 2))), { recursive: true });
     }
     execFileSync('sync');
     const cpu0 = process.cpuUsage();
@@ -96,8 +108,9 @@ async function storeOnce(
         }),
       );
     } else {
+      const fanout = FANOUT[mode];
       await forEachLimited(names.length, OBJECT_CONCURRENCY, (i) =>
-        storage.put(chunkKeyOfName(names[i]), data.subarray(0, sizes[i])),
+        storage.put(chunkKeyOfName(names[i], fanout), data.subarray(0, sizes[i])),
       );
     }
     const wallSeconds = (performance.now() - t0) / 1000;

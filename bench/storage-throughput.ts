@@ -19,7 +19,7 @@ const CONCURRENCY = Number(process.argv[3] ?? 8);
 
 function keyOf(i: number): string {
   const hex = i.toString(16).padStart(8, '0');
-  return `chunks/${hex.slice(0, 2)}/${hex.slice(2, 4)}/${hex}`;
+  return `chunks/${hex.slice(0, 2)}/${hex}`;
 }
 
 async function measure(name: string, storage: StorageAdapter): Promise<void> {

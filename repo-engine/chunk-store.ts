@@ -22,19 +22,14 @@ import {
 import { ChunkReadCache, type ReadHold } from './chunk-read-cache.js';
 import { HEX64 } from './manifest-codec.js';
 import { sealedChunkProblem } from './sealed-chunk.js';
-import { chunkKeyOfName, chunkNameFromKey, type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
+import { type ObjectCodec, PLAINTEXT_OBJECTS } from './stored-objects.js';
 import type { ChunkLease, StoredChunk } from './types.js';
 
 export { CHUNKS_PREFIX } from './stored-objects.js';
 
-/** A chunk's key in a plaintext repository (an encrypted one names it through its ObjectCodec). */
+/** A chunk's key in a new plaintext repository (any other names it through its ObjectCodec). */
 export function chunkKey(id: string): string {
-  return chunkKeyOfName(id);
-}
-
-/** The id a listed key of a plaintext repository names, or undefined for anything else. */
-export function chunkIdFromKey(key: string): string | undefined {
-  return chunkNameFromKey(key);
+  return PLAINTEXT_OBJECTS.chunkKey(id);
 }
 
 export function checkChunkId(id: string): string {

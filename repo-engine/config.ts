@@ -11,6 +11,7 @@ import {
   type RepositorySubkeys,
 } from './object-crypto.js';
 import { KeyRequiredError, type RepositoryKeyStore, WrongKeyError } from './repository-key.js';
+import { type ChunkFanout, NEW_REPOSITORY_CHUNK_FANOUT, UNNAMED_CHUNK_FANOUT } from './stored-objects.js';
 
 /**
  * The repository's identity and fixed parameters, stored as plaintext JSON under the key `config`. Written
@@ -34,6 +35,8 @@ export interface RepositoryConfig {
   id: string;
   chunker: ChunkerParams;
   compression: 'zstd-1';
+  /** Folder levels above each chunk object (stored-objects.ts); a stored config without the field means 2. */
+  chunkFanout: ChunkFanout;
   /**
    * Format 2 only: how objects are sealed; HMAC of a fixed label under the key's check subkey (recognises
    * the key); HMAC of the other fields under the same subkey (the plaintext config cannot be changed).
@@ -41,7 +44,11 @@ export interface RepositoryConfig {
   encryption?: { scheme: typeof ENCRYPTION_SCHEME; keyCheck: string; configMac: string };
 }
 
-/** HMAC-SHA256 under the check subkey of every field but the MAC itself, in a fixed order. */
+/**
+ * HMAC-SHA256 under the check subkey of every field but the MAC itself, in a fixed order. `chunkFanout` is
+ * appended only when it is not the value an absent field means, so configs written before the field existed
+ * keep their MAC, and any edit that changes the fanout a config means breaks it.
+ */
 function configMac(config: RepositoryConfig, keys: RepositorySubkeys): string {
   const fields = JSON.stringify([
     config.formatVersion,
@@ -52,6 +59,7 @@ function configMac(config: RepositoryConfig, keys: RepositorySubkeys): string {
     config.compression,
     config.encryption?.scheme,
     config.encryption?.keyCheck,
+    ...(config.chunkFanout === UNNAMED_CHUNK_FANOUT ? [] : [config.chunkFanout]),
   ]);
   return createHmac('sha256', keys.check)
     .update('diskvault repository config v1\n')
@@ -96,7 +104,15 @@ export function parseConfig(bytes: Buffer): RepositoryConfig {
   } catch {
     throw new CorruptError('repository config has invalid chunker parameters');
   }
-  const config: RepositoryConfig = { formatVersion: version, id: o.id, chunker, compression: 'zstd-1' };
+  if (o.chunkFanout !== undefined && o.chunkFanout !== 1 && o.chunkFanout !== 2)
+    throw new CorruptError(`repository config has an unknown chunkFanout ${JSON.stringify(o.chunkFanout)}`);
+  const config: RepositoryConfig = {
+    formatVersion: version,
+    id: o.id,
+    chunker,
+    compression: 'zstd-1',
+    chunkFanout: (o.chunkFanout as ChunkFanout | undefined) ?? UNNAMED_CHUNK_FANOUT,
+  };
   if (version === ENCRYPTED_FORMAT_VERSION) {
     const e = o.encryption as Record<string, unknown> | undefined;
     if (e?.scheme !== ENCRYPTION_SCHEME)
@@ -151,6 +167,7 @@ export async function loadOrCreateConfig(
     id: randomBytes(32).toString('hex'),
     chunker: checkChunkerParams(opts.chunker ?? DEFAULT_CHUNKER),
     compression: 'zstd-1',
+    chunkFanout: NEW_REPOSITORY_CHUNK_FANOUT,
   };
   let keys: RepositorySubkeys | undefined;
   if (encrypt) {

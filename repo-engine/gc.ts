@@ -2,7 +2,6 @@ import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { ChunkNameSet } from './chunk-names.js';
 import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
 import type { IndexDb } from './index-db.js';
-import { chunkNameFromKey } from './stored-objects.js';
 import type { TouchedSet } from './touched-set.js';
 import type { GcHolder, GcReport, VerifyProgress } from './types.js';
 
@@ -113,7 +112,8 @@ export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
   const indexedNames = codec.encrypted
     ? new ChunkNameSet(
         (function* () {
-          for (const row of ctx.index.iterateChunks()) yield chunkNameFromKey(codec.chunkKey(row.id)) ?? '';
+          for (const row of ctx.index.iterateChunks())
+            yield codec.chunkNameOfKey(codec.chunkKey(row.id)) ?? '';
         })(),
       )
     : undefined;
@@ -152,7 +152,7 @@ export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
     progress({ phase: 'orphans', done: orphansDeleted, total: 0 });
   };
   for await (const e of ctx.storage.list(CHUNKS_PREFIX)) {
-    const name = chunkNameFromKey(e.key);
+    const name = codec.chunkNameOfKey(e.key);
     if (!name || e.mtimeMs >= orphanCutoff) continue;
     const id = codec.chunkIdFromKey(e.key);
     if (id ? ctx.index.hasChunk(id) : indexedNames?.has(name)) continue;

@@ -157,7 +157,7 @@ export class Repository implements RepositoryApi {
       ...(o.encryption ? { encryption: o.encryption } : {}),
       ...(o.keyStore ? { keyStore: o.keyStore } : {}),
     });
-    const codec = objectCodec(keys);
+    const codec = objectCodec(keys, config.chunkFanout);
     if (created)
       log(
         `created ${keys ? 'encrypted' : 'plaintext'} repository ${config.id} on ${o.storage.description}${keys && o.keyStore ? `; its key is in ${o.keyStore.location}: keep a copy, the data cannot be read without it` : ''}`,

@@ -3,18 +3,38 @@ import { CorruptError } from '../common/errors.js';
 import { keyedName, ObjectSealer, type RepositorySubkeys, SealedObjectError } from './object-crypto.js';
 
 export const CHUNKS_PREFIX = 'chunks/';
-const CHUNK_KEY = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})$/;
 
-/** `chunks/ab/cd/abcd…`: two levels of fan-out keep any one directory (or S3 listing page run) small. */
-export function chunkKeyOfName(name: string): string {
-  return `${CHUNKS_PREFIX}${name.slice(0, 2)}/${name.slice(2, 4)}/${name}`;
+/**
+ * How many levels of two-hex-character folders lie between `chunks/` and a chunk object, fixed when a
+ * repository is created (its config's `chunkFanout`): 1, `chunks/ab/abcd…`, for new repositories; 2,
+ * `chunks/ab/cd/abcd…`, for those created with a config that names none. One level keeps a local repository
+ * to 256 folders: with two, nearly every chunk of a young repository made a folder of its own (a first
+ * backup's server spent about 0.6 s of CPU per GiB on them, docs/performance-notes.md) and a grown one holds
+ * 65,536 folders, a 4 KiB block each, that every gc and verify listing walks. 256 folders still keep a
+ * folder of a 10 TiB repository (10 million 1 MiB chunks) near 40,000 entries, which ext4 and XFS index.
+ */
+export type ChunkFanout = 1 | 2;
+export const NEW_REPOSITORY_CHUNK_FANOUT: ChunkFanout = 1;
+/** The fanout of a repository whose config names none (created before configs named it). */
+export const UNNAMED_CHUNK_FANOUT: ChunkFanout = 2;
+
+const CHUNK_KEY_PATTERN: Record<ChunkFanout, RegExp> = {
+  1: /^chunks\/([0-9a-f]{2})\/([0-9a-f]{64})$/,
+  2: /^chunks\/([0-9a-f]{2}\/[0-9a-f]{2})\/([0-9a-f]{64})$/,
+};
+
+/** The key of the chunk object named `name` (64 hex) under `fanout`. */
+export function chunkKeyOfName(name: string, fanout: ChunkFanout): string {
+  return fanout === 1
+    ? `${CHUNKS_PREFIX}${name.slice(0, 2)}/${name}`
+    : `${CHUNKS_PREFIX}${name.slice(0, 2)}/${name.slice(2, 4)}/${name}`;
 }
 
-/** The 64-hex name a listed key carries, or undefined for anything that is not a well-formed chunk key. */
-export function chunkNameFromKey(key: string): string | undefined {
-  const m = CHUNK_KEY.exec(key);
-  const name = m?.[3];
-  return name?.startsWith(`${m?.[1]}${m?.[2]}`) ? name : undefined;
+/** The 64-hex name a listed key carries, or undefined for anything that is not a well-formed chunk key under `fanout`. */
+export function chunkNameFromKey(key: string, fanout: ChunkFanout): string | undefined {
+  const m = CHUNK_KEY_PATTERN[fanout].exec(key);
+  const name = m?.[2];
+  return name !== undefined && m?.[1].replace('/', '') === name.slice(0, 2 * fanout) ? name : undefined;
 }
 
 /**
@@ -25,8 +45,11 @@ export function chunkNameFromKey(key: string): string | undefined {
  */
 export interface ObjectCodec {
   readonly encrypted: boolean;
+  readonly fanout: ChunkFanout;
   /** The storage key of chunk `id`. */
   chunkKey(id: string): string;
+  /** The 64-hex name in a chunk key of this repository (the id, or its keyed hash); undefined for any other key. */
+  chunkNameOfKey(key: string): string | undefined;
   /**
    * The id a listed chunk key names when the name shows it (plaintext); undefined for a keyed name (the id
    * is then only known by computing names of known ids, or by opening the object).
@@ -55,21 +78,53 @@ export interface ObjectCodec {
   openManifest(key: string, snapshot: string, stream: Readable): Promise<Readable>;
 }
 
-export const PLAINTEXT_OBJECTS: ObjectCodec = {
-  encrypted: false,
-  chunkKey: chunkKeyOfName,
-  chunkIdFromKey: chunkNameFromKey,
-  isChunkKey: (key) => chunkNameFromKey(key) !== undefined,
-  sealChunk: (_id, stored) => stored,
-  openChunk(key, object, expectId) {
-    const id = expectId ?? chunkNameFromKey(key);
+/** Objects stored as they are (format 1): a chunk is named by its id. */
+class PlaintextObjects implements ObjectCodec {
+  readonly encrypted = false;
+
+  constructor(readonly fanout: ChunkFanout) {}
+
+  chunkKey(id: string): string {
+    return chunkKeyOfName(id, this.fanout);
+  }
+
+  chunkNameOfKey(key: string): string | undefined {
+    return chunkNameFromKey(key, this.fanout);
+  }
+
+  chunkIdFromKey(key: string): string | undefined {
+    return chunkNameFromKey(key, this.fanout);
+  }
+
+  isChunkKey(key: string): boolean {
+    return chunkNameFromKey(key, this.fanout) !== undefined;
+  }
+
+  sealChunk(_id: string, stored: Buffer): Buffer {
+    return stored;
+  }
+
+  openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer } {
+    const id = expectId ?? chunkNameFromKey(key, this.fanout);
     if (!id) throw new CorruptError(`${key} is not a chunk key`);
     return { id, stored: object };
-  },
-  sealManifest: (_key, bytes) => bytes,
-  sealManifestStream: () => undefined,
-  openManifest: async (_key, _snapshot, stream) => stream,
-};
+  }
+
+  sealManifest(_key: string, bytes: Buffer): Buffer {
+    return bytes;
+  }
+
+  sealManifestStream(): undefined {
+    return undefined;
+  }
+
+  async openManifest(_key: string, _snapshot: string, stream: Readable): Promise<Readable> {
+    return stream;
+  }
+}
+
+/** A new plaintext repository's codec (tests and tools that make one without a config). */
+export const PLAINTEXT_OBJECTS: ObjectCodec = new PlaintextObjects(NEW_REPOSITORY_CHUNK_FANOUT);
 
 const ID_BYTES = 32;
 
@@ -78,12 +133,19 @@ export class EncryptedObjects implements ObjectCodec {
   readonly encrypted = true;
   private readonly sealer: ObjectSealer;
 
-  constructor(private readonly keys: RepositorySubkeys) {
+  constructor(
+    private readonly keys: RepositorySubkeys,
+    readonly fanout: ChunkFanout,
+  ) {
     this.sealer = new ObjectSealer(keys.objects);
   }
 
   chunkKey(id: string): string {
-    return chunkKeyOfName(keyedName(this.keys.names, id));
+    return chunkKeyOfName(keyedName(this.keys.names, id), this.fanout);
+  }
+
+  chunkNameOfKey(key: string): string | undefined {
+    return chunkNameFromKey(key, this.fanout);
   }
 
   chunkIdFromKey(): undefined {
@@ -91,7 +153,7 @@ export class EncryptedObjects implements ObjectCodec {
   }
 
   isChunkKey(key: string): boolean {
-    return chunkNameFromKey(key) !== undefined;
+    return chunkNameFromKey(key, this.fanout) !== undefined;
   }
 
   sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer {
@@ -162,7 +224,7 @@ function chunkDetails(id: string | undefined, key: string): Record<string, unkno
   return id ? { chunk: id } : { key };
 }
 
-/** Codec for a repository: encrypted with `keys`, or plaintext without. */
-export function objectCodec(keys: RepositorySubkeys | undefined): ObjectCodec {
-  return keys ? new EncryptedObjects(keys) : PLAINTEXT_OBJECTS;
+/** Codec for a repository with chunk folders `fanout`: encrypted with `keys`, or plaintext without. */
+export function objectCodec(keys: RepositorySubkeys | undefined, fanout: ChunkFanout): ObjectCodec {
+  return keys ? new EncryptedObjects(keys, fanout) : new PlaintextObjects(fanout);
 }

@@ -28,7 +28,7 @@ import { checkRange, clampRange, validateListPrefix } from './adapter-support.js
 
 /**
  * Blobs as files under one root folder; a key's '/' segments are folders. The adapter does not fan out
- * on its own: callers choose keys like `chunks/ab/cd/abcd…` so that no folder holds millions of entries.
+ * on its own: callers choose keys like `chunks/ab/abcd…` so that no folder holds millions of entries.
  *
  * Crash safety: a put writes `<folder>/.tmp~<random>`, fsyncs it, renames it over the key and fsyncs the
  * folder (and any folder it had to create). A reader, a listing or a crash therefore sees the old object or

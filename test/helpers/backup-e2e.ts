@@ -139,9 +139,9 @@ export async function countStoredChunks(dataDir: string): Promise<number> {
  */
 export async function storedObjectsOf(dataDir: string): Promise<ObjectCodec> {
   const config = parseConfig(await readFile(join(dataDir, 'storage', 'config')));
-  if (!config.encryption) return objectCodec(undefined);
+  if (!config.encryption) return objectCodec(undefined, config.chunkFanout);
   const key = Buffer.from((await readFile(join(dataDir, REPOSITORY_KEY_FILE), 'utf8')).trim(), 'hex');
-  return objectCodec(deriveSubkeys(key, config.id));
+  return objectCodec(deriveSubkeys(key, config.id), config.chunkFanout);
 }
 
 /** The file holding chunk `id`'s object in the local repository in `dataDir`. */

@@ -51,12 +51,12 @@ async function makeImage(file: string, seed: string): Promise<void> {
 /** Where a chunk's object lies in the server's storage, local or S3. */
 async function chunkObjectKey(srv: TestServer, id: string): Promise<string> {
   const config = parseConfig(await srv.storage.getBytes('config'));
-  if (!config.encryption) return objectCodec(undefined).chunkKey(id);
+  if (!config.encryption) return objectCodec(undefined, config.chunkFanout).chunkKey(id);
   const key = Buffer.from(
     (await readFile(path.join(srv.dataDir, REPOSITORY_KEY_FILE), 'utf8')).trim(),
     'hex',
   );
-  return objectCodec(deriveSubkeys(key, config.id)).chunkKey(id);
+  return objectCodec(deriveSubkeys(key, config.id), config.chunkFanout).chunkKey(id);
 }
 
 /** A chunk of the snapshot's first (random) quarter, named by no other snapshot. */
