@@ -8,6 +8,7 @@
  * rename, fsync of the folder: the same crash-safe put the repository makes):
  *   - `one folder level, new`: one object per chunk under `chunks/ab/<name>` (the layout of new
  *     repositories, stored-objects.ts), into an empty root, so the first puts also create the 256 folders;
+ *   - `one folder level, exist`: the same, with the 256 folders made beforehand (untimed);
  *   - `two folder levels, new`: one object per chunk under `chunks/ab/cd/<name>` (repositories whose config
  *     names no fanout), into an empty root, so most puts also create a folder, as a first backup did;
  *   - `two folder levels, exist`: the same, with every folder made beforehand (untimed), as in such a
@@ -40,15 +41,22 @@ const OBJECT_CONCURRENCY = 8;
 /** A pack writer fills the next pack while the last one is written out. */
 const PACK_CONCURRENCY = 2;
 
-type Mode = 'one folder level, new' | 'two folder levels, new' | 'two folder levels, exist' | '16 MiB packs';
+type Mode =
+  | 'one folder level, new'
+  | 'one folder level, exist'
+  | 'two folder levels, new'
+  | 'two folder levels, exist'
+  | '16 MiB packs';
 const MODES: Mode[] = [
   'one folder level, new',
+  'one folder level, exist',
   'two folder levels, new',
   'two folder levels, exist',
   '16 MiB packs',
 ];
 const FANOUT: Record<Exclude<Mode, '16 MiB packs'>, ChunkFanout> = {
   'one folder level, new': 1,
+  'one folder level, exist': 1,
   'two folder levels, new': 2,
   'two folder levels, exist': 2,
 };
@@ -87,8 +95,10 @@ async function storeOnce(
 ): Promise<Timing> {
   const storage = await openLocalStorage(dir);
   try {
-    if (mode === 'two folder levels, exist') {
-      for (const name of names) await mkdir(dirname(join(dir, chunkKeyOfName(name, 2))), { recursive: true });
+    if (mode === 'one folder level, exist' || mode === 'two folder levels, exist') {
+      const fanout = FANOUT[mode];
+      for (const name of names)
+        await mkdir(dirname(join(dir, chunkKeyOfName(name, fanout))), { recursive: true });
     }
     execFileSync('sync');
     const cpu0 = process.cpuUsage();
