@@ -8,10 +8,11 @@ export const CHUNKS_PREFIX = 'chunks/';
  * How many levels of two-hex-character folders lie between `chunks/` and a chunk object, fixed when a
  * repository is created (its config's `chunkFanout`): 1, `chunks/ab/abcd…`, for new repositories; 2,
  * `chunks/ab/cd/abcd…`, for those created with a config that names none. One level keeps a local repository
- * to 256 folders: with two, nearly every chunk of a young repository made a folder of its own (a first
- * backup's server spent about 0.6 s of CPU per GiB on them, docs/performance-notes.md) and a grown one holds
- * 65,536 folders, a 4 KiB block each, that every gc and verify listing walks. 256 folders still keep a
- * folder of a 10 TiB repository (10 million 1 MiB chunks) near 40,000 entries, which ext4 and XFS index.
+ * to 256 folders: with two, nearly every chunk of a young repository made a folder of its own (0.5–0.7 s
+ * of the server's CPU in a first backup of the 2 GiB benchmark image, docs/performance-notes.md) and a grown
+ * one holds 65,536 folders, a 4 KiB block each, that every gc and verify listing walks. 256 folders still
+ * keep a folder of a 10 TiB repository (10 million 1 MiB chunks) near 40,000 entries, which ext4 and XFS
+ * index.
  */
 export type ChunkFanout = 1 | 2;
 export const NEW_REPOSITORY_CHUNK_FANOUT: ChunkFanout = 1;
