@@ -8,11 +8,11 @@ export const CHUNKS_PREFIX = 'chunks/';
  * How many levels of two-hex-character folders lie between `chunks/` and a chunk object, fixed when a
  * repository is created (its config's `chunkFanout`): 1, `chunks/ab/abcd…`, for new repositories; 2,
  * `chunks/ab/cd/abcd…`, for those created with a config that names none. One level keeps a local repository
- * to 256 folders: with two, nearly every chunk of a young repository made a folder of its own (0.5–0.7 s
- * of the server's CPU in a first backup of the 2 GiB benchmark image, docs/performance-notes.md) and a grown
- * one holds 65,536 folders, a 4 KiB block each, that every gc and verify listing walks. 256 folders still
- * keep a folder of a 10 TiB repository (10 million 1 MiB chunks) near 40,000 entries, which ext4 and XFS
- * index.
+ * to 256 folders: with two, nearly every chunk of a young repository made a folder of its own (a median
+ * 0.6 s of the server's CPU in a first backup of the 2 GiB benchmark image, docs/performance-notes.md) and
+ * a grown one holds 65,536 folders, a 4 KiB block each, that every gc and verify listing walks. 256 folders
+ * still keep a folder of a 10 TiB repository (10 million 1 MiB chunks) near 40,000 entries, which ext4 and
+ * XFS index.
  */
 export type ChunkFanout = 1 | 2;
 export const NEW_REPOSITORY_CHUNK_FANOUT: ChunkFanout = 1;
@@ -31,7 +31,10 @@ export function chunkKeyOfName(name: string, fanout: ChunkFanout): string {
     : `${CHUNKS_PREFIX}${name.slice(0, 2)}/${name.slice(2, 4)}/${name}`;
 }
 
-/** The 64-hex name a listed key carries, or undefined for anything that is not a well-formed chunk key under `fanout`. */
+/**
+ * The 64-hex name a listed key carries, or undefined for anything that is not a well-formed chunk key under
+ * `fanout`.
+ */
 export function chunkNameFromKey(key: string, fanout: ChunkFanout): string | undefined {
   const m = CHUNK_KEY_PATTERN[fanout].exec(key);
   const name = m?.[2];
@@ -49,7 +52,10 @@ export interface ObjectCodec {
   readonly fanout: ChunkFanout;
   /** The storage key of chunk `id`. */
   chunkKey(id: string): string;
-  /** The 64-hex name in a chunk key of this repository (the id, or its keyed hash); undefined for any other key. */
+  /**
+   * The 64-hex name in a chunk key of this repository (the id, or its keyed hash); undefined for any other
+   * key.
+   */
   chunkNameOfKey(key: string): string | undefined;
   /**
    * The id a listed chunk key names when the name shows it (plaintext); undefined for a keyed name (the id

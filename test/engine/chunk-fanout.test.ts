@@ -41,7 +41,10 @@ async function localStorage(): Promise<{ dir: string; storage: StorageAdapter; d
   return { dir, storage, done: () => rm(dir, { recursive: true, force: true }) };
 }
 
-/** A config as builds before `chunkFanout` wrote it: the field absent; for format 2 the MAC of docs/repository-format.md. */
+/**
+ * A config as builds before `chunkFanout` wrote it: the field absent; for format 2 the MAC of
+ * docs/repository-format.md.
+ */
 function configWithoutFanout(id: string, key?: Buffer): Buffer {
   const config: Record<string, unknown> = {
     formatVersion: key ? 2 : 1,
