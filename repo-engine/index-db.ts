@@ -832,9 +832,9 @@ export class ReferenceStaging {
    * left) and how many references had no count to lower (an index that was inconsistent before).
    */
   lowerNext(after: Buffer | undefined, limit: number): { last: Buffer | undefined; underflow: number } {
-    const last = (this.lastOfNext.get(after ?? NO_CHUNK, limit) as Buffer | undefined) ?? undefined;
-    if (last === undefined) return { last: undefined, underflow: 0 };
     const from = after ?? NO_CHUNK;
+    const last = (this.lastOfNext.get(from, limit) as Buffer | undefined) ?? undefined;
+    if (last === undefined) return { last: undefined, underflow: 0 };
     const underflow = this.db.transaction(() => {
       const missing = this.underflowIn.get(from, last) as number;
       this.lowerIn.run(from, last);

@@ -126,7 +126,7 @@ export async function rebuildIndex(opts: {
       pending = [];
     };
     for await (const e of opts.storage.list(CHUNKS_PREFIX)) {
-      if (!codec.isChunkKey(e.key)) continue;
+      if (codec.chunkNameOfKey(e.key) === undefined) continue;
       const id = codec.chunkIdFromKey(e.key) ?? (codec.encrypted ? idByKey(e.key) : undefined);
       pending.push({ key: e.key, id, size: e.size, mtimeMs: e.mtimeMs });
       if (pending.length >= 5000) await flush();

@@ -62,7 +62,6 @@ export interface ObjectCodec {
    * is then only known by computing names of known ids, or by opening the object).
    */
   chunkIdFromKey(key: string): string | undefined;
-  isChunkKey(key: string): boolean;
   /**
    * The object to store for chunk `id`'s stored form (chunk-format.ts): `stored` itself when objects are
    * stored as they are, else a sealed copy in memory from `alloc`.
@@ -101,10 +100,6 @@ class PlaintextObjects implements ObjectCodec {
 
   chunkIdFromKey(key: string): string | undefined {
     return chunkNameFromKey(key, this.fanout);
-  }
-
-  isChunkKey(key: string): boolean {
-    return chunkNameFromKey(key, this.fanout) !== undefined;
   }
 
   sealChunk(_id: string, stored: Buffer): Buffer {
@@ -157,10 +152,6 @@ export class EncryptedObjects implements ObjectCodec {
 
   chunkIdFromKey(): undefined {
     return undefined;
-  }
-
-  isChunkKey(key: string): boolean {
-    return chunkNameFromKey(key, this.fanout) !== undefined;
   }
 
   sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer {

@@ -42,7 +42,8 @@ export async function verifyRepository(
   // Storage keys, not ids: an encrypted repository's names are keyed hashes of the ids.
   const codec = ctx.chunks.codec;
   const stored = new Set<string>();
-  for await (const e of ctx.storage.list(CHUNKS_PREFIX)) if (codec.isChunkKey(e.key)) stored.add(e.key);
+  for await (const e of ctx.storage.list(CHUNKS_PREFIX))
+    if (codec.chunkNameOfKey(e.key) !== undefined) stored.add(e.key);
 
   const indexed = new Set(ctx.index.listSnapshots().map((s) => s.id));
   const snapshotIds = new Set(indexed);
