@@ -42,6 +42,13 @@ export function encodeStoredChunk(
   return out;
 }
 
+/** The 9-byte header of a stored chunk object, alone: for sealing header and payload without joining them. */
+export function storedChunkHeader(encoding: ChunkEncoding, rawLength: number): Buffer {
+  const header = Buffer.allocUnsafe(CHUNK_HEADER_BYTES);
+  writeStoredChunkHeader(header, encoding, rawLength);
+  return header;
+}
+
 function writeStoredChunkHeader(out: Buffer, encoding: ChunkEncoding, rawLength: number): void {
   CHUNK_MAGIC.copy(out, 0);
   out[3] = CHUNK_FORMAT_VERSION;
@@ -151,22 +158,17 @@ let cctx: InstanceType<ZstdBinding['CCtx']> | undefined;
 let compressScratch: Buffer | undefined;
 
 /**
- * The stored object for a raw upload, compressed with zstd level 1 when that saves at least 3% (otherwise
- * stored raw, so incompressible data stays cheap to read). The
- * compressor writes into one reused scratch buffer behind room for the header, so an incompressible chunk
- * costs no throwaway allocation and a compressible one is copied once, at its compressed size: per-upload
- * megabyte buffers were the server's largest garbage-collection cost.
+ * How a raw upload is stored: compressed with zstd level 1 when that saves at least 3% (otherwise raw, so
+ * incompressible data stays cheap to read). A compressed payload lies in one reused scratch buffer and is
+ * valid until the next call: the caller copies it into the object it stores, so no chunk-sized buffer is
+ * allocated per upload (per-upload megabyte buffers were the server's largest garbage-collection cost).
  */
-export function encodeRawChunkForStorage(raw: Buffer, alloc: BufferAllocator = Buffer.allocUnsafe): Buffer {
-  const room = CHUNK_HEADER_BYTES + zstdCompressBound(raw.length);
+export function storedFormOfRaw(raw: Buffer): { encoding: 'raw' | 'zstd'; payload: Buffer } {
+  const room = zstdCompressBound(raw.length);
   if (!compressScratch || compressScratch.length < room) compressScratch = Buffer.allocUnsafe(room);
   cctx ??= new binding.CCtx();
-  const packed = cctx.compress(compressScratch.subarray(CHUNK_HEADER_BYTES, room), raw, COMPRESSION_LEVEL);
-  const worthwhile = compressionWorthwhile(packed, raw.length);
-  const out = alloc(CHUNK_HEADER_BYTES + (worthwhile ? packed : raw.length));
-  writeStoredChunkHeader(out, worthwhile ? 'zstd' : 'raw', raw.length);
-  if (worthwhile)
-    compressScratch.copy(out, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + packed);
-  else raw.copy(out, CHUNK_HEADER_BYTES);
-  return out;
+  const packed = cctx.compress(compressScratch.subarray(0, room), raw, COMPRESSION_LEVEL);
+  return compressionWorthwhile(packed, raw.length)
+    ? { encoding: 'zstd', payload: compressScratch.subarray(0, packed) }
+    : { encoding: 'raw', payload: raw };
 }

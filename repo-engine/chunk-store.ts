@@ -13,9 +13,10 @@ import {
   decodeStoredChunk,
   decodeStoredChunkHeader,
   decompressBounded,
-  encodeRawChunkForStorage,
   encodeStoredChunk,
   sha256Hex,
+  storedChunkHeader,
+  storedFormOfRaw,
   TooLargeError,
   zstdPayloadProblem,
 } from './chunk-format.js';
@@ -138,28 +139,24 @@ export class ChunkStore {
    * to exactly the verified bytes for every reader, whatever form the uploader chose.
    */
   prepare(id: string, upload: VerifiedUpload, payload: Buffer, encoding: ChunkEncoding): PreparedChunk {
-    const alloc = (n: number) => this.objects.takeBuffer(n);
     const { rawLength } = upload;
-    if (encoding === 'sealed')
-      return {
-        id,
-        rawLength,
-        bytes: this.sealed(id, encodeStoredChunk('sealed', rawLength, payload, alloc)),
-      };
-    if (encoding === 'zstd' && upload.canonical)
-      return { id, rawLength, bytes: this.sealed(id, encodeStoredChunk('zstd', rawLength, payload, alloc)) };
+    if (encoding === 'sealed' || (encoding === 'zstd' && upload.canonical))
+      return { id, rawLength, bytes: this.objectOf(id, encoding, rawLength, payload) };
     const raw = this.uploadedRaw(id, payload, encoding);
     if (raw.length !== rawLength)
       throw new Error(`chunk ${id} decompressed to another length the second time`);
-    return { id, rawLength, bytes: this.sealed(id, encodeRawChunkForStorage(raw, alloc)) };
+    const form = storedFormOfRaw(raw);
+    return { id, rawLength, bytes: this.objectOf(id, form.encoding, rawLength, form.payload) };
   }
 
-  /** The object to store: `stored` itself in a plaintext repository; else sealed, and `stored` recycled. */
-  private sealed(id: string, stored: Buffer): Buffer {
-    if (!this.codec.encrypted) return stored;
-    const sealed = this.codec.sealChunk(id, stored, (n) => this.objects.takeBuffer(n));
-    this.objects.giveBack(stored);
-    return sealed;
+  /**
+   * The stored object of a chunk, in recycled memory: header and payload joined, or in an encrypted
+   * repository sealed straight from the two, so the payload is copied once, by the cipher.
+   */
+  private objectOf(id: string, encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
+    const alloc = (n: number) => this.objects.takeBuffer(n);
+    if (!this.codec.encrypted) return encodeStoredChunk(encoding, rawLength, payload, alloc);
+    return this.codec.sealChunk(id, [storedChunkHeader(encoding, rawLength), payload], alloc);
   }
 
   /**

@@ -63,10 +63,11 @@ export interface ObjectCodec {
    */
   chunkIdFromKey(key: string): string | undefined;
   /**
-   * The object to store for chunk `id`'s stored form (chunk-format.ts): `stored` itself when objects are
-   * stored as they are, else a sealed copy in memory from `alloc`.
+   * The object to store for chunk `id`'s stored form (chunk-format.ts), given as pieces to be joined (its
+   * header and payload, say): a sealed object in memory from `alloc`, encrypted straight from the pieces;
+   * when objects are stored as they are, the pieces joined (the one piece itself).
    */
-  sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer;
+  sealChunk(id: string, stored: Buffer[], alloc?: (length: number) => Buffer): Buffer;
   /**
    * A chunk object's stored form and the id it was written for; CorruptError naming the chunk (`expectId`,
    * or the storage key when the id is not known) when it does not open or holds another chunk. `object` is
@@ -102,8 +103,13 @@ class PlaintextObjects implements ObjectCodec {
     return chunkNameFromKey(key, this.fanout);
   }
 
-  sealChunk(_id: string, stored: Buffer): Buffer {
-    return stored;
+  sealChunk(_id: string, stored: Buffer[], alloc?: (length: number) => Buffer): Buffer {
+    if (stored.length === 1) return stored[0] as Buffer;
+    const length = stored.reduce((n, piece) => n + piece.length, 0);
+    const out = alloc ? alloc(length) : Buffer.allocUnsafe(length);
+    let at = 0;
+    for (const piece of stored) at += piece.copy(out, at);
+    return out;
   }
 
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer } {
@@ -154,8 +160,8 @@ export class EncryptedObjects implements ObjectCodec {
     return undefined;
   }
 
-  sealChunk(id: string, stored: Buffer, alloc?: (length: number) => Buffer): Buffer {
-    return this.sealer.seal(this.chunkKey(id), [Buffer.from(id, 'hex'), stored], alloc);
+  sealChunk(id: string, stored: Buffer[], alloc?: (length: number) => Buffer): Buffer {
+    return this.sealer.seal(this.chunkKey(id), [Buffer.from(id, 'hex'), ...stored], alloc);
   }
 
   openChunk(key: string, object: Buffer, expectId?: string): { id: string; stored: Buffer } {

@@ -148,10 +148,9 @@ test('gc deletes orphan chunk objects unknown to the index only once they are ol
     storage.clock = fx.clock.now;
     const orphan = Buffer.alloc(3000, 1);
     const key = fx.repo.storedObjects.chunkKey(sha256(orphan));
-    const object = fx.repo.storedObjects.sealChunk(
-      sha256(orphan),
+    const object = fx.repo.storedObjects.sealChunk(sha256(orphan), [
       encodeStoredChunk('raw', orphan.length, orphan),
-    );
+    ]);
     // Sealed: 24-byte header, the 32-byte id, the 9-byte chunk header and the bytes, a 16-byte tag.
     t.is(object.length, 24 + 32 + 9 + orphan.length + 16);
     await storage.put(key, object);

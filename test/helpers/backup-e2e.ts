@@ -170,7 +170,7 @@ export async function corruptStoredChunk(
     const raw = Buffer.from(chunk.encoding === 'zstd' ? decompress(chunk.payload) : chunk.payload);
     raw[raw.length - 10] ^= 0xff;
     const payload = chunk.encoding === 'zstd' ? compress(raw) : raw;
-    await writeFile(path, codec.sealChunk(id, encodeStoredChunk(chunk.encoding, raw.length, payload)));
+    await writeFile(path, codec.sealChunk(id, [encodeStoredChunk(chunk.encoding, raw.length, payload)]));
     return;
   }
   const fh = await open(path, 'r+');

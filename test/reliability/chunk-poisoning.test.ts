@@ -112,7 +112,7 @@ async function poisonInStorage(c: TestChunk): Promise<void> {
   const objects = (srv.repo as Repository).storedObjects;
   await srv.storage.put(
     objects.chunkKey(c.id),
-    objects.sealChunk(c.id, encodeStoredChunk('zstd', c.data.length, twoFrames(c.data))),
+    objects.sealChunk(c.id, [encodeStoredChunk('zstd', c.data.length, twoFrames(c.data))]),
   );
 }
 
