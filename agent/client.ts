@@ -9,6 +9,8 @@ import {
   type CreateSessionResponse,
   type CreateShareRequest,
   type CreateShareResponse,
+  type DamageReportRequest,
+  type DamageReportResponse,
   type ForgetRequest,
   type ForgetResponse,
   type GcReport,
@@ -130,6 +132,14 @@ export class DiskvaultClient {
       ...(tenant !== undefined ? { tenant } : {}),
       ...(e2e !== undefined ? { e2e } : {}),
     });
+  }
+
+  /**
+   * Tells the server of chunks a read here found wrong (at most MAX_DAMAGE_REPORTS per call); it checks
+   * each stored copy and answers what it now holds.
+   */
+  async reportDamage(chunks: DamageReportRequest['chunks']): Promise<DamageReportResponse['chunks']> {
+    return (await this.json<DamageReportResponse>('POST', 'v1/chunks/damaged', { chunks })).chunks;
   }
 
   /** Ids the server wants uploaded, from `ids` (at most MAX_MISSING_IDS per call; the caller batches). */

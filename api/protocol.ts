@@ -18,6 +18,22 @@ export const RAW_LENGTH_HEADER = 'x-diskvault-raw-length';
 /** Most ids one missing query may carry. */
 export const MAX_MISSING_IDS = 50_000;
 
+/** Chunks one damage report may name. */
+export const MAX_DAMAGE_REPORTS = 1000;
+
+/**
+ * `POST /v1/chunks/damaged`: chunks a reader found wrong (a restore, `verify --key`), each with what it
+ * found; the server's verdict on each comes back (repo-engine Repository.reportDamage).
+ */
+export interface DamageReportRequest {
+  chunks: { id: string; detail: string }[];
+}
+
+export interface DamageReportResponse {
+  /** damaged: nobody has it until the next upload of it replaces it; good: the stored copy checks out. */
+  chunks: { id: string; status: 'damaged' | 'good' | 'absent' }[];
+}
+
 /** POST /v1/sessions */
 export interface CreateSessionRequest {
   host: string;

@@ -504,6 +504,41 @@ export class Repository implements RepositoryApi {
     this.opts.log(`chunk ${id}: stored copy is damaged (${err.message}); the next upload of it replaces it`);
   }
 
+  /**
+   * A reader (a restore, `verify --key`) found chunk `id` wrong. The stored copy is read again from storage
+   * and checked as fully as the server can: damage found that way is noted as any read's. A sealed chunk
+   * whose copy passes those checks (its tag and keyed id only a holder of its key can check) is marked
+   * damaged on the word of `tenant`, who owns it (a tenant reads only the chunks it owns), or of a global
+   * admin (`tenant` undefined): the holders of its key are the only ones who can judge it, and the only ones
+   * whose snapshots name it. A copy
+   * the server can check in full and finds good stays as it is (the reader's trouble lay elsewhere). A
+   * chunk the tenant may not read, or that is not stored, is 'absent'. Once damaged, the missing query
+   * reports it and the next upload of it replaces the copy.
+   */
+  async reportDamage(
+    tenant: string | undefined,
+    id: string,
+    detail: string,
+  ): Promise<'damaged' | 'good' | 'absent'> {
+    checkChunkId(id);
+    return this.mutation(async () => {
+      const row = this.index.getChunk(id);
+      if (!row || row.stored_size === 0) return 'absent';
+      if (tenant !== undefined && this.chunksReadableBy(tenant, [id]).length === 0) return 'absent';
+      if (this.index.isDamaged(id)) return 'damaged';
+      if (!(await this.storedCopyIsGood(id))) return 'damaged';
+      const { encoding } = await this.damageNoted(id, () => this.chunks.readHeader(id));
+      if (encoding !== 'sealed') return 'good';
+      // Looked at again after the reads: gc may have removed the chunk meanwhile.
+      const still = this.index.getChunk(id);
+      if (!still || still.stored_size === 0) return 'absent';
+      const why = `a holder of its key found it wrong: ${detail}`;
+      this.index.markDamaged(id, why, this.opts.now());
+      this.opts.log(`chunk ${id}: ${why}; the next upload of it replaces it`);
+      return 'damaged';
+    });
+  }
+
   /** Runs a chunk read; a damaged copy found on the way is noted before the error goes on. */
   private async damageNoted<T>(id: string, read: () => Promise<T>): Promise<T> {
     try {

@@ -325,6 +325,15 @@ export interface RepositoryApi {
    * answer GET /v1/chunks/:id for another tenant's chunk exactly as for an absent one. Read-only: no touch.
    */
   chunksReadableBy(tenant: string, ids: string[]): string[];
+  /**
+   * A reader found chunk `id` wrong (`detail`): the server's verdict after checking the stored copy, and
+   * for a sealed chunk the word of its owner (`tenant`; undefined for a global admin). See the Repository.
+   */
+  reportDamage(
+    tenant: string | undefined,
+    id: string,
+    detail: string,
+  ): Promise<'damaged' | 'good' | 'absent'>;
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;
   applyForget(

@@ -13,6 +13,7 @@ import { formatBytes } from '../../common/units.js';
 import { isProtectedRefusal } from '../../repo-engine/protection.js';
 import { resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { describeVerdict } from '../damage-report.js';
 import { commandKey, keyPathOf } from '../e2e/key-store.js';
 import { KEY_OPTIONS, type KeyFlags } from '../e2e/snapshot-key.js';
 import { verifyWithKey } from '../e2e/verify-with-key.js';
@@ -354,6 +355,7 @@ async function verifyKey(
   const keys = await commandKey(flags);
   if (!keys) throw new UsageError('verify --key needs a key file');
   const r = await verifyWithKey(client, keys, {
+    warn: (line) => process.stderr.write(`diskvault verify: warning: ${line}\n`),
     onProgress: json
       ? undefined
       : (done, total) => {
@@ -369,6 +371,7 @@ async function verifyKey(
     for (const m of r.badManifests) process.stdout.write(`bad manifest ${m.snapshot}: ${m.detail}\n`);
     for (const p of r.problems)
       process.stdout.write(`${p.kind} chunk ${p.chunk} (${p.detail}), used by ${p.snapshots.join(', ')}\n`);
+    for (const v of r.reported) process.stdout.write(`${describeVerdict(v)}\n`);
     process.stdout.write(r.ok ? 'no problems found\n' : 'PROBLEMS FOUND\n');
   }
   return r.ok ? EXIT_OK : EXIT_FAILURE;

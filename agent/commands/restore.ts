@@ -1,8 +1,10 @@
 import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, UsageError } from '../../common/cli.js';
+import { isDiskvaultError } from '../../common/errors.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { describeVerdict, type FoundDamage, reportDamage } from '../damage-report.js';
 import {
   KEY_OPTIONS,
   keyForSnapshot,
@@ -120,6 +122,15 @@ export async function run(argv: string[], command: string): Promise<number> {
       size: header.size,
     });
     let result: Awaited<ReturnType<typeof restoreSnapshot>>;
+    // Chunks this restore found wrong: reported to the server once it ends, so the next backup that has
+    // them uploads them again.
+    const damaged: FoundDamage[] = [];
+    const reportFound = async () => {
+      if (damaged.length === 0) return;
+      const warn = (line: string) => process.stderr.write(`diskvault ${command}: warning: ${line}\n`);
+      for (const v of await reportDamage(client, damaged, warn))
+        process.stderr.write(`diskvault ${command}: ${describeVerdict(v)}\n`);
+    };
     try {
       result = await restoreSnapshot({
         header,
@@ -133,15 +144,26 @@ export async function run(argv: string[], command: string): Promise<number> {
         concurrency,
         signal: interrupt.signal,
         onProgress: (p) => progress.update(p),
-        onDamage: (d) =>
+        onDamage: (d) => {
+          damaged.push({ chunk: d.chunk, detail: d.reason });
           process.stderr.write(
             `diskvault ${command}: chunk ${d.chunk} at offset ${d.offset} length ${d.length} is damaged, left as zeros: ${d.reason}\n`,
-          ),
+          );
+        },
       });
+    } catch (err) {
+      const chunk = isDiskvaultError(err) ? err.details?.chunk : undefined;
+      if (typeof chunk === 'string' && err instanceof Error && !interrupt.signal.aborted) {
+        damaged.push({ chunk, detail: err.message });
+        progress.stop();
+        await reportFound();
+      }
+      throw err;
     } finally {
       progress.stop();
       await target.close();
     }
+    await reportFound();
 
     // Only once the restore ran to its end: a half-written table is better left unread.
     const table = target.kind === 'device' ? await rereadPartitionTable(targetPath) : undefined;

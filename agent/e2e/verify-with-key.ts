@@ -3,6 +3,7 @@ import { isDiskvaultError } from '../../common/errors.js';
 import { MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { Semaphore } from '../backup/semaphore.js';
 import type { DiskvaultClient } from '../client.js';
+import { type DamageVerdict, reportDamage } from '../damage-report.js';
 import { clientChunkFetcher } from '../restore/client-fetcher.js';
 import { DecodePool } from '../restore/decode-pool.js';
 import { streamChunkFetcher } from '../restore/stream-fetcher.js';
@@ -18,6 +19,8 @@ export interface KeyVerifyReport {
   bytesRead: number;
   problems: { chunk: string; kind: 'missing' | 'corrupt'; snapshots: string[]; detail: string }[];
   badManifests: { snapshot: string; detail: string }[];
+  /** The server's verdict on each corrupt chunk, reported to it so the next backup with the key uploads it again. */
+  reported: DamageVerdict[];
   seconds: number;
 }
 
@@ -30,7 +33,12 @@ export interface KeyVerifyReport {
 export async function verifyWithKey(
   client: DiskvaultClient,
   keys: E2eKeys,
-  opts: { concurrency?: number; onProgress?: (done: number, total: number) => void } = {},
+  opts: {
+    concurrency?: number;
+    onProgress?: (done: number, total: number) => void;
+    /** Told when the corrupt chunks could not be reported to the server. */
+    warn?: (line: string) => void;
+  } = {},
 ): Promise<KeyVerifyReport> {
   const started = performance.now();
   const snapshots = (await client.listSnapshots({})).filter((s) => s.e2e?.keyId === keys.keyId);
@@ -42,6 +50,7 @@ export async function verifyWithKey(
     bytesRead: 0,
     problems: [],
     badManifests: [],
+    reported: [],
     seconds: 0,
   };
   // Every distinct chunk once, with the snapshots naming it (a problem names them all).
@@ -87,6 +96,8 @@ export async function verifyWithKey(
     await pool.close();
   }
   report.problems.sort((a, b) => a.chunk.localeCompare(b.chunk));
+  const corrupt = report.problems.filter((p) => p.kind === 'corrupt');
+  if (corrupt.length > 0) report.reported = await reportDamage(client, corrupt, opts.warn ?? (() => {}));
   report.ok = report.problems.length === 0 && report.badManifests.length === 0;
   report.seconds = (performance.now() - started) / 1000;
   return report;

@@ -7,11 +7,18 @@ import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../../repo-engine/sealed-chunk.js';
 import type { ChunkLease } from '../../repo-engine/types.js';
 import { requireWriter, tenantScope } from '../auth.js';
-import { readCapped } from '../body.js';
+import { readCapped, readJson } from '../body.js';
 import { storeUploadedChunk } from '../chunk-upload.js';
-import { type ApiContext, param, query, route } from '../context.js';
-import { CHUNK_CONTENT_TYPE, type PutChunkResponse, RAW_LENGTH_HEADER } from '../protocol.js';
-import { checkId, checkSessionId } from '../validation.js';
+import { type ApiContext, param, query, route, sendJson } from '../context.js';
+import {
+  CHUNK_CONTENT_TYPE,
+  type DamageReportRequest,
+  type DamageReportResponse,
+  MAX_DAMAGE_REPORTS,
+  type PutChunkResponse,
+  RAW_LENGTH_HEADER,
+} from '../protocol.js';
+import { asObject, checkId, checkSessionId } from '../validation.js';
 
 function requestEncoding(req: IncomingMessage): 'raw' | 'zstd' | 'sealed' {
   // A sealed chunk (end-to-end) is sent as its own content type, never content-encoded.
@@ -77,6 +84,21 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
     }),
   );
 
+  // Any token may report what its reads found: the server checks a copy itself before believing a report,
+  // except a sealed chunk's, which only its key's holders (its owners) can judge and whose reports touch only
+  // their own snapshots (Repository.reportDamage).
+  server.post(
+    '/v1/chunks/damaged',
+    route(ctx, async (req, res, p) => {
+      const reports = checkDamageReports(await readJson(req, DAMAGE_REPORT_BYTES));
+      const tenant = tenantScope(p);
+      const chunks: DamageReportResponse['chunks'] = [];
+      for (const r of reports)
+        chunks.push({ id: r.id, status: await repo.reportDamage(tenant, r.id, r.detail) });
+      sendJson(res, 200, { chunks } satisfies DamageReportResponse);
+    }),
+  );
+
   server.get(
     '/v1/chunks/:id',
     route(ctx, async (req, res, p) => {
@@ -126,4 +148,22 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
       res.end(body);
     }),
   );
+}
+
+/** The largest damage report body: MAX_DAMAGE_REPORTS chunks, each with a detail of 500 characters. */
+const DAMAGE_REPORT_BYTES = 1024 * 1024;
+
+/** The body of a damage report, checked: 1 to MAX_DAMAGE_REPORTS chunks, each an id and what was found. */
+function checkDamageReports(body: unknown): DamageReportRequest['chunks'] {
+  const { chunks } = asObject(body) as { chunks?: unknown };
+  if (!Array.isArray(chunks) || chunks.length === 0 || chunks.length > MAX_DAMAGE_REPORTS)
+    throw new InvalidInputError(`chunks must list 1 to ${MAX_DAMAGE_REPORTS} damaged chunks`);
+  return chunks.map((c) => {
+    const { id, detail } = asObject(c) as { id?: unknown; detail?: unknown };
+    if (typeof detail !== 'string' || detail.length > 500)
+      throw new InvalidInputError(
+        'each damaged chunk needs a detail: what was found, at most 500 characters',
+      );
+    return { id: checkId(id, 'chunk id'), detail };
+  });
 }

@@ -203,6 +203,8 @@ for (const storage of ['local', 's3'] as const) {
       );
       t.is(bad.code, 1);
       t.regex(bad.stderr, new RegExp(`chunk ${victim} is corrupt: its authentication tag does not match`));
+      // Reported back: the server cannot judge a sealed chunk, so it takes its key holder's word for it.
+      t.regex(bad.stderr, new RegExp(`chunk ${victim} is marked damaged on the server`));
       const agentVerify = await dv(
         ['verify', '--key', key, '--password-file', pw, '--read-data', '--json'],
         conn,
@@ -214,6 +216,23 @@ for (const storage of ['local', 's3'] as const) {
         [[victim, [snapshot]]],
       );
       t.regex(report.problems[0].detail, /authentication tag/);
+      t.deepEqual(report.reported, [{ id: victim, status: 'damaged' }]);
+
+      // So the next backup with the key uploads the chunk again (without the report it would upload
+      // nothing: every chunk is stored), and the snapshot restores bit for bit.
+      const heal = await backupCli(conn, image.file, 'h1', 'sda', ['--key', key, '--password-file', pw]);
+      t.is(heal.code, 0, heal.stderr);
+      t.true((summaryOf(heal).bytesUploaded as number) > 0, heal.stdout);
+      const healed = path.join(work, 'healed.img');
+      const healedRun = await dv(['restore', snapshot, healed, '--key', key, '--password-file', pw], conn);
+      t.is(healedRun.code, 0, healedRun.stderr);
+      t.is(await sha256File(healed), image.sha256);
+      const cleanAgain = await dv(
+        ['verify', '--key', key, '--password-file', pw, '--read-data', '--json'],
+        conn,
+      );
+      t.is(cleanAgain.code, 0, cleanAgain.stderr);
+      t.deepEqual(JSON.parse(cleanAgain.stdout).reported, []);
     } finally {
       await srv.stop();
       await removeDir(work);

@@ -97,6 +97,14 @@ export async function openSession(url: string, token: string, host: string, disk
   return r.json.id as string;
 }
 
+/** What the missing query of a fresh session of `host` answers for `ids`; the session is aborted after. */
+export async function missingFor(url: string, token: string, host: string, ids: string[]): Promise<string[]> {
+  const session = await openSession(url, token, host);
+  const r = await call(url, token, 'POST', `/v1/sessions/${session}/missing`, { json: { ids } });
+  await call(url, token, 'DELETE', `/v1/sessions/${session}`);
+  return r.json.missing;
+}
+
 export async function putChunk(
   url: string,
   token: string,

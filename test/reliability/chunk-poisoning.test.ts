@@ -4,7 +4,15 @@ import { DiskvaultClient } from '../../agent/client.js';
 import { decodeStoredChunk, encodeStoredChunk } from '../../repo-engine/chunk-format.js';
 import type { Repository } from '../../repo-engine/repository.js';
 import type { VerifyReport } from '../../repo-engine/types.js';
-import { backup, call, chunkOf, openSession, type TestChunk, zstd } from '../helpers/api-client.js';
+import {
+  backup,
+  call,
+  chunkOf,
+  missingFor,
+  openSession,
+  type TestChunk,
+  zstd,
+} from '../helpers/api-client.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -88,13 +96,6 @@ async function restoreChunk(token: string, id: string): Promise<Buffer> {
   }
 }
 
-async function missingFor(token: string, host: string, ids: string[]): Promise<string[]> {
-  const session = await openSession(srv.url, token, host);
-  const r = await call(srv.url, token, 'POST', `/v1/sessions/${session}/missing`, { json: { ids } });
-  await call(srv.url, token, 'DELETE', `/v1/sessions/${session}`);
-  return r.json.missing;
-}
-
 async function runVerify(readData: boolean): Promise<VerifyReport> {
   const started = await call(srv.url, srv.adminToken, 'POST', '/v1/verify', { json: { readData } });
   let job = started.json.job;
@@ -151,7 +152,7 @@ test.serial(
     const failed = await t.throwsAsync(restoreChunk(tokenA, x.id));
     t.regex(failed?.message ?? '', /corrupt|declares/i);
     // Known bad now: the missing query reports it to its owner, so the next backup uploads it.
-    t.deepEqual(await missingFor(tokenA, 'pa-web1', [x.id, y.id]), [x.id]);
+    t.deepEqual(await missingFor(srv.url, tokenA, 'pa-web1', [x.id, y.id]), [x.id]);
 
     const before = await runVerify(true);
     t.false(before.ok);
@@ -165,7 +166,7 @@ test.serial(
     t.is(next.uploaded, 1);
     await assertStoredCanonically(t, x, 'the replaced copy');
     t.true((await restoreChunk(tokenA, x.id)).equals(x.data));
-    t.deepEqual(await missingFor(tokenA, 'pa-web1', [x.id, y.id]), []);
+    t.deepEqual(await missingFor(srv.url, tokenA, 'pa-web1', [x.id, y.id]), []);
 
     const after = await runVerify(true);
     t.true(after.ok, JSON.stringify(after.problems));
@@ -191,7 +192,7 @@ test.serial('verify alone finds a poisoned copy, and the missing query then repo
     report.problems.map((p) => [p.chunk, p.kind, p.snapshots]),
     [[w.id, 'corrupt', [s]]],
   );
-  t.deepEqual(await missingFor(tokenA, 'pa-web1', [w.id]), [w.id]);
+  t.deepEqual(await missingFor(srv.url, tokenA, 'pa-web1', [w.id]), [w.id]);
   // A quick verify (no data read) still reports the known damage.
   const quick = await runVerify(false);
   t.deepEqual(
