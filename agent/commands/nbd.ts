@@ -1,10 +1,12 @@
 import { isIP } from 'node:net';
 import { EXIT_OK, UsageError } from '../../common/cli.js';
+import { isDiskvaultError } from '../../common/errors.js';
 import { formatBytes, parseListen, parseSize } from '../../common/units.js';
 import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
+import { describeVerdict, reportDamage } from '../damage-report.js';
 import { KEY_OPTIONS, keyForSnapshot, openedHeader, workerKeys } from '../e2e/snapshot-key.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { SnapshotImage } from '../nbd/snapshot-image.js';
@@ -94,6 +96,20 @@ export async function run(argv: string[], command: string): Promise<number> {
       },
       cacheBytes,
     );
+    // A chunk a read found wrong is reported to the server once (clients retry reads), in the background:
+    // the server then marks a bad copy damaged, and the next backup that has the chunk uploads it again.
+    const reported = new Set<string>();
+    const reportOnce = (err: unknown) => {
+      const chunk = isDiskvaultError(err) ? err.details?.chunk : undefined;
+      if (typeof chunk !== 'string' || reported.has(chunk)) return;
+      reported.add(chunk);
+      const say = (line: string) => process.stderr.write(`diskvault ${command}: ${line}\n`);
+      void reportDamage(client, [{ chunk, detail: (err as Error).message }], (line) =>
+        say(`warning: ${line}`),
+      ).then((verdicts) => {
+        for (const v of verdicts) say(describeVerdict(v));
+      });
+    };
     const name = values.name ?? snapshot.id;
     server = new NbdServer(
       {
@@ -103,10 +119,12 @@ export async function run(argv: string[], command: string): Promise<number> {
         read: (offset, length) => image.read(offset, length),
       },
       {
-        onReadError: (err, offset, length) =>
+        onReadError: (err, offset, length) => {
           process.stderr.write(
             `diskvault ${command}: read of ${length} bytes at offset ${offset} failed, the client got EIO: ${(err as Error).message}\n`,
-          ),
+          );
+          reportOnce(err);
+        },
       },
     );
     const address = await server.listen(listen.port, listen.host);

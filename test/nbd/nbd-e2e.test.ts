@@ -11,6 +11,7 @@ import { runJob } from '../helpers/api-client.js';
 import { backupNights, corruptStoredChunk, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { DISKVAULT } from '../helpers/diskvault-command.js';
 import { downloadsLoggedSince } from '../helpers/download-logs.js';
+import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 /**
@@ -174,6 +175,12 @@ test.serial(
       ).catch((e: { stdout?: string; stderr?: string }) => e);
       t.regex(`${bad.stdout ?? ''}${bad.stderr ?? ''}`, /Input\/output error/);
       t.regex(nbd.stderr(), new RegExp(`offset \\d+ failed, the client got EIO: .*${victim.id}`));
+      // And reported: the server holds the copy damaged, so the next backup of the disk uploads it again.
+      await pollUntil(
+        () => nbd.stderr(),
+        (text) => text.includes(`chunk ${victim.id} is marked damaged on the server`),
+        'the damage report',
+      );
       const good = await execFileP(
         'qemu-io',
         ['-r', '-f', 'raw', '-c', 'read -v 0 16', `nbd://127.0.0.1:${nbd.port}`],
