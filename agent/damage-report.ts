@@ -34,11 +34,15 @@ export async function reportDamage(
   return verdicts;
 }
 
-/** One line per verdict, for a person: what the server now does about each chunk. */
+/** What the server now does about a reported chunk, as a clause for a person. */
+export function verdictClause(status: DamageVerdict['status']): string {
+  if (status === 'damaged')
+    return 'the server has marked its copy damaged, so the next backup of a machine that has it uploads it again';
+  if (status === 'good') return "the server's copy checks out, so it was damaged on its way here: try again";
+  return 'the server no longer holds it';
+}
+
+/** One line per verdict: the chunk and what the server now does about it. */
 export function describeVerdict(v: DamageVerdict): string {
-  if (v.status === 'damaged')
-    return `chunk ${v.id} is marked damaged on the server: the next backup of a machine that has it uploads it again`;
-  if (v.status === 'good')
-    return `chunk ${v.id}: the server's stored copy checks out, so it was damaged on its way here; try again`;
-  return `chunk ${v.id}: the server no longer holds it`;
+  return `chunk ${v.id}: ${verdictClause(v.status)}`;
 }

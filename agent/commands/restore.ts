@@ -4,7 +4,7 @@ import { ManifestReader } from '../../repo-engine/manifest-codec.js';
 import { type ChunkHold, holdSnapshot } from '../chunk-hold.js';
 import { parseCommandArgs, resolveClientConfig } from '../cli-support.js';
 import { DiskvaultClient } from '../client.js';
-import { describeVerdict, type FoundDamage, reportDamage } from '../damage-report.js';
+import { describeVerdict, type FoundDamage, reportDamage, verdictClause } from '../damage-report.js';
 import {
   KEY_OPTIONS,
   keyForSnapshot,
@@ -125,11 +125,16 @@ export async function run(argv: string[], command: string): Promise<number> {
     // Chunks this restore found wrong: reported to the server once it ends, so the next backup that has
     // them uploads them again.
     const damaged: FoundDamage[] = [];
-    const reportFound = async () => {
+    // The chunk that stopped the restore gets the server's verdict in its own error line (one line naming
+    // it); chunks left as zeros (--continue-on-error) get a line each.
+    const reportFound = async (stopped?: { chunk: string; err: Error }) => {
       if (damaged.length === 0) return;
       const warn = (line: string) => process.stderr.write(`diskvault ${command}: warning: ${line}\n`);
-      for (const v of await reportDamage(client, damaged, warn))
-        process.stderr.write(`diskvault ${command}: ${describeVerdict(v)}\n`);
+      for (const v of await reportDamage(client, damaged, warn)) {
+        if (v.id === stopped?.chunk)
+          stopped.err.message = `${stopped.err.message}; ${verdictClause(v.status)}`;
+        else process.stderr.write(`diskvault ${command}: ${describeVerdict(v)}\n`);
+      }
     };
     try {
       result = await restoreSnapshot({
@@ -156,7 +161,7 @@ export async function run(argv: string[], command: string): Promise<number> {
       if (typeof chunk === 'string' && err instanceof Error && !interrupt.signal.aborted) {
         damaged.push({ chunk, detail: err.message });
         progress.stop();
-        await reportFound();
+        await reportFound({ chunk, err });
       }
       throw err;
     } finally {

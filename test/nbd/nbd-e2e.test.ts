@@ -178,7 +178,7 @@ test.serial(
       // And reported: the server holds the copy damaged, so the next backup of the disk uploads it again.
       await pollUntil(
         () => nbd.stderr(),
-        (text) => text.includes(`chunk ${victim.id} is marked damaged on the server`),
+        (text) => text.includes(`chunk ${victim.id}: the server has marked its copy damaged`),
         'the damage report',
       );
       const good = await execFileP(
