@@ -510,10 +510,9 @@ export class Repository implements RepositoryApi {
    * whose copy passes those checks (its tag and keyed id only a holder of its key can check) is marked
    * damaged on the word of `tenant`, who owns it (a tenant reads only the chunks it owns), or of a global
    * admin (`tenant` undefined): the holders of its key are the only ones who can judge it, and the only ones
-   * whose snapshots name it. A copy
-   * the server can check in full and finds good stays as it is (the reader's trouble lay elsewhere). A
-   * chunk the tenant may not read, or that is not stored, is 'absent'. Once damaged, the missing query
-   * reports it and the next upload of it replaces the copy.
+   * whose snapshots name it. A copy the server can check in full and finds good stays as it is (the
+   * reader's trouble lay elsewhere). A chunk the tenant may not read, or that is not stored, is 'absent'.
+   * Once damaged, the missing query reports it and the next upload of it replaces the copy.
    */
   async reportDamage(
     tenant: string | undefined,
