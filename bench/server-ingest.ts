@@ -29,7 +29,7 @@ import { storedFormOfRaw } from '../repo-engine/chunk-format.js';
 import { DEFAULT_CHUNKER } from '../repo-engine/config.js';
 import { chunkEnds } from './lib/chunk-ends.js';
 import { DISKVAULT } from './lib/diskvault.js';
-import { median } from './lib/measure.js';
+import { median, processUsage } from './lib/measure.js';
 import { ensureWorkload } from './lib/workload.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -102,13 +102,6 @@ async function prepareUploads(image: string): Promise<Upload[]> {
   }
 }
 
-/** User + system CPU of a process so far, all its threads, from /proc (Linux). */
-function processCpuSeconds(pid: number | undefined): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
 async function startServer(dataDir: string, variant: Variant): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(variant.command, ['server', '--data', dataDir, '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -165,7 +158,7 @@ async function ingestOnce(variant: Variant, streams: number, uploads: Upload[]):
       opened.push(stream);
     }
     const shares = opened.map((_, i) => uploads.filter((_, j) => j % streams === i));
-    const server0 = processCpuSeconds(child.pid);
+    const server0 = processUsage(child.pid as number).cpuSeconds;
     const client0 = process.cpuUsage();
     const t0 = performance.now();
     await Promise.all(opened.map((stream, i) => send(stream, shares[i] as Upload[])));
@@ -176,7 +169,7 @@ async function ingestOnce(variant: Variant, streams: number, uploads: Upload[]):
       variant: variant.label,
       wallSeconds,
       rawMBps: rawBytes / 1e6 / wallSeconds,
-      serverCpuSeconds: processCpuSeconds(child.pid) - server0,
+      serverCpuSeconds: processUsage(child.pid as number).cpuSeconds - server0,
       clientCpuSeconds: (clientCpu.user + clientCpu.system) / 1e6,
     };
   } finally {
