@@ -28,7 +28,7 @@ import { DiskvaultClient } from '../agent/client.js';
 import { storedFormOfRaw } from '../repo-engine/chunk-format.js';
 import { DEFAULT_CHUNKER } from '../repo-engine/config.js';
 import { chunkEnds } from './lib/chunk-ends.js';
-import { DISKVAULT } from './lib/diskvault.js';
+import { DISKVAULT, waitForListening } from './lib/diskvault.js';
 import { median, processUsage } from './lib/measure.js';
 import { ensureWorkload } from './lib/workload.js';
 
@@ -106,27 +106,7 @@ async function startServer(dataDir: string, variant: Variant): Promise<{ child: 
   const child = spawn(variant.command, ['server', '--data', dataDir, '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const url = await new Promise<string>((ok, fail) => {
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => fail(new Error(`server did not start: ${err}`)), 30_000);
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /listening on (https?:\/\/\S+)/i.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        ok(m[1] as string);
-      }
-    });
-    child.stderr?.on('data', (d: Buffer) => {
-      err = (err + d.toString()).slice(-4000);
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      fail(new Error(`server exited ${code}: ${err}`));
-    });
-  });
-  return { child, url };
+  return { child, url: await waitForListening(child) };
 }
 
 /** Sends `uploads` over `stream`, at most UNANSWERED unanswered; every chunk must be stored as new. */

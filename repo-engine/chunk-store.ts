@@ -13,7 +13,6 @@ import {
   decodeStoredChunk,
   decodeStoredChunkHeader,
   decompressBounded,
-  encodeStoredChunk,
   sha256Hex,
   storedChunkHeader,
   storedFormOfRaw,
@@ -150,13 +149,12 @@ export class ChunkStore {
   }
 
   /**
-   * The stored object of a chunk, in recycled memory: header and payload joined, or in an encrypted
-   * repository sealed straight from the two, so the payload is copied once, by the cipher.
+   * The stored object of a chunk, in recycled memory, from its header and payload: joined, or in an
+   * encrypted repository sealed straight from the two, so the payload is copied once (by the cipher).
    */
   private objectOf(id: string, encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
-    const alloc = (n: number) => this.objects.takeBuffer(n);
-    if (!this.codec.encrypted) return encodeStoredChunk(encoding, rawLength, payload, alloc);
-    return this.codec.sealChunk(id, [storedChunkHeader(encoding, rawLength), payload], alloc);
+    const pieces = [storedChunkHeader(encoding, rawLength), payload];
+    return this.codec.sealChunk(id, pieces, (n) => this.objects.takeBuffer(n));
   }
 
   /**
@@ -187,9 +185,9 @@ export class ChunkStore {
   }
 
   /** The stored payload as is (for serving without recompression), after checking it hashes to `id`. */
-  async readStored(id: string): Promise<StoredChunk> {
+  async readStored(id: string, opts: { bypassCache?: boolean } = {}): Promise<StoredChunk> {
     checkChunkId(id);
-    const stored = await this.readStoredBytes(id, 'keep');
+    const stored = await this.readStoredBytes(id, opts.bypassCache ? 'bypass' : 'keep');
     const { chunk } = this.decodeAndCheck(id, stored);
     return { encoding: chunk.encoding, rawLength: chunk.rawLength, payload: chunk.payload };
   }

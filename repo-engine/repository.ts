@@ -460,7 +460,7 @@ export class Repository implements RepositoryApi {
         }
         // A new owner will reference the stored copy: it must be good (a copy written by an older server
         // may not be), else this upload replaces it. The row is looked at again after the read.
-        if (!(await this.storedCopyIsGood(id))) break;
+        if ((await this.goodStoredCopy(id)) === undefined) break;
         checkedGood = true;
       }
       // From here to the index row, gc's orphan sweep must leave this object alone: it is marked uploading
@@ -481,15 +481,17 @@ export class Repository implements RepositoryApi {
     });
   }
 
-  /** Reads the stored copy whole and checks it; a damaged one is marked so (and false). */
-  private async storedCopyIsGood(id: string): Promise<boolean> {
+  /**
+   * Reads the stored copy whole from storage and checks all a server can: the encoding of a good copy, or
+   * undefined for a damaged one, which is marked so.
+   */
+  private async goodStoredCopy(id: string): Promise<ChunkEncoding | undefined> {
     try {
-      await this.chunks.readRaw(id, { bypassCache: true, sealedAsIs: true });
-      return true;
+      return (await this.chunks.readStored(id, { bypassCache: true })).encoding;
     } catch (err) {
       if (!isDamage(err)) throw err;
       this.noteDamage(id, err as Error);
-      return false;
+      return undefined;
     }
   }
 
@@ -525,10 +527,10 @@ export class Repository implements RepositoryApi {
       if (!row || row.stored_size === 0) return 'absent';
       if (tenant !== undefined && this.chunksReadableBy(tenant, [id]).length === 0) return 'absent';
       if (this.index.isDamaged(id)) return 'damaged';
-      if (!(await this.storedCopyIsGood(id))) return 'damaged';
-      const { encoding } = await this.damageNoted(id, () => this.chunks.readHeader(id));
+      const encoding = await this.goodStoredCopy(id);
+      if (encoding === undefined) return 'damaged';
       if (encoding !== 'sealed') return 'good';
-      // Looked at again after the reads: gc may have removed the chunk meanwhile.
+      // Looked at again after the read: gc may have removed the chunk meanwhile.
       const still = this.index.getChunk(id);
       if (!still || still.stored_size === 0) return 'absent';
       const why = `a holder of its key found it wrong: ${detail}`;

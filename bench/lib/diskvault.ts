@@ -32,17 +32,18 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Waits for the line the server prints once it accepts connections. */
-function waitForListening(child: ChildProcess): Promise<void> {
+/** Waits for the line a `diskvault server` prints once it accepts connections; resolves with its URL. */
+export function waitForListening(child: ChildProcess): Promise<string> {
   return new Promise((ok, fail) => {
     let out = '';
     let err = '';
     const timer = setTimeout(() => fail(new Error(`server did not start: ${err}`)), 30_000);
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
-      if (/listening on/i.test(out)) {
+      const m = /listening on (https?:\/\/\S+)/i.exec(out);
+      if (m) {
         clearTimeout(timer);
-        ok();
+        ok(m[1] as string);
       }
     });
     child.stderr?.on('data', (d: Buffer) => {
