@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
-import { DiskvaultError, HashMismatchError } from '../../common/errors.js';
+import { DiskvaultError, HashMismatchError, isDiskvaultError } from '../../common/errors.js';
 import { sealedChunkProblem } from '../../repo-engine/sealed-chunk.js';
 import type { DiskvaultClient } from '../client.js';
+import { reportDamage, verdictClause } from '../damage-report.js';
 import { decompressExactly } from '../zstd-bounded.js';
 
 export interface ChunkRef {
@@ -20,7 +21,8 @@ export interface CopiedChunk {
 /**
  * Copies chunks from one server to another: each downloaded as its source stores it, checked against its
  * id (decompressed within the manifest's length, SHA-256), and uploaded as it came, so nothing is
- * recompressed. `transfers` chunks are in flight at once, and each holds at most its payload and its raw
+ * recompressed. A plain chunk whose bytes are not what its id says is reported to the source as damaged
+ * (see `reported`). `transfers` chunks are in flight at once, and each holds at most its payload and its raw
  * bytes: memory stays within transfers x (2 x the largest chunk) however large the snapshot.
  */
 export class ChunkCopier {
@@ -63,7 +65,9 @@ export class ChunkCopier {
         { chunk: c.id },
       );
     if (encoding === 'sealed') {
-      // An end-to-end chunk is copied as it is: what can be checked without its key is checked.
+      // An end-to-end chunk is copied as it is: what can be checked without its key is checked. The source
+      // makes the same checks before it serves a copy, so a problem found here arose on the way and is not
+      // reported (the source would take the word of a reader it cannot contradict and mark a good copy).
       const problem = sealedChunkProblem(payload, c.id, c.length, { expectRawLength: c.length });
       if (problem)
         throw new DiskvaultError('Corrupt', `chunk ${c.id} from the source is corrupt: ${problem}`, {
@@ -72,11 +76,42 @@ export class ChunkCopier {
       await this.destination.putChunk(sessionId, c.id, payload, 'sealed');
       return { sent: payload.length, raw: rawLength };
     }
-    const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${c.id}`) : payload;
-    const actual = createHash('sha256').update(raw).digest('hex');
-    if (actual !== c.id)
-      throw new HashMismatchError(`chunk ${c.id} from the source hashes to ${actual}`, { chunk: c.id });
+    const damage = await contentDamage(c.id, encoding, payload, rawLength);
+    if (damage) throw await this.reported(damage, c.id);
     await this.destination.putChunk(sessionId, c.id, payload, encoding);
     return { sent: payload.length, raw: rawLength };
   }
+
+  /**
+   * Tells the source of a chunk whose stored bytes are not what its id says, so that it stops counting the
+   * copy as stored and the next backup of a machine that has the chunk uploads it again; the error that
+   * fails the snapshot ends with what the source did about it.
+   */
+  private async reported(damage: DiskvaultError, id: string): Promise<DiskvaultError> {
+    let unreported = '';
+    const [verdict] = await reportDamage(this.source, [{ chunk: id, detail: damage.message }], (line) => {
+      unreported = line;
+    });
+    damage.message = `${damage.message}; ${verdict ? verdictClause(verdict.status) : unreported}`;
+    return damage;
+  }
+}
+
+/** What is wrong with a plain chunk's payload, checked in full against its id, or undefined if nothing is. */
+async function contentDamage(
+  id: string,
+  encoding: 'raw' | 'zstd',
+  payload: Buffer,
+  rawLength: number,
+): Promise<DiskvaultError | undefined> {
+  let raw: Buffer;
+  try {
+    raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${id}`) : payload;
+  } catch (err) {
+    if (isDiskvaultError(err)) return err;
+    throw err;
+  }
+  const actual = createHash('sha256').update(raw).digest('hex');
+  if (actual === id) return undefined;
+  return new HashMismatchError(`chunk ${id} from the source hashes to ${actual}`, { chunk: id });
 }

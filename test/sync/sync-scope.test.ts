@@ -1,7 +1,7 @@
 import test from 'ava';
 import { planSync } from '../../agent/sync/plan.js';
 import type { SnapshotInfo } from '../../api/protocol.js';
-import { backup, call, chunkOf } from '../helpers/api-client.js';
+import { backup, call, chunkOf, missingFor } from '../helpers/api-client.js';
 import { corruptStoredChunk, runCli } from '../helpers/backup-e2e.js';
 import { startTestServer } from '../helpers/server.js';
 
@@ -121,6 +121,41 @@ test('a chunk damaged on the source fails its snapshot only; nothing of it is co
     t.is(human.code, 1);
     t.regex(human.stdout, new RegExp(`^FAILED  ${s2.id.slice(0, 12)}  web1 sda`, 'm'));
     t.regex(human.stdout, /0 snapshots copied, 2 already present, 1 FAILED/);
+  } finally {
+    await src.stop();
+    await dst.stop();
+  }
+});
+
+test('a chunk only the sync finds wrong is reported to the source, whose next backup of it heals the copy', async (t) => {
+  // No chunk cache on the source: the sync must be served what is on its disk.
+  const src = await startTestServer({ storage: 'local', cacheBytes: 0 });
+  const dst = await startTestServer({ storage: 'local' });
+  try {
+    const admin = src.adminToken;
+    const bad = chunkOf('resealed');
+    const snap = (await backup(src.url, admin, 'web1', 'sda', [chunkOf('sound'), bad])).snapshot;
+    // Well formed in every way the source checks before serving it, but other bytes: only a full check
+    // against the id, which the sync makes, can tell.
+    await corruptStoredChunk(src.dataDir, bad.id, { resealed: true });
+    const reader = await src.makeToken('reader');
+    const env = { DISKVAULT_SERVER: dst.url, DISKVAULT_TOKEN: dst.adminToken };
+    const r = await runCli(['sync', '--from', src.url, '--from-token', reader, '--json'], env);
+    t.is(r.code, 1, r.stderr);
+    const failure = summaryOf(r.stdout).failures[0];
+    t.is(failure.snapshot, snap.id);
+    t.is(failure.code, 'HashMismatch');
+    t.regex(failure.message, new RegExp(`chunk ${bad.id} .*; the server has marked its copy damaged`));
+    t.deepEqual(await missingFor(src.url, admin, 'web1', [bad.id]), [bad.id], 'the source asks for it again');
+
+    t.is((await backup(src.url, admin, 'web1', 'sda', [bad])).uploaded, 1);
+    const again = await runCli(['sync', '--from', src.url, '--from-token', reader, '--json'], env);
+    t.is(again.code, 0, again.stderr);
+    t.like(summaryOf(again.stdout), { snapshotsFailed: 0 });
+    t.true(
+      dst.repo.listSnapshots().some((x) => x.id === snap.id),
+      'the snapshot is copied once the chunk is healed',
+    );
   } finally {
     await src.stop();
     await dst.stop();
