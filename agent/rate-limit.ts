@@ -50,8 +50,10 @@ export class RateLimiter {
 
   private async wait(needed: number, bytes: number): Promise<void> {
     this.refill();
-    if (this.tokens < needed) {
-      await sleep(Math.ceil(((needed - this.tokens) * 1000) / this.bytesPerSecond));
+    // Until the bucket really holds them: a timer can fire a few milliseconds early, since the event loop
+    // reads its clock once a turn, and bytes let through early would be bytes over the limit.
+    while (this.tokens < needed) {
+      await sleep(Math.max(1, Math.ceil(((needed - this.tokens) * 1000) / this.bytesPerSecond)));
       this.refill();
     }
     // Going below zero is how a taker larger than the bucket is paid for: later takers wait for it.

@@ -25,6 +25,9 @@ function run(
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
+    // A child that exits before reading its input (the launcher refusing to start) closes the pipe under
+    // this write: EPIPE then says nothing the exit code and output do not.
+    child.stdin.on('error', () => {});
     child.stdin.end(input ?? '');
   });
 }

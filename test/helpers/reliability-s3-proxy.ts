@@ -3,16 +3,19 @@ import type { AddressInfo, Socket } from 'node:net';
 
 /**
  * An HTTP proxy in front of the fake S3 server that misbehaves on request: answers 500 (always, or for the
- * next N requests), delays every answer, stalls (never answers), or refuses connections as a stopped
- * server does. The S3 adapter talks to it as to any S3 endpoint; SigV4 signatures still hold because the
- * Host header and path are passed through untouched.
+ * next N requests), delays every answer, stalls (never answers), refuses connections as a stopped server
+ * does, or passes N writes and then stops (S3 going away mid-backup at a point that does not depend on how
+ * fast the backup runs). The S3 adapter talks to it as to any S3 endpoint; SigV4 signatures still hold
+ * because the Host header and path are passed through untouched.
  */
 export type S3Mode =
   | { kind: 'pass' }
   | { kind: 'fail'; status?: number; count?: number; methods?: string[] }
   | { kind: 'delay'; ms: number }
   | { kind: 'stall' }
-  | { kind: 'refuse' };
+  | { kind: 'refuse' }
+  /** Passes the next `writes` PUT and POST requests; the one after them stops the server ('refuse'). */
+  | { kind: 'stop-after'; writes: number };
 
 export interface S3Proxy {
   endpoint: string;
@@ -21,6 +24,8 @@ export interface S3Proxy {
   counts: Record<string, number>;
   /** Requests answered with an injected error. */
   injected: number;
+  /** The server is stopped ('refuse', or 'stop-after' once its writes passed). */
+  readonly stopped: boolean;
   resetCounts(): void;
   close(): Promise<void>;
 }
@@ -29,6 +34,7 @@ export async function startS3Proxy(targetEndpoint: string): Promise<S3Proxy> {
   const target = new URL(targetEndpoint);
   let mode: S3Mode = { kind: 'pass' };
   let failuresLeft = Number.POSITIVE_INFINITY;
+  let writesLeft = 0;
   const sockets = new Set<Socket>();
   const stalled = new Set<http.ServerResponse>();
   const state = { counts: {} as Record<string, number>, injected: 0 };
@@ -39,6 +45,14 @@ export async function startS3Proxy(targetEndpoint: string): Promise<S3Proxy> {
       stalled.add(res);
       req.resume();
       return;
+    }
+    if (mode.kind === 'stop-after' && (req.method === 'PUT' || req.method === 'POST')) {
+      if (writesLeft === 0) {
+        // Cuts this request's connection with the others.
+        void setMode({ kind: 'refuse' });
+        return;
+      }
+      writesLeft--;
     }
     if (
       mode.kind === 'fail' &&
@@ -87,6 +101,29 @@ export async function startS3Proxy(targetEndpoint: string): Promise<S3Proxy> {
     for (const s of sockets) s.destroy();
   };
 
+  async function setMode(next: S3Mode): Promise<void> {
+    if (mode.kind === 'stall' && next.kind !== 'stall') cutEverything();
+    mode = next;
+    failuresLeft = next.kind === 'fail' ? (next.count ?? Number.POSITIVE_INFINITY) : 0;
+    writesLeft = next.kind === 'stop-after' ? next.writes : 0;
+    if (next.kind === 'refuse' && listening) {
+      // A stopped server: the port is closed (ECONNREFUSED) and open connections are cut.
+      listening = false;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      cutEverything();
+      await closed;
+    } else if (next.kind !== 'refuse' && !listening) {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, '127.0.0.1', () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      listening = true;
+    }
+  }
+
   return {
     endpoint: `http://127.0.0.1:${port}`,
     get counts() {
@@ -99,27 +136,10 @@ export async function startS3Proxy(targetEndpoint: string): Promise<S3Proxy> {
       state.counts = {};
       state.injected = 0;
     },
-    async setMode(next) {
-      if (mode.kind === 'stall' && next.kind !== 'stall') cutEverything();
-      mode = next;
-      failuresLeft = next.kind === 'fail' ? (next.count ?? Number.POSITIVE_INFINITY) : 0;
-      if (next.kind === 'refuse' && listening) {
-        // A stopped server: the port is closed (ECONNREFUSED) and open connections are cut.
-        listening = false;
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        cutEverything();
-        await closed;
-      } else if (next.kind !== 'refuse' && !listening) {
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(port, '127.0.0.1', () => {
-            server.off('error', reject);
-            resolve();
-          });
-        });
-        listening = true;
-      }
+    get stopped() {
+      return !listening;
     },
+    setMode,
     async close() {
       cutEverything();
       if (listening) await new Promise<void>((resolve) => server.close(() => resolve()));
