@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import test from 'ava';
 import { corruptStoredChunk, storedChunkFile } from '../helpers/backup-e2e.js';
-import { curl, fileSize, imageFixture, sha256 } from '../helpers/image-fixture.js';
+import { curl, cuttingProxy, fileSize, imageFixture, sha256 } from '../helpers/image-fixture.js';
 import { pollUntil } from '../helpers/poll.js';
 
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
@@ -97,16 +96,11 @@ test('a download cut midway resumes with curl -C - and finishes bit-exact', asyn
   t.teardown(() => f.close());
   const out = join(f.dir, 'resumed.img');
   const header = `Authorization: Bearer ${f.server.adminToken}`;
-  // A slow transfer, killed once it has part of the image.
-  const child = spawn('curl', ['-sS', '--limit-rate', '1M', '-o', out, '-H', header, f.url], {
-    stdio: 'ignore',
-  });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  const deadline = Date.now() + 20_000;
-  while ((await fileSize(out)) < 512 * 1024 && Date.now() < deadline)
-    await new Promise((r) => setTimeout(r, 20));
-  child.kill('SIGKILL');
-  await exited;
+  // The first transfer is cut after 1 MiB of the answer, as a dropped link cuts it.
+  const cut = await cuttingProxy(f.url, 1024 * 1024);
+  t.teardown(() => cut.close());
+  const broken = await curl(['-o', out, '-H', header, cut.url]);
+  t.not(broken.code, 0, 'curl saw the transfer cut');
   const partial = await fileSize(out);
   t.true(partial >= 512 * 1024 && partial < f.image.length, `partial ${partial}`);
   const resumed = await curl(['-f', '-C', '-', '-o', out, '-H', header, f.url]);

@@ -1,6 +1,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -78,6 +79,49 @@ export function sha256(b: Buffer): string {
 export interface CurlResult {
   code: number;
   stderr: string;
+}
+
+/**
+ * A TCP pass-through to `targetUrl`'s server that cuts each connection once `bytes` bytes of the answer have
+ * gone back to the client: a download broken off midway at a point that does not depend on timing (curl's
+ * --limit-rate lets the first megabytes through at once, so a kill timed by the file's size can come late).
+ */
+export async function cuttingProxy(
+  targetUrl: string,
+  bytes: number,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const target = new URL(targetUrl);
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    let left = bytes;
+    client.on('data', (d: Buffer) => upstream.write(d));
+    upstream.on('data', (d: Buffer) => {
+      client.write(d.subarray(0, left));
+      left -= Math.min(left, d.length);
+      if (left === 0) {
+        client.end();
+        upstream.destroy();
+      }
+    });
+    client.on('close', () => upstream.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = new URL(targetUrl);
+  url.port = String((server.address() as net.AddressInfo).port);
+  return {
+    url: url.toString(),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 /** Runs curl to completion (never throws on its exit code). */
