@@ -1,5 +1,11 @@
 import type { ServerResponse } from 'node:http';
-import { DiskvaultError, ERROR_STATUS, type ErrorCode, isDiskvaultError } from '../common/errors.js';
+import {
+  DiskvaultError,
+  ERROR_STATUS,
+  type ErrorCode,
+  isDiskvaultError,
+  isNoSpace,
+} from '../common/errors.js';
 import type { ErrorBody } from './protocol.js';
 
 const STATUS: Record<ErrorCode, number> = ERROR_STATUS;
@@ -26,6 +32,14 @@ export function errorResponse(err: unknown): HttpError {
     if (err.details) body.details = err.details;
     return { status: STATUS[err.code], body, internal: err.code === 'Corrupt' };
   }
+  // A full disk met outside the storage adapter (the index's database, a spool file) is still a full disk
+  // to the client, which then stops at once instead of retrying; the log keeps the error itself.
+  if (isNoSpace(err))
+    return {
+      status: STATUS.StorageFull,
+      body: { code: 'StorageFull', message: "the server's disk is full" },
+      internal: true,
+    };
   return { status: 500, body: { code: 'Internal', message: 'internal server error' }, internal: true };
 }
 

@@ -95,8 +95,11 @@ export function isDiskvaultError(err: unknown): err is DiskvaultError {
   return err instanceof DiskvaultError;
 }
 
-/** ENOSPC and EDQUOT both mean "the disk is full" to an operator. */
+/**
+ * ENOSPC and EDQUOT both mean "the disk is full" to an operator, and so does SQLITE_FULL: the index's
+ * database could not grow (SQLite rolls the statement back).
+ */
 export function isNoSpace(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ENOSPC' || code === 'EDQUOT';
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
 }
