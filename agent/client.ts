@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -31,10 +30,11 @@ import {
   type VerifyRequest,
 } from '../api/protocol.js';
 import { CHUNK_FETCH_PROTOCOL, CHUNK_STREAM_PROTOCOL } from '../common/chunk-stream.js';
-import { DiskvaultError, HashMismatchError } from '../common/errors.js';
+import { DiskvaultError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES, zstdBound } from '../common/limits.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../repo-engine/sealed-chunk.js';
 import type { BufferAllocator } from '../storage-adapters/adapter.js';
+import { checkedPlainChunk } from './chunk-check.js';
 import { ChunkFetchStream, FETCH_STALL_MS } from './chunk-fetch-stream-client.js';
 import { ChunkStream } from './chunk-stream-client.js';
 import { errorFrom, readBounded, readJson } from './http/body-read.js';
@@ -47,7 +47,6 @@ import {
   type Response,
 } from './http/transport.js';
 import { pacedStream, RateLimiter } from './rate-limit.js';
-import { decompressExactly } from './zstd-bounded.js';
 
 /** Where the server is, how to reach it, and how hard to try. */
 export interface ClientOptions {
@@ -322,11 +321,7 @@ export class DiskvaultClient {
       throw new DiskvaultError('InvalidInput', `chunk ${id} is sealed end to end: opening it needs its key`, {
         chunk: id,
       });
-    const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${id}`) : payload;
-    const actual = createHash('sha256').update(raw).digest('hex');
-    if (actual !== id)
-      throw new HashMismatchError(`chunk ${id}: received bytes hash to ${actual}`, { chunk: id });
-    return raw;
+    return await checkedPlainChunk(id, encoding, payload, rawLength);
   }
 
   /**

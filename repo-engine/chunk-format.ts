@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { CorruptError, DiskvaultError, InvalidInputError } from '../common/errors.js';
 import { compressionWorthwhile, zstdCompressBound } from '../common/limits.js';
-import type { BufferAllocator } from '../storage-adapters/adapter.js';
 
 /**
  * A stored chunk object: a 9-byte header, then the payload.
@@ -30,13 +29,12 @@ export interface DecodedChunk {
   payload: Buffer;
 }
 
-export function encodeStoredChunk(
-  encoding: ChunkEncoding,
-  rawLength: number,
-  payload: Buffer,
-  alloc: BufferAllocator = Buffer.allocUnsafe,
-): Buffer {
-  const out = alloc(CHUNK_HEADER_BYTES + payload.length);
+/**
+ * A plaintext chunk object in one buffer: the 9-byte header, then the payload. The server builds its objects
+ * through its codec's sealChunk from the two pieces; this is the format written directly (tests, tools).
+ */
+export function encodeStoredChunk(encoding: ChunkEncoding, rawLength: number, payload: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + payload.length);
   writeStoredChunkHeader(out, encoding, rawLength);
   payload.copy(out, CHUNK_HEADER_BYTES);
   return out;

@@ -1,9 +1,8 @@
-import { createHash } from 'node:crypto';
-import { DiskvaultError, HashMismatchError, isDiskvaultError } from '../../common/errors.js';
+import { DiskvaultError, isDiskvaultError } from '../../common/errors.js';
 import { sealedChunkProblem } from '../../repo-engine/sealed-chunk.js';
+import { checkedPlainChunk } from '../chunk-check.js';
 import type { DiskvaultClient } from '../client.js';
 import { reportDamage, verdictClause } from '../damage-report.js';
-import { decompressExactly } from '../zstd-bounded.js';
 
 export interface ChunkRef {
   /** 64 hex. */
@@ -76,8 +75,12 @@ export class ChunkCopier {
       await this.destination.putChunk(sessionId, c.id, payload, 'sealed');
       return { sent: payload.length, raw: rawLength };
     }
-    const damage = await contentDamage(c.id, encoding, payload, rawLength);
-    if (damage) throw await this.reported(damage, c.id);
+    try {
+      await checkedPlainChunk(c.id, encoding, payload, rawLength, `chunk ${c.id} from the source`);
+    } catch (err) {
+      if (!isDiskvaultError(err)) throw err;
+      throw await this.reported(err, c.id);
+    }
     await this.destination.putChunk(sessionId, c.id, payload, encoding);
     return { sent: payload.length, raw: rawLength };
   }
@@ -95,23 +98,4 @@ export class ChunkCopier {
     damage.message = `${damage.message}; ${verdict ? verdictClause(verdict.status) : unreported}`;
     return damage;
   }
-}
-
-/** What is wrong with a plain chunk's payload, checked in full against its id, or undefined if nothing is. */
-async function contentDamage(
-  id: string,
-  encoding: 'raw' | 'zstd',
-  payload: Buffer,
-  rawLength: number,
-): Promise<DiskvaultError | undefined> {
-  let raw: Buffer;
-  try {
-    raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, `chunk ${id}`) : payload;
-  } catch (err) {
-    if (isDiskvaultError(err)) return err;
-    throw err;
-  }
-  const actual = createHash('sha256').update(raw).digest('hex');
-  if (actual === id) return undefined;
-  return new HashMismatchError(`chunk ${id} from the source hashes to ${actual}`, { chunk: id });
 }

@@ -1,0 +1,21 @@
+import { createHash } from 'node:crypto';
+import { HashMismatchError } from '../common/errors.js';
+import { decompressExactly } from './zstd-bounded.js';
+
+/**
+ * A plain (not end-to-end) chunk's raw bytes from its payload as a server sent it: decompressed within
+ * `rawLength` and checked against its id. Throws CorruptError (the payload is not a frame of that length)
+ * or HashMismatchError (the bytes are other bytes); each message begins with `what`.
+ */
+export async function checkedPlainChunk(
+  id: string,
+  encoding: 'raw' | 'zstd',
+  payload: Buffer,
+  rawLength: number,
+  what = `chunk ${id}`,
+): Promise<Buffer> {
+  const raw = encoding === 'zstd' ? await decompressExactly(payload, rawLength, what) : payload;
+  const actual = createHash('sha256').update(raw).digest('hex');
+  if (actual !== id) throw new HashMismatchError(`${what}: its bytes hash to ${actual}`, { chunk: id });
+  return raw;
+}
