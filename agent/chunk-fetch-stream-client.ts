@@ -9,6 +9,7 @@ import {
   type StreamEncoding,
   writeFrameHeader,
 } from '../common/chunk-stream.js';
+import { readFramesDirectly } from '../common/direct-reads.js';
 import { DiskvaultError } from '../common/errors.js';
 import { zstdBound } from '../common/limits.js';
 import { sealedChunkBound } from '../repo-engine/sealed-chunk.js';
@@ -66,6 +67,8 @@ export class ChunkFetchStream {
   private receiving: Request | undefined;
   private broken: Error | undefined;
   private readonly splitter: FrameSplitter;
+  /** Whether the socket reads each chunk straight into the buffer it goes to (common/direct-reads.ts). */
+  readonly readsDirectly: boolean;
 
   /**
    * `limiter` (a download rate limit) is paid for every piece received: while it makes us wait the socket is
@@ -83,25 +86,32 @@ export class ChunkFetchStream {
       (h, payload) => this.onFrame(h, payload),
       FETCH_FRAME_HEADER_BYTES,
     );
-    socket.on('data', (piece: Buffer) => {
-      const paid = limiter?.take(piece.length);
-      if (paid) {
-        socket.pause();
-        void paid.then(() => socket.resume());
-      }
+    // A limiter that makes us wait pauses the socket until the bytes are paid for.
+    const pay = (n: number) => {
+      const paid = limiter?.take(n);
+      if (!paid) return true;
+      void paid.then(() => socket.resume());
+      return false;
+    };
+    const malformed = (err: unknown) => {
+      // A chunk refused on sight fails its own fetch; the stream, now mid-frame, is of no further use.
+      const refused = this.receiving;
+      this.receiving = undefined;
+      if (refused && err instanceof DiskvaultError) refused.reject(err);
+      else if (refused) this.unsent.unshift(refused);
+      this.breakOff(
+        new ChunkStreamBroken(`the server's fetch stream is malformed: ${(err as Error).message}`),
+      );
+    };
+    const onData = (piece: Buffer) => {
+      const paid = pay(piece.length);
       try {
         this.splitter.push(piece);
       } catch (err) {
-        // A chunk refused on sight fails its own fetch; the stream, now mid-frame, is of no further use.
-        const refused = this.receiving;
-        this.receiving = undefined;
-        if (refused && err instanceof DiskvaultError) refused.reject(err);
-        else if (refused) this.unsent.unshift(refused);
-        this.breakOff(
-          new ChunkStreamBroken(`the server's fetch stream is malformed: ${(err as Error).message}`),
-        );
+        malformed(err);
       }
-    });
+      if (!paid) socket.pause();
+    };
     socket.on('error', (err) => this.breakOff(new ChunkStreamBroken(`fetch stream failed: ${err.message}`)));
     socket.on('close', () => this.breakOff(new ChunkStreamBroken('the server closed the fetch stream')));
     const timed = socket as Duplex & { setTimeout?(ms: number, cb: () => void): void };
@@ -109,7 +119,9 @@ export class ChunkFetchStream {
       if (this.pending > 0 || this.receiving)
         this.breakOff(new ChunkStreamBroken(`the fetch stream received nothing for ${stallMs / 1000} s`));
     });
-    if (head.length > 0) socket.emit('data', head);
+    if (head.length > 0) onData(head);
+    this.readsDirectly = readFramesDirectly(socket, this.splitter, pay, malformed);
+    if (!this.readsDirectly) socket.on('data', onData);
   }
 
   /** Whether the stream can still take requests. */

@@ -11,6 +11,7 @@ import {
   FrameSplitter,
   writeFrameHeader,
 } from '../common/chunk-stream.js';
+import { readFramesDirectly } from '../common/direct-reads.js';
 import { InvalidInputError, NotFoundError } from '../common/errors.js';
 import { zstdBound } from '../common/limits.js';
 import { BufferRecycler } from '../repo-engine/buffer-recycler.js';
@@ -223,15 +224,18 @@ function serveStream(
     },
   );
 
+  const malformed = (err: unknown) =>
+    fail(undefined, err instanceof FrameError ? new InvalidInputError(`chunk stream: ${err.message}`) : err);
   const onData = (piece: Buffer) => {
     try {
       splitter.push(piece);
     } catch (err) {
-      const header = err instanceof FrameError ? new InvalidInputError(`chunk stream: ${err.message}`) : err;
-      fail(undefined, header);
+      malformed(err);
     }
   };
-  socket.on('data', onData);
+  if (head.length > 0) onData(head);
+  const direct = readFramesDirectly(socket, splitter, () => true, malformed);
+  if (!direct) socket.on('data', onData);
   socket.on('end', () => {
     agentGone = true;
     splitter.stop();
@@ -249,9 +253,9 @@ function serveStream(
         outcome: ended || failed || !splitter.midFrame ? outcome : 'cut mid-frame',
         chunks,
         bytesIn: bytes,
+        reads: direct ? 'direct' : 'copied',
         ms: Math.round(ms),
       }),
     );
   });
-  if (head.length > 0) onData(head);
 }

@@ -155,36 +155,55 @@ export class FrameSplitter {
     this.payload = undefined;
   }
 
+  /**
+   * Where the stream's next bytes belong: the rest of the header being gathered, or of the payload being
+   * read. A socket may read straight into it (direct-reads.ts); after the frame completes the region is no
+   * longer the splitter's, so nothing may be written into it once `advance` has been told. Undefined once
+   * stopped.
+   */
+  nextRegion(): Buffer | undefined {
+    if (this.stopped) return undefined;
+    if (!this.current) return this.header.subarray(this.headerAt);
+    return this.payload!.subarray(this.payloadAt);
+  }
+
+  /** Takes note that `n` bytes (at most the region's length) were written into `nextRegion()`. */
+  advance(n: number): void {
+    if (this.stopped) return;
+    if (!this.current) {
+      this.headerAt += n;
+      if (this.headerAt < this.headerBytes) return;
+      this.headerAt = 0;
+      const h = readFrameHeader(this.header, this.headerBytes);
+      if (!h) throw new FrameError('a frame header with nonzero reserved bytes');
+      // The id is copied out of the header buffer, which the next frame overwrites.
+      const frame = { ...h, id: Buffer.from(h.id) };
+      this.accept(frame);
+      this.current = frame;
+      this.payload = frame.length > 0 ? this.payloadBuffer(frame.length, frame) : Buffer.alloc(0);
+      this.payloadAt = 0;
+    } else {
+      this.payloadAt += n;
+    }
+    if (this.payloadAt === this.payload!.length) {
+      const frame = this.current;
+      const payload = this.payload!;
+      this.current = undefined;
+      this.payload = undefined;
+      this.onFrame(frame, payload);
+    }
+  }
+
+  /** Splits a piece read elsewhere, copying its bytes into each region in turn. */
   push(piece: Buffer): void {
     let at = 0;
-    while (at < piece.length && !this.stopped) {
-      if (!this.current) {
-        const n = Math.min(this.headerBytes - this.headerAt, piece.length - at);
-        piece.copy(this.header, this.headerAt, at, at + n);
-        this.headerAt += n;
-        at += n;
-        if (this.headerAt < this.headerBytes) return;
-        this.headerAt = 0;
-        const h = readFrameHeader(this.header, this.headerBytes);
-        if (!h) throw new FrameError('a frame header with nonzero reserved bytes');
-        // The id is copied out of the header buffer, which the next frame overwrites.
-        const frame = { ...h, id: Buffer.from(h.id) };
-        this.accept(frame);
-        this.current = frame;
-        this.payload = frame.length > 0 ? this.payloadBuffer(frame.length, frame) : Buffer.alloc(0);
-        this.payloadAt = 0;
-      }
-      const payload = this.payload!;
-      const n = Math.min(payload.length - this.payloadAt, piece.length - at);
-      if (n > 0) piece.copy(payload, this.payloadAt, at, at + n);
-      this.payloadAt += n;
+    while (at < piece.length) {
+      const region = this.nextRegion();
+      if (!region) return;
+      const n = Math.min(region.length, piece.length - at);
+      piece.copy(region, 0, at, at + n);
       at += n;
-      if (this.payloadAt === payload.length) {
-        const frame = this.current!;
-        this.current = undefined;
-        this.payload = undefined;
-        this.onFrame(frame, payload);
-      }
+      this.advance(n);
     }
   }
 }

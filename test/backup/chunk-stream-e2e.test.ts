@@ -63,6 +63,8 @@ for (const storage of ['local', 's3'] as const) {
       t.is(streams[0].outcome, 'done');
       t.is(streams[0].chunks, s.newChunks);
       t.is(streams[0].bytesIn, s.bytesUploaded);
+      // Each chunk was read from the socket straight into the buffer it was checked in.
+      t.is(streams[0].reads, 'direct');
       t.is(logs.filter((l) => l.includes(PUT_ROUTE)).length, 0, 'no chunk went as its own request');
 
       const out = path.join(dir, 'restored.img');

@@ -5,6 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
+import { decompress } from 'zstd-napi';
 import { DiskvaultClient } from '../../agent/client.js';
 import { REPOSITORY_KEY_FILE } from '../../api/repository-key-file.js';
 import {
@@ -160,6 +161,53 @@ for (const storage of ['local', 's3'] as const) {
     t.is(streams[0].errors, 0);
     t.is(chunkGetLines(logs).length, 0, 'no chunk went as its own request');
   });
+
+  test.serial(
+    `[${storage}] the agent reads each chunk from the socket into the buffer it asked for`,
+    async (t) => {
+      const client = new DiskvaultClient({ server: srv.url, token: env.DISKVAULT_TOKEN, attempts: 1 });
+      const before = srv.logs.length;
+      try {
+        const { entries } = await readSnapshot(client, snapshot);
+        const stream = await client.openChunkFetchStream();
+        if (!stream) return t.fail('no stream');
+        t.true(stream.readsDirectly);
+        const slab = Buffer.alloc(TEST_CHUNKER.max * 2);
+        // Three chunks of the random first quarter (stored raw) and three of the text (stored as zstd).
+        let offset = 0;
+        const picked: { id: string; length: number }[] = [];
+        for (const e of entries) {
+          if (offset < 3 << 20 ? picked.length < 3 : offset >= 6 << 20 && picked.length < 6) picked.push(e);
+          offset += e.length;
+        }
+        const encodings = new Set<string>();
+        for (const e of picked) {
+          let given: Buffer | undefined;
+          const got = await stream.fetch(e.id, e.length, (n) => {
+            given = slab.subarray(0, n);
+            return given;
+          });
+          t.is(got.payload.buffer, slab.buffer, 'the payload lies in the memory the allocator gave');
+          t.is(got.payload.byteOffset, given!.byteOffset);
+          t.is(got.payload.length, given!.length);
+          const raw = got.encoding === 'zstd' ? decompress(got.payload) : got.payload;
+          t.is(createHash('sha256').update(raw).digest('hex'), e.id);
+          encodings.add(got.encoding);
+        }
+        t.is(picked.length, 6);
+        t.true(encodings.has('zstd'), [...encodings].join());
+        stream.end();
+        // The server logs the stream once it closes: here, not among the next test's lines.
+        await pollUntil(
+          () => fetchStreamLines(srv.logs.slice(before)).length,
+          (n) => n === 1,
+          'the stream to close',
+        );
+      } finally {
+        client.close();
+      }
+    },
+  );
 
   test.serial(
     `[${storage}] a stream lost mid-restore is opened again and the restore completes`,
