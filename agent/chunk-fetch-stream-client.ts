@@ -45,6 +45,12 @@ const ENCODINGS: Record<number, StreamEncoding> = {
 const OUTSTANDING = 64;
 
 /**
+ * The most a paced stream reads at once: it pays for each read once the bytes are in, so a larger read would
+ * let more through before the limiter makes it wait (node's own socket reads are 64 KiB).
+ */
+export const PACED_READ_BYTES = 64 * 1024;
+
+/**
  * A stream with fetches unanswered that receives nothing for this long is taken for lost (a server or a
  * link that stalled without closing) and closed, so its fetches are asked for again: the server's own
  * idle timeout is as long, and a chunk is read from storage in far less.
@@ -120,7 +126,13 @@ export class ChunkFetchStream {
         this.breakOff(new ChunkStreamBroken(`the fetch stream received nothing for ${stallMs / 1000} s`));
     });
     if (head.length > 0) onData(head);
-    this.readsDirectly = readFramesDirectly(socket, this.splitter, pay, malformed);
+    this.readsDirectly = readFramesDirectly(
+      socket,
+      this.splitter,
+      pay,
+      malformed,
+      limiter ? PACED_READ_BYTES : undefined,
+    );
     if (!this.readsDirectly) socket.on('data', onData);
   }
 

@@ -34,13 +34,15 @@ function userBufferSlots(socket: Duplex): UserBufferSlots | undefined {
  *
  * `onBytes(n)` runs for every read, after the splitter has taken the bytes; it returns false to pause the
  * socket (resume() starts reading again). An error thrown by the splitter or `onBytes` goes to `onError`,
- * never out of node's read callback. Returns whether the socket now reads this way.
+ * never out of node's read callback. A read takes at most `maxRead` bytes (a paced reader pays after each
+ * read, so its reads stay as small as node's own). Returns whether the socket now reads this way.
  */
 export function readFramesDirectly(
   socket: Duplex,
   splitter: FrameSplitter,
   onBytes: (n: number) => boolean,
   onError: (err: unknown) => void,
+  maxRead = Number.POSITIVE_INFINITY,
 ): boolean {
   const slots = userBufferSlots(socket);
   const handle = (socket as unknown as { _handle?: { useUserBuffer?(b: Uint8Array): void } })._handle;
@@ -49,7 +51,7 @@ export function readFramesDirectly(
   const discard = Buffer.allocUnsafe(DISCARD_BYTES);
   // Node asks for the next read's buffer after each callback, so a finished payload (handed on, perhaps to
   // another thread) is never read into again.
-  const nextBuffer = () => splitter.nextRegion() ?? discard;
+  const nextBuffer = () => splitter.nextRegion()?.subarray(0, maxRead) ?? discard;
   const onRead = (n: number, buf: Uint8Array) => {
     try {
       if (buf !== discard) splitter.advance(n);

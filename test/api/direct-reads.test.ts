@@ -185,11 +185,12 @@ for (const tls of [false, true]) {
   });
 }
 
-test('a socket paused from the read callback reads nothing more until it is resumed', async (t) => {
-  const sent = framesToSend(40);
+test('a socket paused from the read callback reads nothing more until it is resumed, nor more than maxRead at once', async (t) => {
+  const sent = framesToSend(16);
   let paused = false;
   let readsWhilePaused = 0;
   let reads = 0;
+  let largest = 0;
   let frames = 0;
   let ended = false;
   const close = await upgradeAndSend(false, sent.wire, (socket, head) => {
@@ -205,9 +206,10 @@ test('a socket paused from the read callback reads nothing more until it is resu
     readFramesDirectly(
       socket,
       splitter,
-      () => {
+      (n) => {
         if (paused) readsWhilePaused++;
         reads++;
+        largest = Math.max(largest, n);
         if (reads % 3 !== 0) return true;
         paused = true;
         setTimeout(() => {
@@ -217,6 +219,7 @@ test('a socket paused from the read callback reads nothing more until it is resu
         return false;
       },
       (err) => t.fail(String(err)),
+      16_384,
     );
   });
   try {
@@ -224,6 +227,7 @@ test('a socket paused from the read callback reads nothing more until it is resu
     t.is(frames, sent.frames.length);
     t.is(readsWhilePaused, 0);
     t.true(reads > 20, `${reads} reads`);
+    t.is(largest, 16_384);
   } finally {
     await close();
   }

@@ -12,7 +12,7 @@ import { startTestServer, type TestServer } from '../helpers/server.js';
 // asserted: a limit can be proven by what could not have gone faster, never by how fast a loaded machine is.
 
 const MiB = 1024 * 1024;
-/** The most node hands over from one read of a socket. */
+/** The most the paced fetch stream reads from its socket at once (PACED_READ_BYTES). */
 const SOCKET_READ_BYTES = 64 * 1024;
 
 /**
@@ -96,8 +96,8 @@ test('backup --limit-upload and restore --limit-download keep to their rates, an
     t.true(down.verified);
     t.is(await sha256File(target), await sha256File(image));
     // The fetch stream pays for each piece as it is received (the bytes have crossed the link by then) and
-    // holds the socket back until paid: the last piece read, at most node's 64 KiB socket read, is used
-    // before its wait.
+    // holds the socket back until paid: the last piece read, at most the 64 KiB a paced stream reads at
+    // once, is used before its wait.
     t.true(
       down.seconds >= (down.bytesFetched - burst - SOCKET_READ_BYTES) / rate,
       `${down.bytesFetched} bytes fetched in ${down.seconds} s at a 2 MiB/s limit`,
