@@ -73,27 +73,8 @@ async function upgradeAndSend(tls: boolean, wire: Buffer, receive: Receiver): Pr
   if (tls) {
     dir = await mkdtemp(path.join(os.tmpdir(), 'dv-direct-'));
     const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '1',
-        '-subj',
-        '/CN=localhost',
-      ],
-      { stdio: 'ignore' },
-    );
+    const args = `req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost`;
+    execFileSync('openssl', [...args.split(' '), '-keyout', key, '-out', cert], { stdio: 'ignore' });
     credentials = { key: await readFile(key), cert: await readFile(cert) };
   }
   const server = tls ? https.createServer(credentials!) : http.createServer();
