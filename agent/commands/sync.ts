@@ -351,6 +351,7 @@ async function copySnapshots(
       }
     }
   } finally {
+    copier.close();
     reporter.finish();
   }
 }

@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import test from 'ava';
 import { call } from '../helpers/api-client.js';
 import { backupNights, type CliRun, restoredHash, runCli, sha256File } from '../helpers/backup-e2e.js';
+import { downloadsLoggedSince } from '../helpers/download-logs.js';
+import { pollUntil } from '../helpers/poll.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { workload256M } from '../helpers/workload.js';
 
@@ -145,6 +147,7 @@ for (const storage of ['local', 's3'] as const) {
         t.log(`backup: golden night0 sent ${p.goldenSent} bytes, the clone ${p.cloneSent}`);
 
         const env = { DISKVAULT_SERVER: dst.url, DISKVAULT_TOKEN: dst.adminToken };
+        const [srcLogsBefore, dstLogsBefore] = [p.src.logs.length, dst.logs.length];
         const first = await runCli(syncArgs(p), env);
         t.is(first.code, 0, first.stderr);
         const s1 = summaryOf(first);
@@ -157,6 +160,28 @@ for (const storage of ['local', 's3'] as const) {
         t.is(s1.rawBytesCopied, source.rawBytes);
         t.is(dst.repo.stats().uniqueChunks, source.uniqueChunks);
         t.log(`sync 1: ${JSON.stringify(s1)}`);
+        // Downloaded over one fetch stream, uploaded over one chunk stream per snapshot: no chunk went as a
+        // request of its own either way.
+        const downloads = await downloadsLoggedSince(p.src, srcLogsBefore);
+        t.is(downloads.streams.length, 1, JSON.stringify(downloads.streams));
+        t.is(downloads.streams[0].chunks, s1.chunksCopied);
+        t.is(downloads.gets.length, 0);
+        // Each stream is logged as the server sees it close, a moment after the agent's side ends.
+        const uploadLines = () =>
+          dst.logs.slice(dstLogsBefore).filter((l) => l.includes('"msg":"chunk stream"'));
+        await pollUntil(
+          () => uploadLines().length,
+          (n) => n >= 5,
+          'five chunk streams to be logged',
+        );
+        const dstLogs = dst.logs.slice(dstLogsBefore);
+        const uploads = uploadLines().map((l) => JSON.parse(l));
+        t.is(uploads.length, 5, dstLogs.join('\n'));
+        t.is(
+          uploads.reduce((n: number, u: { chunks: number }) => n + u.chunks, 0),
+          s1.chunksCopied,
+        );
+        t.is(dstLogs.filter((l) => l.includes('"route":"/v1/chunks/:id"')).length, 0);
 
         // Snapshot lines: oldest first, the clone's copy cost a sliver of the golden night's.
         const events = first.stdout
