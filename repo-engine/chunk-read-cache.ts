@@ -8,6 +8,14 @@ import { BufferRecycler } from './buffer-recycler.js';
  */
 export type ReadHold = 'keep' | 'lease';
 
+/** One storage read that concurrent readers of an object share. */
+interface InflightRead {
+  readers: number;
+  read: Promise<Buffer>;
+  /** Set by `forget` while the read was under way: its bytes are handed to its readers only. */
+  forgotten: boolean;
+}
+
 /**
  * Stored chunk objects on their way from storage to readers: recently read ones are cached (bounded in
  * bytes), concurrent reads of one object share one storage read, and the memory they are read into is
@@ -29,7 +37,7 @@ export class ChunkReadCache {
   private readonly probation: LRUCache<string, Buffer>;
   /** Objects read again while on probation. */
   private readonly main: LRUCache<string, Buffer>;
-  private readonly inflight = new Map<string, { readers: number; read: Promise<Buffer> }>();
+  private readonly inflight = new Map<string, InflightRead>();
   private readonly buffers = new BufferRecycler(32 * 1024 * 1024);
   /**
    * Who holds each reusable buffer: each part of the cache that has it counts one, each lease one. At zero
@@ -105,10 +113,19 @@ export class ChunkReadCache {
     }
   }
 
-  /** Drops `id` from the cache (deleted, or found corrupt): the next read goes to storage. */
+  /**
+   * Drops `id` from the cache (deleted, replaced, or found corrupt): the next read goes to storage. A read
+   * of it already under way still answers its readers but is neither joined by later ones nor cached: it
+   * may have read the object as it was before.
+   */
   forget(id: string): void {
     this.main.delete(id);
     this.probation.delete(id);
+    const entry = this.inflight.get(id);
+    if (entry) {
+      entry.forgotten = true;
+      this.inflight.delete(id);
+    }
   }
 
   private claim(bytes: Buffer, hold: ReadHold): Buffer {
@@ -129,14 +146,8 @@ export class ChunkReadCache {
     if (part.peek(id) === bytes) this.addHolder(bytes);
   }
 
-  private start(
-    id: string,
-    fetch: (alloc: BufferAllocator) => Promise<Buffer>,
-  ): { readers: number; read: Promise<Buffer> } {
-    const entry: { readers: number; read: Promise<Buffer> } = {
-      readers: 0,
-      read: Promise.resolve(Buffer.alloc(0)),
-    };
+  private start(id: string, fetch: (alloc: BufferAllocator) => Promise<Buffer>): InflightRead {
+    const entry: InflightRead = { readers: 0, read: Promise.resolve(Buffer.alloc(0)), forgotten: false };
     entry.read = (async () => {
       try {
         let taken: Buffer | undefined;
@@ -146,10 +157,10 @@ export class ChunkReadCache {
         });
         if (taken && bytes.buffer === taken.buffer) this.holders.set(bytes.buffer, entry.readers);
         else if (taken) this.buffers.giveBack(taken);
-        this.insert(this.probation, id, bytes);
+        if (!entry.forgotten) this.insert(this.probation, id, bytes);
         return bytes;
       } finally {
-        this.inflight.delete(id);
+        if (this.inflight.get(id) === entry) this.inflight.delete(id);
       }
     })();
     this.inflight.set(id, entry);

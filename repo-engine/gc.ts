@@ -35,6 +35,9 @@ export class DeletionsInFlight {
   }
 }
 
+/** The holder gc names for a chunk being written when it looks: counted as held, listed under no holder. */
+const UPLOAD_IN_PROGRESS = 'upload in progress';
+
 /** An open upload session as gc sees it: what it was told is present or uploaded. */
 export interface GcSession {
   id: string;
@@ -51,7 +54,7 @@ export interface GcContext {
   chunks: ChunkStore;
   storage: StorageAdapter;
   deletions: DeletionsInFlight;
-  /** True while a putChunk of `id` is between its storage write and its index row. */
+  /** True while a putChunk of `id` is between its decision to write the object and its index row. */
   uploading: (id: string) => boolean;
   /** Open sessions (after expired ones were reaped). */
   sessions: () => GcSession[];
@@ -67,6 +70,7 @@ export interface GcContext {
  * on a later run; the reverse (rows without objects) cannot happen.
  *
  * An unreferenced chunk is kept while something may still need it, and only then:
+ * - an upload is writing its object (replacing a damaged or missing copy);
  * - anyone touched it within the grace period (uploads, claims, "present" answers);
  * - an open upload session may name it in its commit: it uploaded it or was told it is present (the
  *   session's touched set), or it belongs to the session's base snapshot forgotten meanwhile (held_chunks);
@@ -83,7 +87,10 @@ export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
   const cutoff = started - ctx.graceMs;
 
   const heldBy = (id: Buffer): string[] => {
-    const out: string[] = [];
+    // A chunk whose object is being written right now (an upload replacing a damaged or missing copy of an
+    // indexed chunk) keeps its row: removed, its object would be deleted under the upload, which then
+    // records a row for an object that is gone.
+    const out: string[] = ctx.uploading(id.toString('hex')) ? [UPLOAD_IN_PROGRESS] : [];
     for (const s of sessions) {
       if (!s.touched) continue;
       if (s.touched.saturated ? ctx.index.ownedBy(id, s.tenant) : s.touched.has(id)) out.push(s.id);

@@ -463,8 +463,9 @@ export class Repository implements RepositoryApi {
         if ((await this.goodStoredCopy(id)) === undefined) break;
         checkedGood = true;
       }
-      // From here to the index row, gc's orphan sweep must leave this object alone: it is marked uploading
-      // synchronously with the checks above, before the first await.
+      // From here to the index row, gc must leave this chunk alone (its row, which a damaged or missing copy
+      // still has, and its object): it is marked uploading synchronously with the checks above, before the
+      // first await.
       const prepared = this.chunks.prepare(id, upload, payload, encoding as ChunkEncoding);
       this.uploads.set(id, (this.uploads.get(id) ?? 0) + 1);
       try {
@@ -527,6 +528,9 @@ export class Repository implements RepositoryApi {
       if (!row || row.stored_size === 0) return 'absent';
       if (tenant !== undefined && this.chunksReadableBy(tenant, [id]).length === 0) return 'absent';
       if (this.index.isDamaged(id)) return 'damaged';
+      // Whatever the verdict, the next read of it goes to storage: what the reader got may have come from
+      // the read cache.
+      this.chunks.forget(id);
       const encoding = await this.goodStoredCopy(id);
       if (encoding === undefined) return 'damaged';
       if (encoding !== 'sealed') return 'good';

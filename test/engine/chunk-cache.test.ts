@@ -62,6 +62,56 @@ test('a forgotten chunk is read from storage again', async (t) => {
   t.is(reads.get(chunkKey(id)), 2);
 });
 
+test('a read under way when its chunk is forgotten answers its readers, but is not cached nor joined later', async (t) => {
+  const { storage } = await countingStorage(t);
+  const store = new ChunkStore(storage, 1 << 20, 64 << 20);
+  const raw = randomBytes(50_000);
+  const id = createHash('sha256').update(raw).digest('hex');
+  const rotten = Buffer.from(raw);
+  rotten[0] ^= 0xff;
+  await storage.put(chunkKey(id), encodeStoredChunk('raw', rotten.length, rotten));
+  // Storage answers the first read only once the object has been replaced: the read saw the old object.
+  let readStarted!: () => void;
+  const started = new Promise<void>((resolve) => {
+    readStarted = resolve;
+  });
+  let finishRead!: () => void;
+  const finish = new Promise<void>((resolve) => {
+    finishRead = resolve;
+  });
+  const slow = new Proxy(storage, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver);
+      if (prop !== 'getBytes' || typeof value !== 'function') return value;
+      let first = true;
+      return async (key: string, range?: unknown, alloc?: unknown) => {
+        const bytes = await value.call(target, key, range, alloc);
+        if (first) {
+          first = false;
+          readStarted();
+          await finish;
+        }
+        return bytes;
+      };
+    },
+  }) as StorageAdapter;
+  const slowStore = new ChunkStore(slow, 1 << 20, 64 << 20);
+  const early = slowStore.readStoredUnverified(id);
+  await started;
+  // The copy is replaced (as an upload of a damaged chunk does) while that read is under way.
+  await slowStore.write({
+    id,
+    rawLength: raw.length,
+    bytes: encodeStoredChunk('raw', raw.length, raw),
+  });
+  const late = slowStore.readStoredUnverified(id);
+  finishRead();
+  t.true((await early).payload.equals(rotten), 'the early reader gets what its read found');
+  t.true((await late).payload.equals(raw), 'a reader after the replacement does not join the old read');
+  t.true((await slowStore.readRaw(id)).equals(raw), 'the old bytes were not cached');
+  t.true((await store.readRaw(id)).equals(raw));
+});
+
 /** Chunks of one size, so their objects fall in one size class of the read buffers. */
 async function storeChunks(storage: StorageAdapter, n: number): Promise<{ id: string; stored: Buffer }[]> {
   return Promise.all(

@@ -139,6 +139,79 @@ for (const name of backends.names) {
       await fx.cleanup();
     }
   });
+
+  test(`${name}: gc leaves alone a chunk whose damaged copy an upload is replacing, so the new copy stays stored`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: HOUR, sessionLeaseMs: 10 * HOUR });
+    try {
+      const data = Buffer.alloc(4000, 10);
+      const id = sha256(data);
+      const key = fx.repo.storedObjects.chunkKey(id);
+      // Storage that holds the upload's put of this chunk until the test lets it go, and that, should gc
+      // delete the chunk meanwhile, lets the put land first (the order that loses the new copy).
+      let gate = false;
+      let putHeld!: () => void;
+      const held = new Promise<void>((resolve) => {
+        putHeld = resolve;
+      });
+      let letPutGo!: () => void;
+      const go = new Promise<void>((resolve) => {
+        letPutGo = resolve;
+      });
+      let putLanded!: () => void;
+      const landed = new Promise<void>((resolve) => {
+        putLanded = resolve;
+      });
+      const deletedByGc: string[] = [];
+      const storage = new Proxy(fx.storage, {
+        get(target, prop, receiver) {
+          const value = Reflect.get(target, prop, receiver);
+          if (typeof value !== 'function') return value;
+          if (prop === 'put')
+            return async (k: string, d: Uint8Array) => {
+              if (!(gate && k === key)) return value.call(target, k, d);
+              gate = false;
+              putHeld();
+              await go;
+              await value.call(target, k, d);
+              putLanded();
+            };
+          if (prop === 'deleteMany')
+            return async (keys: string[]) => {
+              if (keys.includes(key)) {
+                deletedByGc.push(key);
+                letPutGo();
+                await landed;
+              }
+              return value.call(target, keys);
+            };
+          return value.bind(target);
+        },
+      });
+      await fx.reopen({ storage });
+      const old = await backup(fx.repo, data);
+      // The stored copy rots; a read finds it, and the chunk is marked damaged.
+      const rotten = Buffer.from(await fx.storage.getBytes(key));
+      rotten[rotten.length - 1] ^= 0xff;
+      await fx.storage.put(key, rotten);
+      await t.throwsAsync(fx.repo.readChunk(id));
+      await fx.repo.deleteSnapshot(old.id);
+      fx.clock.advance(2 * HOUR); // unreferenced, and touched long ago
+      const s = await fx.repo.beginSession('pc1', 'sda');
+      t.deepEqual(await fx.repo.filterMissing(s.id, [id]), [id]);
+      gate = true;
+      const upload = fx.repo.putChunk(s.id, id, data, 'raw');
+      await held; // the upload is writing the new copy
+      const report = await fx.repo.gc();
+      letPutGo();
+      t.true((await upload).written);
+      t.deepEqual(deletedByGc, []);
+      t.is(report.chunksDeleted, 0);
+      const snap = await fx.repo.commit(s.id, bodyOf(manifestFor('pc1', 'sda', [data])));
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+    } finally {
+      await fx.cleanup();
+    }
+  });
 }
 
 test('gc deletes orphan chunk objects unknown to the index only once they are older than the grace period', async (t) => {

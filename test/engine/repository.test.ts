@@ -417,3 +417,41 @@ test('a chunk lost from storage is reported missing after reindex, and the next 
     await fx.cleanup();
   }
 });
+
+test('after a damage report the next read of the chunk goes to storage, whatever was cached', async (t) => {
+  const fx = await openFixture(backends, 'memory', { encryption: 'none' });
+  try {
+    const data = Buffer.alloc(4000, 11);
+    const id = sha256(data);
+    const key = fx.repo.storedObjects.chunkKey(id);
+    await backup(fx.repo, data);
+    // The first cached read (one that reads into the cache's own memory) is handed a damaged copy, as a read
+    // under way while the copy was being replaced could have been; storage itself stays good.
+    let damageNext = true;
+    const storage = new Proxy(fx.storage, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver);
+        if (typeof value !== 'function') return value;
+        if (prop !== 'getBytes') return value.bind(target);
+        return async (k: string, range?: unknown, alloc?: unknown) => {
+          const bytes: Buffer = await value.call(target, k, range, alloc);
+          if (damageNext && k === key && alloc !== undefined) {
+            damageNext = false;
+            bytes[bytes.length - 1] ^= 0xff;
+          }
+          return bytes;
+        };
+      },
+    });
+    await fx.reopen({ storage });
+    const bad = await fx.repo.readStoredChunkUnverified(id);
+    t.false(damageNext, 'the read went through the cache');
+    t.is(await fx.repo.reportDamage(undefined, id, 'the restore found it wrong'), 'good');
+    t.false((await fx.repo.readStoredChunkUnverified(id)).payload.equals(bad.payload));
+    t.true((await fx.repo.readChunk(id)).equals(data));
+    const s = await fx.repo.beginSession('pc2', 'sda');
+    t.deepEqual(await fx.repo.filterMissing(s.id, [id]), [], 'not marked damaged');
+  } finally {
+    await fx.cleanup();
+  }
+});
