@@ -92,11 +92,19 @@ export class ChunkFetchStream {
       (h, payload) => this.onFrame(h, payload),
       FETCH_FRAME_HEADER_BYTES,
     );
-    // A limiter that makes us wait pauses the socket until the bytes are paid for.
+    // A limiter that makes us wait pauses the socket until the bytes are paid for. A TLS socket may hand over
+    // more pieces after the pause (the rest of what it had decrypted): each is paid for, and reading resumes
+    // only once the last of them is (the limiter serves its takers in order).
+    let lastDebt: Promise<void> | undefined;
     const pay = (n: number) => {
       const paid = limiter?.take(n);
-      if (!paid) return true;
-      void paid.then(() => socket.resume());
+      if (!paid) return lastDebt === undefined;
+      lastDebt = paid;
+      void paid.then(() => {
+        if (lastDebt !== paid) return;
+        lastDebt = undefined;
+        socket.resume();
+      });
       return false;
     };
     const malformed = (err: unknown) => {

@@ -33,7 +33,8 @@ function userBufferSlots(socket: Duplex): UserBufferSlots | undefined {
  * nothing is changed and the caller reads 'data' events as before, so the answer is the same either way.
  *
  * `onBytes(n)` runs for every read, after the splitter has taken the bytes; it returns false to pause the
- * socket (resume() starts reading again). An error thrown by the splitter or `onBytes` goes to `onError`,
+ * socket (resume() starts reading again). A TLS socket may still call it after that, with the rest of what
+ * it had decrypted from its last read: a caller that pays or counts per call must expect it. An error thrown by the splitter or `onBytes` goes to `onError`,
  * never out of node's read callback. A read takes at most `maxRead` bytes (a paced reader pays after each
  * read, so its reads stay as small as node's own). Returns whether the socket now reads this way.
  */

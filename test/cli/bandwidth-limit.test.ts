@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,7 +7,7 @@ import test from 'ava';
 import { parseRate, RateLimiter } from '../../agent/rate-limit.js';
 import { runCli, sha256File } from '../helpers/backup-e2e.js';
 import { downloadsLoggedSince } from '../helpers/download-logs.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { spawnServer, startTestServer, type TestServer } from '../helpers/server.js';
 
 // --limit-upload / --limit-download through the real CLI and a real server. Only lower bounds on time are
 // asserted: a limit can be proven by what could not have gone faster, never by how fast a loaded machine is.
@@ -108,6 +109,67 @@ test('backup --limit-upload and restore --limit-download keep to their rates, an
     t.is(streams[0]!.chunks, down.chunksFetched);
     t.is(gets.length, 0, gets.join('\n'));
   });
+});
+
+test('restore --limit-download keeps to its rate over HTTPS too', async (t) => {
+  // Over TLS node may hand the fetch stream more decrypted pieces after it paused its socket to pay for one:
+  // every piece must be paid for before reading goes on.
+  const dir = await mkdtemp(join(tmpdir(), 'dv-limit-tls-'));
+  try {
+    const [key, cert] = [join(dir, 'key.pem'), join(dir, 'cert.pem')];
+    const args = 'req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost';
+    execFileSync(
+      'openssl',
+      [...args.split(' '), '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert],
+      { stdio: 'ignore' },
+    );
+    const server = await spawnServer({
+      dataDir: join(dir, 'data'),
+      args: ['--tls-cert', cert, '--tls-key', key],
+    });
+    try {
+      const env = {
+        DISKVAULT_SERVER: server.url,
+        DISKVAULT_TOKEN: server.adminToken,
+        DISKVAULT_CACERT: cert,
+      };
+      const image = join(dir, 'disk.img');
+      await writeFile(image, randomBytes(6 * MiB));
+      const backup = await runCli(['backup', image, '--host', 'host1', '--disk', 'sda', '--json'], env);
+      t.is(backup.code, 0, backup.stderr);
+      const rate = 2 * MiB;
+      const burst = new RateLimiter(rate).burst;
+      const logged = {
+        get logs() {
+          return server.output().stderr.split('\n');
+        },
+      };
+      const logsBefore = logged.logs.length;
+      const target = join(dir, 'restored.img');
+      const restore = await runCli(
+        ['restore', 'latest', target, '--host', 'host1', '--disk', 'sda', '--json', '--limit-download', '2M'],
+        env,
+      );
+      t.is(restore.code, 0, restore.stderr);
+      const down = restore.summary as unknown as {
+        bytesFetched: number;
+        chunksFetched: number;
+        seconds: number;
+      };
+      t.is(await sha256File(target), await sha256File(image));
+      t.true(
+        down.seconds >= (down.bytesFetched - burst - SOCKET_READ_BYTES) / rate,
+        `${down.bytesFetched} bytes fetched over HTTPS in ${down.seconds} s at a 2 MiB/s limit`,
+      );
+      const { streams, gets } = await downloadsLoggedSince(logged, logsBefore);
+      t.is(streams[0]?.chunks, down.chunksFetched, 'the chunks came over the fetch stream');
+      t.is(gets.length, 0, gets.join('\n'));
+    } finally {
+      await server.kill();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('a malformed limit is a usage error before anything is sent, from a flag or from the config file', async (t) => {
