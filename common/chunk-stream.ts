@@ -180,7 +180,7 @@ export class FrameSplitter {
       const frame = { ...h, id: Buffer.from(h.id) };
       this.accept(frame);
       this.current = frame;
-      this.payload = frame.length > 0 ? this.payloadBuffer(frame.length, frame) : Buffer.alloc(0);
+      this.payload = frame.length > 0 ? this.exactPayloadBuffer(frame) : Buffer.alloc(0);
       this.payloadAt = 0;
     } else {
       this.payloadAt += n;
@@ -192,6 +192,17 @@ export class FrameSplitter {
       this.payload = undefined;
       this.onFrame(frame, payload);
     }
+  }
+
+  /**
+   * The buffer a frame's payload is read into, exactly its length: the buffer's end is where the next frame
+   * starts, so a longer one would swallow the next header and a shorter one would read payload as a header.
+   */
+  private exactPayloadBuffer(frame: FrameHeader): Buffer {
+    const buffer = this.payloadBuffer(frame.length, frame);
+    if (buffer.length < frame.length)
+      throw new Error(`a payload buffer of ${buffer.length} bytes for a frame of ${frame.length}`);
+    return buffer.length === frame.length ? buffer : buffer.subarray(0, frame.length);
   }
 
   /** Splits a piece read elsewhere, copying its bytes into each region in turn. */

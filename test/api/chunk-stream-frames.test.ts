@@ -92,3 +92,26 @@ test('after stop, later bytes are ignored', (t) => {
   s.push(wire);
   t.deepEqual(seen, [1]);
 });
+
+test('a frame ends where its length says, whatever the length of the buffer it is read into', (t) => {
+  const wire = Buffer.concat([
+    frame(FrameKind.Chunk, 0, Buffer.from('first payload'), idOf(1)),
+    frame(FrameKind.Chunk, 0, Buffer.from('second'), idOf(2)),
+  ]);
+  // An allocator handing out larger buffers (a recycler's size class): the payloads are cut to length.
+  const out: string[] = [];
+  const roomy = new FrameSplitter(
+    () => {},
+    (n) => Buffer.alloc(n + 100),
+    (h, p) => out.push(`${h.id[0]}:${p.toString()}`),
+  );
+  roomy.push(wire);
+  t.deepEqual(out, ['1:first payload', '2:second']);
+  // One handing out a shorter buffer is refused before any byte goes into it.
+  const short = new FrameSplitter(
+    () => {},
+    (n) => Buffer.alloc(n - 1),
+    () => t.fail('no frame comes out'),
+  );
+  t.throws(() => short.push(wire), { message: /a payload buffer of 12 bytes for a frame of 13/ });
+});
