@@ -214,8 +214,16 @@ class StreamTarget implements RestoreTarget {
       await new Promise<void>((resolve, reject) =>
         this.out.end((err?: Error | null) => (err ? reject(err) : resolve())),
       );
-    } else if (this.out.writableNeedDrain) {
-      await once(this.out, 'drain');
+    } else {
+      // Until every write queued is handed over or has failed: a stream may take the last writes into its
+      // queue and fail them later (EPIPE once the reader of a pipe has gone), and a restore that ended before
+      // would report a whole image its reader never got. A write of nothing completes after those before it.
+      await new Promise<void>((resolve, reject) =>
+        this.out.write(Buffer.alloc(0), (err?: Error | null) => (err ? reject(err) : resolve())),
+      ).catch((err: unknown) => {
+        throw writeError(this.failure ?? err, this.path);
+      });
+      if (this.failure) throw writeError(this.failure, this.path);
     }
   }
 

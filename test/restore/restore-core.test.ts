@@ -1,6 +1,6 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import test from 'ava';
 import { restoreSnapshot } from '../../agent/restore/restore.js';
 import { openRestoreTarget, streamTarget } from '../../agent/restore/restore-target.js';
@@ -232,6 +232,36 @@ test('restore to a stream writes the image in order, zeros included', async (t) 
   await consumed;
   t.true(Buffer.concat(parts).equals(img.image));
   t.true(res.verified);
+});
+
+test('a stream whose last writes fail after they were queued fails the restore, not a verified one', async (t) => {
+  const img = buildImage([
+    { kind: 'random', length: 8_000 },
+    { kind: 'random', length: 6_000 },
+  ]);
+  // A pipe whose reader goes away: each write is taken into the queue at once and the second fails 20 ms
+  // later (EPIPE), after the restore has written its last byte.
+  let received = 0;
+  const out = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      setTimeout(() => {
+        if (received > 0) return done(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+        received += chunk.length;
+        done();
+      }, 20);
+    },
+  });
+  const reader = await openManifest(img);
+  const err = await t.throwsAsync(
+    restoreSnapshot({
+      header: reader.header,
+      entryBatches: reader.entryBatches(),
+      fetcher: new MemoryFetcher([img]),
+      target: streamTarget(out),
+    }),
+  );
+  t.regex(err!.message, /EPIPE/);
+  t.is(received, 8_000);
 });
 
 test('downloads in flight never exceed the concurrency', async (t) => {
