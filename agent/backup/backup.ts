@@ -223,6 +223,12 @@ export async function runBackup(o: BackupOptions): Promise<BackupSummary> {
     await untilAborted(chained, o.signal);
     await sender.close();
     await seeded;
+    // A source of known size gave all of it, or the image changed under the backup: a file truncated while
+    // it was read would otherwise be committed, without a word, as a smaller disk.
+    if (source.size !== null && progress.bytesRead !== source.size)
+      throw new InvalidInputError(
+        `the image shrank while it was read: it ended at byte ${progress.bytesRead} of the ${source.size} it had when the backup began; nothing was committed`,
+      );
 
     const sha256 = (await hasher.run({ type: 'image-digest' })).sha256;
     const unreadable = mergeRanges(ring.unreadable);

@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import test from 'ava';
 import { runBackup } from '../../agent/backup/backup.js';
 import { DiskvaultClient } from '../../agent/client.js';
+import type { ImageSource } from '../../agent/source.js';
 import type { SnapshotInfo } from '../../api/protocol.js';
 import { countStoredChunks, readSnapshot, runCli } from '../helpers/backup-e2e.js';
 import { FailingSource } from '../helpers/failing-source.js';
@@ -96,6 +97,38 @@ test('a source unreadable past the limit stops the backup and commits nothing', 
       );
       t.deepEqual(server.repo.listSnapshots(), [], 'nothing was committed');
       t.true(source.reads < 3000, `gave up after ${source.reads} reads`);
+    } finally {
+      client.close();
+    }
+  });
+});
+
+test('an image that shrinks while it is read fails the backup and commits nothing', async (t) => {
+  await withServer(async (server, token) => {
+    const data = diskLike(4 * MiB);
+    // A file that had 6 MiB when it was opened, truncated to 4 MiB while the backup read it.
+    const source: ImageSource = {
+      size: 6 * MiB,
+      sectorSize: 512,
+      format: 'raw',
+      seekable: true,
+      async read(buf, offset) {
+        return offset >= data.length
+          ? 0
+          : data.copy(buf, 0, offset, Math.min(data.length, offset + buf.length));
+      },
+      async close() {},
+    };
+    const client = new DiskvaultClient({ server: server.url, token });
+    try {
+      const err = await t.throwsAsync(
+        runBackup({ client, source, host: 'host1', disk: 'sdb', windowBytes: 1 * MiB }),
+      );
+      t.is(
+        err!.message,
+        `the image shrank while it was read: it ended at byte ${4 * MiB} of the ${6 * MiB} it had when the backup began; nothing was committed`,
+      );
+      t.deepEqual(server.repo.listSnapshots(), [], 'nothing was committed');
     } finally {
       client.close();
     }
