@@ -49,19 +49,19 @@ export function formatRetentionDuration(d: CalendarDuration): string {
   return s;
 }
 
-/** `t` moved back by `d`, calendar-wise, in UTC (Date.UTC normalises overflow as Go's AddDate does). */
+/**
+ * `t` moved back by `d`, calendar-wise, in UTC: months and days that overflow are normalised as Go's AddDate
+ * does. Further back than a Date reaches (about 275,000 years) is -Infinity, before every snapshot: a cutoff
+ * that could not be computed must keep everything, never nothing.
+ */
 export function subtractCalendarDuration(t: number, d: CalendarDuration): number {
   const x = new Date(t);
-  const back = Date.UTC(
-    x.getUTCFullYear() - d.years,
-    x.getUTCMonth() - d.months,
-    x.getUTCDate() - d.days,
-    x.getUTCHours(),
-    x.getUTCMinutes(),
-    x.getUTCSeconds(),
-    x.getUTCMilliseconds(),
-  );
-  return back - d.hours * 3_600_000;
+  const back = new Date(0);
+  // setUTCFullYear takes a year as given, where Date.UTC would read 0-99 as 1900-1999.
+  back.setUTCFullYear(x.getUTCFullYear() - d.years, x.getUTCMonth() - d.months, x.getUTCDate() - d.days);
+  back.setUTCHours(x.getUTCHours(), x.getUTCMinutes(), x.getUTCSeconds(), x.getUTCMilliseconds());
+  const ms = back.getTime() - d.hours * 3_600_000;
+  return Number.isNaN(ms) ? Number.NEGATIVE_INFINITY : ms;
 }
 
 const FIXED_UNITS_MS: Record<string, number> = {

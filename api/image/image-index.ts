@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
-import { CorruptError } from '../../common/errors.js';
+import { ConflictError, CorruptError } from '../../common/errors.js';
 import { ID_BYTES, MANIFEST_ENTRY_BYTES, ManifestReader } from '../../repo-engine/manifest-codec.js';
-import type { RepositoryApi } from '../../repo-engine/types.js';
+import type { RepositoryApi, SnapshotInfo } from '../../repo-engine/types.js';
 
 /**
  * A snapshot's chunk list laid out for random access: where each chunk starts (a Float64Array, exact for
@@ -17,8 +17,12 @@ export class ImageIndex {
     private readonly ids: Buffer,
   ) {}
 
-  static async load(repo: RepositoryApi, snapshot: string): Promise<ImageIndex> {
+  /** `snap`'s chunk list; Conflict when the manifest stored under its id is another image's by now. */
+  static async load(repo: RepositoryApi, snap: SnapshotInfo): Promise<ImageIndex> {
+    const snapshot = snap.id;
     const reader = await ManifestReader.open(await repo.openManifest(snapshot), 'storage');
+    if (reader.header.sha256 !== snap.sha256 || reader.header.size !== snap.size)
+      throw new ConflictError(`snapshot ${snapshot} was replaced while its image was being opened`);
     const count = reader.header.chunkCount;
     const offsets = new Float64Array(count + 1);
     const ids = Buffer.allocUnsafe(count * ID_BYTES);
@@ -77,8 +81,11 @@ export class ImageIndex {
 
 /**
  * Indexes of recently served snapshots, bounded in bytes (a 2 TiB disk in 1 MiB chunks is 80 MiB); loads of
- * one snapshot at the same time share one manifest read. A snapshot is immutable, so an index never goes
- * stale; a deleted snapshot's index is harmless (its chunks then fail to read, and the stream is cut).
+ * one snapshot at the same time share one manifest read. A snapshot is immutable, but its id is not its
+ * alone forever: once deleted, an id may be committed again (a commit may ask for its id, as sync's do),
+ * perhaps by another tenant. So an index is kept under the id together with the image's SHA-256 and the
+ * time the server received the commit, and an id committed again is loaded afresh, never served from the
+ * chunk list of the snapshot that had it before.
  */
 export class ImageIndexCache {
   private readonly cache: LRUCache<string, ImageIndex>;
@@ -94,19 +101,20 @@ export class ImageIndexCache {
     });
   }
 
-  get(snapshot: string): Promise<ImageIndex> {
-    const hit = this.cache.get(snapshot);
+  get(snap: SnapshotInfo): Promise<ImageIndex> {
+    const key = `${snap.id}/${snap.sha256}/${snap.receivedAt}`;
+    const hit = this.cache.get(key);
     if (hit) return Promise.resolve(hit);
-    let running = this.loading.get(snapshot);
+    let running = this.loading.get(key);
     if (!running) {
-      running = ImageIndex.load(this.repo, snapshot)
+      running = ImageIndex.load(this.repo, snap)
         .then((ix) => {
           // One larger than the whole budget is served, just not kept.
-          if (ix.bytes <= this.cache.maxSize) this.cache.set(snapshot, ix);
+          if (ix.bytes <= this.cache.maxSize) this.cache.set(key, ix);
           return ix;
         })
-        .finally(() => this.loading.delete(snapshot));
-      this.loading.set(snapshot, running);
+        .finally(() => this.loading.delete(key));
+      this.loading.set(key, running);
     }
     return running;
   }

@@ -39,7 +39,7 @@ function fileName(s: SnapshotInfo): string {
 
 /**
  * Answers GET or HEAD for a snapshot's raw disk image (whoever may read it has been decided by the caller):
- * Content-Length, Accept-Ranges, a strong ETag (a snapshot never changes, so its id is one), the whole
+ * Content-Length, Accept-Ranges, a strong ETag (the image's SHA-256), the whole
  * image's SHA-256, and 206 for a single satisfiable Range (If-Range honoured), 416 for an unsatisfiable one.
  * A failure before the first byte is an ordinary error answer; after it, the caller's error handling cuts
  * the connection, because by then the status line has promised bytes that cannot be delivered.
@@ -52,7 +52,9 @@ export async function serveImage(
 ): Promise<void> {
   refuseSealedSnapshot(snap, 'its image');
   const size = snap.size;
-  const etag = `"${snap.id}"`;
+  // The image's SHA-256, not the snapshot's id: an id deleted and committed again names another image, and
+  // a download resumed with If-Range must never join the two.
+  const etag = `"${snap.sha256}"`;
   const ifRange = req.headers['if-range'];
   // A Range only applies to the image the client already holds part of (RFC 9110 13.1.5).
   const range =
@@ -87,7 +89,7 @@ export async function serveImage(
   const serving = servingFor(repo);
   try {
     await whileSnapshotHeld(repo, snap.id, async () => {
-      const index = await serving.indexes.get(snap.id);
+      const index = await serving.indexes.get(snap);
       await streamImage(repo, index, serving.zeros, start, end, res);
     });
   } catch (err) {

@@ -62,3 +62,29 @@ test("a tenant admin's statistics do not change when another tenant stores one o
   t.deepEqual(after.json.tenant, before.json.tenant);
   t.deepEqual(after.json, before.json);
 });
+
+test("an id deleted and committed again by another tenant serves that tenant's image, never the old one's", async (t) => {
+  const adminA = await srv.makeToken('admin', [], 'acme');
+  const agentA = await srv.makeToken('agent', ['web1'], 'acme');
+  const adminB = await srv.makeToken('admin', [], 'evil');
+  const secret = [chunkOf('acme secret 1'), chunkOf('acme secret 2')];
+  const a = await backup(srv.url, agentA, 'web1', 'sda', secret);
+  const id: string = a.snapshot.id;
+  // acme downloads its image (the server keeps the snapshot's chunk list), then deletes the snapshot.
+  const first = await call(srv.url, agentA, 'GET', `/v1/snapshots/${id}/image`);
+  t.true(first.bytes.equals(Buffer.concat(secret.map((c) => c.data))));
+  t.is((await call(srv.url, adminA, 'DELETE', `/v1/snapshots/${id}`)).status, 204);
+  // evil commits an image of its own under that id.
+  const mine = [chunkOf('evil own', 80_000)];
+  const session = await openSession(srv.url, adminB, 'h', 'd');
+  for (const c of mine) await putChunk(srv.url, adminB, session, c, true);
+  const committed = await call(srv.url, adminB, 'POST', `/v1/sessions/${session}/commit?id=${id}`, {
+    body: manifestFor('h', 'd', mine),
+    headers: { 'content-type': 'application/x-diskvault-manifest' },
+  });
+  t.is(committed.status, 201, JSON.stringify(committed.json));
+  const image = await call(srv.url, adminB, 'GET', `/v1/snapshots/${id}/image`);
+  t.is(image.status, 200);
+  t.true(image.bytes.equals(mine[0]!.data), "evil's own image");
+  t.not(image.headers.get('etag'), first.headers.get('etag'), 'a resumed download cannot join the two');
+});

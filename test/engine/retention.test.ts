@@ -155,6 +155,27 @@ test('retention: an empty policy keeps everything', (t) => {
   );
 });
 
+test('retention: keep-within further back than a date reaches keeps everything, and counts years as given', (t) => {
+  const times = ['2026-01-10T00:00:00Z', '1930-06-01T00:00:00Z'];
+  for (const within of ['300000y', '4000000m', '999999999999d']) {
+    const plan = planRetention(
+      times.map((x) => snap(x)),
+      { within },
+    );
+    t.is(plan.groups[0]?.remove.length, 0, within);
+    t.is(plan.groups[0]?.keep.length, 2, within);
+  }
+  // 1990 years back from 2026 is the year 36, not 1936: the 1930 snapshot is within.
+  t.deepEqual(
+    kept(times, { within: '1990y' }).map(([time]) => time),
+    ['2026-01-10T00:00:00', '1930-06-01T00:00:00'],
+  );
+  t.deepEqual(
+    kept(times, { within: '90y' }).map(([time]) => time),
+    ['2026-01-10T00:00:00'],
+  );
+});
+
 test('retention: groups are per host and disk, each measured from its own newest snapshot', (t) => {
   const plan = planRetention(
     [
