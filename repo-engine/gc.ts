@@ -37,6 +37,8 @@ export class DeletionsInFlight {
 
 /** The holder gc names for a chunk being written when it looks: counted as held, listed under no holder. */
 const UPLOAD_IN_PROGRESS = 'upload in progress';
+/** The holder gc names for a chunk of a snapshot being deleted, or whose delete stopped half way. */
+const SNAPSHOT_BEING_DELETED = 'snapshot being deleted';
 
 /** An open upload session as gc sees it: what it was told is present or uploaded. */
 export interface GcSession {
@@ -56,6 +58,10 @@ export interface GcContext {
   deletions: DeletionsInFlight;
   /** True while a putChunk of `id` is between its decision to write the object and its index row. */
   uploading: (id: string) => boolean;
+  /** Snapshots being deleted or whose delete stopped half way (repository.ts), and the chunks they name. */
+  chunksOfPendingDeletes: () => Promise<{ snapshots: Set<string>; chunks: Set<string> }>;
+  /** Those snapshots now. */
+  pendingDeletes: () => string[];
   /** Open sessions (after expired ones were reaped). */
   sessions: () => GcSession[];
   now: () => number;
@@ -71,6 +77,8 @@ export interface GcContext {
  *
  * An unreferenced chunk is kept while something may still need it, and only then:
  * - an upload is writing its object (replacing a damaged or missing copy);
+ * - a snapshot being deleted names it, or one whose delete stopped after its row was removed (its manifest
+ *   is adopted again at the next open);
  * - anyone touched it within the grace period (uploads, claims, "present" answers);
  * - an open upload session may name it in its commit: it uploaded it or was told it is present (the
  *   session's touched set), or it belongs to the session's base snapshot forgotten meanwhile (held_chunks);
@@ -82,15 +90,21 @@ export async function collectGarbage(ctx: GcContext): Promise<GcReport> {
   const started = ctx.now();
   const progress = ctx.onProgress ?? (() => {});
   progress({ phase: 'index', done: 0, total: 1 });
+  // Read before everything else gc looks at: from the sessions on, phase one runs without a pause.
+  const ofPendingDeletes = await ctx.chunksOfPendingDeletes();
   const sessions = ctx.sessions();
   const leases = ctx.index.listLeases();
   const cutoff = started - ctx.graceMs;
+  // A delete that began while those manifests were read names chunks not among them: this run frees nothing.
+  const lateDelete = ctx.pendingDeletes().some((id) => !ofPendingDeletes.snapshots.has(id));
 
   const heldBy = (id: Buffer): string[] => {
     // A chunk whose object is being written right now (an upload replacing a damaged or missing copy of an
     // indexed chunk) keeps its row: removed, its object would be deleted under the upload, which then
     // records a row for an object that is gone.
-    const out: string[] = ctx.uploading(id.toString('hex')) ? [UPLOAD_IN_PROGRESS] : [];
+    const hex = id.toString('hex');
+    const out: string[] = ctx.uploading(hex) ? [UPLOAD_IN_PROGRESS] : [];
+    if (lateDelete || ofPendingDeletes.chunks.has(hex)) out.push(SNAPSHOT_BEING_DELETED);
     for (const s of sessions) {
       if (!s.touched) continue;
       if (s.touched.saturated ? ctx.index.ownedBy(id, s.tenant) : s.touched.has(id)) out.push(s.id);

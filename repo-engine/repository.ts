@@ -1,6 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { ConflictError, DiskvaultError, InvalidInputError, NotFoundError } from '../common/errors.js';
+import {
+  ConflictError,
+  DiskvaultError,
+  InvalidInputError,
+  isDiskvaultError,
+  NotFoundError,
+} from '../common/errors.js';
 import { checkName } from '../common/names.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import type { ChunkEncoding } from './chunk-format.js';
@@ -113,6 +119,12 @@ export class Repository implements RepositoryApi {
   private readonly protection: ProtectionStore;
   private readonly deletions = new DeletionsInFlight();
   private readonly uploads = new Map<string, number>();
+  /**
+   * Snapshots being deleted, and those whose delete stopped after their row was removed (lowering their
+   * counts or deleting their manifest failed): until the next open adopts such a manifest again (it brings
+   * the snapshot back with exact counts), gc keeps every chunk it names.
+   */
+  private readonly deletesPending = new Set<string>();
   private readonly committing = new Set<string>();
   /** What each open session was told is present or uploaded: what gc keeps for it. */
   private readonly touched = new Map<string, TouchedSet>();
@@ -837,24 +849,57 @@ export class Repository implements RepositoryApi {
       // The index flag answers fast; the marker is the truth (a protect may have stored it a moment ago).
       if (this.requireSnapshot(id).protected || (await this.protection.isMarked(id)))
         throw new SnapshotProtectedError(id);
-      // Staged whole before lowering anything: a manifest that fails half way must not lower half its
-      // counts. Staged on disk, not held in memory: a 16 TiB disk's manifest holds 16 million entries.
-      const staging = this.index.stageReferences();
+      const alreadyPending = this.deletesPending.has(id);
+      this.deletesPending.add(id);
+      let rowRemoved = false;
       try {
-        for await (const batch of this.manifests.entryBatches(id)) staging.add(batch);
-        if (!this.index.beginRemoveSnapshot(id, staging, this.opts.now())) {
-          if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
-          throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+        // Staged whole before lowering anything: a manifest that fails half way must not lower half its
+        // counts. Staged on disk, not held in memory: a 16 TiB disk's manifest holds 16 million entries.
+        const staging = this.index.stageReferences();
+        try {
+          for await (const batch of this.manifests.entryBatches(id)) staging.add(batch);
+          if (!this.index.beginRemoveSnapshot(id, staging, this.opts.now())) {
+            if (this.index.getSnapshot(id)?.protected) throw new SnapshotProtectedError(id);
+            throw new NotFoundError(`no snapshot ${id}`, { snapshot: id });
+          }
+          rowRemoved = true;
+          await this.lowerReferences(id, staging);
+        } finally {
+          staging.drop();
         }
-        await this.lowerReferences(id, staging);
-      } finally {
-        staging.drop();
+        // After the counts: a crash here leaves a manifest without a row, which the next open adopts again
+        // (keeping data), never a row whose manifest is gone.
+        await this.manifests.delete(id);
+      } catch (err) {
+        if (!rowRemoved && !alreadyPending) this.deletesPending.delete(id);
+        if (rowRemoved)
+          this.opts.log(
+            `snapshot ${id}: its delete stopped (${(err as Error).message}); gc keeps the chunks it names, and the next start brings it back: delete it again then`,
+          );
+        throw err;
       }
-      // After the counts: a crash here leaves a manifest without a row, which reindex would adopt again
-      // (keeping data), never a row whose manifest is gone.
-      await this.manifests.delete(id);
+      this.deletesPending.delete(id);
       this.opts.log(`snapshot ${id} deleted`);
     });
+  }
+
+  /**
+   * The chunks named by the manifests of snapshots being deleted, or whose delete stopped half way (see
+   * `deletesPending`). A manifest already gone was deleted for good: it holds nothing back.
+   */
+  private async chunksOfPendingDeletes(): Promise<{ snapshots: Set<string>; chunks: Set<string> }> {
+    const snapshots = new Set(this.deletesPending);
+    const chunks = new Set<string>();
+    for (const id of snapshots) {
+      try {
+        for await (const batch of this.manifests.entryBatches(id))
+          for (let at = 0; at < batch.length; at += MANIFEST_ENTRY_BYTES)
+            chunks.add(batch.toString('hex', at, at + 32));
+      } catch (err) {
+        if (!(isDiskvaultError(err) && err.code === 'NotFound')) throw err;
+      }
+    }
+    return { snapshots, chunks };
   }
 
   /**
@@ -968,6 +1013,8 @@ export class Repository implements RepositoryApi {
           storage: this.storage,
           deletions: this.deletions,
           uploading: (id) => this.uploads.has(id),
+          chunksOfPendingDeletes: () => this.chunksOfPendingDeletes(),
+          pendingDeletes: () => [...this.deletesPending],
           sessions: () =>
             this.index.listSessions().map((r) => ({
               id: r.id,

@@ -212,6 +212,49 @@ for (const name of backends.names) {
       await fx.cleanup();
     }
   });
+
+  test(`${name}: a delete whose manifest could not be deleted keeps its chunks through gc, and the snapshot comes back whole at the next open`, async (t) => {
+    const fx = await openFixture(backends, name, { gcGraceMs: HOUR, sessionLeaseMs: 10 * HOUR });
+    try {
+      let failManifestDelete = false;
+      const storage = new Proxy(fx.storage, {
+        get(target, prop, receiver) {
+          const value = Reflect.get(target, prop, receiver);
+          if (typeof value !== 'function') return value;
+          if (prop === 'delete')
+            return async (key: string) => {
+              if (failManifestDelete && key.startsWith('snapshots/')) {
+                failManifestDelete = false;
+                throw new Error('storage unavailable (503)');
+              }
+              return value.call(target, key);
+            };
+          return value.bind(target);
+        },
+      });
+      await fx.reopen({ storage });
+      const data = Buffer.alloc(4000, 12);
+      const snap = await backup(fx.repo, data);
+      failManifestDelete = true;
+      await t.throwsAsync(fx.repo.deleteSnapshot(snap.id), { message: /503/ });
+      fx.clock.advance(2 * HOUR);
+      const report = await fx.repo.gc();
+      t.is(report.chunksDeleted, 0, 'the chunks its manifest names are kept');
+      t.true(fx.logs.some((l) => l.includes('its delete stopped')));
+      await fx.reopen({ storage });
+      t.truthy(fx.repo.getSnapshot(snap.id), 'the manifest was adopted again');
+      t.true((await restore(fx.repo, snap.id)).equals(data));
+      // Deleted again, for good this time: gc then frees the chunk. (The rebuild at the open dated the
+      // chunk by its object's time in storage: the test's clock moves on from the real one.)
+      fx.clock.t = Math.max(fx.clock.t, Date.now());
+      await fx.repo.deleteSnapshot(snap.id);
+      fx.clock.advance(2 * HOUR);
+      const last = await fx.repo.gc();
+      t.is(last.chunksDeleted, 1, JSON.stringify(last));
+    } finally {
+      await fx.cleanup();
+    }
+  });
 }
 
 test('gc deletes orphan chunk objects unknown to the index only once they are older than the grace period', async (t) => {
