@@ -1,7 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server } from 'restify';
 import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common/errors.js';
-import type { GcReport, RepositoryApi, SnapshotInfo, VerifyProgress } from '../../repo-engine/types.js';
+import type {
+  ForgetPlan,
+  GcReport,
+  RepositoryApi,
+  SnapshotInfo,
+  VerifyProgress,
+} from '../../repo-engine/types.js';
 import {
   isGlobalAdmin,
   isReader,
@@ -22,6 +28,35 @@ function optionalBool(v: unknown, what: string): boolean {
   if (v === undefined) return false;
   if (typeof v !== 'boolean') throw new InvalidInputError(`${what} must be true or false`);
   return v;
+}
+
+/** `removeOnly`: the snapshot ids a client previewed for removal, at most this many. */
+const MAX_REMOVE_ONLY = 100_000;
+
+function optionalIdList(v: unknown, what: string): Set<string> | undefined {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.length > MAX_REMOVE_ONLY)
+    throw new InvalidInputError(`${what} must be a list of at most ${MAX_REMOVE_ONLY} snapshot ids`);
+  return new Set(v.map((id) => checkId(id, `${what} entry`)));
+}
+
+/**
+ * `plan` limited to removing the snapshots in `allowed` (those a client previewed): one the fresh plan would
+ * remove but the preview kept (a backup committed meanwhile moved the buckets) is kept, with its reason.
+ */
+function limitRemovals(plan: ForgetPlan, allowed: Set<string>): ForgetPlan {
+  return {
+    groups: plan.groups.map((g) => ({
+      ...g,
+      keep: [
+        ...g.keep,
+        ...g.remove
+          .filter((s) => !allowed.has(s.id))
+          .map((snapshot) => ({ snapshot, reasons: ['not removed in the previewed plan'] })),
+      ],
+      remove: g.remove.filter((s) => allowed.has(s.id)),
+    })),
+  };
 }
 
 function jobInfo(j: JobStatus): JobInfo {
@@ -73,14 +108,16 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
       const disk = optionalName(body.disk, 'disk');
       const dryRun = optionalBool(body.dryRun, 'dryRun');
       const prune = optionalBool(body.prune, 'prune');
+      const removeOnly = optionalIdList(body.removeOnly, 'removeOnly');
       // Checked before anything is applied, so a refused prune leaves no half-done forget behind.
       if (prune) requireGlobalAdmin(p);
       const tenant = tenantScope(p);
-      const plan = repo.planForget(policy, {
+      const fresh = repo.planForget(policy, {
         ...(host ? { host } : {}),
         ...(disk ? { disk } : {}),
         ...(tenant ? { tenant } : {}),
       });
+      const plan = removeOnly ? limitRemovals(fresh, removeOnly) : fresh;
       // The engine filtered by tenant; refuse to act if it ever handed back something outside the scope.
       for (const g of plan.groups) {
         for (const s of [...g.remove, ...g.keep.map((k) => k.snapshot)]) {

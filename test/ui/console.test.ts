@@ -1,3 +1,7 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import type { Browser, BrowserContext, Page } from 'puppeteer-core';
 import { call } from '../helpers/api-client.js';
@@ -255,17 +259,34 @@ browserTest(
       const planned = Object.values(cliPlan).flatMap((g) => g.remove);
       // 14 nights of web1/sda keep the newest 3 (the newest is also the weekly): 11 go; web1/sdb keeps its 3.
       t.is(planned.length, 11);
+      // A backup arrives between the preview and applying it: the plan made anew would remove one more
+      // night (the oldest of the three daily ones), which the preview kept.
+      const image = join(await mkdtemp(join(tmpdir(), 'dv-console-')), 'disk.img');
+      await writeFile(image, randomBytes(64 * 1024));
+      const late = await runCli(['backup', image, '--host', 'web1', '--disk', 'sda', '--json'], {
+        DISKVAULT_SERVER: srv.url,
+        DISKVAULT_TOKEN: srv.adminToken,
+      });
+      t.is(late.code, 0, late.stderr);
+      const fresh = await call(srv.url, srv.adminToken, 'POST', '/v1/forget', {
+        json: { policy: { daily: 3, weekly: 1 }, host: 'web1', dryRun: true },
+      });
+      t.is(fresh.json.plan.groups.flatMap((g: { remove: unknown[] }) => g.remove).length, 12);
 
       await page.click('.plan button.danger');
       await page.waitForSelector('dialog[open] button.danger');
       await page.click('dialog[open] button.danger');
       await page.waitForSelector('.plan .notice.ok');
       t.regex(await page.$eval('.plan .notice.ok', (el) => el.textContent ?? ''), /^Removed 11 snapshots\./);
-      t.is(await page.$('.plan .notice.warn'), null);
+      t.regex(
+        await page.$eval('.plan .notice.warn', (el) => el.textContent ?? ''),
+        /^1 snapshot the policy now selects for removal was kept: it was not in the preview\./,
+      );
       const after = (await call(srv.url, srv.adminToken, 'GET', '/v1/snapshots')).json.snapshots.map(
         (s: { id: string }) => s.id,
       );
-      t.deepEqual(after.sort(), before.filter((id: string) => !planned.includes(id)).sort());
+      const lateId: string = (late.summary as unknown as { snapshot: string }).snapshot;
+      t.deepEqual(after.sort(), [...before.filter((id: string) => !planned.includes(id)), lateId].sort());
     });
     t.deepEqual(problems, []);
   },

@@ -4,6 +4,9 @@ import { field, h, notice, replace } from '../dom.js';
 import { bytes, count, localTime, plural, shortId, utcTitle } from '../format.js';
 import type { DiskOverview, ForgetPlan, ForgetResponse, RetentionPolicy } from '../types.js';
 
+/** The reason the server gives a snapshot it kept because the preview applied did not remove it. */
+const NOT_IN_PREVIEW = 'not removed in the previewed plan';
+
 const COUNT_RULES = [
   ['last', 'Keep last'],
   ['hourly', 'Hourly'],
@@ -272,6 +275,8 @@ export const retentionView: View = (ctx, main) => {
                 disk: p.disk,
                 dryRun: false,
                 prune: prune.checked,
+                // Exactly what was previewed: a backup committed meanwhile must not make it remove more.
+                removeOnly: p.plan.groups.flatMap((g) => g.remove.map((s) => s.id)),
               });
               dialog.close();
               previewed = undefined;
@@ -307,6 +312,10 @@ export const retentionView: View = (ctx, main) => {
     const expected = new Set(before.groups.flatMap((g) => g.remove.map((s) => s.id)));
     const actual = new Set(out.plan.groups.flatMap((g) => g.remove.map((s) => s.id)));
     const same = expected.size === actual.size && [...expected].every((id) => actual.has(id));
+    const spared = out.plan.groups.reduce(
+      (n, g) => n + g.keep.filter((k) => k.reasons.includes(NOT_IN_PREVIEW)).length,
+      0,
+    );
     replace(
       result,
       h('h2', { id: 'plan-title' }, 'Applied'),
@@ -322,6 +331,12 @@ export const retentionView: View = (ctx, main) => {
         : notice(
             'warn',
             'Snapshots arrived or left between the preview and applying it, so the plan applied differs from the one previewed. Preview again to see where things stand.',
+          ),
+      spared === 0
+        ? null
+        : notice(
+            'warn',
+            `${plural(spared, 'snapshot')} the policy now selects for removal ${spared === 1 ? 'was' : 'were'} kept: ${spared === 1 ? 'it was' : 'they were'} not in the preview. Preview again to see ${spared === 1 ? 'it' : 'them'}.`,
           ),
     );
     result.querySelector('h2')?.focus();
