@@ -1,6 +1,7 @@
+import { isDiskvaultError } from '../common/errors.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
 import { CHUNKS_PREFIX, type ChunkStore } from './chunk-store.js';
-import { IndexDb } from './index-db.js';
+import { IndexDb, removeDbFiles } from './index-db.js';
 import { MANIFEST_ENTRY_BYTES, type ManifestHeader } from './manifest-codec.js';
 import type { ManifestStore } from './manifest-store.js';
 import { ProtectionStore } from './protection.js';
@@ -22,6 +23,9 @@ export interface RebuildResult {
  * after the grace period, as it would orphans.
  * The new index is built beside the live one and only swapped in by the caller, so a failed rebuild
  * leaves the old index untouched.
+ * Only a manifest whose bytes are damaged (CorruptError) is left out. Any other failure to read one (storage
+ * unavailable, a network error, EACCES) fails the whole rebuild: a snapshot left out for a passing reason
+ * would leave its chunks unreferenced, and gc would delete them while its manifest stays in storage.
  */
 export async function rebuildIndex(opts: {
   storage: StorageAdapter;
@@ -59,7 +63,14 @@ export async function rebuildIndex(opts: {
           stream.destroy();
         }
       } catch (err) {
-        opts.log(`reindex: manifest ${id} is unreadable and was left out: ${(err as Error).message}`);
+        if (!(isDiskvaultError(err) && err.code === 'Corrupt')) {
+          opts.log(
+            `reindex: manifest ${id} could not be read (${(err as Error).message}); the rebuild stopped and the index is unchanged`,
+          );
+          throw err;
+        }
+        // Its chunks are not counted: gc frees those no other snapshot uses, once the grace period is over.
+        opts.log(`reindex: manifest ${id} is corrupt and was left out: ${(err as Error).message}`);
         unreadableManifests.push(id);
         continue;
       }
@@ -156,6 +167,10 @@ export async function rebuildIndex(opts: {
     return { index, result: { snapshots, chunks, unreadableManifests, missingChunks } };
   } catch (err) {
     index.close();
+    // The half-built file is of no use to anyone; failing to remove it must not hide why the rebuild failed.
+    try {
+      removeDbFiles(opts.path);
+    } catch {}
     throw err;
   }
 }
