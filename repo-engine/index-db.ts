@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, openSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { ManifestHeader } from './manifest-codec.js';
 import { MANIFEST_ENTRY_BYTES } from './manifest-codec.js';
@@ -137,8 +137,33 @@ export interface ChunkRow {
 /** A manifest header as the repository stores it: id, tenant and receipt time set. */
 export type StoredHeader = ManifestHeader & { id: string; tenant: string; receivedAt: string };
 
-/** Why an existing index file cannot be used; the repository rebuilds it from storage. */
+/**
+ * Why an existing index file cannot be used: it is missing, damaged (integrity check, not a database), of
+ * another schema or of another repository. The repository rebuilds it from storage.
+ */
 export class IndexUnusable extends Error {}
+
+/**
+ * An index file that may be sound could not be opened now (EACCES, EMFILE, SQLITE_BUSY from another process,
+ * an I/O error): the open fails and the file is left as it is, for a rebuild would lose what only it holds
+ * (damage records, snapshot leases, sessions). `code` is the original error's.
+ */
+export class IndexOpenFailed extends Error {
+  readonly code: string | undefined;
+  constructor(path: string, cause: unknown) {
+    super(
+      `cannot open the index ${path}: ${(cause as Error).message}. The index was left as it is (it is not rebuilt, which would lose its damage records, snapshot leases and sessions): fix the cause (permissions, another process using it, too many open files) and try again`,
+      { cause },
+    );
+    this.code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  }
+}
+
+/** SQLite's word that the file itself is damaged (not a database, or corrupt), not that it is out of reach. */
+function isDamaged(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && (code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT'));
+}
 
 /** The WHERE clause selecting a filter's snapshots, or null when it can match none. */
 function snapshotMatch(filter: SnapshotFilter): { where: string; args: unknown[] } | null {
@@ -203,9 +228,18 @@ export class IndexDb {
     return new IndexDb(db, path);
   }
 
-  /** Opens an existing index; IndexUnusable when it is damaged, of another schema, or of another repository. */
+  /**
+   * Opens an existing index; IndexUnusable when it is missing, damaged, of another schema, or of another
+   * repository (the caller rebuilds it), IndexOpenFailed for any other failure (the caller must not).
+   */
   static openExisting(path: string, repositoryId: string): IndexDb {
-    if (!existsSync(path)) throw new IndexUnusable('the index file is missing');
+    try {
+      statSync(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new IndexUnusable('the index file is missing');
+      throw new IndexOpenFailed(path, err);
+    }
     let db: Database.Database | undefined;
     try {
       restrictDbFiles(path);
@@ -220,12 +254,16 @@ export class IndexDb {
             .join('; ')}`,
         );
       }
-      const meta = new Map(
-        (db.prepare('SELECT key, value FROM meta').all() as { key: string; value: string }[]).map((r) => [
-          r.key,
-          r.value,
-        ]),
-      );
+      let rows: { key: string; value: string }[];
+      try {
+        rows = db.prepare('SELECT key, value FROM meta').all() as { key: string; value: string }[];
+      } catch (err) {
+        // No meta table, or not the columns this schema has (an SQL error, not an I/O or lock one).
+        if ((err as { code?: unknown }).code === 'SQLITE_ERROR')
+          throw new IndexUnusable(`not an index of this schema: ${(err as Error).message}`);
+        throw err;
+      }
+      const meta = new Map(rows.map((r) => [r.key, r.value]));
       if (meta.get('schema_version') !== String(INDEX_SCHEMA_VERSION))
         throw new IndexUnusable(
           `schema version ${meta.get('schema_version')} is not ${INDEX_SCHEMA_VERSION}`,
@@ -234,9 +272,12 @@ export class IndexDb {
         throw new IndexUnusable('the index belongs to another repository (id mismatch)');
       return new IndexDb(db, path);
     } catch (err) {
-      db?.close();
+      try {
+        db?.close();
+      } catch {}
       if (err instanceof IndexUnusable) throw err;
-      throw new IndexUnusable(`cannot read the index: ${(err as Error).message}`);
+      if (isDamaged(err)) throw new IndexUnusable(`the index file is damaged: ${(err as Error).message}`);
+      throw new IndexOpenFailed(path, err);
     }
   }
 

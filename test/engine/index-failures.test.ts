@@ -1,5 +1,6 @@
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
 import test from 'ava';
+import Database from 'better-sqlite3';
 import { DiskvaultError } from '../../common/errors.js';
 import { snapshotKey } from '../../repo-engine/manifest-store.js';
 import type { StorageAdapter } from '../../storage-adapters/adapter.js';
@@ -107,3 +108,49 @@ for (const name of backends.names) {
     }
   });
 }
+
+test('an index file another process holds locked fails the open and is kept as it is, with its leases', async (t) => {
+  const fx = await openFixture(backends, 'local');
+  try {
+    const snap = await backup(fx.repo, Buffer.alloc(4096 * 2, 0x46));
+    const lease = await fx.repo.takeLease(snap.id, 'token-1');
+    await fx.repo.close();
+    // Another process (another server started on the same data folder) holds the file locked: SQLITE_BUSY.
+    const blocker = new Database(fx.indexPath, { fileMustExist: true });
+    try {
+      blocker.pragma('locking_mode = EXCLUSIVE');
+      blocker.exec('BEGIN EXCLUSIVE');
+      const err = await t.throwsAsync(fx.reopen(), { message: /cannot open the index .*database is locked/ });
+      t.is((err as { code?: string } | undefined)?.code, 'SQLITE_BUSY');
+    } finally {
+      blocker.exec('ROLLBACK');
+      blocker.close();
+    }
+    t.false(fx.logs.some((l) => /rebuild/.test(l)));
+    await fx.reopen();
+    t.is(fx.repo.getLease(lease.id)?.snapshot, snap.id);
+    t.false(fx.logs.some((l) => /rebuild/.test(l)));
+  } finally {
+    await fx.cleanup();
+  }
+});
+
+test('an index file that is not a database, or has no index schema, is still rebuilt from storage at open', async (t) => {
+  const fx = await openFixture(backends, 'local');
+  try {
+    const snap = await backup(fx.repo, Buffer.alloc(4096 * 2, 0x47));
+    const refcounts = indexRefcounts(fx.indexPath);
+    for (const damage of [Buffer.alloc(8192, 0x41), Buffer.alloc(0)]) {
+      await fx.repo.close();
+      for (const suffix of ['-wal', '-shm']) await rm(`${fx.indexPath}${suffix}`, { force: true });
+      await writeFile(fx.indexPath, damage);
+      fx.logs.length = 0;
+      await fx.reopen();
+      t.true(fx.logs.some((l) => /unusable .*rebuilding it from storage/.test(l)));
+      t.deepEqual(indexRefcounts(fx.indexPath), refcounts);
+      t.is(fx.repo.getSnapshot(snap.id)?.id, snap.id);
+    }
+  } finally {
+    await fx.cleanup();
+  }
+});
