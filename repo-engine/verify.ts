@@ -112,6 +112,8 @@ export async function verifyRepository(
 
   let chunksChecked = 0;
   let bytesRead = 0;
+  // Chunks (by id, not storage key) whose stored copy this run read back and found good.
+  const readGood = new Set<string>();
   if (opts.readData) {
     // The chunk each key holds, where a keyed name hides it: every chunk a manifest or the index names.
     const idByKey = new Map<string, string>();
@@ -125,10 +127,11 @@ export async function verifyRepository(
       for (let key = queue.pop(); key !== undefined; key = queue.pop()) {
         const known = codec.chunkIdFromKey(key) ?? idByKey.get(key);
         try {
-          const raw = known
-            ? await ctx.chunks.readRaw(known, { bypassCache: true, sealedAsIs: true })
-            : (await ctx.chunks.readRawByKey(key)).raw;
+          const { id, raw } = known
+            ? { id: known, raw: await ctx.chunks.readRaw(known, { bypassCache: true, sealedAsIs: true }) }
+            : await ctx.chunks.readRawByKey(key);
           bytesRead += raw.length;
+          readGood.add(id);
         } catch (err) {
           const code = (err as { code?: string }).code;
           // An object no manifest or index row names is reported under its storage key.
@@ -149,8 +152,8 @@ export async function verifyRepository(
   const healed = new Map<string, { detail: string; foundAt: number; healedAt: number | null }>();
   for (const d of ctx.index.damageRecords()) {
     if (bad.has(d.chunk)) continue;
-    const readGood = opts.readData && stored.has(d.chunk);
-    if (d.healedAt !== null || readGood) healed.set(d.chunk, d);
+    // Read good in this run, from the copy under its storage key (the set holds ids, never keys).
+    if (d.healedAt !== null || readGood.has(d.chunk)) healed.set(d.chunk, d);
     else if (ctx.index.getChunk(d.chunk))
       bad.set(d.chunk, { kind: 'corrupt', detail: `a read found its stored copy damaged: ${d.detail}` });
   }

@@ -418,6 +418,50 @@ test('a chunk lost from storage is reported missing after reindex, and the next 
   }
 });
 
+for (const encryption of ['none', 'aes-256-gcm'] as const) {
+  test(`${encryption}: verify --read-data that reads a damaged chunk good again clears its damage record`, async (t) => {
+    const fx = await openFixture(backends, 'memory', { encryption });
+    try {
+      const image = Buffer.alloc(4096 * 2);
+      image.fill(1, 0, 4096).fill(2, 4096);
+      const snap = await backup(fx.repo, image);
+      const id = sha256(image.subarray(0, 4096));
+      const object = (fx.storage as MemoryStorage).objects.get(fx.repo.storedObjects.chunkKey(id));
+      if (!object) throw new Error('the chunk is not stored under its key');
+      const good = object.data;
+      object.data = Buffer.from(good);
+      object.data[object.data.length - 1] ^= 1;
+      await t.throwsAsync(fx.repo.readChunk(id), { code: 'Corrupt' });
+      const damaged = await fx.repo.verify({ readData: true });
+      t.deepEqual(
+        damaged.problems.map((p) => [p.chunk, p.kind]),
+        [[id, 'corrupt']],
+      );
+
+      // The good copy is back (say, from a storage-level backup): a quick verify reads nothing, so the
+      // record stands; a verify that reads the copy good again reports it healed and drops the record.
+      object.data = good;
+      t.deepEqual(
+        (await fx.repo.verify({ readData: false })).problems.map((p) => p.chunk),
+        [id],
+      );
+      const read = await fx.repo.verify({ readData: true });
+      t.deepEqual(read.problems, []);
+      t.true(read.ok);
+      t.deepEqual(
+        read.healed.map((h) => h.chunk),
+        [id],
+      );
+      t.deepEqual(read.healedSnapshots, [snap.id]);
+      const after = await fx.repo.verify({ readData: false });
+      t.true(after.ok);
+      t.deepEqual(after.healed, []);
+    } finally {
+      await fx.cleanup();
+    }
+  });
+}
+
 test('after a damage report the next read of the chunk goes to storage, whatever was cached', async (t) => {
   const fx = await openFixture(backends, 'memory', { encryption: 'none' });
   try {
