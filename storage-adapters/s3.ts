@@ -6,6 +6,7 @@ import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
@@ -96,15 +97,23 @@ export async function openS3Storage(options: S3StorageOptions): Promise<StorageA
       throwOnRequestTimeout: true,
     },
   });
-  return new S3Storage(client, options, prefix);
+  const storage = new S3Storage(client, options, prefix);
+  await storage.checkBucket();
+  return storage;
 }
 
 class S3Storage implements StorageAdapter {
   readonly description: string;
   private readonly bucket: string;
+  private readonly endpointNote: string;
   private readonly pageSize: number;
   private readonly partSize: number;
   private readonly uploadConcurrency: number;
+  /**
+   * Whether HeadBucket found the bucket. A 404 to HEAD has no body, so it cannot tell a missing key from a
+   * missing bucket: stat trusts it as "absent" only once the bucket is known to exist.
+   */
+  private bucketFound = false;
 
   constructor(
     private readonly client: S3Client,
@@ -112,10 +121,30 @@ class S3Storage implements StorageAdapter {
     private readonly prefix: string,
   ) {
     this.bucket = options.bucket;
+    this.endpointNote = options.endpoint ? ` at ${options.endpoint}` : '';
     this.description = `s3://${options.bucket}/${prefix}`;
     this.pageSize = Math.max(1, Math.min(1000, options.pageSize ?? DEFAULT_PAGE_SIZE));
     this.partSize = Math.max(5 * 1024 * 1024, options.partSize ?? DEFAULT_PART_SIZE);
     this.uploadConcurrency = Math.max(1, options.uploadConcurrency ?? DEFAULT_UPLOAD_CONCURRENCY);
+  }
+
+  /**
+   * Fails the open of a bucket that does not exist (a typo in its name), instead of every key in it
+   * reading as absent. Any other answer (a policy that refuses HeadBucket, a network error) leaves the
+   * question open for stat to settle: the operations that need the bucket report their own errors.
+   */
+  async checkBucket(): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      this.bucketFound = true;
+    } catch (err) {
+      if (isNoSuchBucket(err) || statusOf(err) === 404) {
+        this.client.destroy();
+        throw new InvalidInputError(`S3 bucket ${this.bucket} does not exist${this.endpointNote}`, {
+          bucket: this.bucket,
+        });
+      }
+    }
   }
 
   private objectKey(key: string): string {
@@ -131,7 +160,7 @@ class S3Storage implements StorageAdapter {
           new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }),
         );
       } catch (err) {
-        throw mapS3Error(err, `put ${key}`);
+        throw this.mapError(err, `put ${key}`);
       }
       return;
     }
@@ -167,7 +196,7 @@ class S3Storage implements StorageAdapter {
       feeding.catch(() => {});
       await upload.abort().catch(() => {});
       if (sourceError !== undefined) throw sourceError;
-      throw mapS3Error(err, `put ${key}`);
+      throw this.mapError(err, `put ${key}`);
     }
   }
 
@@ -192,7 +221,7 @@ class S3Storage implements StorageAdapter {
       if (body === undefined) return { body: Readable.from([]), length: 0 };
       throw new DiskvaultError('Unavailable', `S3 returned an unexpected body type for ${key}`);
     } catch (err) {
-      throw mapS3Error(err, `get ${key}`, key);
+      throw this.mapError(err, `get ${key}`, key);
     }
   }
 
@@ -201,7 +230,7 @@ class S3Storage implements StorageAdapter {
     try {
       return alloc && length !== undefined ? await readInto(body, alloc(length), key) : await readAll(body);
     } catch (err) {
-      throw mapS3Error(err, `get ${key}`, key);
+      throw this.mapError(err, `get ${key}`, key);
     }
   }
 
@@ -211,9 +240,19 @@ class S3Storage implements StorageAdapter {
       const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
       return { size: head.ContentLength ?? 0, mtimeMs: head.LastModified?.getTime() ?? 0 };
     } catch (err) {
-      if (isS3NotFound(err)) return undefined;
-      throw mapS3Error(err, `stat ${key}`, key);
+      if (!isS3NotFound(err)) throw this.mapError(err, `stat ${key}`, key);
     }
+    if (this.bucketFound) return undefined;
+    // The bucket was never seen: a GET's error body says which of the two is missing.
+    try {
+      const got = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+      (got.Body as Readable | undefined)?.destroy?.();
+      return { size: got.ContentLength ?? 0, mtimeMs: got.LastModified?.getTime() ?? 0 };
+    } catch (err) {
+      if (!isS3NotFound(err)) throw this.mapError(err, `stat ${key}`, key);
+    }
+    this.bucketFound = true;
+    return undefined;
   }
 
   async delete(key: string): Promise<void> {
@@ -223,7 +262,7 @@ class S3Storage implements StorageAdapter {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key }));
     } catch (err) {
       if (isS3NotFound(err)) return;
-      throw mapS3Error(err, `delete ${key}`, key);
+      throw this.mapError(err, `delete ${key}`, key);
     }
   }
 
@@ -241,7 +280,7 @@ class S3Storage implements StorageAdapter {
         );
         errors = result.Errors?.filter((e) => e.Code !== 'NoSuchKey');
       } catch (err) {
-        throw mapS3Error(err, `delete ${batch.length} keys`);
+        throw this.mapError(err, `delete ${batch.length} keys`);
       }
       if (errors && errors.length > 0) {
         const first = errors[0];
@@ -270,7 +309,7 @@ class S3Storage implements StorageAdapter {
         );
       } catch (err) {
         // Never end quietly: a caller such as gc must not mistake a partial listing for the whole.
-        throw mapS3Error(err, `list ${prefix}`);
+        throw this.mapError(err, `list ${prefix}`);
       }
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;
@@ -294,6 +333,10 @@ class S3Storage implements StorageAdapter {
     return objectKey.startsWith(this.prefix) ? objectKey.slice(this.prefix.length) : objectKey;
   }
 
+  private mapError(err: unknown, operation: string, key?: string): Error {
+    return mapS3Error(err, operation, this.bucket, key);
+  }
+
   async close(): Promise<void> {
     this.client.destroy();
   }
@@ -314,18 +357,42 @@ interface S3ErrorShape {
   $retryable?: unknown;
 }
 
+/**
+ * The key itself is absent: NoSuchKey (a GET's body), or NotFound (the SDK's name for a 404 without a body,
+ * as HEAD answers). Never NoSuchBucket, nor any other 404: a missing bucket is a configuration error.
+ */
 function isS3NotFound(err: unknown): boolean {
   const e = err as S3ErrorShape | undefined;
-  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
+  return e?.name === 'NoSuchKey' || e?.name === 'NotFound';
+}
+
+function isNoSuchBucket(err: unknown): boolean {
+  const e = err as S3ErrorShape | undefined;
+  return e?.name === 'NoSuchBucket' || e?.Code === 'NoSuchBucket';
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as S3ErrorShape | undefined)?.$metadata?.httpStatusCode;
 }
 
 /** One place that turns SDK and network errors into the typed family, keeping the original as cause. */
-function mapS3Error(err: unknown, operation: string, key?: string): Error {
+function mapS3Error(err: unknown, operation: string, bucket: string, key?: string): Error {
   if (isDiskvaultError(err)) return err;
   const e = err as S3ErrorShape & Error;
   const status = e?.$metadata?.httpStatusCode;
   const name = e?.name ?? 'Error';
   const reason = `${name}${status ? ` (HTTP ${status})` : ''}: ${e?.message ?? String(err)}`;
+  // Before NotFound: every key of a missing bucket is "not found" too, and must not read as absent.
+  if (isNoSuchBucket(err)) {
+    return new DiskvaultError(
+      'Unavailable',
+      `S3 ${operation}: the bucket ${bucket} does not exist`,
+      undefined,
+      {
+        cause: err,
+      },
+    );
+  }
   if (key !== undefined && isS3NotFound(err)) {
     return new NotFoundError(`storage key ${key} not found`, { key });
   }
@@ -342,11 +409,6 @@ function mapS3Error(err: unknown, operation: string, key?: string): Error {
     status === 403
   ) {
     return new DiskvaultError('Forbidden', `S3 ${operation} refused: ${reason}`, undefined, { cause: err });
-  }
-  if (name === 'NoSuchBucket') {
-    return new DiskvaultError('Unavailable', `S3 ${operation}: the bucket does not exist`, undefined, {
-      cause: err,
-    });
   }
   return new DiskvaultError('Unavailable', `S3 ${operation} failed: ${reason}`, key ? { key } : undefined, {
     cause: err,
