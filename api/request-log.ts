@@ -34,8 +34,7 @@ export function attachRequestLog(
         time: new Date().toISOString(),
         method: req.method,
         route: routeName,
-        // A share link's secret is a credential: only its public id is logged.
-        path: (req.url ?? '').split('?')[0].replace(/^(\/v1\/share\/[0-9a-f]{16})_[^/]*/, '$1_…'),
+        path: loggedPath(req, route),
         status,
         bytesIn,
         bytesOut,
@@ -48,4 +47,33 @@ export function attachRequestLog(
   };
   res.once('finish', finish);
   res.once('close', finish);
+}
+
+const SHARE_IMAGE_ROUTE = '/v1/share/:link/image';
+
+/**
+ * The request's path without its query string, and without a share link's secret (a credential: only the
+ * link's public id is logged). The share route is known by the route that matched, not by the text of the
+ * URL, since restify routes a percent-encoded path and an absolute-form target (`GET http://host/v1/…`) to
+ * it as well. Any other path that names a share link, in any of those spellings, has the link's segment
+ * replaced too.
+ */
+function loggedPath(req: IncomingMessage, route: unknown): string {
+  if (route === SHARE_IMAGE_ROUTE) {
+    const link = (req as Request).params?.link;
+    const id = typeof link === 'string' ? /^([0-9a-f]{16})_/.exec(link)?.[1] : undefined;
+    return `/v1/share/${id ? `${id}_` : ''}…/image`;
+  }
+  const path = (req.url ?? '').split('?')[0];
+  // Percent-encoded ASCII decoded, also when encoded twice (never failing on a malformed escape), so
+  // `/v1/%73hare/…` is seen too.
+  let plain = path;
+  for (let i = 0; i < 4 && /%[0-7][0-9a-f]/i.test(plain); i++)
+    plain = plain.replace(/%([0-7][0-9a-f])/gi, (_, hex: string) =>
+      String.fromCharCode(Number.parseInt(hex, 16)),
+    );
+  if (!/\/share\//i.test(plain)) return path;
+  return plain.replace(/(\/share\/)(?:([0-9a-f]{16})_)?[^/]*/gi, (_, prefix: string, id?: string) =>
+    id ? `${prefix}${id}_…` : `${prefix}…`,
+  );
 }

@@ -2,8 +2,10 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import { backup, call, chunkOf } from '../helpers/api-client.js';
 import { runCli } from '../helpers/backup-e2e.js';
 import { curl, execFileP, imageFixture } from '../helpers/image-fixture.js';
+import { httpHead, rawExchange } from '../helpers/reliability-raw-http.js';
 import { startTestServer } from '../helpers/server.js';
 
 /** `diskvault share …` with the fixture's admin token (or another), returning stdout. */
@@ -72,6 +74,58 @@ test('a share link serves the image without a token to curl, curl -C - and qemu-
   t.is((await fetch(url, { method: 'HEAD' })).status, 404);
   t.is((await curl(['-f', '-o', join(f.dir, 'none.img'), url])).code, 22);
   t.is((await share(f.env, ['--list', '--json'])).out.trim(), '[]');
+});
+
+test('the request log never holds a link’s secret, however the request spells the path that reaches the link', async (t) => {
+  const srv = await startTestServer();
+  t.teardown(() => srv.stop());
+  const agent = await srv.makeToken('agent', ['lg-web1']);
+  const { snapshot } = await backup(srv.url, agent, 'lg-web1', 'sda', [chunkOf('share-log', 30_000)]);
+  const made = await call(srv.url, agent, 'POST', '/v1/shares', {
+    json: { snapshot: snapshot.id, expiresInSeconds: 600 },
+  });
+  t.is(made.status, 201, made.bytes.toString());
+  const path = made.json.path as string;
+  const [, id, secret] = /^\/v1\/share\/([0-9a-f]{16})_([0-9a-f]{64})\/image$/.exec(path) ?? [];
+  t.truthy(secret, path);
+
+  // restify routes each of these to the link's handler: the link's first character percent-encoded, the
+  // whole link encoded, and an absolute-form request target (`GET http://host/v1/share/…`).
+  const encodedFirst = path.replace(
+    /^\/v1\/share\/(.)/,
+    (_, c: string) => `/v1/share/%${c.charCodeAt(0).toString(16)}`,
+  );
+  const encode = (text: string) => [...text].map((c) => `%${c.charCodeAt(0).toString(16)}`).join('');
+  const encodedAll = `/v1/share/${encode(`${id}_`)}${encode(secret)}/image`;
+  for (const target of [path, encodedFirst, encodedAll]) {
+    const r = await call(srv.url, undefined, 'GET', target);
+    t.is(r.status, 200, target);
+  }
+  const absolute = await rawExchange({
+    url: srv.url,
+    head: httpHead('GET', `http://127.0.0.1${path}`, { connection: 'close' }),
+    waitMs: 5_000,
+  });
+  t.is(absolute.status, 200, absolute.body.slice(0, 200));
+  // A path the link's route does not take, spelled any of those ways, is not logged with the secret either.
+  t.is((await call(srv.url, undefined, 'GET', `${encodedFirst}x`)).status, 404);
+  const unrouted = await rawExchange({
+    url: srv.url,
+    head: httpHead('GET', `http://127.0.0.1/v1/%73hare/${id}_${secret}/imagex`, { connection: 'close' }),
+    waitMs: 5_000,
+  });
+  t.is(unrouted.status, 404);
+
+  const requests = srv.logs.map((l) => JSON.parse(l)).filter((l) => typeof l.path === 'string');
+  const served = requests.filter((l) => l.route === '/v1/share/:link/image');
+  t.is(served.length, 4);
+  for (const l of served) t.is(l.path, `/v1/share/${id}_…/image`);
+  t.is(requests.filter((l) => l.route === 'unmatched' && String(l.path).includes(`${id}_…`)).length, 2);
+  const spellings = [secret, encode(secret)];
+  t.deepEqual(
+    srv.logs.filter((l) => spellings.some((s) => l.includes(s))),
+    [],
+  );
 });
 
 test('an expired link, a wrong secret and a link to a forgotten snapshot all answer the same 404', async (t) => {
