@@ -94,7 +94,8 @@ function openStream(req: IncomingMessage, ctx: ApiContext): string {
     throw new InvalidInputError(`this route upgrades to ${CHUNK_STREAM_PROTOCOL} only`);
   const p = authenticate(req, ctx.tokens);
   requireWriter(p);
-  const sid = checkSessionId(decodeURIComponent(m[1]));
+  // Session ids are plain hex: the path is checked as sent (a malformed escape such as %zz is a 400, not a 500).
+  const sid = checkSessionId(m[1]);
   ctx.sessions.require(sid, p);
   return sid;
 }
