@@ -1,5 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import test from 'ava';
+import { e2eChunkId, sealChunk } from '../../agent/e2e/chunk-sealing.js';
+import { deriveE2eKeys } from '../../agent/e2e/e2e-keys.js';
 import type { Repository } from '../../repo-engine/repository.js';
+import { SEALED_CHUNK_CONTENT_TYPE } from '../../repo-engine/sealed-chunk.js';
 import { backup, call, chunkOf, missingFor } from '../helpers/api-client.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -111,3 +115,62 @@ test.serial('a malformed damage report is refused with 400 and a code, and chang
   });
   t.is(anonymous.status, 401);
 });
+
+test.serial(
+  'a global reader’s report never marks a sealed chunk damaged on its word; the server still checks the copy, and the key’s tenant is believed',
+  async (t) => {
+    const agentE = await srv.makeToken('agent', ['de-web1'], 'tenant-e');
+    const globalReader = await srv.makeToken('reader');
+    const tenantReader = await srv.makeToken('reader', [], 'tenant-e');
+    const keys = deriveE2eKeys(randomBytes(32));
+    const data = chunkOf('damage-sealed', 30_000).data;
+    const { id: kid, kid: keyedId } = e2eChunkId(keys, data);
+    const id = kid.toString('hex');
+    const body = sealChunk(keys, keyedId, data.length, data, false);
+
+    /** The ids an end-to-end session of tenant-e's key would have to upload (a damaged chunk is one). */
+    const missingSealed = async (): Promise<string[]> => {
+      const opened = await call(srv.url, agentE, 'POST', '/v1/sessions', {
+        json: { host: 'de-web1', disk: 'sda', e2e: { proof: keys.proof.toString('base64') } },
+      });
+      t.is(opened.status, 201, opened.bytes.toString());
+      const sid = opened.json.id as string;
+      const r = await call(srv.url, agentE, 'POST', `/v1/sessions/${sid}/missing`, { json: { ids: [id] } });
+      await call(srv.url, agentE, 'DELETE', `/v1/sessions/${sid}`);
+      return r.json.missing;
+    };
+    t.deepEqual(await missingSealed(), [id]);
+    const opened = await call(srv.url, agentE, 'POST', '/v1/sessions', {
+      json: { host: 'de-web1', disk: 'sda', e2e: { proof: keys.proof.toString('base64') } },
+    });
+    const put = await call(srv.url, agentE, 'PUT', `/v1/chunks/${id}?session=${opened.json.id}`, {
+      body,
+      headers: { 'content-type': SEALED_CHUNK_CONTENT_TYPE },
+    });
+    t.is(put.status, 201, put.bytes.toString());
+    await call(srv.url, agentE, 'DELETE', `/v1/sessions/${opened.json.id}`);
+    t.deepEqual(await missingSealed(), []);
+
+    // A global reader holds no key and may change nothing: its word alone does not mark the chunk.
+    const byReader = await report(globalReader, [{ id, detail: 'its authentication tag does not match' }]);
+    t.is(byReader.status, 200, byReader.bytes.toString());
+    t.deepEqual(byReader.json, { chunks: [{ id, status: 'good' }] });
+    t.deepEqual(await missingSealed(), []);
+    const unknown = 'ab'.repeat(32);
+    const absent = await report(globalReader, [{ id: unknown, detail: 'x' }]);
+    t.deepEqual(absent.json, { chunks: [{ id: unknown, status: 'absent' }] });
+
+    // It still has the server check its copy: a plaintext copy found bad is marked, as for anyone.
+    const p = chunkOf('damage-reader-plain', 200_000);
+    await backup(srv.url, tokenA, 'da-web1', 'sdc', [p]);
+    await flipStoredByte(p.id);
+    const plain = await report(globalReader, [{ id: p.id, detail: 'its bytes hash to something else' }]);
+    t.deepEqual(plain.json, { chunks: [{ id: p.id, status: 'damaged' }] });
+    t.deepEqual(await missingFor(srv.url, tokenA, 'da-web1', [p.id]), [p.id]);
+
+    // A token of the tenant holding the sealed chunk is believed (a reader of it too): the chunk is marked.
+    const byTenant = await report(tenantReader, [{ id, detail: 'its authentication tag does not match' }]);
+    t.deepEqual(byTenant.json, { chunks: [{ id, status: 'damaged' }] });
+    t.deepEqual(await missingSealed(), [id]);
+  },
+);
