@@ -48,6 +48,17 @@ export async function enterChain(chain: ChainContext, path: string): Promise<Cha
   return { seen: [...chain.seen, real] };
 }
 
+/**
+ * A format diskvault detected (the user gave no --format) is the guest's word, not the user's: a guest that
+ * writes a container header into its own raw disk must not make the backup open a host file or cut the disk
+ * short (qemu's CVE-2008-2004). Readers refuse such an image when `detected` is true, with this error.
+ */
+export function refuseDetected(name: string, format: ContainerFormat, why: string): InvalidInputError {
+  return new InvalidInputError(
+    `${name}: ${why}; its format was detected, not given, so diskvault does not follow it: pass --format ${format} if it really is a ${format} image (--format raw backs up the file as it is)`,
+  );
+}
+
 /** Relative backing names are relative to the folder of the image that names them (qemu's rule). */
 export function resolveBackingPath(imagePath: string, name: string): string {
   return isAbsolute(name) ? name : resolve(dirname(imagePath), name);

@@ -22,7 +22,9 @@ export function isContainerFormat(name: string): name is ContainerFormat {
 /**
  * Opens a disk image file (a regular file: block devices are read raw by the caller) as the guest's disk. Returns null for raw images (the caller reads the file
  * itself, as fast as a file can be read); otherwise a reader of the virtual disk, backing chain included.
- * `format` overrides detection; a container that does not match the format it is given is refused.
+ * `format` overrides detection; a container that does not match the format it is given is refused. A detected
+ * container (no `format`) is the guest's word: one that would open another file (a backing file, a parent, an
+ * extent) or a fixed VHD whose footer disagrees with the file's size is refused (see refuseDetected).
  */
 export async function openContainer(path: string, format?: ContainerFormat): Promise<ImageSource | null> {
   if (format !== undefined && !isContainerFormat(format)) {
@@ -37,7 +39,7 @@ export async function openContainer(path: string, format?: ContainerFormat): Pro
       await file.close();
       return null;
     }
-    return await openDetected(file, detected, format, chain);
+    return await openDetected(file, detected, format, chain, format === undefined);
   } catch (err) {
     await file.close();
     throw err;
@@ -49,6 +51,7 @@ async function openDetected(
   detected: DetectedFormat,
   wanted: ContainerFormat | undefined,
   chain: ChainContext,
+  probed: boolean,
 ): Promise<ImageSource> {
   if (detected === 'vhdx')
     throw new InvalidInputError(
@@ -60,11 +63,11 @@ async function openDetected(
     throw new InvalidInputError(`${file.name} is not a ${wanted} image (its header says ${detected})`);
   switch (detected) {
     case 'qcow2':
-      return openQcow2(file, chain, openBacking);
+      return openQcow2(file, chain, openBacking, probed);
     case 'vhd':
-      return openVhd(file, chain, openBacking);
+      return openVhd(file, chain, openBacking, probed);
     case 'vmdk':
-      return openVmdk(file);
+      return openVmdk(file, probed);
     case 'vdi':
       return openVdi(file);
     default:
@@ -72,7 +75,10 @@ async function openDetected(
   }
 }
 
-/** Backing files are opened like the top image, except that a raw one is read here rather than by the caller. */
+/**
+ * Backing files are opened like the top image, except that a raw one is read here rather than by the caller.
+ * Only a top image whose format the user gave has a backing file, so its chain is followed as it says.
+ */
 async function openBacking(
   path: string,
   format: ContainerFormat | undefined,
@@ -82,7 +88,7 @@ async function openBacking(
   const file = await ImageFile.open(path);
   try {
     const detected = format === 'raw' ? 'raw' : await detectFormat(file);
-    return await openDetected(file, detected, format, chain);
+    return await openDetected(file, detected, format, chain, false);
   } catch (err) {
     await file.close();
     throw err;

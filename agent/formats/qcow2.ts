@@ -4,7 +4,13 @@ import { decompress as zstdDecompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
-import { type ChainContext, type ContainerFormat, type OpenBacking, resolveBackingPath } from './chain.js';
+import {
+  type ChainContext,
+  type ContainerFormat,
+  type OpenBacking,
+  refuseDetected,
+  resolveBackingPath,
+} from './chain.js';
 import type { ImageFile } from './image-file.js';
 import { MAX_TOP_TABLE_BYTES, MAX_VIRTUAL_SIZE, TABLE_CACHE_BYTES } from './limits.js';
 import { type BlockMapper, type Extent, MappedImage } from './mapped-image.js';
@@ -311,8 +317,11 @@ export async function openQcow2(
   file: ImageFile,
   chain: ChainContext,
   openBacking: OpenBacking,
+  detected = false,
 ): Promise<ImageSource> {
   const header = await readQcow2Header(file);
+  if (detected && header.backingName)
+    throw refuseDetected(file.name, 'qcow2', 'its qcow2 header names a backing file');
   const l1 = await readL1(file, header);
   let backing: ImageSource | null = null;
   if (header.backingName) {

@@ -2,7 +2,7 @@ import { access } from 'node:fs/promises';
 import { LRUCache } from 'lru-cache';
 import { CorruptError, InvalidInputError, NotFoundError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
-import { type ChainContext, type OpenBacking, resolveBackingPath } from './chain.js';
+import { type ChainContext, type OpenBacking, refuseDetected, resolveBackingPath } from './chain.js';
 import type { ImageFile } from './image-file.js';
 import { MAX_TOP_TABLE_BYTES, MAX_VIRTUAL_SIZE, SECTOR, TABLE_CACHE_BYTES } from './limits.js';
 import { type BlockMapper, type Extent, MappedImage } from './mapped-image.js';
@@ -161,6 +161,35 @@ async function parentCandidates(file: ImageFile, header: DynamicHeader): Promise
   return names;
 }
 
+/**
+ * The last sector of a raw disk is the guest's: a footer found there is believed only when it describes
+ * the whole file (a fixed VHD: virtual size + 512 = file size). A dynamic disk, which always starts with a
+ * copy of its footer, is believed only with that copy; a differencing disk would open its parent file.
+ */
+function refuseUntrustedFooter(
+  file: ImageFile,
+  footer: VhdFooter,
+  atEnd: boolean,
+  copyAtStart: boolean,
+): void {
+  if (footer.type === TYPE_DIFFERENCING)
+    throw refuseDetected(file.name, 'vhd', 'it is a differencing VHD, which opens a parent file');
+  if (footer.type === TYPE_FIXED && (!atEnd || footer.size + 512 !== file.size))
+    throw refuseDetected(
+      file.name,
+      'vhd',
+      atEnd
+        ? `its last sector is a fixed VHD footer declaring ${footer.size} bytes, not the ${file.size - 512} before it`
+        : 'it starts with a fixed VHD footer, which belongs at its end',
+    );
+  if (footer.type !== TYPE_FIXED && !copyAtStart)
+    throw refuseDetected(
+      file.name,
+      'vhd',
+      'its last sector is a dynamic VHD footer, without the copy a dynamic VHD starts with',
+    );
+}
+
 async function exists(path: string): Promise<boolean> {
   try {
     await access(path);
@@ -174,16 +203,16 @@ export async function openVhd(
   file: ImageFile,
   chain: ChainContext,
   openBacking: OpenBacking,
+  detected = false,
 ): Promise<ImageSource> {
   if (file.size < 512) throw new CorruptError(`${file.name} is too short to be a VHD image`);
   const tail = await file.readExact(file.size - 512, 512, 'VHD footer');
-  let footer: VhdFooter;
-  if (tail.toString('latin1', 0, 8) === VHD_COOKIE) {
-    footer = parseVhdFooter(tail, file);
-  } else {
-    // A dynamic disk keeps a copy of the footer at offset 0; use it when the end is truncated or damaged.
-    footer = parseVhdFooter(await file.readExact(0, 512, 'VHD footer copy'), file);
-  }
+  const head = await file.readExact(0, 512, 'VHD footer copy');
+  const footerAtEnd = tail.toString('latin1', 0, 8) === VHD_COOKIE;
+  // A dynamic disk keeps a copy of the footer at offset 0; use it when the end is truncated or damaged.
+  const footer = parseVhdFooter(footerAtEnd ? tail : head, file);
+  if (detected)
+    refuseUntrustedFooter(file, footer, footerAtEnd, head.toString('latin1', 0, 8) === VHD_COOKIE);
   if (footer.type === TYPE_FIXED) {
     if (footer.size + 512 > file.size)
       throw new CorruptError(

@@ -2,7 +2,7 @@ import { inflateSync } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
 import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
-import { resolveBackingPath } from './chain.js';
+import { refuseDetected, resolveBackingPath } from './chain.js';
 import { ConcatSource, type Part } from './concat-source.js';
 import { ImageFile } from './image-file.js';
 import { MAX_TOP_TABLE_BYTES, MAX_VIRTUAL_SIZE, SECTOR, TABLE_CACHE_BYTES } from './limits.js';
@@ -199,7 +199,7 @@ async function openSparseExtent(file: ImageFile, checkDescriptor: boolean): Prom
 }
 
 /** Opens a text descriptor and the extents it lists, relative to the descriptor's folder. */
-async function openDescriptor(file: ImageFile): Promise<ImageSource> {
+async function openDescriptor(file: ImageFile, detected: boolean): Promise<ImageSource> {
   if (file.size > MAX_DESCRIPTOR_BYTES)
     throw new InvalidInputError(`VMDK descriptor ${file.name} is too large to be a descriptor`);
   const desc = parseVmdkDescriptor(
@@ -208,6 +208,8 @@ async function openDescriptor(file: ImageFile): Promise<ImageSource> {
   );
   refuseUnsupported(desc, file);
   if (desc.extents.length === 0) throw new CorruptError(`VMDK descriptor ${file.name} lists no extents`);
+  if (detected && desc.extents.some((ext) => ext.type !== 'ZERO'))
+    throw refuseDetected(file.name, 'vmdk', 'it is a VMDK descriptor naming extent files');
   const parts: Part[] = [];
   let start = 0;
   try {
@@ -254,11 +256,11 @@ async function openDescriptor(file: ImageFile): Promise<ImageSource> {
   return new ConcatSource('vmdk', parts);
 }
 
-export async function openVmdk(file: ImageFile): Promise<ImageSource> {
+export async function openVmdk(file: ImageFile, detected = false): Promise<ImageSource> {
   const head = await file.readExact(0, Math.min(file.size, 512), 'VMDK header');
   if (head.length >= 4 && head.readUInt32LE(0) === VMDK_MAGIC) return openSparseExtent(file, true);
   if (head.toString('latin1', 0, 4) === 'COWD')
     throw new InvalidInputError(`${file.name} is an ESX COWD sparse VMDK, which diskvault does not support`);
-  if (head.toString('latin1').includes(DESCRIPTOR_SIGNATURE)) return openDescriptor(file);
+  if (head.toString('latin1').includes(DESCRIPTOR_SIGNATURE)) return openDescriptor(file, detected);
   throw new CorruptError(`${file.name} is neither a VMDK sparse extent nor a VMDK descriptor`);
 }

@@ -41,11 +41,14 @@ test('each container is detected from its magic whatever its file name', async (
   }
 });
 
-test('a VMDK descriptor file is detected by its text signature', async (t) => {
+test('a VMDK descriptor file is detected by its text signature (and read once --format vmdk says so)', async (t) => {
   const dir = tempDir(t);
   await qemuImg('create', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', join(dir, 'd.vmdk'), '3M');
   await copyFile(join(dir, 'd.vmdk'), join(dir, 'descriptor.txt'));
-  const src = await openContainer(join(dir, 'descriptor.txt'));
+  // Detected, it names its extent file, which a detected format never opens: the error says to pass vmdk.
+  const detected = await t.throwsAsync(openContainer(join(dir, 'descriptor.txt')));
+  t.regex(detected?.message ?? '', /VMDK descriptor naming extent files.*pass --format vmdk/);
+  const src = await openContainer(join(dir, 'descriptor.txt'), 'vmdk');
   t.is(src?.format, 'vmdk');
   t.is(src?.size, 3 * 1024 * 1024);
   await src?.close();

@@ -1,7 +1,7 @@
 import { open, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { openContainer } from '../../agent/formats/index.js';
+import { type ContainerFormat, openContainer } from '../../agent/formats/index.js';
 import { fileSize, qemuImg, sh, sha256Source, tempDir } from './support/images.js';
 
 /** Patches bytes of a file in place (crafting damaged headers and tables). */
@@ -31,9 +31,15 @@ function le32(v: number): Buffer {
 }
 
 /** Opening and reading the whole disk must fail with the given code: never a crash, a hang or garbage. */
-async function assertFails(t: ExecutionContext, path: string, code: string, message: RegExp): Promise<void> {
+async function assertFails(
+  t: ExecutionContext,
+  path: string,
+  code: string,
+  message: RegExp,
+  given?: ContainerFormat,
+): Promise<void> {
   const err = await t.throwsAsync(async () => {
-    const src = await openContainer(path);
+    const src = await openContainer(path, given);
     try {
       if (src) await sha256Source(src, 4 * 1024 * 1024);
     } finally {
@@ -91,7 +97,7 @@ test('two qcow2 images backing each other are a loop error, not a hang', async (
   await qemuImg('create', '-f', 'qcow2', '-b', 'a.qcow2', '-F', 'qcow2', join(dir, 'b.qcow2'));
   // An unsafe rebase rewrites only the header: a now names b as its backing file.
   await qemuImg('rebase', '-u', '-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', join(dir, 'a.qcow2'));
-  await assertFails(t, join(dir, 'b.qcow2'), 'InvalidInput', /backing chain loops/);
+  await assertFails(t, join(dir, 'b.qcow2'), 'InvalidInput', /backing chain loops/, 'qcow2');
 });
 
 test('a backing chain deeper than 16 images is refused', async (t) => {
@@ -110,8 +116,8 @@ test('a backing chain deeper than 16 images is refused', async (t) => {
       join(dir, `l${i}.qcow2`),
       '1M',
     );
-  await assertFails(t, join(dir, 'l17.qcow2'), 'InvalidInput', /deeper than 16/);
-  const ok = await openContainer(join(dir, 'l15.qcow2'));
+  await assertFails(t, join(dir, 'l17.qcow2'), 'InvalidInput', /deeper than 16/, 'qcow2');
+  const ok = await openContainer(join(dir, 'l15.qcow2'), 'qcow2');
   t.is(ok?.size, 1024 * 1024, 'a chain of 16 images still opens');
   await ok?.close();
 });

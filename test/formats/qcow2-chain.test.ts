@@ -31,14 +31,14 @@ test('a qcow2 overlay reads through its backing chain: relative backing name, wr
     'write -P 0xef 100M 1M',
     join(dir, 'top.qcow2'),
   ]);
-  await assertReadsLikeQemu(t, join(dir, 'top.qcow2'), 'qcow2', 'qcow2', dir);
+  await assertReadsLikeQemu(t, join(dir, 'top.qcow2'), 'qcow2', 'qcow2', dir, 'qcow2');
 });
 
 test('a qcow2 overlay over a raw backing file reads through it', async (t) => {
   const dir = tempDir(t);
   await qemuImg('create', '-f', 'qcow2', '-b', await baseImage(), '-F', 'raw', join(dir, 'over-raw.qcow2'));
   await sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x77 2M 128k', join(dir, 'over-raw.qcow2')]);
-  await assertReadsLikeQemu(t, join(dir, 'over-raw.qcow2'), 'qcow2', 'qcow2', dir);
+  await assertReadsLikeQemu(t, join(dir, 'over-raw.qcow2'), 'qcow2', 'qcow2', dir, 'qcow2');
 });
 
 test('a missing backing file is a NotFound error naming it', async (t) => {
@@ -55,7 +55,7 @@ test('a missing backing file is a NotFound error naming it', async (t) => {
     join(dir, 'orphan.qcow2'),
     '10M',
   );
-  const err = await t.throwsAsync(openContainer(join(dir, 'orphan.qcow2')));
+  const err = await t.throwsAsync(openContainer(join(dir, 'orphan.qcow2'), 'qcow2'));
   t.is((err as { code?: string }).code, 'NotFound');
   t.regex(err?.message ?? '', /gone\.qcow2/);
 });

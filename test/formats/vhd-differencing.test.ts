@@ -40,7 +40,7 @@ test('a differencing VHD reads its own sectors where its bitmap says so and its 
     for (const [first, count] of b.runs)
       expected.fill(b.fill, b.block * BLOCK + first * 512, b.block * BLOCK + (first + count) * 512);
   }
-  const src = await openContainer(join(dir, 'child.vhd'));
+  const src = await openContainer(join(dir, 'child.vhd'), 'vhd');
   t.is(src?.format, 'vhd');
   t.is(src?.size, BASE_SIZE);
   const got = await readWhole(src!);
@@ -56,11 +56,11 @@ test('a differencing VHD reads its own sectors where its bitmap says so and its 
 test('a differencing VHD whose parent is missing names the paths it tried; one naming itself is a loop', async (t) => {
   const dir = tempDir(t);
   await writeDifferencingVhd(join(dir, 'orphan.vhd'), 8 * BLOCK, 'vanished.vhd', []);
-  const missing = await t.throwsAsync(openContainer(join(dir, 'orphan.vhd')));
+  const missing = await t.throwsAsync(openContainer(join(dir, 'orphan.vhd'), 'vhd'));
   t.is((missing as { code?: string }).code, 'NotFound');
   t.regex(missing?.message ?? '', /vanished\.vhd/);
   await writeDifferencingVhd(join(dir, 'self.vhd'), 8 * BLOCK, 'self.vhd', []);
-  const loop = await t.throwsAsync(openContainer(join(dir, 'self.vhd')));
+  const loop = await t.throwsAsync(openContainer(join(dir, 'self.vhd'), 'vhd'));
   t.is((loop as { code?: string }).code, 'InvalidInput');
   t.regex(loop?.message ?? '', /loops/);
 });

@@ -1,12 +1,13 @@
 import { open } from 'node:fs/promises';
 import type { ExecutionContext } from 'ava';
-import { openContainer } from '../../../agent/formats/index.js';
+import { type ContainerFormat, openContainer } from '../../../agent/formats/index.js';
 import { fileSize, qemuRaw, sha256File, sha256Source } from './images.js';
 
 /**
  * What every container reader promises, checked against qemu's own reading of the same image: the same
  * size, the same bytes whole (read in backup-sized windows) and at awkward offsets, short reads only at the
- * end, and nothing past it. Each format's test file runs this once per image variant.
+ * end, and nothing past it. Each format's test file runs this once per image variant. `given` is the
+ * --format the user would pass: images that open other files (backing chains, extents) are read only then.
  */
 export async function assertReadsLikeQemu(
   t: ExecutionContext,
@@ -14,8 +15,9 @@ export async function assertReadsLikeQemu(
   qemuFormat: string,
   expectFormat: string,
   dir: string,
+  given?: ContainerFormat,
 ): Promise<void> {
-  const src = await openContainer(image);
+  const src = await openContainer(image, given);
   t.truthy(src, `${image} should be recognised as a container`);
   if (!src) return;
   try {
