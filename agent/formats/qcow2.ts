@@ -1,9 +1,9 @@
 import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
-import { decompress as zstdDecompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { CorruptError, InvalidInputError } from '../../common/errors.js';
 import type { ImageSource } from '../source.js';
+import { decompressExactly } from '../zstd-bounded.js';
 import {
   type ChainContext,
   type ContainerFormat,
@@ -264,16 +264,14 @@ class Qcow2Mapper implements BlockMapper {
 
   async decompress(ext: Extent): Promise<Buffer> {
     const input = await this.compressedBytes(ext);
+    if (this.header.compression === 'zstd') return await this.decompressZstd(input, ext);
     let out: Buffer;
     try {
-      out =
-        this.header.compression === 'zstd'
-          ? zstdDecompressFrame(input)
-          : // Sync flush: the stored sectors may end mid-stream padding; what matters is one full cluster.
-            inflateRawSync(input, {
-              finishFlush: zlibConstants.Z_SYNC_FLUSH,
-              maxOutputLength: this.clusterSize * 2,
-            });
+      // Sync flush: the stored sectors may end mid-stream padding; what matters is one full cluster.
+      out = inflateRawSync(input, {
+        finishFlush: zlibConstants.Z_SYNC_FLUSH,
+        maxOutputLength: this.clusterSize * 2,
+      });
     } catch (err) {
       throw new CorruptError(
         `qcow2 compressed cluster at ${ext.host} in ${this.file.name} cannot be decompressed: ${(err as Error).message}`,
@@ -286,11 +284,22 @@ class Qcow2Mapper implements BlockMapper {
     }
     return out.length === this.clusterSize ? out : out.subarray(0, this.clusterSize);
   }
-}
 
-/** qemu stores a zstd frame followed by sector padding; the frame header says how long it is. */
-function zstdDecompressFrame(input: Buffer): Buffer {
-  return zstdDecompress(input.subarray(0, zstdBinding.findFrameCompressedSize(input)));
+  /**
+   * qemu stores one zstd frame followed by sector padding, and reads it back as exactly one cluster
+   * (block/qcow2-threads.c). The frame is the guest's or the image's author's: one declaring any other
+   * size, or expanding past a cluster, is corrupt, found out before more than a cluster is allocated.
+   */
+  private async decompressZstd(input: Buffer, ext: Extent): Promise<Buffer> {
+    const what = `qcow2 compressed cluster at ${ext.host} (virtual offset ${ext.clusterStart}) in ${this.file.name}`;
+    let frameLength: number;
+    try {
+      frameLength = zstdBinding.findFrameCompressedSize(input);
+    } catch (err) {
+      throw new CorruptError(`${what} is not a zstd frame: ${(err as Error).message}`);
+    }
+    return await decompressExactly(input.subarray(0, frameLength), this.clusterSize, what);
+  }
 }
 
 /** Turns the L1 table into host offsets of L2 tables (0 = unallocated), checking each. */

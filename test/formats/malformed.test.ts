@@ -1,8 +1,9 @@
-import { open, truncate } from 'node:fs/promises';
+import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import { compress } from 'zstd-napi';
 import { type ContainerFormat, openContainer } from '../../agent/formats/index.js';
-import { fileSize, qemuImg, sh, sha256Source, tempDir } from './support/images.js';
+import { fileSize, qemuImg, readWhole, sh, sha256Source, tempDir } from './support/images.js';
 
 /** Patches bytes of a file in place (crafting damaged headers and tables). */
 async function patch(path: string, offset: number, bytes: Buffer): Promise<void> {
@@ -136,6 +137,68 @@ test('qcow2 headers with absurd values are refused: size over 64 TiB, cluster bi
   const version = await smallQcow2(dir, 'v9.qcow2');
   await patch(version, 4, be32(9));
   await assertFails(t, version, 'InvalidInput', /version 9/);
+});
+
+/**
+ * A one-cluster (64 KiB) zstd qcow2 whose only compressed cluster is replaced by `frame`, appended at the
+ * end of the file: what a hostile image can put where qemu puts one frame of exactly one cluster.
+ */
+async function zstdQcow2WithFrame(dir: string, name: string, frame: Buffer): Promise<string> {
+  const raw = join(dir, `${name}.raw`);
+  await writeFile(raw, Buffer.alloc(65536, 0x41));
+  const img = join(dir, `${name}.qcow2`);
+  await qemuImg('convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd', raw, img);
+  const f = await readFile(img);
+  const l1Offset = Number(f.readBigUInt64BE(40));
+  const l2Offset = Number(f.readBigUInt64BE(l1Offset) & 0x00fffffffffffe00n);
+  if ((f.readBigUInt64BE(l2Offset) & (1n << 62n)) === 0n)
+    throw new Error('qemu-img did not compress cluster 0');
+  const host = Math.ceil(f.length / 512) * 512;
+  const sectors = Math.ceil(frame.length / 512);
+  const out = Buffer.alloc(host + sectors * 512);
+  f.copy(out);
+  frame.copy(out, host);
+  // 64 KiB clusters: the count of sectors after the first is in bits 54..61, the host offset below.
+  out.writeBigUInt64BE((1n << 62n) | (BigInt(sectors - 1) << 54n) | BigInt(host), l2Offset);
+  await writeFile(img, out);
+  return img;
+}
+
+test('a zstd cluster that declares or produces more than one cluster is Corrupt, never allocated', async (t) => {
+  const dir = tempDir(t);
+  // An 8 KiB frame that declares 256 MiB: before, the reader allocated all of it and kept the first cluster.
+  const declared = await zstdQcow2WithFrame(dir, 'declared', compress(Buffer.alloc(256 * 1024 * 1024)));
+  await assertFails(
+    t,
+    declared,
+    'Corrupt',
+    /compressed cluster at \d+ \(virtual offset 0\) in declared\.qcow2: zstd frame declares 268435456 bytes, expected 65536/,
+  );
+  // A frame without a declared size is streamed, and stopped once it passes one cluster.
+  const unsized = await zstdQcow2WithFrame(
+    dir,
+    'unsized',
+    compress(Buffer.alloc(1024 * 1024, 0x42), { contentSizeFlag: false }),
+  );
+  await assertFails(
+    t,
+    unsized,
+    'Corrupt',
+    /cluster at \d+ .* in unsized\.qcow2: zstd payload expands beyond 65536/,
+  );
+  const smaller = await zstdQcow2WithFrame(dir, 'smaller', compress(Buffer.alloc(4096, 0x43)));
+  await assertFails(t, smaller, 'Corrupt', /zstd frame declares 4096 bytes, expected 65536/);
+  // Exactly one cluster reads, declared or not.
+  for (const contentSizeFlag of [true, false]) {
+    const img = await zstdQcow2WithFrame(
+      dir,
+      `exact-${contentSizeFlag}`,
+      compress(Buffer.alloc(65536, 0x44), { contentSizeFlag }),
+    );
+    const src = await openContainer(img);
+    t.true((await readWhole(src!)).equals(Buffer.alloc(65536, 0x44)), `contentSizeFlag ${contentSizeFlag}`);
+    await src?.close();
+  }
 });
 
 test('a dynamic VHD whose BAT lies past the end, or a damaged footer, fails with Corrupt', async (t) => {
