@@ -7,6 +7,8 @@ import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
 import { ChunkStore, chunkKey } from '../../repo-engine/chunk-store.js';
 import type { StorageAdapter } from '../../storage-adapters/adapter.js';
 import { openLocalStorage } from '../../storage-adapters/local.js';
+import { deferred } from '../helpers/deferred.js';
+import { hookedStorage } from '../helpers/hooked-storage.js';
 
 /** Real local storage, with a count of the whole-object reads that reach it. */
 async function countingStorage(t: import('ava').ExecutionContext) {
@@ -71,33 +73,23 @@ test('a read under way when its chunk is forgotten answers its readers, but is n
   rotten[0] ^= 0xff;
   await storage.put(chunkKey(id), encodeStoredChunk('raw', rotten.length, rotten));
   // Storage answers the first read only once the object has been replaced: the read saw the old object.
-  let readStarted!: () => void;
-  const started = new Promise<void>((resolve) => {
-    readStarted = resolve;
-  });
-  let finishRead!: () => void;
-  const finish = new Promise<void>((resolve) => {
-    finishRead = resolve;
-  });
-  const slow = new Proxy(storage, {
-    get(target, prop, receiver) {
-      const value = Reflect.get(target, prop, receiver);
-      if (prop !== 'getBytes' || typeof value !== 'function') return value;
-      let first = true;
-      return async (key: string, range?: unknown, alloc?: unknown) => {
-        const bytes = await value.call(target, key, range, alloc);
-        if (first) {
-          first = false;
-          readStarted();
-          await finish;
-        }
-        return bytes;
-      };
+  const started = deferred();
+  const finish = deferred();
+  let first = true;
+  const slow = hookedStorage(storage, {
+    async getBytes(key, range, alloc) {
+      const bytes = await storage.getBytes(key, range, alloc);
+      if (first) {
+        first = false;
+        started.resolve();
+        await finish.promise;
+      }
+      return bytes;
     },
-  }) as StorageAdapter;
+  });
   const slowStore = new ChunkStore(slow, 1 << 20, 64 << 20);
   const early = slowStore.readStoredUnverified(id);
-  await started;
+  await started.promise;
   // The copy is replaced (as an upload of a damaged chunk does) while that read is under way.
   await slowStore.write({
     id,
@@ -105,7 +97,7 @@ test('a read under way when its chunk is forgotten answers its readers, but is n
     bytes: encodeStoredChunk('raw', raw.length, raw),
   });
   const late = slowStore.readStoredUnverified(id);
-  finishRead();
+  finish.resolve();
   t.true((await early).payload.equals(rotten), 'the early reader gets what its read found');
   t.true((await late).payload.equals(raw), 'a reader after the replacement does not join the old read');
   t.true((await slowStore.readRaw(id)).equals(raw), 'the old bytes were not cached');

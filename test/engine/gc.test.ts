@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import test from 'ava';
 import { encodeStoredChunk } from '../../repo-engine/chunk-format.js';
 import { TouchedSet } from '../../repo-engine/touched-set.js';
+import { deferred } from '../helpers/deferred.js';
 import {
   Backends,
   backup,
@@ -15,6 +16,7 @@ import {
   sha256,
 } from '../helpers/engine-fixtures.js';
 import type { MemoryStorage } from '../helpers/engine-memory-storage.js';
+import { hookedStorage } from '../helpers/hooked-storage.js';
 
 const backends = new Backends();
 test.after.always(() => backends.stop());
@@ -149,42 +151,26 @@ for (const name of backends.names) {
       // Storage that holds the upload's put of this chunk until the test lets it go, and that, should gc
       // delete the chunk meanwhile, lets the put land first (the order that loses the new copy).
       let gate = false;
-      let putHeld!: () => void;
-      const held = new Promise<void>((resolve) => {
-        putHeld = resolve;
-      });
-      let letPutGo!: () => void;
-      const go = new Promise<void>((resolve) => {
-        letPutGo = resolve;
-      });
-      let putLanded!: () => void;
-      const landed = new Promise<void>((resolve) => {
-        putLanded = resolve;
-      });
+      const held = deferred();
+      const go = deferred();
+      const landed = deferred();
       const deletedByGc: string[] = [];
-      const storage = new Proxy(fx.storage, {
-        get(target, prop, receiver) {
-          const value = Reflect.get(target, prop, receiver);
-          if (typeof value !== 'function') return value;
-          if (prop === 'put')
-            return async (k: string, d: Uint8Array) => {
-              if (!(gate && k === key)) return value.call(target, k, d);
-              gate = false;
-              putHeld();
-              await go;
-              await value.call(target, k, d);
-              putLanded();
-            };
-          if (prop === 'deleteMany')
-            return async (keys: string[]) => {
-              if (keys.includes(key)) {
-                deletedByGc.push(key);
-                letPutGo();
-                await landed;
-              }
-              return value.call(target, keys);
-            };
-          return value.bind(target);
+      const storage = hookedStorage(fx.storage, {
+        async put(k, d) {
+          if (!(gate && k === key)) return fx.storage.put(k, d);
+          gate = false;
+          held.resolve();
+          await go.promise;
+          await fx.storage.put(k, d);
+          landed.resolve();
+        },
+        async deleteMany(keys) {
+          if (keys.includes(key)) {
+            deletedByGc.push(key);
+            go.resolve();
+            await landed.promise;
+          }
+          return fx.storage.deleteMany(keys);
         },
       });
       await fx.reopen({ storage });
@@ -200,9 +186,9 @@ for (const name of backends.names) {
       t.deepEqual(await fx.repo.filterMissing(s.id, [id]), [id]);
       gate = true;
       const upload = fx.repo.putChunk(s.id, id, data, 'raw');
-      await held; // the upload is writing the new copy
+      await held.promise; // the upload is writing the new copy
       const report = await fx.repo.gc();
-      letPutGo();
+      go.resolve();
       t.true((await upload).written);
       t.deepEqual(deletedByGc, []);
       t.is(report.chunksDeleted, 0);
@@ -217,19 +203,13 @@ for (const name of backends.names) {
     const fx = await openFixture(backends, name, { gcGraceMs: HOUR, sessionLeaseMs: 10 * HOUR });
     try {
       let failManifestDelete = false;
-      const storage = new Proxy(fx.storage, {
-        get(target, prop, receiver) {
-          const value = Reflect.get(target, prop, receiver);
-          if (typeof value !== 'function') return value;
-          if (prop === 'delete')
-            return async (key: string) => {
-              if (failManifestDelete && key.startsWith('snapshots/')) {
-                failManifestDelete = false;
-                throw new Error('storage unavailable (503)');
-              }
-              return value.call(target, key);
-            };
-          return value.bind(target);
+      const storage = hookedStorage(fx.storage, {
+        async delete(key) {
+          if (failManifestDelete && key.startsWith('snapshots/')) {
+            failManifestDelete = false;
+            throw new Error('storage unavailable (503)');
+          }
+          return fx.storage.delete(key);
         },
       });
       await fx.reopen({ storage });

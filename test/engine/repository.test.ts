@@ -22,6 +22,7 @@ import {
   TEST_CHUNKER,
 } from '../helpers/engine-fixtures.js';
 import { MemoryStorage } from '../helpers/engine-memory-storage.js';
+import { hookedStorage } from '../helpers/hooked-storage.js';
 
 const backends = new Backends();
 test.after.always(() => backends.stop());
@@ -472,19 +473,14 @@ test('after a damage report the next read of the chunk goes to storage, whatever
     // The first cached read (one that reads into the cache's own memory) is handed a damaged copy, as a read
     // under way while the copy was being replaced could have been; storage itself stays good.
     let damageNext = true;
-    const storage = new Proxy(fx.storage, {
-      get(target, prop, receiver) {
-        const value = Reflect.get(target, prop, receiver);
-        if (typeof value !== 'function') return value;
-        if (prop !== 'getBytes') return value.bind(target);
-        return async (k: string, range?: unknown, alloc?: unknown) => {
-          const bytes: Buffer = await value.call(target, k, range, alloc);
-          if (damageNext && k === key && alloc !== undefined) {
-            damageNext = false;
-            bytes[bytes.length - 1] ^= 0xff;
-          }
-          return bytes;
-        };
+    const storage = hookedStorage(fx.storage, {
+      async getBytes(k, range, alloc) {
+        const bytes = await fx.storage.getBytes(k, range, alloc);
+        if (damageNext && k === key && alloc !== undefined) {
+          damageNext = false;
+          bytes[bytes.length - 1] ^= 0xff;
+        }
+        return bytes;
       },
     });
     await fx.reopen({ storage });

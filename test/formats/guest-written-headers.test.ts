@@ -1,11 +1,11 @@
-import { open, readFile, truncate, writeFile } from 'node:fs/promises';
+import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { openContainer } from '../../agent/formats/index.js';
 import { openSource } from '../../agent/sources/open.js';
 import { runCli } from '../helpers/backup-e2e.js';
 import { startTestServer, TEST_CHUNKER, type TestServer } from '../helpers/server.js';
-import { qemuImg, readWhole, tempDir } from './support/images.js';
+import { patch, qemuImg, readWhole, tempDir } from './support/images.js';
 import { writeDifferencingVhd } from './support/vhd-differencing.js';
 
 /**
@@ -26,15 +26,6 @@ test.before(async () => {
 test.after.always(async () => {
   await server?.stop();
 });
-
-async function patch(path: string, offset: number, bytes: Buffer): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    await fh.write(bytes, 0, bytes.length, offset);
-  } finally {
-    await fh.close();
-  }
-}
 
 /** A raw 4 MiB guest disk whose first sectors are a qcow2 header naming a host file as its backing file. */
 async function guestWithQcow2Header(dir: string): Promise<{ disk: string; hostFile: string }> {

@@ -3,17 +3,7 @@ import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { compress } from 'zstd-napi';
 import { type ContainerFormat, openContainer } from '../../agent/formats/index.js';
-import { fileSize, qemuImg, readWhole, sh, sha256Source, tempDir } from './support/images.js';
-
-/** Patches bytes of a file in place (crafting damaged headers and tables). */
-async function patch(path: string, offset: number, bytes: Buffer): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    await fh.write(bytes, 0, bytes.length, offset);
-  } finally {
-    await fh.close();
-  }
-}
+import { fileSize, patch, qemuImg, readWhole, sh, sha256Source, tempDir } from './support/images.js';
 
 function be32(v: number): Buffer {
   const b = Buffer.alloc(4);

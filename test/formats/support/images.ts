@@ -146,3 +146,13 @@ export async function readWhole(src: ImageSource): Promise<Buffer> {
 export function fileSize(path: string): number {
   return statSync(path).size;
 }
+
+/** Patches bytes of a file in place (crafting damaged or forged headers and tables). */
+export async function patch(path: string, offset: number, bytes: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(bytes, 0, bytes.length, offset);
+  } finally {
+    await fh.close();
+  }
+}
