@@ -23,6 +23,8 @@ export interface JobStatus {
 
 export class JobRegistry {
   private readonly jobs = new Map<string, JobStatus>();
+  /** What each running job does, in full (its kind and parameters): a request joins only the same work. */
+  private readonly work = new Map<string, string>();
 
   constructor(
     private readonly log: (line: string) => void,
@@ -30,16 +32,19 @@ export class JobRegistry {
   ) {}
 
   /**
-   * Starts `work`, or, when `shared` (the default), returns the job of the same kind already running: two
-   * verifies or two gcs only slow each other. Work that differs per request (a forget) is not shared.
+   * Starts `work`, or, when `shared` (the default), returns the job already running the same work: two
+   * verifies or two gcs only slow each other. `what` names that work in full (default: the kind), so a
+   * verify that reads every chunk never joins one that does not. Work that differs per request (a forget)
+   * is not shared.
    */
   start(
     kind: string,
     tokenId: string,
     work: (progress: (p: VerifyProgress) => void) => Promise<unknown>,
-    { shared = true }: { shared?: boolean } = {},
+    { shared = true, what = kind }: { shared?: boolean; what?: string } = {},
   ): JobStatus {
-    if (shared) for (const j of this.jobs.values()) if (j.kind === kind && j.state === 'running') return j;
+    if (shared)
+      for (const j of this.jobs.values()) if (j.state === 'running' && this.work.get(j.id) === what) return j;
     const job: JobStatus = {
       id: randomBytes(32).toString('hex'),
       kind,
@@ -48,6 +53,7 @@ export class JobRegistry {
       tokenId,
     };
     this.jobs.set(job.id, job);
+    this.work.set(job.id, what);
     work((p) => {
       job.progress = { phase: p.phase, done: p.done, total: p.total };
     }).then(
@@ -55,6 +61,7 @@ export class JobRegistry {
         job.state = 'done';
         job.result = result;
         job.finishedAt = new Date().toISOString();
+        this.work.delete(job.id);
         this.prune();
       },
       (err) => {
@@ -71,6 +78,7 @@ export class JobRegistry {
         job.state = 'failed';
         job.error = { code: body.code, message: body.message };
         job.finishedAt = new Date().toISOString();
+        this.work.delete(job.id);
         this.prune();
       },
     );

@@ -163,7 +163,10 @@ export function registerAdminRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       requireGlobalAdmin(p);
       const readData = optionalBool(asObject(await readJson(req)).readData, 'readData');
-      const job = ctx.jobs.start('verify', p.tokenId, (onProgress) => repo.verify({ readData, onProgress }));
+      // A verify that reads every chunk is other work than one that does not: neither answers for the other.
+      const job = ctx.jobs.start('verify', p.tokenId, (onProgress) => repo.verify({ readData, onProgress }), {
+        what: readData ? 'verify --read-data' : 'verify',
+      });
       sendJson(res, 202, { job: jobInfo(job) });
     }),
   );
