@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { MAX_MISSING_IDS, type SnapshotInfo } from '../../api/protocol.js';
 import { DiskvaultError, InvalidInputError } from '../../common/errors.js';
 import {
@@ -28,8 +29,33 @@ export interface CopyProgress {
   bytesCopied: number;
 }
 
-/** A commit that found chunks gone (gc on the destination between upload and commit) tries this often. */
+/**
+ * A commit that found chunks gone (gc on the destination between upload and commit), or its id taken by a
+ * snapshot it cannot see, tries this often.
+ */
 const COMMIT_ATTEMPTS = 3;
+/** Wait before committing again after finding the id taken, times the attempt: another sync's commit ends. */
+const TAKEN_RETRY_MS = 1000;
+
+/**
+ * Whether the destination shows this token snapshot `snap` as copied: the same id, host, disk, size, chunk
+ * count and image hash (an end-to-end snapshot has none there, as at the source).
+ */
+async function sameSnapshotAt(destination: DiskvaultClient, snap: SnapshotInfo): Promise<boolean> {
+  try {
+    const there = await destination.getSnapshot(snap.id);
+    return (
+      there.host === snap.host &&
+      there.disk === snap.disk &&
+      there.size === snap.size &&
+      there.chunkCount === snap.chunkCount &&
+      there.sha256 === snap.sha256
+    );
+  } catch (err) {
+    if (err instanceof DiskvaultError && err.code === 'NotFound') return false;
+    throw err;
+  }
+}
 
 /**
  * Copies one snapshot: its manifest from the source (trailer hash checked), the chunks the destination's
@@ -121,9 +147,21 @@ export async function copySnapshot(opts: {
         if (!(err instanceof DiskvaultError) || err.code !== 'Conflict') throw err;
         if (err.details?.snapshot === snap.id) {
           // Taken: by a run cut off before it saw its commit's answer, or by this run's own commit whose
-          // answer was lost and whose retry met it. Either way the snapshot is there, whole.
-          if (result.chunksCopied === 0) result.outcome = 'present';
-          return result;
+          // answer was lost and whose retry met it; then the destination shows this token the snapshot,
+          // whole. Or by another sync committing it right now (whose commit may yet fail), or by a
+          // snapshot of another tenant under the same id: then nothing is copied for this token yet.
+          if (await sameSnapshotAt(destination, snap)) {
+            if (result.chunksCopied === 0) result.outcome = 'present';
+            return result;
+          }
+          if (attempt >= COMMIT_ATTEMPTS)
+            throw new DiskvaultError(
+              'Conflict',
+              `snapshot ${snap.id} is taken at the destination by a snapshot this token cannot see: another tenant's under the same id, or one another sync is still committing`,
+              { snapshot: snap.id },
+            );
+          await sleep(TAKEN_RETRY_MS * attempt);
+          continue;
         }
         const gone = err.details?.missing;
         if (!Array.isArray(gone) || attempt >= COMMIT_ATTEMPTS) throw err;

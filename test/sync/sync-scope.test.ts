@@ -83,6 +83,38 @@ test('a global destination admin keeps each tenant; a tenant admin takes every c
   }
 });
 
+test("a snapshot another tenant of the destination already holds under its id is a failure, not 'copied'", async (t) => {
+  const src = await startTestServer({ storage: 'local' });
+  const dst = await startTestServer({ storage: 'local' });
+  try {
+    const snap = (await backup(src.url, src.adminToken, 'web1', 'sda', [chunkOf('one'), chunkOf('two')]))
+      .snapshot;
+    const reader = await src.makeToken('reader');
+    const cust1 = await dst.makeToken('admin', [], 'cust1');
+    const cust2 = await dst.makeToken('admin', [], 'cust2');
+    const into = (token: string) =>
+      runCli(['sync', '--from', src.url, '--from-token', reader, '--json'], {
+        DISKVAULT_SERVER: dst.url,
+        DISKVAULT_TOKEN: token,
+      });
+    const first = await into(cust1);
+    t.is(first.code, 0, first.stderr);
+    t.is(summaryOf(first.stdout).snapshotsCopied, 1);
+    // The id is taken at the destination, by cust1's copy, which cust2 cannot see: nothing is copied for it.
+    const second = await into(cust2);
+    t.is(second.code, 1, second.stdout);
+    const s = summaryOf(second.stdout);
+    t.is(s.snapshotsCopied, 0);
+    t.is(s.snapshotsFailed, 1);
+    t.is(s.failures[0].snapshot, snap.id);
+    t.is(s.failures[0].code, 'Conflict');
+    t.deepEqual((await call(dst.url, cust2, 'GET', '/v1/snapshots')).json.snapshots, []);
+  } finally {
+    await src.stop();
+    await dst.stop();
+  }
+});
+
 test('a chunk damaged on the source fails its snapshot only; nothing of it is committed; exit 1', async (t) => {
   const src = await startTestServer({ storage: 'local' });
   const dst = await startTestServer({ storage: 'local' });
