@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CorruptError, InvalidInputError, NotFoundError } from '../common/errors.js';
 import { MAX_CHUNK_BYTES } from '../common/limits.js';
 import type { StorageAdapter } from '../storage-adapters/adapter.js';
@@ -147,14 +147,24 @@ export async function loadOrCreateConfig(
   const existing = await storage.stat(CONFIG_KEY);
   if (existing) {
     const config = parseConfig(await storage.getBytes(CONFIG_KEY));
-    if (!config.encryption) return { config, created: false };
+    if (!config.encryption) {
+      // A plaintext config beside a repository key: whoever can write to storage, without the key, could
+      // have put it there in place of an encrypted repository's, so that new chunks are stored in the
+      // clear. Only an operator who says the repository is plaintext (`--encryption none`) opens it so.
+      const key = opts.encryption === 'none' ? undefined : await opts.keyStore?.load();
+      if (key)
+        throw new CorruptError(
+          `the repository config on ${storage.description} says it is not encrypted, but a repository key exists (${opts.keyStore?.location}): a config replaced in storage would have new backups stored unencrypted. If this repository really is plaintext, start the server with --encryption none`,
+        );
+      return { config, created: false };
+    }
     const keyStore = opts.keyStore;
     const key = await keyStore?.load();
     if (!keyStore || !key) throw new KeyRequiredError(storage.description, keyStore?.location);
     const keys = deriveSubkeys(key, config.id);
     if (!keyCheckMatches(keys, config.encryption.keyCheck))
       throw new WrongKeyError(storage.description, keyStore.location);
-    if (configMac(config, keys) !== config.encryption.configMac)
+    if (!macMatches(configMac(config, keys), config.encryption.configMac))
       throw new CorruptError(
         `the repository config on ${storage.description} has been changed: its MAC does not match`,
       );
@@ -184,4 +194,11 @@ export async function loadOrCreateConfig(
   }
   await storage.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
   return { config, created: true, ...(keys ? { keys } : {}) };
+}
+
+/** Two MACs in hex compared in constant time (a MAC is a secret's output). */
+function macMatches(expected: string, found: string): boolean {
+  const a = Buffer.from(expected, 'hex');
+  const b = Buffer.from(found, 'hex');
+  return a.length === b.length && timingSafeEqual(a, b);
 }

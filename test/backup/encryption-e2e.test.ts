@@ -223,6 +223,16 @@ test('the repository key stays in the data folder (0600); a server without it, w
     const changed = await spawnServerExpectingFailure(dataDir);
     t.is(changed.code, 1);
     t.regex(changed.stderr, /config .* has been changed/);
+    // A config swapped for a plaintext one (format 1, no encryption) by someone who can write to storage
+    // but has no key: refused, or new chunks would be stored unencrypted.
+    const plain = JSON.parse(config);
+    plain.formatVersion = 1;
+    delete plain.encryption;
+    await writeFile(configFile, JSON.stringify(plain, null, 2));
+    const downgraded = await spawnServerExpectingFailure(dataDir);
+    t.is(downgraded.code, 1);
+    t.regex(downgraded.stderr, /says it is not encrypted, but a repository key exists/);
+    t.notRegex(downgraded.stderr, /\n\s+at /);
     await writeFile(configFile, config);
 
     const again = await startTestServer({ dataDir });
