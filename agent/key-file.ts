@@ -131,11 +131,14 @@ export function parseKeyFile(text: string, where: string): KeyFile {
       /^[0-9a-f]{16}$/.test(s.id) &&
       k?.name === 'scrypt' &&
       [k.N, k.r, k.p].every((v) => Number.isSafeInteger(v) && v > 0) &&
+      // scrypt's N is a power of two above 1 (node throws a bare RangeError for N = 1).
+      k.N > 1 &&
       (k.N & (k.N - 1)) === 0 &&
       k.N <= 2 ** 20 &&
       k.r <= 32 &&
       k.p <= 16 &&
       typeof k.salt === 'string' &&
+      Buffer.from(k.salt, 'base64').length === 32 &&
       typeof s.nonce === 'string' &&
       Buffer.from(s.nonce, 'base64').length === 12 &&
       typeof s.sealed === 'string' &&

@@ -48,6 +48,17 @@ test('a changed slot, another key id, or a file that is not a key file are refus
     message: 'x.json is not a diskvault key file (not JSON)',
   });
   await t.throwsAsync(createKeyFile('', { params: FAST }), { message: /empty passphrase/ });
+  // scrypt parameters changed in the file (N = 1, a salt of another length): refused by name, before scrypt.
+  for (const kdf of [
+    { ...slot.kdf, N: 1 },
+    { ...slot.kdf, salt: Buffer.alloc(8).toString('base64') },
+  ]) {
+    const text = JSON.stringify({ ...file, slots: [{ ...slot, kdf }] });
+    t.throws(() => parseKeyFile(text, 'k.json'), {
+      instanceOf: KeyFileError,
+      message: 'k.json has a malformed passphrase slot',
+    });
+  }
 });
 
 test('the default scrypt parameters are stored with each slot and open again', async (t) => {
