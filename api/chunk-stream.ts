@@ -77,7 +77,7 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
       return;
     }
     accept(socket, CHUNK_STREAM_PROTOCOL);
-    serveStream(socket, head, sid, ctx, bodies);
+    serveStream(socket, head, sid, String(req.headers.authorization ?? ''), ctx, bodies);
   });
 }
 
@@ -85,6 +85,9 @@ export function attachChunkStream(http: HttpServer, ctx: ApiContext, idleTimeout
 export function destroyChunkStreams(http: HttpServer): void {
   for (const s of streamsOf.get(http) ?? []) s.destroy();
 }
+
+/** How stale the stream's view of its token may grow (as the fetch stream's). */
+const REAUTH_MS = 1_000;
 
 /** Checks the upgrade request as the PUT route checks each request; returns the session id. */
 function openStream(req: IncomingMessage, ctx: ApiContext): string {
@@ -115,10 +118,21 @@ function serveStream(
   socket: Duplex,
   head: Buffer,
   sid: string,
+  authorization: string,
   ctx: ApiContext,
   bodies: BufferRecycler,
 ): void {
   const started = process.hrtime.bigint();
+  let authorizedAt = Date.now();
+  /**
+   * The token as a PUT would see it now, checked again at most every REAUTH_MS: a token revoked while its
+   * stream is open stops it as it would stop the next request (a stream lives as long as a backup).
+   */
+  const checkToken = () => {
+    if (Date.now() - authorizedAt < REAUTH_MS) return;
+    requireWriter(authenticate({ headers: { authorization } } as IncomingMessage, ctx.tokens));
+    authorizedAt = Date.now();
+  };
   const maxRaw = ctx.repo.chunker.max;
   let inFlight = 0;
   let chunks = 0;
@@ -179,6 +193,7 @@ function serveStream(
       h.flags === ENCODING_CODE.sealed ? 'sealed' : h.flags === ENCODING_CODE.zstd ? 'zstd' : 'raw';
     try {
       if (closed || failed) return;
+      checkToken();
       const { stored } = await storeUploadedChunk(ctx, sid, id, payload, encoding);
       chunks++;
       bytes += payload.length;

@@ -215,3 +215,34 @@ for (const storage of ['local', 's3'] as const) {
     }
   });
 }
+
+test('a chunk stream takes no chunk once its token is revoked, as the next request would not', async (t) => {
+  const srv = await startTestServer({ storage: 'local', chunker: TEST_CHUNKER });
+  t.teardown(() => srv.stop());
+  const agent = await srv.makeToken('agent', ['web1']);
+  const client = new DiskvaultClient({ server: srv.url, token: agent });
+  t.teardown(() => client.close());
+  const session = await openSession(srv.url, agent, 'web1');
+  const stream = await client.openChunkStream(session);
+  if (!stream) return t.fail('the server offers no chunk stream');
+  const first = chunkOf('before the revocation');
+  t.deepEqual(await stream.put(first.id, first.data, 'raw'), { id: first.id, stored: true });
+  const revoked = await call(srv.url, srv.adminToken, 'DELETE', `/v1/tokens/${agent.split('_')[1]}`);
+  t.is(revoked.status, 204, revoked.bytes.toString());
+  const at = Date.now();
+  // The stream looks at its token again at most a second after it last did: poll to a deadline.
+  let refused: unknown;
+  for (let i = 0; Date.now() - at < 5_000; i++) {
+    const c = chunkOf(`after the revocation ${i}`);
+    try {
+      await stream.put(c.id, c.data, 'raw');
+    } catch (err) {
+      refused = err;
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.true(isDiskvaultError(refused), String(refused));
+  if (isDiskvaultError(refused)) t.is(refused.code, 'Unauthorized');
+  t.true(Date.now() - at < 2_500, `refused ${Date.now() - at} ms after the revocation`);
+});
