@@ -527,12 +527,15 @@ export class Repository implements RepositoryApi {
    * admin (`tenant` undefined): the holders of its key are the only ones who can judge it, and the only ones
    * whose snapshots name it. A copy the server can check in full and finds good stays as it is (the
    * reader's trouble lay elsewhere). A chunk the tenant may not read, or that is not stored, is 'absent'.
+   * With `takeWord` false (a reporter who holds no key: a global reader), a sealed copy that passes the
+   * server's checks stays as it is too.
    * Once damaged, the missing query reports it and the next upload of it replaces the copy.
    */
   async reportDamage(
     tenant: string | undefined,
     id: string,
     detail: string,
+    takeWord = true,
   ): Promise<'damaged' | 'good' | 'absent'> {
     checkChunkId(id);
     return this.mutation(async () => {
@@ -545,7 +548,7 @@ export class Repository implements RepositoryApi {
       this.chunks.forget(id);
       const encoding = await this.goodStoredCopy(id);
       if (encoding === undefined) return 'damaged';
-      if (encoding !== 'sealed') return 'good';
+      if (encoding !== 'sealed' || !takeWord) return 'good';
       // Looked at again after the read: gc may have removed the chunk meanwhile.
       const still = this.index.getChunk(id);
       if (!still || still.stored_size === 0) return 'absent';

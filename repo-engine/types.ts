@@ -327,12 +327,14 @@ export interface RepositoryApi {
   chunksReadableBy(tenant: string, ids: string[]): string[];
   /**
    * A reader found chunk `id` wrong (`detail`): the server's verdict after checking the stored copy, and
-   * for a sealed chunk the word of its owner (`tenant`; undefined for a global admin). See the Repository.
+   * for a sealed chunk the word of its owner (`tenant`; undefined for a global admin) unless `takeWord` is
+   * false (a reporter who holds no key, such as a global reader). See the Repository.
    */
   reportDamage(
     tenant: string | undefined,
     id: string,
     detail: string,
+    takeWord?: boolean,
   ): Promise<'damaged' | 'good' | 'absent'>;
 
   planForget(policy: RetentionPolicy, filter?: SnapshotFilter): ForgetPlan;

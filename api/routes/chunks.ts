@@ -5,7 +5,7 @@ import { InvalidInputError, isDiskvaultError, NotFoundError } from '../../common
 import { zstdBound } from '../../common/limits.js';
 import { BufferRecycler } from '../../repo-engine/buffer-recycler.js';
 import { SEALED_CHUNK_CONTENT_TYPE, sealedChunkBound } from '../../repo-engine/sealed-chunk.js';
-import type { ChunkLease, RepositoryApi } from '../../repo-engine/types.js';
+import type { ChunkLease } from '../../repo-engine/types.js';
 import { isGlobalAdmin, requireWriter, tenantScope } from '../auth.js';
 import { readCapped, readJson } from '../body.js';
 import { storeUploadedChunk } from '../chunk-upload.js';
@@ -92,18 +92,12 @@ export function registerChunkRoutes(server: Server, ctx: ApiContext): void {
     route(ctx, async (req, res, p) => {
       const reports = checkDamageReports(await readJson(req, DAMAGE_REPORT_BYTES));
       const tenant = tenantScope(p);
-      // The engine marks a sealed chunk damaged on the word of `tenant` (a holder of its key), or of anyone
-      // when `tenant` is undefined, meant for a global admin: a global reader holds no key and may change
-      // nothing, so its report only has the server check its stored copy.
-      const byWord = tenant !== undefined || isGlobalAdmin(p);
+      // A sealed chunk is marked damaged on the word of `tenant` (a holder of its key) or of a global admin;
+      // a global reader holds no key and may change nothing, so its report only has the server check the copy.
+      const takeWord = tenant !== undefined || isGlobalAdmin(p);
       const chunks: DamageReportResponse['chunks'] = [];
       for (const r of reports)
-        chunks.push({
-          id: r.id,
-          status: byWord
-            ? await repo.reportDamage(tenant, r.id, r.detail)
-            : await serverVerdict(repo, r.id, r.detail),
-        });
+        chunks.push({ id: r.id, status: await repo.reportDamage(tenant, r.id, r.detail, takeWord) });
       sendJson(res, 200, { chunks } satisfies DamageReportResponse);
     }),
   );
@@ -175,29 +169,4 @@ function checkDamageReports(body: unknown): DamageReportRequest['chunks'] {
       );
     return { id: checkId(id, 'chunk id'), detail };
   });
-}
-
-/**
- * The verdict on a report whose word counts for nothing (a global reader's): the server's own check of its
- * stored copy, as for any report, but a sealed chunk, which only a holder of its key can find wrong, is
- * never marked damaged on it. A copy the server finds bad is marked damaged (by the read that found it).
- */
-async function serverVerdict(
-  repo: RepositoryApi,
-  id: string,
-  detail: string,
-): Promise<DamageReportResponse['chunks'][number]['status']> {
-  let sealed: boolean;
-  try {
-    sealed = (await repo.readStoredChunkUnverified(id)).encoding === 'sealed';
-    // All the server can check of a sealed copy (structure, at-rest authentication).
-    if (sealed) await repo.readStoredChunk(id);
-  } catch (err) {
-    if (!isDiskvaultError(err) || (err.code !== 'NotFound' && err.code !== 'Corrupt')) throw err;
-    // The read noted the damage of a stored chunk: the engine answers 'damaged' for it, 'absent' for a
-    // chunk that is not stored.
-    return repo.reportDamage(undefined, id, detail);
-  }
-  // A plaintext chunk: the engine reads its copy again from storage and hashes it; no word is taken.
-  return sealed ? 'good' : repo.reportDamage(undefined, id, detail);
 }
